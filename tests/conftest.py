@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real models and the bundled camera-trap photos. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "trapkit" / "data" / "camera-traps"
+TINY_LABELS = ("bear", "cattle", "dog", "elephant", "ocelot")
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The ten bundled camera-trap photos and md_v5a_detections.json (read-only: copy before changing)."""
+    return SAMPLES
+
+
+@pytest.fixture
+def samples_copy(tmp_path) -> Path:
+    """A writable copy of the bundled photos and detections."""
+    dst = tmp_path / "images"
+    shutil.copytree(SAMPLES, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight trapkit model (spec.json + model.safetensors), 5 classes, 32 px input."""
+    import torch
+
+    from trapkit.spec import ModelSpec
+    from trapkit.train.model import build_model, save_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="test_efficientnet", labels=TINY_LABELS, feat_dim=16, head_hidden=(12,), input_size=32,
+                     name="tiny-test-model")
+    model = build_model(spec, "none").eval()
+    return save_model(tmp_path_factory.mktemp("tiny_model"), model)

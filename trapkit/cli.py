@@ -1,0 +1,83 @@
+"""The `trapkit` command: a thin dispatcher.
+
+Each stage module exposes `register(subparsers)`, which adds its parsers and
+sets `func` to a small adapter that turns the parsed namespace into plain
+keyword arguments for a library function. Those modules import nothing heavy
+at import time (torch, onnxruntime, gradio load inside the command), so
+`trapkit --help` answers at once. User errors (`TrapkitError`) are caught
+here, and only here: one line on stderr, exit code 1, traceback with `-v`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from trapkit import __version__
+from trapkit.errors import TrapkitError
+
+log = logging.getLogger("trapkit")
+
+# Order is the order in `trapkit --help`.
+COMMAND_MODULES = (
+    "trapkit.quickstart",
+    "trapkit.train.cli",
+    "trapkit.export.cli",
+    "trapkit.serve.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -v is accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging and full tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="trapkit",
+        parents=[common],
+        description="From a small labelled seed and a big unlabelled pool to a deployed species classifier.",
+        epilog="Run 'trapkit COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"trapkit {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        # Third-party libraries chatter at INFO; users want trapkit's own progress.
+        for noisy in ("httpx", "urllib3", "PIL", "matplotlib", "gradio", "huggingface_hub", "timm"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    setup_logging(verbose)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except TrapkitError as e:
+        if verbose:
+            log.exception("user error")
+        print(f"trapkit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("trapkit: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The model spec: everything that must travel with a model's weights.
+
+One frozen dataclass (timm's `PretrainedCfg` habit): architecture, feature
+size, input size, resize policy, mean/std, class names in index order and
+optional taxonomy strings. It is written as JSON beside every checkpoint, into
+the ONNX graph's metadata, into the Hub `config.json` and Triton's
+`labels.txt`, so nobody retypes labels or constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trapkit import __version__
+from trapkit.atomic import atomic_write_text
+from trapkit.errors import TrapkitError
+
+SPEC_FORMAT_VERSION = 1
+SPEC_FILENAME = "spec.json"
+RESIZE_MODES = ("squash", "center_crop")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a trained model is and how images must be prepared for it.
+
+    `mean`/`std` apply to pixels scaled to [0, 1]. `feat_dim=None` means the
+    backbone's pooled features are the embedding (no projection).
+    `head_hidden=()` means the head is a single linear layer.
+    """
+
+    arch: str
+    labels: tuple[str, ...]
+    feat_dim: int | None = 256
+    l2_normalize: bool = True
+    head_hidden: tuple[int, ...] = (230, 100)
+    input_size: int = 224
+    resize_mode: str = "squash"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    taxonomy: tuple[str, ...] | None = None
+    name: str = "trapkit-model"
+    trapkit_version: str = __version__
+    format_version: int = SPEC_FORMAT_VERSION
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        # Normalise lists from JSON into tuples so specs compare and hash.
+        for name in ("labels", "head_hidden", "mean", "std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.taxonomy is not None:
+            object.__setattr__(self, "taxonomy", tuple(self.taxonomy))
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.labels:
+            raise TrapkitError("model spec has no class labels; a model needs at least one class")
+        if len(set(self.labels)) != len(self.labels):
+            dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+            raise TrapkitError(f"model spec has duplicate class labels {dupes}; make every class name unique")
+        if self.taxonomy is not None and len(self.taxonomy) != len(self.labels):
+            raise TrapkitError(
+                f"model spec has {len(self.taxonomy)} taxonomy strings for {len(self.labels)} labels; give one per class"
+            )
+        if self.resize_mode not in RESIZE_MODES:
+            raise TrapkitError(f"unknown resize_mode {self.resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise TrapkitError("model spec mean and std need three values each, std > 0")
+        if self.input_size < 16:
+            raise TrapkitError(f"input_size {self.input_size} is too small; use at least 16 pixels")
+        if self.format_version > SPEC_FORMAT_VERSION:
+            raise TrapkitError(
+                f"model spec format {self.format_version} is newer than this trapkit understands "
+                f"({SPEC_FORMAT_VERSION}); upgrade trapkit"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def replace(self, **changes) -> ModelSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            # Written by a newer trapkit: keep the fields we know, carry the rest.
+            d = {k: v for k, v in d.items() if k in known} | {"extra": {**d.get("extra", {}), **{k: d[k] for k in unknown}}}
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise TrapkitError(f"model spec is incomplete or malformed ({e}); re-export the model") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TrapkitError(f"model spec is not valid JSON ({e}); re-export the model") from None
+        if not isinstance(d, dict):
+            raise TrapkitError("model spec JSON must be an object; re-export the model")
+        return cls.from_dict(d)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.is_dir():
+            path = path / SPEC_FILENAME
+        atomic_write_text(path, self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelSpec:
+        path = Path(path)
+        if path.is_dir():
+            path = path / SPEC_FILENAME
+        if not path.is_file():
+            raise TrapkitError(f"no model spec at {path}; point at a run, export or model folder")
+        return cls.from_json(path.read_text(encoding="utf-8"))
