@@ -39,3 +39,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                      name="tiny-test-model")
     model = build_model(spec, "none").eval()
     return save_model(tmp_path_factory.mktemp("tiny_model"), model)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_path(tiny_model_dir, tmp_path_factory) -> Path:
+    """`tiny_model_dir` exported by `trapkit.export` to one parity-checked model.onnx (read-only: copy before changing)."""
+    from trapkit.export.onnx_export import export_onnx, load_source
+
+    return export_onnx(load_source(tiny_model_dir), tmp_path_factory.mktemp("tiny_onnx") / "model.onnx").path

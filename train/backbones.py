@@ -138,7 +138,12 @@ def load_state_dict_file(model: nn.Module, path: str | Path) -> None:
     dropped = [k for k in state if k not in own and k.split(".")[0] in ("fc", "classifier", "head")]
     for k in dropped:
         del state[k]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when not strict
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise TrapkitError(f"weight file {path} does not fit this backbone ({first}); "
+                           "check --backbone matches the weights") from None
     if missing or unexpected:
         raise TrapkitError(
             f"weight file {path} does not fit this backbone ({len(missing)} missing, {len(unexpected)} unexpected "

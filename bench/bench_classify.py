@@ -1,0 +1,168 @@
+"""`trapkit classify` throughput: crops per second end to end, against two baselines in the same run.
+
+Folder: camera-trap-sized JPEGs built from the bundled photos (2048x1536, every
+third one upscaled to 12 MP 4000x3000), 1-5 detections each (MegaDetector's
+boxes where the photo has them, seeded random boxes otherwise). Model: the real
+offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
+
+- pipeline: `trapkit.serve.classify.classify_images` (decode once per image with
+  draft, threads, cross-image batches of 32, onnxruntime), JSON written.
+- (a) naive: for every crop, open and fully decode the image, crop, classify it
+  alone in PyTorch eager (batch 1), the classic EcoAssist path.
+- (b) inference alone: onnxruntime on the same crops, pre-made, batches of 32.
+
+Targets: pipeline >= 4x (a) and >= 70% of (b).
+
+    .venv/bin/python bench/bench_classify.py [--images 48] [--workers 1 2] [--naive-crops 40] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "trapkit" / "data" / "camera-traps"
+
+
+def build_folder(dst: Path, n_images: int, seed: int = 0) -> Path:
+    """`n_images` JPEGs under dst/images and dst/md.json; reused when already built."""
+    md_path = dst / "md.json"
+    if md_path.exists() and len(json.loads(md_path.read_text())["images"]) == n_images:
+        return md_path
+    rng = np.random.default_rng(seed)
+    source = json.loads((SAMPLES / "md_v5a_detections.json").read_text())["images"]
+    (dst / "images").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for k in range(n_images):
+        im = source[k % len(source)]
+        size = (4000, 3000) if k % 3 == 0 else (2048, 1536)
+        name = f"cam{k % 4}/{k:04d}_{Path(im['file']).stem}.jpg"
+        (dst / "images" / name).parent.mkdir(exist_ok=True)
+        with Image.open(SAMPLES / im["file"]) as photo:
+            photo.convert("RGB").resize(size, Image.BILINEAR).save(dst / "images" / name, quality=90)
+        dets = [{"category": "1", "conf": d["conf"], "bbox": d["bbox"]}
+                for d in im["detections"] if d["conf"] >= 0.1][:5]
+        if not dets:
+            for _ in range(int(rng.integers(1, 6))):
+                w, h = rng.uniform(0.06, 0.35, size=2)
+                x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+                dets.append({"category": "1", "conf": 0.9, "bbox": [round(v, 4) for v in (x, y, w, h)]})
+        entries.append({"file": name, "detections": dets})
+    doc = {"info": {"format_version": "1.6", "detector": "md_v5a.0.0.pt"},
+           "detection_categories": {"1": "animal"}, "images": entries}
+    md_path.write_text(json.dumps(doc))
+    return md_path
+
+
+def lite0_onnx(workdir: Path) -> Path:
+    path = workdir / "lite0.onnx"
+    if not path.exists():
+        from trapkit.export.onnx_export import export_onnx
+        from trapkit.train.model import imagenet_lite0
+
+        export_onnx(imagenet_lite0(), path)
+    return path
+
+
+def bench_pipeline(workdir: Path, md_path: Path, model: Path, workers: int, batch: int) -> tuple[float, int]:
+    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve.runtime import open_runtime
+
+    out = workdir / f"out_w{workers}.json"
+    with open_runtime(model) as runtime:
+        runtime.predict(np.zeros((batch, 224, 224, 3), np.uint8))  # warm-up: first call allocates
+        settings = ClassifySettings(workers=workers, batch_size=batch, checkpoint_every=10_000)
+        start = time.perf_counter()
+        summary = classify_images(ClassifyPaths(workdir / "images", out, md_path), runtime, settings)
+        seconds = time.perf_counter() - start
+    return seconds, summary.classified_detections
+
+
+def premade_crops(workdir: Path, md_path: Path) -> np.ndarray:
+    """(N, 224, 224, 3) uint8, every crop of the folder, cut by the pipeline's own stage 1."""
+    from trapkit.serve.classify import prepare_image
+    from trapkit.spec import ModelSpec
+
+    spec = ModelSpec(arch="x", labels=("a",), input_size=224)
+    doc = json.loads(md_path.read_text())
+    crops = [prepare_image(workdir / "images", im, i, list(range(len(im["detections"]))), spec, 0.1, False).crops
+             for i, im in enumerate(doc["images"])]
+    return np.concatenate(crops)
+
+
+def bench_inference(model: Path, crops: np.ndarray, batch: int, repeats: int = 2) -> float:
+    from trapkit.serve.runtime import open_runtime
+
+    best = float("inf")
+    with open_runtime(model) as runtime:
+        runtime.predict(crops[:batch])
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, len(crops), batch):
+                runtime.predict(crops[i:i + batch])
+            best = min(best, time.perf_counter() - start)
+    return len(crops) / best
+
+
+def bench_naive(workdir: Path, md_path: Path, n_crops: int) -> float:
+    import torch
+
+    from trapkit.images import open_image
+    from trapkit.serve.crops import crop_square
+    from trapkit.train.model import imagenet_lite0
+
+    model = imagenet_lite0()
+    jobs = [(im["file"], d["bbox"]) for im in json.loads(md_path.read_text())["images"] for d in im["detections"]]
+    jobs = jobs[:n_crops]
+    with torch.inference_mode():
+        model(torch.zeros((1, 224, 224, 3), dtype=torch.uint8))
+        start = time.perf_counter()
+        for file, bbox in jobs:
+            img, _ = open_image(workdir / "images" / file)  # full decode for every crop
+            crop = crop_square(img, bbox, 224, 0.1)
+            model(torch.from_numpy(np.array(crop))[None])
+        seconds = time.perf_counter() - start
+    return len(jobs) / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--naive-crops", type=int, default=40)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
+    args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-classify-"))
+    md_path = build_folder(workdir, args.images)
+    model = lite0_onnx(workdir)
+    doc = json.loads(md_path.read_text())
+    n_crops = sum(len(im["detections"]) for im in doc["images"])
+    big = sum(1 for k in range(args.images) if k % 3 == 0)
+    print(f"{args.images} images ({big} at 4000x3000, {args.images - big} at 2048x1536), {n_crops} crops; "
+          f"EfficientNet-Lite0 224 px ONNX; workdir {workdir}")
+
+    crops = premade_crops(workdir, md_path)
+    inference = bench_inference(model, crops, args.batch_size)
+    naive = bench_naive(workdir, md_path, args.naive_crops)
+    print(f"(b) inference alone, pre-made crops, batch {args.batch_size}: {inference:7.1f} crops/s")
+    print(f"(a) naive, full decode per crop, PyTorch batch 1 ({args.naive_crops} crops): {naive:7.1f} crops/s")
+    for workers in args.workers:
+        seconds, n = bench_pipeline(workdir, md_path, model, workers, args.batch_size)
+        rate = n / seconds
+        print(f"pipeline, {workers} decode worker(s): {n} crops in {seconds:.2f} s = {rate:7.1f} crops/s; "
+              f"{rate / naive:.1f}x (a), {100 * rate / inference:.0f}% of (b)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""CLI commands of this stage (registered by trapkit.cli)."""
+
+
+def register(subparsers, common) -> None:
+    pass

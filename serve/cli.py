@@ -1,0 +1,88 @@
+"""CLI commands of this stage (registered by trapkit.cli).
+
+Adapters turn argparse namespaces into plain keyword arguments; heavy imports
+(onnxruntime, tritonclient) happen inside them so `trapkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers, common) -> None:
+    _register_classify(subparsers, common)
+
+
+def _register_classify(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "classify",
+        parents=[common],
+        help="classify MegaDetector detections (or whole images) into species",
+        description="Crop every detection from MegaDetector's batch output, classify it, and write the same JSON "
+        "(format 1.6) with classifications for Timelapse and MegaDetector tools. Without --detections, "
+        "whole images are classified. Interrupted runs continue with --resume.",
+    )
+    p.add_argument("images", type=Path, metavar="IMAGES_DIR", help="folder the detections' file paths are relative to")
+    p.add_argument("--model", help="model.onnx, an export folder, or hf://owner/name[@revision]")
+    p.add_argument("--detections", type=Path, help="MegaDetector batch output JSON (format 1.3 or later)")
+    p.add_argument("--out", type=Path, required=True, help="output JSON (MegaDetector format 1.6 with classifications)")
+    p.add_argument("--csv", type=Path, help="also write a tidy CSV, one row per detection and rank")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="minimum detection confidence to classify (default 0.1)")
+    p.add_argument("--categories", nargs="+", default=["animal"], metavar="NAME",
+                   help="detection categories to classify (default: animal)")
+    p.add_argument("--top-k", type=int, default=5, help="classifications kept per detection (default 5)")
+    p.add_argument("--margin", type=float, default=0.1,
+                   help="context around each box, as a fraction of its longer side (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=32, help="crops per model call (default 32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image decoding threads (default: one per CPU)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: one per CPU)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="images between checkpoints (default 500)")
+    p.add_argument("--sort-into", type=Path, metavar="DIR", help="copy images into DIR/<top species>/")
+    p.add_argument("--link", action="store_true", help="with --sort-into: symlink instead of copying")
+    p.add_argument("--smooth", action="store_true",
+                   help="let each sequence's majority fix unsure classifications (sequences by EXIF time and folder)")
+    p.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
+                   help="with --smooth: most seconds between photos of one sequence (default 60)")
+    p.add_argument("--triton-url", help="classify on a Triton server (host:port or http://host:port)")
+    p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="batches in flight at once (raise it for a remote Triton server; default 1)")
+    p.set_defaults(func=_classify)
+
+
+def _classify(args) -> int:
+    from trapkit.errors import TrapkitError
+    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve.runtime import available_cpus, open_runtime
+    from trapkit.serve.smoothing import SmoothSettings
+
+    if args.link and not args.sort_into:
+        raise TrapkitError("--link only applies with --sort-into DIR")
+    if args.sequence_gap is not None and not args.smooth:
+        raise TrapkitError("--sequence-gap only applies with --smooth")
+    gap = 60.0 if args.sequence_gap is None else args.sequence_gap
+    settings = ClassifySettings(
+        threshold=args.threshold,
+        categories=tuple(args.categories),
+        top_k=args.top_k,
+        margin=args.margin,
+        smooth=SmoothSettings(gap_seconds=gap) if args.smooth else None,
+        batch_size=args.batch_size,
+        workers=args.workers or available_cpus(),
+        concurrency=args.concurrency,
+        checkpoint_every=args.checkpoint_every,
+    )
+    paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
+                          sort_into=args.sort_into, link=args.link)
+    runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
+                           threads=args.threads, concurrency=args.concurrency)
+    try:
+        summary = classify_images(paths, runtime, settings, resume=args.resume)
+    finally:
+        runtime.close()
+    print(summary.table())
+    print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv else ""))
+    return 0

@@ -1,0 +1,79 @@
+"""`trapkit demo` and `trapkit label`: the two Gradio pages (registered by trapkit.cli).
+
+Gradio and the model load inside the adapters, so `trapkit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from trapkit.errors import TrapkitError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        parents=[common],
+        help="web page: upload photos, see the top species",
+        description="Serve a Gradio page where photos are uploaded and classified by MODEL, "
+        "with each detected animal labelled when MegaDetector output is given. "
+        "Listens on 127.0.0.1 unless --host says otherwise; there is no public share link.",
+    )
+    p.add_argument("--model", required=True, help="model.onnx, an export folder, or hf://owner/name[@rev]")
+    p.add_argument("--detections", type=Path, default=None,
+                   help="MegaDetector batch JSON; uploads are matched to it by file name")
+    p.add_argument("--top-k", type=int, default=5, help="species to show per photo or detection (default 5)")
+    p.add_argument("--threshold", type=float, default=0.2,
+                   help="detections below this confidence are not classified (default 0.2)")
+    _add_server_args(p)
+    p.set_defaults(func=_demo)
+
+    p = subparsers.add_parser(
+        "label",
+        parents=[common],
+        help="web page: answer the current active-learning label request",
+        description="Serve a Gradio page showing the images the current round of RUN asks about, with the "
+        "model's guess; answers are saved into RUN as they are given (as an answers CSV that "
+        "'trapkit al next' ingests), so closing the page loses nothing.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder made by 'trapkit al init'")
+    p.add_argument("--allow-new-classes", action="store_true",
+                   help="accept species names that are not classes yet ('al next' needs the same flag)")
+    _add_server_args(p)
+    p.set_defaults(func=_label)
+
+
+def _add_server_args(p) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the page, without login)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+
+
+def _check_server_args(host: str, port: int | None) -> None:
+    if port is not None and not 0 < port < 65536:
+        raise TrapkitError(f"--port {port} is not a port number; use 1-65535")
+    if host not in LOOPBACK:
+        log.warning("listening on %s: anyone who can reach this machine can use the page", host)
+
+
+def _demo(args) -> int:
+    _check_server_args(args.host, args.port)
+    from trapkit.serve.demo import DemoSettings, serve_demo
+
+    serve_demo(args.model, detections=args.detections,
+               settings=DemoSettings(top_k=args.top_k, threshold=args.threshold),
+               host=args.host, port=args.port)
+    return 0
+
+
+def _label(args) -> int:
+    _check_server_args(args.host, args.port)
+    from trapkit.serve.label_page import serve_label_page
+
+    serve_label_page(args.run, allow_new_classes=args.allow_new_classes, host=args.host, port=args.port)
+    return 0

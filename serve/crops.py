@@ -1,0 +1,102 @@
+"""How a detection box becomes a model input: the cropping policy.
+
+MegaDetector boxes are `[x, y, w, h]`, normalised to [0, 1], relative to the
+upright image (EXIF orientation applied), origin top-left. trapkit turns one
+into a model input like this:
+
+1. The image is opened with `trapkit.images.open_image`: EXIF orientation is
+   applied before any box is used, and grayscale, CMYK, palette or 16-bit
+   images are converted to RGB.
+2. The crop is a square centred on the box whose side is the box's longer side
+   in pixels plus `margin` of it on each side (`side = long * (1 + 2 * margin)`),
+   so the animal keeps its aspect ratio and a little context.
+3. The square is shifted (clamped) to lie inside the image. Only when it is
+   larger than the image in a dimension does it run off the edge: it then
+   covers that whole dimension, as close to centred on the box as it can, and
+   the part outside the image is padded black (`PAD_VALUE`).
+4. The square is resized to the model's `input_size` with the same bilinear
+   resampling training uses (`trapkit.images.to_model_input`).
+
+Whole images (no detector) skip steps 2-3 and use the spec's own
+`resize_mode`, exactly as in training. Because a crop only needs
+`input_size` pixels across, a JPEG can be decoded at a reduced DCT scale
+(`draft`) whenever every crop of the image keeps at least that many pixels:
+`decode_scale` works out how far.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+PAD_VALUE = 0
+# Same resampling as trapkit.images.to_model_input, so crops match training pixels.
+_RESAMPLE = Image.BILINEAR
+_REDUCING_GAP = 3.0
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    """`margin`: context added on each side, as a fraction of the box's longer side."""
+
+    margin: float = 0.1
+
+    def __post_init__(self):
+        if not 0.0 <= self.margin <= 2.0:
+            from trapkit.errors import TrapkitError
+
+            raise TrapkitError(f"crop margin {self.margin} is out of range; use a fraction between 0 and 2")
+
+
+def square_region(bbox, width: int, height: int, margin: float) -> tuple[float, float, float]:
+    """(left, top, side) in pixels of the square crop for a normalised `bbox` on a width x height image.
+
+    The square may extend past the image only in a dimension it is larger than.
+    """
+    x, y, w, h = (float(v) for v in bbox)
+    bw, bh = max(w, 0.0) * width, max(h, 0.0) * height
+    side = max(bw, bh, 1.0) * (1.0 + 2.0 * margin)
+    cx, cy = (x + max(w, 0.0) / 2) * width, (y + max(h, 0.0) / 2) * height
+    return _clamp(cx - side / 2, side, width), _clamp(cy - side / 2, side, height), side
+
+
+def _clamp(start: float, side: float, extent: int) -> float:
+    # Smaller than the image: keep inside [0, extent]. Larger: cover the whole
+    # extent, as close to centred on the box as possible.
+    lo, hi = sorted((0.0, float(extent) - side))
+    return min(max(start, lo), hi)
+
+
+def crop_square(img: Image.Image, bbox, size: int, margin: float) -> np.ndarray:
+    """(size, size, 3) uint8 model input for one normalised box on an upright RGB image."""
+    left, top, side = square_region(bbox, img.width, img.height, margin)
+    box = (left, top, left + side, top + side)
+    if left >= 0 and top >= 0 and box[2] <= img.width + 1e-6 and box[3] <= img.height + 1e-6:
+        # Resample straight from the region: no intermediate copy of a large crop.
+        box = (left, top, min(box[2], img.width), min(box[3], img.height))
+        out = img.resize((size, size), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+    else:
+        # Runs off the edge: paste the part inside the image onto a padded square.
+        l, t, s = int(round(left)), int(round(top)), max(1, int(round(side)))
+        canvas = Image.new("RGB", (s, s), (PAD_VALUE,) * 3)
+        inside = (max(l, 0), max(t, 0), min(l + s, img.width), min(t + s, img.height))
+        canvas.paste(img.crop(inside), (inside[0] - l, inside[1] - t))
+        out = canvas.resize((size, size), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def decode_scale(bboxes, width: int, height: int, size: int, margin: float) -> float:
+    """Largest factor (<= 1) by which a width x height image may shrink with every crop keeping >= `size` px."""
+    if not bboxes:
+        return 1.0
+    smallest = min(square_region(b, width, height, margin)[2] for b in bboxes)
+    return min(1.0, size / smallest)
+
+
+def min_decode_size(bboxes, width: int, height: int, size: int, margin: float) -> tuple[int, int]:
+    """The (w, h) to pass as `open_image(min_size=...)` so every crop keeps `size` pixels across."""
+    s = decode_scale(bboxes, width, height, size, margin)
+    return math.ceil(width * s), math.ceil(height * s)

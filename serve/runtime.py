@@ -1,0 +1,175 @@
+"""Runtimes: something that turns a uint8 image batch into class probabilities.
+
+A runtime has `.spec` (the `ModelSpec` that travelled with the model), `.name`
+(recorded as `info.classifier`), `.predict(batch)` mapping (N, S, S, 3) uint8
+to (N, C) float32 probabilities, and `close()`. `open_runtime` picks
+onnxruntime for a local model or Triton for a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from trapkit.errors import TrapkitError
+from trapkit.export.onnx_export import SPEC_PROP, read_spec
+from trapkit.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+ONNX_FILENAME = "model.onnx"
+# GPU providers first; each is tried and dropped when it cannot start here.
+_PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A `model.onnx` file from a path to the file, an export folder, or `hf://owner/name[@rev]`."""
+    text = str(model)
+    if text.startswith("hf://"):
+        from trapkit.serve.hub import resolve_model
+
+        path = Path(resolve_model(text))
+    else:
+        path = Path(text).expanduser()
+    if path.is_dir():
+        path = path / ONNX_FILENAME
+    if not path.is_file():
+        raise TrapkitError(f"no ONNX model at {path}; pass a model.onnx, an export folder or hf://owner/name")
+    return path
+
+
+def open_runtime(model: str | Path | None, *, triton_url: str | None = None, triton_model: str | None = None,
+                 providers=None, threads: int | None = None, concurrency: int = 4):
+    """onnxruntime for `model`, or a Triton client when `triton_url` is given (spec from `model` if given).
+
+    `threads`: onnxruntime intra-op threads (default: every CPU). `concurrency`:
+    Triton requests in flight when a batch is split to the server's max batch.
+    """
+    if triton_url:
+        from trapkit.serve.triton_runtime import TritonRuntime
+
+        spec = read_spec(resolve_model_path(model)) if model else None
+        name = triton_model or (spec.name if spec else None)
+        if not name:
+            raise TrapkitError("give --triton-model (the model's name on the server) with --triton-url")
+        return TritonRuntime(triton_url, name, spec=spec, concurrency=concurrency)
+    if not model:
+        raise TrapkitError("give --model (a model.onnx, an export folder or hf://owner/name)")
+    return OnnxRuntime(resolve_model_path(model), providers=providers, threads=threads)
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+class OnnxRuntime:
+    """A trapkit `model.onnx` in onnxruntime: input `images` (N, S, S, 3) uint8, output `probs` (N, C)."""
+
+    def __init__(self, path: str | Path, providers=None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        # intra-op threads do the convolutions; decoding threads run beside them.
+        options.intra_op_num_threads = threads or available_cpus()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # a GPU provider that cannot start is our debug log, not ORT's error
+        self.session = self._session(ort, options, providers)
+        self.providers = self.session.get_providers()
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if SPEC_PROP not in meta:
+            raise TrapkitError(f"{self.path} has no '{SPEC_PROP}' metadata; export it with 'trapkit export'")
+        self.spec = ModelSpec.from_json(meta[SPEC_PROP])
+        self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "images" not in inputs or "probs" not in outputs:
+            raise TrapkitError(
+                f"{self.path} has inputs {inputs} and outputs {outputs}, not a trapkit model; re-export it"
+            )
+
+    def _session(self, ort, options, providers):
+        available = ort.get_available_providers()
+        wanted = list(providers) if providers else [p for p in _PREFERRED_PROVIDERS if p in available]
+        if "CPUExecutionProvider" not in wanted:
+            wanted.append("CPUExecutionProvider")  # the fallback that always works
+        for i, provider in enumerate(wanted):
+            if provider != "CPUExecutionProvider" and not _provider_library_loads(ort, provider):
+                continue
+            chain = wanted[i:]
+            try:
+                with _quiet_onnxruntime(ort):
+                    session = ort.InferenceSession(str(self.path), sess_options=options, providers=chain)
+            except Exception as e:  # noqa: BLE001 - a provider that cannot start on this machine
+                if provider == "CPUExecutionProvider":
+                    reason = " ".join(str(e).split())  # onnxruntime messages span lines
+                    raise TrapkitError(f"onnxruntime cannot load {self.path} ({reason}); re-export the model") from None
+                log.debug("onnxruntime provider %s unavailable: %s", provider, e)
+                continue
+            if provider == "CPUExecutionProvider" or provider in session.get_providers():
+                log.debug("onnxruntime providers: %s", session.get_providers())
+                return session
+            log.debug("onnxruntime provider %s did not start here; trying the next", provider)
+        raise TrapkitError(f"no onnxruntime provider could load {self.path}; reinstall onnxruntime")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, C) float32 probabilities."""
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        (probs,) = self.session.run(["probs"], {"images": batch})
+        return probs.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_PROVIDER_LIBRARIES = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
+
+
+def _provider_library_loads(ort, provider: str) -> bool:
+    """Whether a GPU provider's shared library and its CUDA libraries load (onnxruntime-gpu on a CPU box: no)."""
+    import ctypes
+
+    short = _PROVIDER_LIBRARIES.get(provider)
+    if short is None:
+        return True  # other providers (OpenVINO, CoreML, ...) are left to onnxruntime
+    capi = Path(ort.__file__).parent / "capi"
+    candidates = [*capi.glob(f"libonnxruntime_providers_{short}.*"), *capi.glob(f"onnxruntime_providers_{short}.dll")]
+    for lib in candidates:
+        try:
+            ctypes.CDLL(str(lib))
+            return True
+        except OSError as e:
+            log.debug("onnxruntime provider %s unavailable: %s", provider, e)
+    return False
+
+
+class _quiet_onnxruntime:
+    """Silence onnxruntime's own stderr/stdout chatter while a provider is tried (we log at debug instead)."""
+
+    def __init__(self, ort):
+        self.ort = ort
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self.ort.set_default_logger_severity(4)
+        self._stdout = contextlib.redirect_stdout(io.StringIO())  # "EP Error ... Falling back" is a print()
+        self._stdout.__enter__()
+
+    def __exit__(self, *exc):
+        self._stdout.__exit__(*exc)
+        self.ort.set_default_logger_severity(2)

@@ -1,0 +1,55 @@
+"""Helpers for the classify tests: MegaDetector's own validator, small detection files, model variants."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def megadetector_validate(path: Path, images_dir: Path | None = None) -> dict:
+    """Run the `megadetector` package's `validate_batch_results`; raises on the first error it finds."""
+    from PIL import ImageFile
+
+    # megadetector switches Pillow's partial decoding on for the whole process at
+    # import; keep it off so later tests still see truncated files as truncated.
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    from megadetector.postprocessing.validate_batch_results import ValidateBatchResultsOptions, validate_batch_results
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+    options = ValidateBatchResultsOptions()
+    options.raise_errors = True
+    if images_dir is not None:
+        options.check_image_existence = True
+        options.relative_path_base = str(images_dir)
+    results = validate_batch_results(str(path), options)["validation_results"]
+    assert not results["errors"], results["errors"]
+    return results
+
+
+def write_detections(path: Path, entries: list[dict]) -> Path:
+    """A minimal MegaDetector 1.6 file with `entries` as its images."""
+    doc = {"info": {"format_version": "1.6", "detector": "md_v5a.0.0.pt"},
+           "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"}, "images": entries}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def animal(bbox=(0.2, 0.2, 0.4, 0.4), conf=0.9) -> dict:
+    return {"category": "1", "conf": conf, "bbox": list(bbox)}
+
+
+def onnx_with_taxonomy(src: Path, dst: Path, taxonomy: tuple[str, ...]) -> Path:
+    """A copy of a trapkit model.onnx whose spec metadata carries `taxonomy` strings."""
+    import onnx
+
+    from trapkit.spec import ModelSpec
+
+    shutil.copy(src, dst)
+    proto = onnx.load(str(dst))
+    for prop in proto.metadata_props:
+        if prop.key == "trapkit.spec":
+            prop.value = ModelSpec.from_json(prop.value).replace(taxonomy=taxonomy).to_json()
+    onnx.save(proto, str(dst))
+    return dst

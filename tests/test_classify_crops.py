@@ -1,0 +1,102 @@
+"""The cropping policy of trapkit.serve.crops, and stage 1 of the pipeline (decode once, crop, draft)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trapkit.images import open_image
+from trapkit.serve.classify import prepare_image
+from trapkit.serve.crops import crop_square, decode_scale, min_decode_size, square_region
+from trapkit.spec import ModelSpec
+
+
+def _spec(size: int) -> ModelSpec:
+    return ModelSpec(arch="test", labels=("a", "b"), input_size=size)
+
+
+def test_square_is_centred_on_the_box_with_margin():
+    # 1000 x 500 image, box 100 x 50 px at (400, 200): long side 100, margin 0.1 -> 120 px square.
+    left, top, side = square_region([0.4, 0.4, 0.1, 0.1], 1000, 500, margin=0.1)
+    assert side == pytest.approx(120.0)
+    assert (left + side / 2, top + side / 2) == pytest.approx((450.0, 225.0))
+
+
+def test_square_is_clamped_inside_the_image_near_an_edge():
+    left, top, side = square_region([0.95, 0.0, 0.05, 0.1], 1000, 500, margin=0.2)  # box touches the top-right corner
+    assert side == pytest.approx(70.0)
+    assert left + side == pytest.approx(1000.0) and top == pytest.approx(0.0)
+
+
+def test_square_larger_than_the_image_covers_it_and_pads():
+    # A box spanning the full height of a wide image: the square is taller than the image.
+    left, top, side = square_region([0.1, 0.0, 0.2, 1.0], 400, 100, margin=0.1)
+    assert side == pytest.approx(120.0)
+    assert top == pytest.approx(-10.0)  # 10 px of padding above and below, image centred
+    img = Image.new("RGB", (400, 100), (200, 200, 200))
+    crop = crop_square(img, [0.1, 0.0, 0.2, 1.0], 24, margin=0.1)  # (24, 24, 3)
+    assert crop.shape == (24, 24, 3) and crop.dtype == np.uint8
+    assert crop[0].max() == 0 and crop[-1].max() == 0  # padded rows are black
+    assert crop[12].min() == 200  # the image itself in the middle
+
+
+def test_crop_content_comes_from_the_box():
+    arr = np.zeros((300, 400, 3), np.uint8)
+    arr[100:200, 200:300] = (255, 0, 0)  # a red square exactly at the box
+    crop = crop_square(Image.fromarray(arr), [0.5, 1 / 3, 0.25, 1 / 3], 32, margin=0.0)
+    assert crop[..., 0].mean() > 250 and crop[..., 1].mean() < 5
+
+
+def test_exif_orientation_is_applied_before_boxes(tmp_path):
+    # Upright 300 x 200 photo with a red block in the upper-left; stored rotated, EXIF orientation 6.
+    upright = np.full((200, 300, 3), 40, np.uint8)
+    upright[20:80, 30:90] = (255, 0, 0)
+    stored = Image.fromarray(upright).transpose(Image.ROTATE_90)  # 200 x 300 on disk
+    exif = Image.Exif()
+    exif[274] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, exif=exif.tobytes(), quality=95)
+    img, _ = open_image(path)
+    assert img.size == (300, 200)
+    entry = {"file": "rotated.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.2, 0.3]}]}
+    item = prepare_image(tmp_path, entry, 0, [0], _spec(32), margin=0.0, whole=False)
+    assert item.failure is None
+    red = item.crops[0].astype(int)
+    assert red[..., 0].mean() > 200 and red[..., 1].mean() < 60  # the box found the red block upright
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "I;16"])
+def test_any_mode_becomes_rgb_crops(tmp_path, mode):
+    arr = (np.arange(120 * 160) % 251).reshape(120, 160).astype(np.uint8)
+    img = Image.fromarray(arr, "L").convert(mode) if mode != "I;16" else Image.fromarray(arr.astype(np.uint16) * 200)
+    name = f"img.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
+    img.save(tmp_path / name)
+    entry = {"file": name, "detections": [{"category": "1", "conf": 0.9, "bbox": [0.2, 0.2, 0.5, 0.5]}]}
+    item = prepare_image(tmp_path, entry, 0, [0], _spec(32), margin=0.1, whole=False)
+    assert item.failure is None and item.crops.shape == (1, 32, 32, 3) and item.crops.dtype == np.uint8
+
+
+def test_decode_scale_keeps_every_crop_at_input_size():
+    # 4000 x 3000 image; the smallest box is 800 px wide -> square 960 px; 224 px input -> scale 224/960.
+    boxes = [[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.4, 0.4]]
+    assert decode_scale(boxes, 4000, 3000, 224, margin=0.1) == pytest.approx(224 / 960)
+    w, h = min_decode_size(boxes, 4000, 3000, 224, margin=0.1)
+    assert (w, h) == (934, 700)
+    assert decode_scale([[0.1, 0.1, 0.01, 0.01]], 4000, 3000, 224, margin=0.1) == 1.0  # tiny box: full decode
+
+
+def test_reduced_decode_matches_full_decode(tmp_path):
+    # A smooth 2048 x 1536 JPEG with one big box: draft decodes at 1/4 and the crop barely changes.
+    yy, xx = np.mgrid[0:1536, 0:2048]
+    arr = np.stack([(xx // 8) % 256, (yy // 6) % 256, ((xx + yy) // 14) % 256], -1).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=92)
+    bbox = [0.3, 0.3, 0.5, 0.5]
+    entry = {"file": "big.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": bbox}]}
+    reduced = prepare_image(tmp_path, entry, 0, [0], _spec(224), margin=0.1, whole=False).crops[0]
+    w, h = min_decode_size([bbox], 2048, 1536, 224, 0.1)
+    assert open_image(tmp_path / "big.jpg", min_size=(w, h))[0].width == 512  # 1/4 scale
+    full, _ = open_image(tmp_path / "big.jpg")
+    reference = crop_square(full, bbox, 224, 0.1)
+    diff = np.abs(reduced.astype(int) - reference.astype(int))
+    assert diff.mean() < 3.0, diff.mean()

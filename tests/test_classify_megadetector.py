@@ -1,0 +1,85 @@
+"""Reading MegaDetector batch output: versions 1.3+, one-line errors naming the first problem."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from trapkit.cli import main
+from trapkit.errors import TrapkitError
+from trapkit.serve.megadetector import first_problem, load_detections, upgrade_to_output
+
+
+@pytest.fixture
+def sample(samples_dir) -> dict:
+    return json.loads((samples_dir / "md_v5a_detections.json").read_text())
+
+
+def test_bundled_output_loads(samples_dir):
+    doc = load_detections(samples_dir / "md_v5a_detections.json")
+    assert len(doc["images"]) == 10 and doc["detection_categories"]["1"] == "animal"
+
+
+def test_version_1_3_is_read_and_upgraded(sample, tmp_path):
+    sample["info"]["format_version"] = 1.3  # old files wrote a number
+    sample["images"].append({"file": "gone.jpg", "failure": "Failure image access"})  # 1.3: no detections key
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(sample))
+    doc = upgrade_to_output(load_detections(path))
+    assert doc["info"]["format_version"] == "1.6"
+    assert doc["images"][-1]["detections"] is None
+
+
+BROKEN = [
+    (lambda d: d.pop("info"), "missing 'info' object"),
+    (lambda d: d["info"].update(format_version="1.2"), "older than 1.3"),
+    (lambda d: d["info"].update(format_version="new"), "info.format_version"),
+    (lambda d: d.pop("detection_categories"), "detection_categories"),
+    (lambda d: d.update(images={}), "missing 'images' list"),
+    (lambda d: d["images"][3].pop("file"), "images[3] has no 'file'"),
+    (lambda d: d["images"][3]["detections"][1].update(category="9"),
+     "images[3] (african_elephants.jpg) detections[1] has category '9'"),
+    (lambda d: d["images"][3]["detections"][0].update(bbox=[0.1, 0.2]), "'bbox' must be four numbers"),
+    (lambda d: d["images"][3]["detections"][0].update(conf="high"), "no numeric 'conf'"),
+    (lambda d: d["images"][4].update(failure=3), "non-string failure"),
+]
+
+
+@pytest.mark.parametrize("breaks, message", BROKEN)
+def test_wrong_schema_names_the_first_problem(sample, tmp_path, breaks, message):
+    doc = copy.deepcopy(sample)
+    breaks(doc)
+    assert message in first_problem(doc)
+    path = tmp_path / "md.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(TrapkitError, match="is not MegaDetector batch output") as e:
+        load_detections(path)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_json_is_a_one_line_cli_error(tmp_path, samples_dir, tiny_onnx_path, capsys):
+    path = tmp_path / "md.json"
+    path.write_text('{"info": {"format_version": "1.6"}, "images": [')
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections", str(path),
+                 "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("trapkit: error:") and "is not valid JSON (line 1" in err and "\n" not in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_top_level_list_is_rejected(tmp_path):
+    path = tmp_path / "md.json"
+    path.write_text("[]")
+    with pytest.raises(TrapkitError, match="top level is a JSON list"):
+        load_detections(path)
+
+
+def test_unknown_category_name_lists_the_known_ones(tmp_path, samples_dir, tiny_onnx_path, capsys):
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections",
+                 str(samples_dir / "md_v5a_detections.json"), "--out", str(tmp_path / "o.json"),
+                 "--categories", "bird"])
+    assert code == 1
+    assert "category 'bird' is not in the detections file; it has animal, person, vehicle" in capsys.readouterr().err

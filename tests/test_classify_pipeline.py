@@ -1,0 +1,206 @@
+"""`trapkit classify` end to end with the tiny real ONNX model and the bundled camera-trap photos."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import re
+import shutil
+
+import pytest
+
+from classify_helpers import animal, megadetector_validate, onnx_with_taxonomy, write_detections
+from trapkit.cli import main
+from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+from trapkit.serve.runtime import open_runtime
+from trapkit.serve.smoothing import SmoothSettings, sequences, smooth_sequences
+
+
+def _classify(samples_dir, tiny_onnx_path, tmp_path, *extra) -> tuple[int, dict]:
+    out = tmp_path / "out.json"
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections",
+                 str(samples_dir / "md_v5a_detections.json"), "--out", str(out), *extra])
+    return code, json.loads(out.read_text()) if out.exists() else None
+
+
+def _strip_ours(doc: dict) -> dict:
+    doc = copy.deepcopy(doc)
+    for key in ("classification_categories", "classification_category_descriptions"):
+        doc.pop(key, None)
+    for key in ("classifier", "classification_completion_time", "classifier_metadata"):
+        doc["info"].pop(key, None)
+    for im in doc["images"]:
+        for det in im.get("detections") or ():
+            det.pop("classifications", None)
+    return doc
+
+
+def test_output_is_megadetector_1_6_and_preserves_the_input(samples_dir, tiny_onnx_path, tmp_path, capsys):
+    code, out = _classify(samples_dir, tiny_onnx_path, tmp_path, "--csv", str(tmp_path / "out.csv"), "--top-k", "3")
+    assert code == 0
+    megadetector_validate(tmp_path / "out.json", samples_dir)
+    source = json.loads((samples_dir / "md_v5a_detections.json").read_text())
+    assert _strip_ours(out) == source  # everything else carried through untouched
+    assert out["info"]["format_version"] == "1.6"
+    assert out["classification_categories"] == {"0": "bear", "1": "cattle", "2": "dog", "3": "elephant", "4": "ocelot"}
+    assert "classification_category_descriptions" not in out  # the tiny model has no taxonomy
+    assert "tiny-test-model" in out["info"]["classifier"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", out["info"]["classification_completion_time"])
+    classified = 0
+    for im in out["images"]:
+        for det in im["detections"]:
+            wanted = det["category"] == "1" and det["conf"] >= 0.1
+            assert ("classifications" in det) == wanted
+            if wanted:
+                classified += 1
+                confs = [c for _, c in det["classifications"]]
+                assert len(confs) == 3 and confs == sorted(confs, reverse=True)
+                assert all(isinstance(cid, str) for cid, _ in det["classifications"])
+    assert classified == 13
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert len(rows) == classified * 3
+    assert rows[0]["file"] == "african_elephants.jpg" and rows[0]["rank"] == "1" and rows[0]["bbox"].startswith("[")
+    printed = capsys.readouterr().out
+    assert "13 detections classified in 5 of 10 images; 0 images failed" in printed
+
+
+def test_taxonomy_becomes_category_descriptions(samples_dir, tiny_onnx_path, tmp_path):
+    taxonomy = tuple(f"mammalia;order;family;genus;{x}" for x in ("bear", "cattle", "dog", "elephant", "ocelot"))
+    model = onnx_with_taxonomy(tiny_onnx_path, tmp_path / "tax.onnx", taxonomy)
+    code, out = _classify(samples_dir, model, tmp_path, "--categories", "animal", "person", "--threshold", "0.5")
+    assert code == 0
+    assert out["classification_category_descriptions"]["4"] == taxonomy[4]
+    classified = [d for im in out["images"] for d in im["detections"] if "classifications" in d]
+    assert len(classified) == 13 and all(d["conf"] >= 0.5 for d in classified)  # 12 animals + 1 person above 0.5
+    assert any(d["category"] == "2" for d in classified)
+    megadetector_validate(tmp_path / "out.json")
+
+
+def test_batched_across_images_equals_one_crop_at_a_time(samples_dir, tiny_onnx_path, tmp_path):
+    results = []
+    for n, (batch, workers) in enumerate([(1, 1), (7, 3)]):
+        paths = ClassifyPaths(samples_dir, tmp_path / f"out{n}.json", samples_dir / "md_v5a_detections.json")
+        with open_runtime(tiny_onnx_path) as runtime:
+            classify_images(paths, runtime, ClassifySettings(batch_size=batch, workers=workers, top_k=5))
+        results.append(json.loads(paths.out.read_text()))
+    one, batched = ([dict(c) for im in r["images"] for d in im["detections"] for c in [d.get("classifications", [])]]
+                    for r in results)
+    assert len(one) == len(batched)
+    for a, b in zip(one, batched):
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) <= 2e-4 for k in a)
+
+
+def test_whole_images_without_detections(samples_dir, tiny_onnx_path, tmp_path):
+    images = tmp_path / "plankton"
+    (images / "tow1").mkdir(parents=True)
+    for name in ("ocelot.jpg", "blank.jpg"):
+        shutil.copy(samples_dir / name, images / "tow1" / name)
+    shutil.copy(samples_dir / "human.jpg", images / "human.jpg")
+    out = tmp_path / "out.json"
+    assert main(["classify", str(images), "--model", str(tiny_onnx_path), "--out", str(out), "--top-k", "2"]) == 0
+    doc = json.loads(out.read_text())
+    megadetector_validate(out, images)
+    assert [im["file"] for im in doc["images"]] == ["human.jpg", "tow1/blank.jpg", "tow1/ocelot.jpg"]
+    for im in doc["images"]:
+        (det,) = im["detections"]
+        assert det["bbox"] == [0.0, 0.0, 1.0, 1.0] and len(det["classifications"]) == 2
+
+
+def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_path, tmp_path, capsys):
+    (samples_copy / "empty.jpg").write_bytes(b"")
+    (samples_copy / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 20)
+    (samples_copy / "text.jpg").write_text("a text file with an image name")
+    data = (samples_copy / "ocelot.jpg").read_bytes()
+    (samples_copy / "truncated.jpg").write_bytes(data[: len(data) * 2 // 3])
+    (tmp_path / "outside.jpg").write_bytes(data)  # exists, but outside the image folder
+    names = ["ocelot.jpg", "missing.jpg", "empty.jpg", "corrupt.jpg", "text.jpg", "truncated.jpg",
+             "/etc/hostname", "../outside.jpg"]
+    md = write_detections(tmp_path / "md.json", [{"file": n, "detections": [animal()]} for n in names])
+    out, table = tmp_path / "out.json", tmp_path / "out.csv"
+    code = main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(out), "--csv", str(table)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    megadetector_validate(out)
+    by_file = {im["file"]: im for im in doc["images"]}
+    for name in ("ocelot.jpg", "truncated.jpg"):
+        assert by_file[name].get("failure") is None and by_file[name]["detections"][0]["classifications"]
+    expected = {"missing.jpg": "does not exist", "empty.jpg": "empty file", "corrupt.jpg": "could not be decoded",
+                "text.jpg": "not a readable image",
+                "/etc/hostname": "is absolute", "../outside.jpg": "escapes the image folder"}
+    for name, reason in expected.items():
+        assert by_file[name]["detections"] is None and reason in by_file[name]["failure"], by_file[name]
+    rows = list(csv.DictReader(table.open()))
+    assert any(r["file"] == "truncated.jpg" and "truncated" in r["warning"] for r in rows)
+    assert sum(1 for r in rows if r["failure"]) == 6
+    printed = capsys.readouterr().out
+    assert "6 images failed; 1 classified with warnings" in printed
+
+
+def test_sort_into_copies_or_links_by_top_species(samples_dir, tiny_onnx_path, tmp_path):
+    code, out = _classify(samples_dir, tiny_onnx_path, tmp_path, "--sort-into", str(tmp_path / "sorted"))
+    assert code == 0
+    labels = out["classification_categories"]
+    for im in out["images"]:
+        dets = [d for d in im["detections"] if "classifications" in d]
+        folder = labels[max(dets, key=lambda d: d["conf"])["classifications"][0][0]] if dets else "_empty"
+        target = tmp_path / "sorted" / folder / im["file"]
+        assert target.is_file() and not target.is_symlink()
+        assert target.read_bytes() == (samples_dir / im["file"]).read_bytes()
+    code, _ = _classify(samples_dir, tiny_onnx_path, tmp_path, "--sort-into", str(tmp_path / "linked"), "--link")
+    assert code == 0
+    links = list((tmp_path / "linked").rglob("*.jpg"))
+    assert len(links) == 10 and all(p.is_symlink() for p in links)
+
+
+def _result(files_and_tops: list[tuple[str, list[tuple[str, float]]]]) -> dict:
+    """A classify output with one detection per image and the given [(class id, conf), ...] top lists."""
+    return {"images": [{"file": f, "detections": [{"category": "1", "conf": 0.9, "bbox": [0, 0, 1, 1],
+                                                    "classifications": [list(c) for c in tops]}]}
+                       for f, tops in files_and_tops]}
+
+
+def test_smoothing_fixes_unsure_detections_in_a_sequence():
+    # Camera A: a 4-shot burst of deer ("1") with one unsure frame called fox ("2");
+    # 10 minutes later, one unsure fox alone (a new sequence: left alone). Camera B: no EXIF time.
+    result = _result([
+        ("camA/1.jpg", [("1", 0.9), ("2", 0.05)]),
+        ("camA/2.jpg", [("2", 0.45), ("1", 0.40), ("3", 0.1)]),
+        ("camA/3.jpg", [("1", 0.8)]),
+        ("camA/4.jpg", [("1", 0.7)]),
+        ("camA/5.jpg", [("2", 0.4), ("1", 0.3)]),
+        ("camB/1.jpg", [("2", 0.3), ("1", 0.2)]),
+    ])
+    times = {0: "2024:05:01 10:00:00", 1: "2024:05:01 10:00:02", 2: "2024:05:01 10:00:04", 3: "2024:05:01 10:00:30",
+             4: "2024:05:01 10:10:30", 5: None}
+    assert sequences(result["images"], times, 60) == [[0, 1, 2, 3], [4], [5]]
+    before = copy.deepcopy(result)
+    assert smooth_sequences(result, times, SmoothSettings(gap_seconds=60)) == 1
+    fixed = result["images"][1]["detections"][0]
+    assert fixed["classifications"] == [["1", 0.45], ["3", 0.1]]
+    assert fixed["classifications_before_smoothing"] == before["images"][1]["detections"][0]["classifications"]
+    for i in (0, 2, 3, 4, 5):
+        assert result["images"][i] == before["images"][i]
+    # A longer gap joins the lone fox to the burst; a shorter one leaves too few votes.
+    assert smooth_sequences(copy.deepcopy(before), times, SmoothSettings(gap_seconds=900)) == 2
+    assert smooth_sequences(copy.deepcopy(before), times, SmoothSettings(gap_seconds=1)) == 0
+
+
+def test_smooth_flag_runs_end_to_end(samples_dir, tiny_onnx_path, tmp_path):
+    code, out = _classify(samples_dir, tiny_onnx_path, tmp_path, "--smooth", "--sequence-gap", "30")
+    assert code == 0
+    assert out["info"]["classifier_metadata"]["smoothing"]["gap_seconds"] == 30
+    megadetector_validate(tmp_path / "out.json")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--link"], "--link only applies with --sort-into"),
+    (["--sequence-gap", "5"], "--sequence-gap only applies with --smooth"),
+    (["--batch-size", "0"], "batch-size must be at least 1"),
+    (["--margin", "-1"], "crop margin -1.0 is out of range"),
+])
+def test_bad_flags_are_one_line_errors(samples_dir, tiny_onnx_path, tmp_path, capsys, flags, message):
+    code, _ = _classify(samples_dir, tiny_onnx_path, tmp_path, *flags)
+    assert code == 1 and message in capsys.readouterr().err

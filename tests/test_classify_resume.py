@@ -1,0 +1,85 @@
+"""Checkpoints and --resume: a run killed with SIGKILL continues to the same output.
+
+The kill uses a test hook in trapkit.serve.classify: with the environment
+variable TRAPKIT_TEST_KILL_AFTER_IMAGES=n, the process SIGKILLs itself after
+preparing n images (mid-way between checkpoints), exactly like `kill -9`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from classify_helpers import animal, write_detections
+from trapkit.cli import main
+from trapkit.serve.classify import KILL_AFTER_ENV
+
+
+@pytest.fixture
+def burst(samples_dir, tmp_path):
+    """14 copies of the bundled photos in two folders, 1-3 detections each (a made-up box on blanks)."""
+    images = tmp_path / "images"
+    entries = []
+    source = json.loads((samples_dir / "md_v5a_detections.json").read_text())["images"]
+    for folder in ("a", "b"):
+        (images / folder).mkdir(parents=True)
+        for im in source:
+            shutil.copy(samples_dir / im["file"], images / folder / im["file"])
+            dets = [d for d in im["detections"] if d["conf"] >= 0.5][:3] or [animal(conf=0.8)]
+            entries.append({"file": f"{folder}/{im['file']}", "detections": dets})
+    return images, write_detections(tmp_path / "md.json", entries[:14])
+
+
+def _argv(images, md, model, out, *extra) -> list[str]:
+    return ["classify", str(images), "--model", str(model), "--detections", str(md), "--out", str(out),
+            "--csv", str(out.with_suffix(".csv")), "--checkpoint-every", "4", "--batch-size", "5", *extra]
+
+
+def _comparable(path) -> dict:
+    doc = json.loads(path.read_text())
+    doc["info"].pop("classification_completion_time")
+    return doc
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_output(burst, tiny_onnx_path, tmp_path):
+    images, md = burst
+    reference = tmp_path / "reference.json"
+    assert main(_argv(images, md, tiny_onnx_path, reference)) == 0
+
+    out = tmp_path / "out.json"
+    checkpoint = tmp_path / "out.json.checkpoint.json"
+    env = {**os.environ, KILL_AFTER_ENV: "10"}  # killed after 10 images: 8 checkpointed, 2 lost
+    killed = subprocess.run([sys.executable, "-m", "trapkit.cli", *_argv(images, md, tiny_onnx_path, out)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists()
+    state = json.loads(checkpoint.read_text())
+    assert len(state["done"]) == 8
+
+    # Without --resume the checkpoint is not silently thrown away.
+    assert main(_argv(images, md, tiny_onnx_path, out)) == 1
+    assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 0
+    assert _comparable(out) == _comparable(reference)
+    assert out.with_suffix(".csv").read_text() == reference.with_suffix(".csv").read_text()
+    assert not checkpoint.exists()
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(burst, tiny_onnx_path, tmp_path, capsys):
+    images, md = burst
+    out = tmp_path / "out.json"
+    checkpoint = tmp_path / "out.json.checkpoint.json"
+    checkpoint.write_text(json.dumps({"version": 1, "fingerprint": "0" * 64, "done": {}}))
+    assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 1
+    assert "was made with other detections, model or settings" in capsys.readouterr().err
+    checkpoint.write_text("{not json")
+    assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 1
+    assert "is unreadable" in capsys.readouterr().err
+    checkpoint.unlink()
+    assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 0  # nothing to resume: a fresh run

@@ -1,0 +1,76 @@
+"""trapkit.serve.runtime: opening exported models in onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from trapkit.errors import TrapkitError
+from trapkit.images import load_model_input
+from trapkit.serve.runtime import OnnxRuntime, open_runtime
+
+
+def test_open_file_or_export_folder(tiny_onnx_path, tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(tiny_onnx_path, folder / "model.onnx")
+    for ref in (tiny_onnx_path, folder, str(folder)):
+        with open_runtime(ref) as rt:
+            assert rt.spec.labels == ("bear", "cattle", "dog", "elephant", "ocelot")
+            assert rt.spec.input_size == 32 and "tiny-test-model" in rt.name
+
+
+def test_predict_gives_probabilities_and_batches_agree(tiny_onnx_path, samples_dir):
+    batch = np.stack([load_model_input(p, 32) for p in sorted(samples_dir.glob("*.jpg"))])  # (10, 32, 32, 3) uint8
+    with open_runtime(tiny_onnx_path) as rt:
+        probs = rt.predict(batch)
+        single = np.concatenate([rt.predict(batch[i:i + 1]) for i in range(len(batch))])
+    assert probs.shape == (10, 5) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, single, atol=1e-5)
+
+
+def test_gpu_providers_that_cannot_start_fall_back_to_cpu(tiny_onnx_path, caplog, capfd):
+    # onnxruntime-gpu lists CUDA and TensorRT even on machines without them.
+    with caplog.at_level(logging.DEBUG, logger="trapkit.serve.runtime"):
+        rt = OnnxRuntime(tiny_onnx_path, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert rt.providers[-1] == "CPUExecutionProvider"
+    assert rt.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 5)
+    if rt.providers == ["CPUExecutionProvider"]:
+        assert "unavailable" in caplog.text
+        assert "EP Error" not in capfd.readouterr().out  # onnxruntime's own fallback chatter is kept quiet
+
+
+def test_missing_or_foreign_models_are_clear_errors(tmp_path):
+    with pytest.raises(TrapkitError, match="no ONNX model at"):
+        open_runtime(tmp_path / "nothing.onnx")
+    with pytest.raises(TrapkitError, match="no ONNX model at .*model.onnx"):
+        open_runtime(tmp_path)
+    with pytest.raises(TrapkitError, match="give --model"):
+        open_runtime(None)
+
+
+def test_model_without_trapkit_metadata_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["probs"])], "plain",
+                              [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, 4])],
+                              [helper.make_tensor_value_info("probs", TensorProto.UINT8, [None, 4])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    with pytest.raises(TrapkitError, match="no 'trapkit.spec' metadata"):
+        open_runtime(path)
+
+
+def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp_path, capsys):
+    from trapkit.cli import main
+
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", "127.0.0.1:9",
+                 "--triton-model", "tiny", "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("trapkit: error: Triton server at 127.0.0.1:9 is not reachable")
+    assert not (tmp_path / "out.json").exists()

@@ -1,0 +1,174 @@
+"""`trapkit al init/next/status/simulate` end to end on tiny real image trees, in-process through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from train_helpers import FAST, make_trees, write_answers
+
+from trapkit.cli import main
+from trapkit.train import labels
+from trapkit.train.run import Run
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("al_trees")
+    t = make_trees(root)
+    (t["pool"] / "broken").mkdir()
+    (t["pool"] / "broken" / "empty.jpg").write_bytes(b"")
+    (t["pool"] / "broken" / "garbage.jpg").write_bytes(b"\xff\xd8 this is not a jpeg" * 20)
+    return t
+
+
+@pytest.fixture(scope="module")
+def initialised(trees, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("al_run") / "run"
+    rc = main(["al", "init", str(run), "--labelled", str(trees["labelled"]), "--unlabelled", str(trees["pool"]),
+               "--validation", str(trees["validation"]), "--batch", "5", "--finetune-every", "4", *FAST])
+    assert rc == 0
+    return run
+
+
+@pytest.fixture
+def run(initialised, tmp_path) -> Path:
+    """A private copy of a run right after `al init` (round 1 written)."""
+    dst = tmp_path / "run"
+    shutil.copytree(initialised, dst)
+    return dst
+
+
+def test_init_writes_model_metrics_request_and_records_unreadable_images(run):
+    r = Run(run)
+    state = r.load_state()
+    assert state.round == 1 and state.classes == ["bear", "cattle", "dog"]
+    spec = json.loads((run / "model" / "spec.json").read_text())
+    assert spec["labels"] == ["bear", "cattle", "dog"] and spec["input_size"] == 32 and spec["feat_dim"] == 16
+    card = json.loads((run / "model" / "metrics.json").read_text())
+    assert card["round"] == 1 and card["labels"] == 12 and 0.0 <= card["accuracy"] <= 1.0
+    assert set(card["per_class_recall"]) == {"bear", "cattle", "dog"}
+    for name in ("metrics.json", "confusion.csv", "confusion.png", "settings.json"):
+        assert (run / "rounds" / "001" / name).is_file()
+    df = r.load_manifest()
+    bad = df[df["status"] == "unreadable"].set_index("path")
+    assert set(bad.index) == {"broken/empty.jpg", "broken/garbage.jpg"}
+    assert "empty file" in bad.loc["broken/empty.jpg", "reason"]
+    pool_paths, selected = labels.read_request(r.request_path(1))
+    assert len(selected) == 5 and len(pool_paths) == 24 and not any(p.startswith("broken/") for p in pool_paths)
+
+
+def test_next_ingests_dirty_csv_and_unselected_labels(run, trees, tmp_path, capsys):
+    items = labels.current_request(run)
+    answers = {i.path: trees["truth"][i.path] for i in items}
+    extra = next(p for p in trees["truth"] if p not in answers)
+    answers[extra] = trees["truth"][extra]  # a person labelled one more image than asked
+    csv = write_answers(tmp_path / "export.csv", answers, backslash=True, bom=True, crlf=True, extra=True,
+                        reorder=True, selected={i.path for i in items})
+    assert main(["al", "next", str(run), "--labels", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "6 new label(s)" in out and "1 on images that were not requested (kept)" in out
+    r = Run(run)
+    df = r.load_manifest()
+    assert (df.loc[df["split"] == "pool", "label"] != "").sum() == 6
+    assert r.load_state().round == 2
+    _, selected = labels.read_request(r.request_path(2))
+    assert len(selected) == 5 and not selected & set(answers)
+    assert json.loads((run / "model" / "metrics.json").read_text())["labels"] == 18
+    assert main(["al", "status", str(run), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["round"] == 2 and sum(status["labels_per_class"].values()) == 18 and status["unreadable"] == 2
+
+
+def test_partial_answers_keep_the_rest_requested(run, trees):
+    items = labels.current_request(run)
+    labels.save_answers(run, {i.path: trees["truth"][i.path] for i in items[:2]})  # the labelling page, half done
+    assert main(["al", "next", str(run), "--batch", "4"]) == 0
+    r = Run(run)
+    _, selected = labels.read_request(r.request_path(2))
+    rest = {i.path for i in items[2:]}
+    assert rest <= selected and len(selected) == 4  # 3 carried over + 1 new pick
+    assert not list(r.inbox_dir.glob("*.csv")) and list((r.inbox_dir / "done").glob("*.csv"))
+
+
+def test_unknown_class_errors_then_allow_new_classes_grows_the_head(run, trees, tmp_path, capsys):
+    items = labels.current_request(run)
+    answers = {i.path: trees["truth"][i.path] for i in items}
+    answers[items[0].path] = "wolf"
+    csv = write_answers(tmp_path / "a.csv", answers)
+    assert main(["al", "next", str(run), "--labels", str(csv)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown class names (a.csv line 2: 'wolf')" in err and "--allow-new-classes" in err
+    assert Run(run).load_state().round == 1
+    assert main(["al", "next", str(run), "--labels", str(csv), "--allow-new-classes"]) == 0
+    spec = json.loads((run / "model" / "spec.json").read_text())
+    assert spec["labels"] == ["bear", "cattle", "dog", "wolf"]
+    from trapkit.train.model import load_model
+
+    assert load_model(run / "model").head.num_classes == 4
+
+
+def test_next_without_new_labels_says_what_to_do(run, capsys):
+    assert main(["al", "next", str(run)]) == 1
+    assert "no new labels; fill the Species column" in capsys.readouterr().err
+
+
+def test_bad_labelled_folder_loose_images_and_empty_classes(trees, tmp_path, capsys):
+    rc = main(["al", "init", str(tmp_path / "r1"), "--labelled", str(tmp_path / "nope"),
+               "--unlabelled", str(trees["pool"]), *FAST])
+    assert rc == 1 and "--labelled folder" in capsys.readouterr().err
+    seed = tmp_path / "seed"
+    shutil.copytree(trees["labelled"], seed)
+    shutil.copy(seed / "bear" / "bear_0.jpg", seed / "loose.jpg")
+    (seed / "wolf").mkdir()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(seed / "bear" / "bear_0.jpg", flat / "x.jpg")
+    assert main(["al", "init", str(tmp_path / "r2"), "--labelled", str(flat),
+                 "--unlabelled", str(trees["pool"]), *FAST]) == 1
+    assert "no class folders with images" in capsys.readouterr().err
+    assert main(["al", "init", str(tmp_path / "r3"), "--labelled", str(seed), "--unlabelled", str(trees["pool"]),
+                 "--batch", "3", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s) directly in" in out and "loose.jpg" in out and "wolf has no images" in out
+    assert main(["al", "status", str(tmp_path / "r3")]) == 0
+    assert "wolf has no images" in capsys.readouterr().out
+    assert main(["al", "init", str(tmp_path / "r3"), "--labelled", str(seed), "--unlabelled", str(trees["pool"]),
+                 *FAST]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_simulate_writes_a_learning_curve(trees, tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["al", "simulate", "--labelled", str(trees["labelled"]), "--unlabelled", str(trees["pool"]),
+                 "--validation", str(trees["validation"]), "--oracle", str(trees["oracle"]), "--budget", "8",
+                 "--batch", "5", "--strategy", "kcenter", "--seed", "3", "--out", str(out), "--loss", "triplet",
+                 *FAST]) == 0
+    lines = (out / "curve.csv").read_text().splitlines()
+    assert lines[0] == "labels,accuracy,macro_recall,strategy,seed"
+    assert [int(x.split(",")[0]) for x in lines[1:]] == [12, 17, 20]
+    assert all(x.endswith(",kcenter,3") for x in lines[1:])
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rescan_adds_new_pool_images_after_the_start(run, trees, tmp_path):
+    r = Run(run)
+    settings = r.settings()
+    pool = tmp_path / "pool"
+    shutil.copytree(trees["pool"], pool)
+    settings.data.unlabelled = str(pool)
+    settings.save(r.settings_path)
+    (pool / "cam_c").mkdir()
+    for i, src in enumerate(sorted((pool / "cam_a").glob("*.jpg"))[:2]):
+        shutil.copy(src, pool / "cam_c" / f"new_{i}.jpg")
+    assert main(["al", "next", str(run), "--rescan"]) == 0
+    df = r.load_manifest()
+    assert {"cam_c/new_0.jpg", "cam_c/new_1.jpg"} <= set(df["path"])
+    from trapkit.train.embed import open_embeddings
+
+    assert len(open_embeddings(r.embeddings_path(r.load_state().embedder_version))) == len(df)
+    pool_paths, _ = labels.read_request(r.request_path(2))
+    assert "cam_c/new_0.jpg" in pool_paths

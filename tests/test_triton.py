@@ -1,0 +1,254 @@
+"""Classifying on a real Triton server (the `tritonserver` binary from nvidia-pytriton) on 127.0.0.1.
+
+The server runs the exported model.onnx through the Python backend; results
+must match local onnxruntime within 1e-4, server trouble must end in one-line
+errors, and a server that dies mid-run must lose nothing after --resume.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from triton_repo import write_python_repo
+from triton_server import TritonServer, free_port
+from trapkit.cli import main
+from trapkit.errors import TrapkitError
+
+pytestmark = pytest.mark.slow
+MODEL = "tiny"
+MAX_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tiny_onnx_path, tmp_path_factory):
+    """A model repository holding the tiny model alone."""
+    repo = tmp_path_factory.mktemp("tiny_repo")
+    write_python_repo(tiny_onnx_path, repo, MODEL, max_batch_size=MAX_BATCH)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton_repo(tiny_onnx_path, tmp_path_factory):
+    """The tiny model, the same without a spec parameter, and a model that fails to load."""
+    repo = tmp_path_factory.mktemp("triton_repo")
+    write_python_repo(tiny_onnx_path, repo, MODEL, max_batch_size=MAX_BATCH)
+    # The same model as a repository made without trapkit would hold it: no spec parameter.
+    config = write_python_repo(tiny_onnx_path, repo, f"{MODEL}_nospec", max_batch_size=MAX_BATCH) / "config.pbtxt"
+    config.write_text("".join(line for line in config.read_text().splitlines(True) if "trapkit.spec" not in line))
+    # A model whose initialize fails: the server stays up and ready (not strict) with it UNAVAILABLE.
+    broken = write_python_repo(tiny_onnx_path, repo, "broken", max_batch_size=MAX_BATCH)
+    (broken / "1" / "model.py").write_text("class TritonPythonModel:\n    def initialize(self, args):\n"
+                                           "        raise RuntimeError('weights missing')\n")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton(triton_repo, tmp_path_factory):
+    """A running server for the module; a start failure fails the tests with the server log."""
+    server = TritonServer(triton_repo, workdir=tmp_path_factory.mktemp("triton_server"),
+                          extra_args=("--exit-on-error=false", "--strict-readiness=false")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_triton(tiny_repo, tmp_path):
+    """A server this test may kill."""
+    server = TritonServer(tiny_repo, workdir=tmp_path / "server").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_onnx_path):
+    from trapkit.export.onnx_export import bundled_parity_images, read_spec
+
+    return bundled_parity_images(read_spec(tiny_onnx_path))  # (10, 32, 32, 3) uint8
+
+
+def _runtime(server, **kw):
+    from trapkit.serve.triton_runtime import TritonRuntime
+
+    return TritonRuntime(server.url, MODEL, **kw)
+
+
+def test_spec_comes_from_the_server(triton, tiny_onnx_path):
+    from trapkit.export.onnx_export import read_spec
+
+    with _runtime(triton) as rt:
+        assert rt.spec == read_spec(tiny_onnx_path)
+        assert rt.io.max_batch_size == MAX_BATCH and rt.io.input_size == 32
+
+
+def test_spec_falls_back_to_served_labels(triton, tiny_onnx_path, photos, caplog):
+    from trapkit.export.onnx_export import read_spec
+    from trapkit.serve.triton_runtime import TritonRuntime
+
+    spec = read_spec(tiny_onnx_path)
+    with TritonRuntime(triton.url, f"{MODEL}_nospec") as rt:
+        assert rt.spec.labels == spec.labels and rt.spec.input_size == spec.input_size
+        assert rt.predict(photos).shape == (10, 5)
+    assert "has no trapkit.spec parameter" in caplog.text
+
+
+def test_predict_matches_onnxruntime_and_single_images(triton, tiny_onnx_path, photos):
+    from trapkit.serve.runtime import OnnxRuntime
+
+    local = OnnxRuntime(tiny_onnx_path).predict(photos)
+    # 10 images > max batch 4: three chunks in flight at once, results back in input order.
+    with _runtime(triton, concurrency=3) as rt:
+        batched = rt.predict(photos)
+        one_by_one = np.concatenate([rt.predict(photos[i:i + 1]) for i in range(len(photos))])
+        empty = rt.predict(photos[:0])
+    assert batched.dtype == np.float32 and batched.shape == local.shape == (10, 5)
+    np.testing.assert_allclose(batched, local, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(one_by_one, batched, atol=1e-6, rtol=0)
+    assert empty.shape == (0, 5)
+
+
+def test_classification_extension_serves_the_labels(triton, tiny_onnx_path, photos):
+    import tritonclient.http as httpclient
+
+    from trapkit.serve.runtime import OnnxRuntime
+
+    runtime = OnnxRuntime(tiny_onnx_path)
+    probs = runtime.predict(photos[:3])
+    client = httpclient.InferenceServerClient(triton.url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("images", list(photos[:3].shape), "UINT8")
+        inp.set_data_from_numpy(photos[:3])
+        out = httpclient.InferRequestedOutput("probs", class_count=3)
+        top = client.infer(MODEL, [inp], outputs=[out]).as_numpy("probs")  # (3, 3) b"score:index:label"
+    finally:
+        client.close()
+    for row, p in zip(top, probs):
+        entries = [e.decode().split(":", 2) for e in row]
+        assert [int(i) for _, i, _ in entries] == list(np.argsort(-p)[:3])
+        assert [label for _, _, label in entries] == [runtime.spec.labels[i] for i in np.argsort(-p)[:3]]
+        np.testing.assert_allclose([float(s) for s, _, _ in entries], np.sort(p)[::-1][:3], atol=1e-4)
+    with _runtime(triton) as rt:
+        assert [label for label, _ in rt.top_classes(photos[:1], 2)[0]] == [runtime.spec.labels[i] for i in np.argsort(-probs[0])[:2]]
+
+
+def test_classify_over_triton_matches_local(triton, tiny_onnx_path, samples_dir, tmp_path):
+    args = ["classify", str(samples_dir), "--detections", str(samples_dir / "md_v5a_detections.json"),
+            "--batch-size", "3", "--workers", "2"]
+    assert main([*args, "--model", str(tiny_onnx_path), "--out", str(tmp_path / "local.json")]) == 0
+    assert main([*args, "--triton-url", triton.url, "--triton-model", MODEL, "--concurrency", "2",
+                 "--out", str(tmp_path / "triton.json")]) == 0
+    local = json.loads((tmp_path / "local.json").read_text())
+    remote = json.loads((tmp_path / "triton.json").read_text())
+    assert remote["classification_categories"] == local["classification_categories"]
+    pairs = [(a, b) for ia, ib in zip(local["images"], remote["images"])
+             for a, b in zip(ia["detections"] or [], ib["detections"] or []) if "classifications" in a]
+    assert pairs, "the bundled detections should include animals to classify"
+    for a, b in pairs:
+        assert [c for c, _ in a["classifications"]] == [c for c, _ in b["classifications"]]
+        # Confidences are written rounded to 4 decimals: a 1e-4 step at most.
+        np.testing.assert_allclose([p for _, p in a["classifications"]], [p for _, p in b["classifications"]],
+                                   atol=1e-4 + 1e-9, rtol=0)
+
+
+def test_server_not_there_is_one_line_error(tiny_onnx_path, samples_dir, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", url,
+                 "--triton-model", MODEL, "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1] == f"trapkit: error: Triton server at {url} is not reachable; start it or check --triton-url"
+
+
+def test_unknown_model_names_the_served_ones(triton):
+    from trapkit.serve.triton_runtime import TritonRuntime
+
+    with pytest.raises(TrapkitError, match=r"no ready model 'nope' \(models there: broken, tiny, tiny_nospec\); check"):
+        TritonRuntime(triton.url, "nope")
+
+
+def test_model_that_failed_to_load_says_why(triton):
+    from trapkit.serve.triton_runtime import TritonRuntime
+
+    with pytest.raises(TrapkitError, match=r"model 'broken' at .* is not ready \(UNAVAILABLE: .*weights missing"):
+        TritonRuntime(triton.url, "broken")
+
+
+@pytest.mark.parametrize("url", ["grpc://127.0.0.1:8001", "http://:8000"])
+def test_bad_url_is_refused(url):
+    from trapkit.serve.triton_runtime import TritonRuntime
+
+    with pytest.raises(TrapkitError, match="http://HOST:PORT"):
+        TritonRuntime(url, MODEL)
+
+
+def test_retries_ride_out_a_restart(own_triton, tiny_repo, photos, tmp_path):
+    with _runtime(own_triton, retries=6, backoff=0.5) as rt:
+        before = rt.predict(photos)
+        own_triton.stop(kill=True)
+        again = TritonServer(tiny_repo, workdir=tmp_path / "again", http_port=own_triton.http_port)
+        restart = threading.Thread(target=lambda: (time.sleep(0.5), again.start()))
+        restart.start()
+        try:
+            after = rt.predict(photos)  # refused connections, backoff, then the new server answers
+        finally:
+            restart.join()
+            again.stop()
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+def test_server_dying_mid_run_loses_nothing_after_resume(own_triton, tiny_repo, tiny_onnx_path, samples_dir,
+                                                         tmp_path):
+    """Kill the server while classify runs; `--resume` on a new server completes the run as if nothing happened.
+
+    The interrupted run uses the library with short retries (the CLI's backoff would wait 15 s).
+    """
+    import shutil
+
+    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve.runtime import OnnxRuntime
+
+    # 60 whole images (the ten photos six times), a checkpoint every 2: plenty of run left after the first one.
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(6):
+        for p in sorted(samples_dir.glob("*.jpg")):
+            shutil.copy(p, images / f"{k}_{p.name}")
+    settings = ClassifySettings(batch_size=2, checkpoint_every=2, workers=1)
+    paths = ClassifyPaths(images_dir=images, out=tmp_path / "triton.json")
+
+    def kill_after_first_checkpoint():
+        while not paths.checkpoint.exists():
+            time.sleep(0.002)
+        own_triton.stop(kill=True)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint)
+    killer.start()
+    with _runtime(own_triton, retries=1, backoff=0.1) as rt, \
+            pytest.raises(TrapkitError, match="is not reachable; start it or check --triton-url"):
+        classify_images(paths, rt, settings)
+    killer.join()
+    done = json.loads(paths.checkpoint.read_text())
+    assert not paths.out.exists()
+    assert 0 < len(done["done"]) < 60  # the outage hit mid-run, after some work was checkpointed
+
+    again = TritonServer(tiny_repo, workdir=tmp_path / "again").start()
+    try:
+        assert main(["classify", str(images), "--out", str(paths.out), "--triton-url", again.url,
+                     "--triton-model", MODEL, "--checkpoint-every", "2", "--resume"]) == 0
+    finally:
+        again.stop()
+    assert not paths.checkpoint.exists()
+    with OnnxRuntime(tiny_onnx_path) as local:
+        classify_images(ClassifyPaths(images_dir=images, out=tmp_path / "local.json"), local, settings)
+    resumed = json.loads(paths.out.read_text())["images"]
+    expected = json.loads((tmp_path / "local.json").read_text())["images"]
+    assert [r["file"] for r in resumed] == [e["file"] for e in expected] and len(resumed) == 60
+    for r, e in zip(resumed, expected):
+        (dr,), (de,) = r["detections"], e["detections"]
+        assert [c for c, _ in dr["classifications"]] == [c for c, _ in de["classifications"]]
+        np.testing.assert_allclose([p for _, p in dr["classifications"]], [p for _, p in de["classifications"]],
+                                   atol=1e-4 + 1e-9)

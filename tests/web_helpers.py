@@ -1,0 +1,93 @@
+"""Launching the Gradio pages in-process on 127.0.0.1 for tests, and a few bad uploads."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+from trapkit.quickstart import SAMPLES
+from trapkit.serve.web import launch
+
+
+@contextlib.contextmanager
+def launched(app, allowed_paths=(SAMPLES,)):
+    """Serve a gr.Blocks on 127.0.0.1 in a thread; yield its URL; close it."""
+    url = launch(app, "127.0.0.1", None, block=False, allowed_paths=list(allowed_paths))
+    try:
+        yield url
+    finally:
+        app.close()
+
+
+def client(url: str):
+    """A gradio_client for `url` that sends no telemetry and does not look up the Hub's agent registry."""
+    from unittest.mock import patch
+
+    from gradio_client import Client
+    from huggingface_hub import constants
+
+    with patch.object(constants, "HF_HUB_OFFLINE", True):  # only while the client builds its headers
+        return Client(url, verbose=False, download_files=False, analytics_enabled=False)
+
+
+_seen_hosts: list[str] | None = None
+
+
+def _audit(event: str, args) -> None:
+    if _seen_hosts is None:
+        return
+    if event == "socket.getaddrinfo":
+        _seen_hosts.append(str(args[0]))
+    elif event == "socket.connect" and isinstance(args[1], tuple):
+        _seen_hosts.append(str(args[1][0]))
+
+
+@contextlib.contextmanager
+def outside_connections():
+    """Yield a list that ends up holding every non-loopback host this process looked up or connected to."""
+    global _seen_hosts
+    if _audit not in _hooks:
+        sys.addaudithook(_audit)  # audit hooks cannot be removed; it records only inside this block
+        _hooks.append(_audit)
+    outside: list[str] = []
+    _seen_hosts = []
+    try:
+        yield outside
+    finally:
+        seen, _seen_hosts = _seen_hosts, None
+        outside.extend(h for h in seen if not _is_loopback(h))
+
+
+_hooks: list = []
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "", "None"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def huge_png(path: Path, side: int = 20_000) -> Path:
+    """A valid PNG header announcing side x side pixels (400 MP), with one empty data chunk: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

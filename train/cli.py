@@ -1,0 +1,141 @@
+"""`trapkit al init | next | status | simulate`: thin adapters over trapkit.train.loop.
+
+Nothing heavy is imported here; torch loads inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
+    """The options of `al init`, shared by `al simulate`. Defaults are None: 'not given' (config file wins)."""
+    p.add_argument("--labelled", required=required, help="seed images, one sub-folder per class")
+    p.add_argument("--unlabelled", required=required, help="pool of images to label (any tree)")
+    p.add_argument("--validation", help="held-out validation images, one sub-folder per class "
+                   "(default: hold out 20%% of the seed)")
+    p.add_argument("--config", help="JSON settings file (defaults < config < flags)")
+    p.add_argument("--backbone", help="timm model name, or tv:NAME (default tf_efficientnet_lite0)")
+    p.add_argument("--weights", help="hub | none | lite0-offline | path to a state dict (default lite0-offline)")
+    p.add_argument("--input-size", type=int, help="square input size in pixels (default: the backbone's)")
+    p.add_argument("--feat-dim", type=int, help="embedding size (default 256)")
+    p.add_argument("--loss", choices=("softmax", "triplet"), help="embedding fine-tuning loss (default softmax)")
+    p.add_argument("--mining", choices=("batch-hard", "semi-hard"), help="triplet mining (default semi-hard)")
+    _round_options(p)
+
+
+def _round_options(p: argparse.ArgumentParser) -> None:
+    from trapkit.train.strategies import STRATEGIES
+
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), help="selection strategy (default margin)")
+    p.add_argument("--batch", type=int, help="images requested per round (default 100)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--finetune-epochs", type=int, help="embedding fine-tuning epochs per finetune; 0 keeps it frozen")
+    p.add_argument("--finetune-every", type=int, help="finetune again after this many new labels (default 500)")
+    p.add_argument("--head-max-epochs", type=int, help="MLP head epoch cap (default 200, early stopping)")
+
+
+FLAG_NAMES = ("labelled", "unlabelled", "validation", "backbone", "weights", "input_size", "feat_dim", "loss",
+              "mining", "strategy", "batch", "seed", "finetune_epochs", "finetune_every", "head_max_epochs")
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in FLAG_NAMES if hasattr(args, k)}
+
+
+def register(subparsers, common) -> None:
+    al = subparsers.add_parser("al", parents=[common], help="active-learning rounds: init, next, status, simulate",
+                               description="Active learning: each command does one step and exits.")
+    sub = al.add_subparsers(title="steps", metavar="STEP")
+    al.set_defaults(func=lambda args: al.print_help() or 2)
+
+    p = sub.add_parser("init", parents=[common], help="start a run: scan, finetune, fit, first label request")
+    p.add_argument("run", help="run folder to create")
+    _init_options(p, required=True)
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("next", parents=[common], help="ingest answers, retrain, write the next request")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--labels", action="append", default=[], metavar="CSV",
+                   help="answers CSV (Timelapse export; repeatable); RUN/inbox/*.csv is read too")
+    p.add_argument("--allow-new-classes", action="store_true", help="accept class names not seen before")
+    p.add_argument("--rescan", action="store_true", help="add images that appeared in the pool folder since init")
+    _round_options(p)
+    p.set_defaults(func=_next)
+
+    p = sub.add_parser("status", parents=[common], help="labels per class, rounds, metrics, what to do next")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("simulate", parents=[common], help="run the loop with an oracle CSV answering (benchmarks)")
+    p.add_argument("--oracle", required=True, help="CSV of true labels (File, RelativePath, Species)")
+    p.add_argument("--budget", type=int, required=True, help="pool labels to spend")
+    p.add_argument("--out", required=True, help="run folder to create; curve.csv and curve.png go here")
+    p.add_argument("--allow-new-classes", action="store_true", help="accept oracle classes the seed lacks")
+    _init_options(p, required=True)
+    p.set_defaults(func=_simulate)
+
+
+def _report(result) -> None:
+    m = result.metrics
+    print(f"round {result.round}: {result.labels} labels, validation accuracy {m['accuracy']:.3f}, "
+          f"macro recall {m['macro_recall']:.3f} ({m['n']} images)")
+    if result.ingest is not None:
+        print(f"answers: {result.ingest.summary()}")
+    for problem in result.problems:
+        print(f"note: {problem}")
+    print(f"next: label the {result.requested} selected images in {result.request}")
+
+
+def _init(args) -> int:
+    from trapkit.train.loop import init_run
+    from trapkit.train.settings import resolve
+
+    _report(init_run(args.run, resolve(args.config, _flags(args))))
+    return 0
+
+
+def _next(args) -> int:
+    from trapkit.train.loop import next_round
+
+    _report(next_round(args.run, args.labels, _flags(args), allow_new_classes=args.allow_new_classes,
+                           rescan=args.rescan))
+    return 0
+
+
+def _status(args) -> int:
+    from trapkit.train.loop import status
+
+    s = status(args.run)
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    print(f"round {s['round']}, {s['labelled']} labelled, {s['pool_unlabelled']} unlabelled in the pool, "
+          f"{s['unreadable']} unreadable, {s['validation_images']} validation images")
+    for c, k in s["labels_per_class"].items():
+        print(f"  {c:<30} {k:>7}")
+    if s["metrics"]:
+        print("latest: " + ", ".join(f"{k} {v:.3f}" for k, v in s["metrics"].items()))
+    if len(s["history"]) > 1:
+        print("history: " + ", ".join(f"{h['labelled']} labels {h['accuracy']:.3f}" for h in s["history"]))
+    for problem in s["problems"]:
+        print(f"note: {problem}")
+    if s["stopping"]:
+        print(f"stopping: {s['stopping']}")
+    print(f"next: {s['next']}")
+    return 0
+
+
+def _simulate(args) -> int:
+    from trapkit.train.loop import simulate
+    from trapkit.train.settings import resolve
+
+    curve = simulate(args.out, resolve(args.config, _flags(args)), args.oracle, args.budget,
+                     allow_new_classes=args.allow_new_classes)
+    print("labels  accuracy  macro_recall")
+    for r in curve:
+        print(f"{r['labels']:>6}  {r['accuracy']:.4f}    {r['macro_recall']:.4f}")
+    print(f"curve: {args.out}/curve.csv")
+    return 0

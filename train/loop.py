@@ -1,0 +1,432 @@
+"""The active-learning loop: `init`, `next`, `status`, `simulate`. Each call does one step and returns.
+
+A round: (finetune the embedder when enough new labels arrived) -> embed
+every image (cached per embedder version) -> fit the head -> save the
+deployable model -> evaluate on the validation set -> select -> write the
+label request -> commit `state.json`. See `trapkit.train.run` for the files
+and why a kill at any point loses no ingested label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from trapkit.errors import TrapkitError
+from trapkit.spec import ModelSpec
+from trapkit.train import labels as labels_mod
+from trapkit.train.run import Run, RunState
+from trapkit.train.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+KILL_ENV = "TRAPKIT_TEST_KILL_AT"
+BASE_EMBEDDER = "base"
+
+
+def _stage(name: str) -> None:
+    """Test-only crash hook: with TRAPKIT_TEST_KILL_AT=<name> the process SIGKILLs itself here.
+
+    Stages: ingested, inbox-moved, finetuned, embedded, model-saved, request-written.
+    """
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class RoundResult:
+    round: int
+    request: Path
+    requested: int
+    labels: int
+    metrics: dict
+    ingest: labels_mod.IngestReport | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+# -- init ---------------------------------------------------------------------------------
+
+def init_run(run_dir: str | Path, settings: RunSettings) -> RoundResult:
+    """Scan the trees, write manifest and settings, and run round 1."""
+    import pandas as pd
+
+    from trapkit.train.backbones import backbone_preprocessing
+    from trapkit.train.scan import scan_labelled, scan_pool
+
+    run = Run(run_dir)
+    if run.state_path.is_file() and run.load_state().round > 0:
+        raise TrapkitError(f"{run.root} already holds a run; continue it with 'trapkit al next {run.root}', "
+                           "or pick a new folder")
+    if not settings.data.labelled or not settings.data.unlabelled:
+        raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
+    seed_tree = scan_labelled(settings.data.labelled)
+    pool_paths = scan_pool(settings.data.unlabelled)
+    problems = list(seed_tree.problems)
+    rows = []
+    rng = np.random.default_rng(settings.select.seed)
+    if settings.data.validation:
+        val_tree = scan_labelled(settings.data.validation, "--validation")
+        problems += val_tree.problems
+        extra = sorted(set(val_tree.classes) - set(seed_tree.classes))
+        if extra:
+            raise TrapkitError(f"--validation has classes the seed lacks ({', '.join(extra)}); add seed images "
+                               "for them or remove them from the validation folder")
+        held = set()
+        rows += [("validation", "validation", p, c) for p, c in val_tree.items]
+    else:
+        held = _stratified_holdout(seed_tree.items, settings.data.validation_fraction, rng)
+        rows += [("validation", "labelled", p, c) for p, c in seed_tree.items if p in held]
+        if not held:
+            problems.append("no validation folder and the seed is too small to hold images out; "
+                            "metrics are not measured (give --validation)")
+    rows += [("seed", "labelled", p, c) for p, c in seed_tree.items if p not in held]
+    rows += [("pool", "unlabelled", p, "") for p in pool_paths]
+    df = pd.DataFrame(rows, columns=["split", "root", "path", "label"])
+    df["label_round"] = np.where(df["split"] == "pool", -1, 0)
+    df["status"], df["reason"] = "ok", ""
+    if settings.model.input_size is None:
+        settings.model.input_size = backbone_preprocessing(settings.model.backbone, settings.model.weights).input_size
+    run.root.mkdir(parents=True, exist_ok=True)
+    settings.save(run.settings_path)
+    run.save_manifest(df)
+    state = RunState(round=0, classes=sorted(seed_tree.classes), scan_problems=problems)
+    run.save_state(state)
+    log.info("run %s: %d seed images in %d classes, %d validation, %d in the pool", run.root,
+             int((df["split"] == "seed").sum()), len(state.classes), int((df["split"] == "validation").sum()),
+             len(pool_paths))
+    result = _run_round(run, settings, state, df, 1)
+    result.problems = problems
+    return result
+
+
+def _stratified_holdout(items: list[tuple[str, str]], fraction: float, rng: np.random.Generator) -> set[str]:
+    """Paths held out for validation: `fraction` of each class with 3+ images (at least one kept for training)."""
+    held: set[str] = set()
+    by_class: dict[str, list[str]] = {}
+    for p, c in items:
+        by_class.setdefault(c, []).append(p)
+    for c, paths in sorted(by_class.items()):
+        k = min(int(round(len(paths) * fraction)), len(paths) - 1) if len(paths) >= 3 else 0
+        held.update(rng.choice(paths, size=k, replace=False).tolist() if k else [])
+    return held
+
+
+# -- next ---------------------------------------------------------------------------------
+
+def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: dict | None = None,
+               allow_new_classes: bool = False, rescan: bool = False) -> RoundResult:
+    """Ingest answers (files given and RUN/inbox/*.csv), then run the next round.
+
+    `rescan` adds images that appeared in the pool folder since the last scan.
+    """
+    from trapkit.train.settings import resolve
+
+    run = Run(run_dir)
+    state = run.load_state()
+    if state.round == 0:
+        raise TrapkitError(f"'trapkit al init' did not finish for {run.root}; run it again with the same options")
+    settings = resolve(flags=flags, base=run.settings())
+    settings.save(run.settings_path)
+    df = run.load_manifest()
+    added = _rescan_pool(run, settings, df) if rescan else 0
+    if added:
+        df = run.load_manifest()
+    classes = _classes(state, df)
+    inbox = sorted(run.inbox_dir.glob("*.csv")) if run.inbox_dir.is_dir() else []
+    answers = []
+    for f in [*map(Path, label_files), *inbox]:
+        answers += labels_mod.read_answers(f)
+    _, requested = labels_mod.read_request(run.request_path(state.round))
+    report = labels_mod.ingest(df, answers, classes, requested, state.round + 1, allow_new_classes)
+    if report.new or report.corrected:
+        run.save_manifest(df)
+    _stage("ingested")
+    done = run.inbox_dir / "done"
+    for f in inbox:
+        done.mkdir(parents=True, exist_ok=True)
+        os.replace(f, done / f"round-{state.round:03d}-{f.name}")
+    _stage("inbox-moved")
+    n_labelled = _labelled_mask(df).sum()
+    if n_labelled == state.labels_at_round and not report.corrected and not added:
+        raise TrapkitError(
+            f"no new labels; fill the Species column of {run.request_path(state.round)} and pass it with "
+            f"--labels, or save answers into {run.inbox_dir}/"
+        )
+    log.info("answers: %s", report.summary())
+    state.classes = classes
+    result = _run_round(run, settings, state, df, state.round + 1)
+    result.ingest = report
+    return result
+
+
+def _rescan_pool(run: Run, settings: RunSettings, df) -> int:
+    """Append pool images not yet in the manifest; returns how many."""
+    import pandas as pd
+
+    from trapkit.train.scan import scan_pool
+
+    known = set(df.loc[df["split"] == "pool", "path"])
+    new = [p for p in scan_pool(settings.data.unlabelled) if p not in known]
+    if new:
+        rows = pd.DataFrame({"split": "pool", "root": "unlabelled", "path": new, "label": "", "label_round": -1,
+                             "status": "ok", "reason": ""})
+        run.save_manifest(pd.concat([df, rows], ignore_index=True))
+        log.info("rescan: %d new image(s) in the pool", len(new))
+    return len(new)
+
+
+def _classes(state: RunState, df) -> list[str]:
+    """Head order: committed classes, then classes ingested by a round that did not finish (sorted)."""
+    seen = set(df.loc[df["label"] != "", "label"].unique())
+    return list(state.classes) + sorted(seen - set(state.classes))
+
+
+def _labelled_mask(df) -> np.ndarray:
+    return ((df["split"] != "validation") & (df["label"] != "") & (df["status"] == "ok")).to_numpy()
+
+
+# -- one round ------------------------------------------------------------------------------
+
+def _spec(settings: RunSettings, classes: list[str]) -> ModelSpec:
+    from trapkit.train.backbones import backbone_preprocessing
+
+    pre = backbone_preprocessing(settings.model.backbone, settings.model.weights)
+    return ModelSpec(arch=settings.model.backbone, labels=tuple(classes), feat_dim=settings.model.feat_dim,
+                     head_hidden=settings.model.head_hidden, input_size=settings.model.input_size,
+                     resize_mode=settings.model.resize_mode, mean=pre.mean, std=pre.std, name="trapkit-al-model")
+
+
+def _load_embedder(run: Run, model, version: str | None) -> None:
+    from safetensors.torch import load_file
+
+    if version and version != BASE_EMBEDDER:
+        model.embedder.load_state_dict(load_file(str(run.embedder_dir / f"{version}.safetensors")), strict=True)
+
+
+def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> RoundResult:
+    import torch
+    from safetensors.torch import save
+
+    from trapkit.train import embed, finetune, head, metrics, strategies
+    from trapkit.train.model import build_model, save_model
+
+    classes = list(state.classes)
+    class_index = {c: i for i, c in enumerate(classes)}
+    spec = _spec(settings, classes)
+    torch.manual_seed(settings.select.seed)
+    model = build_model(spec, settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
+    _load_embedder(run, model, state.embedder_version)
+    paths = run.image_paths(df, settings)
+    labelled = np.flatnonzero(_labelled_mask(df))
+    y = np.array([class_index[c] for c in df["label"].to_numpy()[labelled]], dtype=np.int64)
+
+    # 1. finetune the embedder on the seed, and again once enough new labels arrived.
+    version = state.embedder_version or BASE_EMBEDDER
+    due = state.embedder_version is None or len(labelled) - state.labels_at_finetune >= settings.finetune.every
+    if due and settings.finetune.epochs > 0:
+        finetune.finetune(model, [paths[i] for i in labelled], y, len(classes), settings.finetune,
+                          seed=settings.select.seed + n)
+        version = f"r{n:03d}"
+        run.embeddings_path(version).unlink(missing_ok=True)  # from an attempt killed after its finetune
+        state_dict = {k: v.detach().contiguous() for k, v in model.embedder.state_dict().items()}
+        atomic_write_bytes(run.embedder_dir / f"{version}.safetensors", save(state_dict))
+        state.labels_at_finetune = len(labelled)
+    _stage("finetuned")
+
+    # 2. embed every image once per embedder version; unreadable images are recorded, never fatal.
+    emb_path = run.embeddings_path(version)
+    cached = embed.open_embeddings(emb_path) if emb_path.is_file() else None
+    if cached is None or len(cached) != len(df):
+        failures = embed.extract(model, paths, emb_path, skip=(df["status"] != "ok").to_numpy(), reuse=cached)
+        if failures:
+            for i, reason in failures.items():
+                df.at[i, "status"], df.at[i, "reason"] = "unreadable", reason
+            run.save_manifest(df)
+            log.warning("%d unreadable image(s) recorded in %s", len(failures), run.manifest_path)
+            labelled = np.flatnonzero(_labelled_mask(df))
+            y = np.array([class_index[c] for c in df["label"].to_numpy()[labelled]], dtype=np.int64)
+    emb = embed.open_embeddings(emb_path)
+    _stage("embedded")
+
+    # 3. head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
+    init = None
+    if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
+        from trapkit.train.model import load_model
+
+        init = load_model(run.model_dir).head
+    if len(np.unique(y)) < 1:
+        raise TrapkitError("no readable labelled images; check the --labelled folder")
+    mlp = head.fit_head(emb[labelled], y, len(classes), settings.model.head_hidden, settings.head,
+                        seed=settings.select.seed + n, init=init)
+    model.head = mlp
+    save_model(run.model_dir, model)
+
+    # 4. metrics on the held-out validation set (never the pool).
+    probs = head.predict(mlp, emb)  # (N, C)
+    val = np.flatnonzero(((df["split"] == "validation") & (df["status"] == "ok")).to_numpy())
+    val = val[np.isin(df["label"].to_numpy()[val], classes)]
+    y_val = np.array([class_index[c] for c in df["label"].to_numpy()[val]], dtype=np.int64)
+    m = metrics.compute(y_val, probs[val].argmax(axis=1), classes) if len(val) else metrics.compute(
+        np.zeros(0, np.int64), np.zeros(0, np.int64), classes)
+    metrics.write(run.round_dir(n), m | {"round": n, "labelled": int(len(labelled))}, classes)
+    card = {k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "micro_precision", "micro_recall",
+                              "per_class_recall")}
+    atomic_write_json(run.model_dir / "metrics.json", {"round": n, "labels": int(len(labelled)), **card,
+                                                       "validation_images": int(len(val))})
+    _stage("model-saved")
+
+    # 5. select: unanswered images of the last request stay requested; new picks fill the batch.
+    pool_mask = ((df["split"] == "pool") & (df["label"] == "") & (df["status"] == "ok")).to_numpy()
+    candidates = np.flatnonzero(pool_mask)
+    carried = np.zeros(0, np.int64)
+    if n > 1 and run.request_path(n - 1).is_file():
+        _, previous = labels_mod.read_request(run.request_path(n - 1))
+        carried = candidates[np.isin(df["path"].to_numpy()[candidates], list(previous))]
+    counts = np.bincount(y, minlength=len(classes))
+    pool = strategies.Pool(probs, emb, np.setdiff1d(candidates, carried), labelled, counts)
+    fresh = strategies.select(settings.select.strategy, pool, max(0, settings.select.batch - len(carried)),
+                              seed=settings.select.seed + n) if settings.select.batch > len(carried) else carried[:0]
+    chosen = np.concatenate([carried, fresh])
+    pool_paths = df["path"].to_numpy()
+    labels_mod.write_request(run.request_path(n), pool_paths[candidates].tolist(), set(pool_paths[chosen].tolist()))
+    labels_mod.write_guesses(run.guesses_path(n), [
+        (pool_paths[i], classes[int(probs[i].argmax())], float(probs[i].max())) for i in chosen])
+    settings.save(run.round_dir(n) / "settings.json")
+    _stage("request-written")
+
+    # 6. commit.
+    state.round, state.embedder_version, state.labels_at_round = n, version, int(len(labelled))
+    run.save_state(state)
+    for old in [*run.embeddings_dir.glob("*.npy"), *run.embedder_dir.glob("*.safetensors")]:
+        if old.stem != version:
+            old.unlink(missing_ok=True)
+    log.info("round %d: %d labels, validation accuracy %.3f (%d images); requested %d images in %s",
+             n, len(labelled), m["accuracy"], len(val), len(chosen), run.request_path(n))
+    return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(labelled)), m)
+
+
+# -- status ---------------------------------------------------------------------------------
+
+def status(run_dir: str | Path) -> dict:
+    """Labels per class, rounds, latest metrics, and what to do next."""
+    import json
+
+    run = Run(run_dir)
+    state = run.load_state()
+    df = run.load_manifest()
+    lab = df[_labelled_mask(df)]
+    per_class = {c: int((lab["label"] == c).sum()) for c in _classes(state, df)}
+    pool = df[df["split"] == "pool"]
+    metrics_path = run.round_dir(state.round) / "metrics.json"
+    latest = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    inbox = sorted(p.name for p in run.inbox_dir.glob("*.csv")) if run.inbox_dir.is_dir() else []
+    request = run.request_path(state.round)
+    history = []
+    for n in range(1, state.round + 1):
+        path = run.round_dir(n) / "metrics.json"
+        if path.is_file():
+            d = json.loads(path.read_text())
+            history.append({"round": n, "labelled": d.get("labelled"), "accuracy": d.get("accuracy")})
+    if state.round == 0:
+        todo = f"'trapkit al init' did not finish; run it again with the same options"
+    elif inbox:
+        todo = f"answers waiting in {run.inbox_dir}: run 'trapkit al next {run.root}'"
+    else:
+        todo = f"label the Selected rows of {request} (Species column), then 'trapkit al next {run.root} --labels FILE'"
+    return {
+        "round": state.round,
+        "labels_per_class": per_class,
+        "labelled": int(len(lab)),
+        "pool_unlabelled": int(((pool["label"] == "") & (pool["status"] == "ok")).sum()),
+        "unreadable": int((df["status"] != "ok").sum()),
+        "validation_images": int((df["split"] == "validation").sum()),
+        "metrics": {k: latest.get(k) for k in ("accuracy", "macro_precision", "macro_recall") if k in latest},
+        "request": str(request),
+        "inbox": inbox,
+        "next": todo,
+        "history": history,
+        "stopping": stopping_hint(history),
+        "problems": state.scan_problems,
+    }
+
+
+def stopping_hint(history: list[dict], rounds: int = 3, min_gain: float = 0.01) -> str | None:
+    """A plain-words stopping signal: validation accuracy gained < 1 point over the last 3 rounds."""
+    if len(history) <= rounds or any(h["accuracy"] is None for h in history[-rounds - 1:]):
+        return None
+    gain = max(h["accuracy"] for h in history[-rounds:]) - history[-rounds - 1]["accuracy"]
+    if gain >= min_gain:
+        return None
+    return (f"validation accuracy gained {100 * gain:+.1f} points over the last {rounds} rounds: it has levelled "
+            "off, so more labels of this kind may not pay; consider stopping, or adding classes or validation images")
+
+
+# -- simulate -------------------------------------------------------------------------------
+
+CURVE_COLUMNS = ("labels", "accuracy", "macro_recall", "strategy", "seed")
+
+
+def simulate(out: str | Path, settings: RunSettings, oracle: str | Path, budget: int,
+             allow_new_classes: bool = False) -> list[dict]:
+    """The loop with a CSV of true labels answering each request, until `budget` pool labels; writes curve.csv/png."""
+    truth = {a.path: a.species for a in labels_mod.read_answers(oracle)}
+    run = Run(out)
+    if run.state_path.is_file() and run.load_state().round > 0:
+        raise TrapkitError(f"{run.root} already holds a run; give --out a new folder")
+    result = init_run(out, settings)
+    seed_labels = result.labels
+    curve = [_curve_row(result, settings)]
+    _write_curve(run, curve)
+    while result.labels - seed_labels < budget and result.requested:
+        selected = [i.path for i in labels_mod.current_request(out)]
+        missing = [p for p in selected if p not in truth]
+        if missing:
+            raise TrapkitError(f"--oracle has no label for {len(missing)} requested image(s), e.g. {missing[:3]}")
+        take = selected[: budget - (result.labels - seed_labels)]
+        labels_mod.save_answers(out, {p: truth[p] for p in take}, allow_new_classes=True)
+        result = next_round(out, allow_new_classes=allow_new_classes)
+        curve.append(_curve_row(result, settings))
+        _write_curve(run, curve)
+    return curve
+
+
+def _curve_row(result: RoundResult, settings: RunSettings) -> dict:
+    return {"labels": result.labels, "accuracy": result.metrics["accuracy"],
+            "macro_recall": result.metrics["macro_recall"], "strategy": settings.select.strategy,
+            "seed": settings.select.seed}
+
+
+def _write_curve(run: Run, curve: list[dict]) -> None:
+    lines = [",".join(CURVE_COLUMNS)] + [
+        f"{r['labels']},{r['accuracy']:.6f},{r['macro_recall']:.6f},{r['strategy']},{r['seed']}" for r in curve]
+    atomic_write_text(run.root / "curve.csv", "\n".join(lines) + "\n")
+    atomic_write_bytes(run.root / "curve.png", curve_png({f"{curve[0]['strategy']} (seed {curve[0]['seed']})": curve}))
+
+
+def curve_png(curves: dict[str, list[dict]]) -> bytes:
+    """Validation accuracy against labels, one line per named curve."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name, rows in curves.items():
+        ax.plot([r["labels"] for r in rows], [r["accuracy"] for r in rows], marker="o", markersize=3, label=name)
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()

@@ -1,0 +1,77 @@
+"""Validation metrics: accuracy, macro/micro precision and recall, per-class recall, confusion matrix."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) int counts, rows = true class, columns = predicted."""
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return m
+
+
+def compute(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
+    """Metrics over the classes that occur in the truth or the predictions (zero when undefined)."""
+    m = confusion(y_true, y_pred, len(labels))
+    tp = np.diag(m).astype(float)
+    support, predicted = m.sum(axis=1), m.sum(axis=0)
+    active = (support + predicted) > 0
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    n = max(int(m.sum()), 1)
+    accuracy = float(tp.sum() / n)
+    return {
+        "n": int(m.sum()),
+        "accuracy": accuracy,
+        "macro_precision": float(precision[active].mean()) if active.any() else 0.0,
+        "macro_recall": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
+        # Single-label classification: micro precision = micro recall = accuracy.
+        "micro_precision": accuracy,
+        "micro_recall": accuracy,
+        "per_class_recall": {lab: float(recall[i]) for i, lab in enumerate(labels) if support[i] > 0},
+        "confusion": m.tolist(),
+    }
+
+
+def write(directory: Path, metrics: dict, labels: list[str]) -> None:
+    """metrics.json, confusion.csv and confusion.png (class names on both axes) into `directory`."""
+    m = np.asarray(metrics["confusion"])
+    atomic_write_json(directory / "metrics.json", {k: v for k, v in metrics.items() if k != "confusion"} | {"labels": labels})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true \\ predicted", *labels])
+    for lab, row in zip(labels, m):
+        w.writerow([lab, *row.tolist()])
+    atomic_write_text(directory / "confusion.csv", buf.getvalue())
+    atomic_write_bytes(directory / "confusion.png", confusion_png(m, labels))
+
+
+def confusion_png(m: np.ndarray, labels: list[str]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    size = 2.5 + 0.45 * len(labels)
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 30:
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black" if v < m.max() / 2 else "white")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()

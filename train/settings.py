@@ -1,0 +1,178 @@
+"""Run settings: small dataclasses, one resolution order, written per round.
+
+Resolution is defaults < config file (JSON) < command-line flags. The
+resolved settings are stored in `RUN/settings.json` at `al init` and copied
+into `RUN/rounds/NNN/settings.json` for every round, so any round can be
+explained later. Flags given to `al next` (strategy, batch, finetune cadence)
+update the stored settings for that round and the ones after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trapkit.atomic import atomic_write_json
+from trapkit.errors import TrapkitError
+
+SETTINGS_FORMAT_VERSION = 1
+LOSSES = ("softmax", "triplet")
+MININGS = ("batch-hard", "semi-hard")
+
+
+@dataclass
+class DataSettings:
+    labelled: str = ""
+    unlabelled: str = ""
+    validation: str | None = None
+    # Used only when no validation folder is given: a stratified share of the seed held out.
+    validation_fraction: float = 0.2
+
+
+@dataclass
+class ModelSettings:
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "lite0-offline"
+    feat_dim: int = 256
+    input_size: int | None = None  # None: what the backbone's pretrained weights expect
+    resize_mode: str = "squash"
+    head_hidden: tuple[int, ...] = (230, 100)
+
+
+@dataclass
+class FinetuneSettings:
+    loss: str = "softmax"
+    mining: str = "semi-hard"  # triplet loss only
+    margin: float = 0.2  # triplet margin on L2-normalised embeddings
+    epochs: int = 3  # 0 keeps the pretrained backbone frozen
+    batch_size: int = 32
+    classes_per_batch: int = 8  # class-balanced P x K batches
+    lr: float = 1e-4
+    every: int = 500  # finetune again once this many new labels arrived since the last finetune
+
+
+@dataclass
+class HeadSettings:
+    max_epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 10  # epochs without held-out improvement before stopping
+
+
+@dataclass
+class SelectSettings:
+    strategy: str = "margin"
+    batch: int = 100
+    seed: int = 0
+
+
+@dataclass
+class RunSettings:
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    head: HeadSettings = field(default_factory=HeadSettings)
+    select: SelectSettings = field(default_factory=SelectSettings)
+    format_version: int = SETTINGS_FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSettings:
+        return _merge(cls(), d, "settings")
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunSettings:
+        path = Path(path)
+        if not path.is_file():
+            raise TrapkitError(f"no settings at {path}; is this a run folder made by 'trapkit al init'?")
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as e:
+            raise TrapkitError(f"{path} is not valid JSON ({e}); fix or delete the file") from None
+
+
+# Flat flag name -> (section, field). A flag left at None means "not given".
+FLAGS = {
+    "labelled": ("data", "labelled"),
+    "unlabelled": ("data", "unlabelled"),
+    "validation": ("data", "validation"),
+    "validation_fraction": ("data", "validation_fraction"),
+    "backbone": ("model", "backbone"),
+    "weights": ("model", "weights"),
+    "feat_dim": ("model", "feat_dim"),
+    "input_size": ("model", "input_size"),
+    "loss": ("finetune", "loss"),
+    "mining": ("finetune", "mining"),
+    "finetune_epochs": ("finetune", "epochs"),
+    "finetune_every": ("finetune", "every"),
+    "strategy": ("select", "strategy"),
+    "batch": ("select", "batch"),
+    "seed": ("select", "seed"),
+    "head_max_epochs": ("head", "max_epochs"),
+}
+
+
+def resolve(config: str | Path | None = None, flags: dict | None = None, base: RunSettings | None = None) -> RunSettings:
+    """defaults (or `base`) < config file < flags; then validated."""
+    settings = base or RunSettings()
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise TrapkitError(f"config file {path} does not exist; check the --config path")
+        try:
+            settings = _merge(settings, json.loads(path.read_text(encoding="utf-8")), str(path))
+        except json.JSONDecodeError as e:
+            raise TrapkitError(f"config file {path} is not valid JSON ({e})") from None
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in FLAGS:
+            raise TrapkitError(f"unknown setting {name!r}")
+        section, key = FLAGS[name]
+        setattr(getattr(settings, section), key, value)
+    validate(settings)
+    return settings
+
+
+def validate(s: RunSettings) -> None:
+    from trapkit.train.strategies import STRATEGIES
+
+    if s.finetune.loss not in LOSSES:
+        raise TrapkitError(f"unknown loss {s.finetune.loss!r}; use one of {', '.join(LOSSES)}")
+    if s.finetune.mining not in MININGS:
+        raise TrapkitError(f"unknown triplet mining {s.finetune.mining!r}; use one of {', '.join(MININGS)}")
+    if s.select.strategy not in STRATEGIES:
+        raise TrapkitError(f"unknown strategy {s.select.strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if s.select.batch < 1:
+        raise TrapkitError(f"--batch must be at least 1, got {s.select.batch}")
+    if s.model.feat_dim < 2:
+        raise TrapkitError(f"--feat-dim must be at least 2, got {s.model.feat_dim}")
+    if not 0.0 <= s.data.validation_fraction < 1.0:
+        raise TrapkitError("validation_fraction must be in [0, 1)")
+
+
+def _merge(obj, d: dict, where: str):
+    """Copy of dataclass `obj` with values from nested dict `d`; unknown keys are an error."""
+    if not isinstance(d, dict):
+        raise TrapkitError(f"{where}: expected a JSON object")
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in d.items():
+        if key not in known:
+            raise TrapkitError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, f"{where}.{key}")
+        elif isinstance(current, tuple):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(obj, **changes)
