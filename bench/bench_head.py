@@ -40,11 +40,11 @@ def main() -> None:
     torch.set_num_threads(2)
     x, y = blobs(args.n, args.dim, args.classes, 0)
     rng = np.random.default_rng(1)
-    test = rng.choice(args.n, 10_000, replace=False)
+    test = rng.choice(args.n, min(10_000, args.n // 10), replace=False)
     train = np.setdiff1d(np.arange(args.n), test)
     xt, yt = x[test], y[test]
     x, y = x[train], y[train]
-    print(f"{len(y):,} x {args.dim} training embeddings, {args.classes} classes, 10,000 test")
+    print(f"{len(y):,} x {args.dim} training embeddings, {args.classes} classes, {len(test):,} test")
     t = time.perf_counter()
     mlp = fit_head(x, y, args.classes, (230, 100), HeadSettings())
     dt = time.perf_counter() - t

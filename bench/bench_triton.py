@@ -20,13 +20,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from triton_repo import write_python_repo  # noqa: E402
+from triton_repo import python_repo  # noqa: E402
 from triton_server import TritonServer  # noqa: E402
 
 CACHE = REPO / "bench" / "results" / "cache"
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256, help="images per configuration and client count")
     ap.add_argument("--request-batch", type=int, default=1, help="images per request")
     ap.add_argument("--max-batch", type=int, default=16, help="server max_batch_size")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per row; the median is reported, with the range")
     args = ap.parse_args()
 
     from trapkit.export.onnx_export import bundled_parity_images, read_spec
@@ -124,24 +126,27 @@ def main() -> None:
     print(f"model {spec.name}: {spec.input_size} px, {spec.num_classes} classes; request batch {args.request_batch}, "
           f"server max batch {args.max_batch}; {args.images} images per row")
 
-    base_req = local_rate(onnx, images, args.request_batch, max(8, args.images // 4 // args.request_batch))
-    base_max = local_rate(onnx, images, args.max_batch, max(4, args.images // 4 // args.max_batch))
+    base_req = median(local_rate(onnx, images, args.request_batch, max(8, args.images // args.request_batch))
+                      for _ in range(args.repeats))
+    base_max = median(local_rate(onnx, images, args.max_batch, max(4, args.images // args.max_batch))
+                      for _ in range(args.repeats))
     print(f"baseline local onnxruntime: {base_req:.1f} images/s at batch {args.request_batch}, "
           f"{base_max:.1f} images/s at batch {args.max_batch}")
-    print(f"{'dynamic batching':>16} {'clients':>8} {'images/s':>9} {'vs local b' + str(args.request_batch):>12}")
-    rows = []
+    print(f"{'dynamic batching':>16} {'clients':>8} {'images/s':>9} {'range':>15} {'vs local b' + str(args.request_batch):>12}")
     with tempfile.TemporaryDirectory(prefix="trapkit-bench-triton-") as tmp:
         for dynamic in (False, True):
             repo = Path(tmp) / ("dyn" if dynamic else "plain")
-            write_python_repo(onnx, repo, "m", max_batch_size=args.max_batch, dynamic_batching=dynamic)
+            python_repo(onnx, repo, "m", max_batch_size=args.max_batch, dynamic_batching=dynamic)
             with TritonServer(repo, workdir=Path(tmp) / f"server-{repo.name}") as server:
                 drive(server.url, "m", images, 2, 4, args.request_batch)  # warm-up
                 for clients in args.clients:
                     per_client = max(1, args.images // clients // args.request_batch)
-                    rate = drive(server.url, "m", images, clients, per_client, args.request_batch)
-                    rows.append((dynamic, clients, rate))
-                    print(f"{'on' if dynamic else 'off':>16} {clients:>8} {rate:>9.1f} {rate / base_req:>11.2f}x",
-                          flush=True)
+                    rates = [drive(server.url, "m", images, clients, per_client, args.request_batch)
+                             for _ in range(args.repeats)]
+                    rate = median(rates)
+                    spread = f"{min(rates):.1f}-{max(rates):.1f}"
+                    print(f"{'on' if dynamic else 'off':>16} {clients:>8} {rate:>9.1f} {spread:>15} "
+                          f"{rate / base_req:>11.2f}x", flush=True)
 
 
 if __name__ == "__main__":

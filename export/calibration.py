@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 MIN_CONF = 0.1  # MegaDetector's usual threshold for passing boxes to a classifier
 
 
-def calibration_images(spec: ModelSpec, folder: str | Path | None = None, min_conf: float = MIN_CONF) -> np.ndarray:
-    """(N, S, S, 3) uint8: whole photos, then detection crops, from `folder` (default: the bundled photos)."""
+def calibration_images(spec: ModelSpec, folder: str | Path | None = None, min_conf: float = MIN_CONF,
+                       whole_images: bool = True) -> np.ndarray:
+    """(N, S, S, 3) uint8: each photo whole (unless `whole_images=False`) then its detection crops.
+
+    `folder` defaults to the bundled photos.
+    """
     from trapkit.images import ImageReadError, iter_images, open_image, to_model_input
     from trapkit.serve.crops import CropPolicy, crop_square
 
@@ -35,14 +39,15 @@ def calibration_images(spec: ModelSpec, folder: str | Path | None = None, min_co
     margin = CropPolicy().margin
     out: list[np.ndarray] = []
     skipped = 0
-    for path in tqdm(iter_images(folder), desc="calibration images", unit="img", leave=False):
+    for path in tqdm(iter_images(folder), desc="calibration images", unit="img", leave=False, disable=None):
         try:
             img, _ = open_image(path)
         except ImageReadError as e:
             log.warning("skipping calibration image: %s", e)
             skipped += 1
             continue
-        out.append(to_model_input(img, spec.input_size, spec.resize_mode))
+        if whole_images:
+            out.append(to_model_input(img, spec.input_size, spec.resize_mode))
         for bbox in boxes.get(path.relative_to(folder).as_posix(), []):
             out.append(crop_square(img, bbox, spec.input_size, margin))
     if not out:

@@ -121,7 +121,7 @@ def export_onnx(model, path: str | Path, *, parity_images: list[np.ndarray] | np
         )
     _write(path, data)
     report = ExportReport(path, prob_diff, emb_diff, len(images), tolerance, len(data), time.perf_counter() - start)
-    log.info("exported %s", report.summary())
+    log.debug("exported %s", report.summary())
     return report
 
 
@@ -136,19 +136,38 @@ def to_onnx_proto(model):
     # The torch.export-based exporter resolves timm's "same" padding to static
     # pads at a fixed input size (the TorchScript exporter leaves Shape/Pad
     # chains that slow onnxruntime and break int8 calibration).
-    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model, (sample,), dynamo=True, opset_version=OPSET, external_data=False, verbose=False,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
-        )
+    try:
+        with quiet_third_party(), torch.no_grad():
+            program = torch.onnx.export(
+                model, (sample,), dynamo=True, opset_version=OPSET, external_data=False, verbose=False,
+                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}},
+            )
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TrapkitError(
+            f"PyTorch could not export backbone {spec.arch!r} to ONNX ({e.__class__.__name__}: {first}); "
+            "run with -v for the trace, or train with a timm backbone that exports"
+        ) from e
     proto = program.model_proto
     set_metadata(proto, spec, precision="fp32")
     proto.producer_name, proto.producer_version = "trapkit", __version__
     proto.doc_string = f"trapkit {spec.name}: uint8 (N, {spec.input_size}, {spec.input_size}, 3) -> probs, embedding"
     check_model(proto)
     return proto
+
+
+@contextlib.contextmanager
+def quiet_third_party():
+    """Silence exporter/quantiser chatter (stdout, warnings, INFO logs on the root logger) for one call."""
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
 
 
 def set_metadata(proto, spec: ModelSpec, precision: str) -> None:

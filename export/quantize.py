@@ -9,9 +9,13 @@ Both keep the graph's interface: uint8 `images` in, float32 `probs` and
   weights, calibrated on real images. Only Conv, Clip and Add are quantised:
   with Clip included the quantiser folds ReLU6 into the Conv output range
   (otherwise the Conv output gets its full pre-clip range and loses most of its
-  levels); the normalisation, pooling, head and softmax stay float32. Dynamic
-  quantisation was measured too: per-tensor ConvInteger is both slower than
-  fp32 on this CPU and less accurate, so it is not offered.
+  levels); the normalisation, pooling, head and softmax stay float32.
+  Weights are 7-bit (`reduce_range`): x86 CPUs without AVX-512 VNNI multiply
+  u8 x s8 pairs into saturating int16, which wrecks full 8-bit weights
+  (measured on Lite0: 56% top-1 agreement at 8 bits, 76% at 7). Dynamic
+  quantisation (per-tensor ConvInteger) was slower than fp32 and less
+  accurate; uint8 weights were more accurate (96%) but 5x slower than fp32,
+  for lack of a fused kernel, so neither is offered.
 
 A variant is compared with the fp32 graph on the calibration images; int8 is
 refused when top-1 agreement falls below `min_agreement`.
@@ -100,9 +104,10 @@ def to_fp16(fp32: bytes, spec: ModelSpec) -> bytes:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from trapkit.export.onnx_export import check_model, set_metadata
+    from trapkit.export.onnx_export import check_model, quiet_third_party, set_metadata
 
-    proto = convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True, disable_shape_infer=False)
+    with quiet_third_party():
+        proto = convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
     set_metadata(proto, spec, precision="fp16")
     check_model(proto)
     return proto.SerializeToString()
@@ -113,7 +118,7 @@ def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray) -> bytes:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from trapkit.export.onnx_export import INPUT_NAME, check_model, set_metadata
+    from trapkit.export.onnx_export import INPUT_NAME, check_model, quiet_third_party, set_metadata
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -126,11 +131,12 @@ def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray) -> bytes:
     with tempfile.TemporaryDirectory(prefix="trapkit-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
-        quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS,
-            extra_options={"QuantizeBias": False},
-        )
+        with quiet_third_party():
+            quantize_static(
+                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS,
+                reduce_range=True,
+            )
         proto = onnx.load(str(dst))
     set_metadata(proto, spec, precision="int8")
     check_model(proto)

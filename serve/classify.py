@@ -237,7 +237,7 @@ def prepare_image(root, entry: dict, index: int, det_indices: list[int], spec, m
         path = safe_join(root, entry["file"])
         header = _probe(path)
         bboxes = [entry["detections"][j]["bbox"] for j in det_indices]
-        min_size = (size, size)
+        min_size = (size, size) if whole else None  # None: full decode when the header gave no size
         if header is not None:
             (w, h), transposed, out.time = header
             if not whole:

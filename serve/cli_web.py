@@ -28,8 +28,10 @@ def register(subparsers, common) -> None:
     p.add_argument("--detections", type=Path, default=None,
                    help="MegaDetector batch JSON; uploads are matched to it by file name")
     p.add_argument("--top-k", type=int, default=5, help="species to show per photo or detection (default 5)")
-    p.add_argument("--threshold", type=float, default=0.2,
-                   help="detections below this confidence are not classified (default 0.2)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="detections below this confidence are not classified (default: as 'trapkit classify')")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="requests from concurrent users classified in one model call (default 8)")
     _add_server_args(p)
     p.set_defaults(func=_demo)
 
@@ -65,9 +67,9 @@ def _demo(args) -> int:
     _check_server_args(args.host, args.port)
     from trapkit.serve.demo import DemoSettings, serve_demo
 
-    serve_demo(args.model, detections=args.detections,
-               settings=DemoSettings(top_k=args.top_k, threshold=args.threshold),
-               host=args.host, port=args.port)
+    chosen = {"top_k": args.top_k, "threshold": args.threshold, "max_batch_size": args.max_batch}
+    settings = DemoSettings(**{k: v for k, v in chosen.items() if v is not None})
+    serve_demo(args.model, detections=args.detections, settings=settings, host=args.host, port=args.port)
     return 0
 
 

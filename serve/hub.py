@@ -65,7 +65,7 @@ def parse_ref(ref: str) -> HubRef:
 
 
 @dataclass(frozen=True)
-class HubSettings:
+class HubEnvironment:
     """Where the Hub and the cache are, read from the environment at call time."""
 
     endpoint: str
@@ -73,7 +73,7 @@ class HubSettings:
     offline: bool
 
     @classmethod
-    def from_env(cls) -> HubSettings:
+    def from_env(cls) -> HubEnvironment:
         env = os.environ
         home = Path(os.path.expandvars(os.path.expanduser(
             env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))))
@@ -90,7 +90,7 @@ def _token(token_env: str) -> str:
     return token
 
 
-def _hub_error(e: Exception, what: str, settings: HubSettings, token_env: str | None = None) -> TrapkitError:
+def _hub_error(e: Exception, what: str, settings: HubEnvironment, token_env: str | None = None) -> TrapkitError:
     """One-line TrapkitError for a huggingface_hub/httpx failure. Never includes request headers."""
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -137,7 +137,7 @@ def publish(folder: str | Path, repo_id: str, private: bool = False, token_env: 
     check_repo_id(repo_id)
     files = hub_folder_files(folder)
     token = _token(token_env)
-    settings = HubSettings.from_env()
+    settings = HubEnvironment.from_env()
     if settings.offline:
         raise TrapkitError("HF_HUB_OFFLINE is set; unset it to publish to the Hub")
     api = HfApi(endpoint=settings.endpoint, token=token)
@@ -162,7 +162,7 @@ def resolve_model(ref: str) -> Path:
     from huggingface_hub import snapshot_download
 
     hub_ref = parse_ref(ref)
-    settings = HubSettings.from_env()
+    settings = HubEnvironment.from_env()
     token = os.environ.get("HF_TOKEN") or None  # read access to private repos; never logged
     try:
         folder = snapshot_download(hub_ref.repo_id, revision=hub_ref.revision, repo_type="model",

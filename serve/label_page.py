@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
@@ -41,7 +40,7 @@ class LabelPage:
         self.allow_new_classes = allow_new_classes
         self.root = label_api.image_root(self.run_dir)
         self.classes = label_api.class_names(self.run_dir)
-        self._thumbs = lru_cache(maxsize=2048)(self._load_thumb)
+        self._thumbs = functools.lru_cache(maxsize=2048)(self._load_thumb)
         self.items()  # a run without a request is an error now, not on the first page view
 
     def items(self) -> list[label_api.RequestItem]:
@@ -51,7 +50,7 @@ class LabelPage:
         return items
 
     def image(self, path: str, size: int = VIEW_SIZE) -> Image.Image:
-        """The image upright, longest side <= size; a grey tile naming the problem when it cannot be read."""
+        """The image upright, longest side <= size; a grey tile (and a logged warning) when it cannot be read."""
         try:
             img, _ = open_image(safe_join(self.root, path), min_size=(size, size))
         except TrapkitError as e:
@@ -67,7 +66,7 @@ class LabelPage:
         return self._thumbs(path)
 
     def save(self, path: str, species: str) -> Path:
-        """Save one answer ('' removes it). Unknown class names are refused unless the run allows new classes."""
+        """Save one answer ('' removes it). Unknown class names are refused unless the page allows new classes."""
         if not path:
             raise TrapkitError("no image selected; click an image in the grid first")
         return label_api.save_answers(self.run_dir, {path: species or ""},
@@ -123,7 +122,7 @@ def build_label_page(run_dir: str | Path, allow_new_classes: bool = False):
         species_value = it.answered or (it.guess if it.guess in page.classes else None)
         return (
             page.progress(items),
-            [(page.thumb(x.path), caption(x)) for x in items],
+            gr.Gallery([(page.thumb(x.path), caption(x)) for x in items], selected_index=i),
             it.path,
             page.image(it.path),
             f"**{it.path}**  \n{caption(it)}",

@@ -28,11 +28,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from trapkit.errors import TrapkitError
+from trapkit.export.triton import SPEC_PARAMETER
 from trapkit.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-SPEC_PARAMETER = "trapkit.spec"
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,7 @@ class TritonModelIO:
     output_name: str
     max_batch_size: int  # 0: the model takes no batch dimension from Triton
     input_size: int
+    num_classes: int  # -1 when the config leaves it variable
 
 
 def _host_port(url: str) -> str:
@@ -95,10 +95,11 @@ class TritonRuntime:
         config = self._model_config()
         self.io = self._io_from_config(config)
         self.spec = spec or self._spec_from_config(config)
-        if self.spec.input_size != self.io.input_size:
+        if self.spec.input_size != self.io.input_size or self.io.num_classes not in (-1, self.spec.num_classes):
             raise TrapkitError(
-                f"Triton model {model_name!r} takes {self.io.input_size} px images but its spec says "
-                f"{self.spec.input_size}; re-export the model repository"
+                f"Triton model {model_name!r} takes {self.io.input_size} px images into {self.io.num_classes} classes "
+                f"but the model spec says {self.spec.input_size} px, {self.spec.num_classes} classes; "
+                "pass the --model that was exported to this server, or leave --model out"
             )
         self.name = f"{self.spec.name} (Triton {model_name} at {url})"
         log.info("Triton model %s at %s: %d classes, %d px, max batch %d", model_name, url,
@@ -124,6 +125,8 @@ class TritonRuntime:
         client = getattr(self._local, "client", None)
         self._local.client = None
         if client is not None:
+            with self._clients_lock:
+                self._clients.remove(client)
             try:
                 client.close()
             except Exception:  # closing a dead connection may fail; it is being replaced anyway
@@ -198,7 +201,8 @@ class TritonRuntime:
         if inp.get("data_type") != "TYPE_UINT8":
             raise TrapkitError(f"Triton model {self.model_name!r} input is {inp.get('data_type')}, not TYPE_UINT8; "
                                "re-export it with trapkit export --triton")
-        return TritonModelIO(inp["name"], output, max_batch, image_dims[0])
+        out_dims = [int(d) for d in next(o for o in outputs if o["name"] == output).get("dims", [])]
+        return TritonModelIO(inp["name"], output, max_batch, image_dims[0], out_dims[-1] if out_dims else -1)
 
     def _spec_from_config(self, config: dict) -> ModelSpec:
         param = config.get("parameters", {}).get(SPEC_PARAMETER, {})

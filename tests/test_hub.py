@@ -37,16 +37,22 @@ def hub(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def hub_folder(tiny_onnx_path, tmp_path_factory):
-    """The Hub folder of the tiny model, as `trapkit export --hub-folder` writes it."""
-    from trapkit.export.onnx_export import read_spec
+def exported(tiny_model_dir, tmp_path_factory):
+    """(model.onnx, Hub folder) of the tiny model, by `trapkit export --hub-folder`."""
+    out = tmp_path_factory.mktemp("export")
+    assert main(["export", str(tiny_model_dir), "--out", str(out / "onnx"), "--hub-folder", str(out / "hub")]) == 0
+    return out / "onnx" / "model.onnx", out / "hub"
 
-    folder = tmp_path_factory.mktemp("hub_folder")
-    shutil.copyfile(tiny_onnx_path, folder / "model.onnx")
-    spec = read_spec(tiny_onnx_path)
-    (folder / "config.json").write_text(spec.to_json() + "\n")
-    (folder / "README.md").write_text(f"---\nlibrary_name: onnx\ntags: [trapkit]\n---\n# {spec.name}\n")
-    return folder
+
+@pytest.fixture(scope="module")
+def hub_folder(exported):
+    assert sorted(p.name for p in exported[1].iterdir()) == sorted(HUB_FILES)
+    return exported[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_path(exported):
+    return exported[0]
 
 
 def _publish(folder, repo_id, *extra) -> int:
@@ -67,12 +73,12 @@ def test_publish_then_load_is_byte_exact(hub, hub_folder, capsys):
     assert not any("lfs" in p or "xet" in p for _, p, _ in hub.requests)
 
 
-def test_classify_with_a_hub_model(hub, hub_folder, tiny_onnx_path, samples_dir, tmp_path):
+def test_classify_with_a_hub_model(hub, hub_folder, onnx_path, samples_dir, tmp_path):
     from trapkit.export.onnx_export import bundled_parity_images
     from trapkit.serve.runtime import OnnxRuntime, open_runtime
 
     assert _publish(hub_folder, "alice/tiny") == 0
-    with open_runtime("hf://alice/tiny") as remote, OnnxRuntime(tiny_onnx_path) as local:
+    with open_runtime("hf://alice/tiny") as remote, OnnxRuntime(onnx_path) as local:
         photos = bundled_parity_images(local.spec)
         assert remote.spec == local.spec
         np.testing.assert_array_equal(remote.predict(photos), local.predict(photos))

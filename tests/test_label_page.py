@@ -105,3 +105,15 @@ def test_label_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "is not a trapkit run" in capsys.readouterr().err
     assert main(["label", str(tmp_path), "--port", "70000"]) == 1
     assert "--port 70000 is not a port number" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # shares the run fixture (an `al init`)
+def test_unreadable_or_escaping_images_show_a_grey_tile(run_dir):
+    from trapkit.serve.label_page import THUMB_SIZE, LabelPage
+
+    page = LabelPage(run_dir)
+    for bad in ("cam_a/missing.jpg", "../labelled/bear/bear_0.jpg"):
+        tile = page.image(bad, THUMB_SIZE)
+        assert tile.size == (THUMB_SIZE, THUMB_SIZE) and tile.getextrema() == ((128, 128),) * 3
+    good = page.thumb(labels.current_request(run_dir)[0].path)
+    assert max(good.size) <= THUMB_SIZE and good.getextrema() != ((128, 128),) * 3

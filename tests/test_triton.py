@@ -8,13 +8,14 @@ errors, and a server that dies mid-run must lose nothing after --resume.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from triton_repo import write_python_repo
+from triton_repo import copy_broken, copy_without_spec
 from triton_server import TritonServer, free_port
 from trapkit.cli import main
 from trapkit.errors import TrapkitError
@@ -25,25 +26,33 @@ MAX_BATCH = 4
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(tiny_onnx_path, tmp_path_factory):
-    """A model repository holding the tiny model alone."""
-    repo = tmp_path_factory.mktemp("tiny_repo")
-    write_python_repo(tiny_onnx_path, repo, MODEL, max_batch_size=MAX_BATCH)
-    return repo
+def exported(tiny_model_dir, tmp_path_factory):
+    """(model.onnx, model repository with the Python-backend model `tiny`), by `trapkit export`."""
+    out = tmp_path_factory.mktemp("export")
+    assert main(["export", str(tiny_model_dir), "--out", str(out / "onnx"), "--triton", str(out / "repo"),
+                 "--name", MODEL, "--triton-backend", "python", "--max-batch-size", str(MAX_BATCH)]) == 0
+    return out / "onnx" / "model.onnx", out / "repo"
 
 
 @pytest.fixture(scope="module")
-def triton_repo(tiny_onnx_path, tmp_path_factory):
+def onnx_path(exported):
+    return exported[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(exported):
+    """A model repository holding the tiny model alone."""
+    return exported[1]
+
+
+@pytest.fixture(scope="module")
+def triton_repo(exported, tmp_path_factory):
     """The tiny model, the same without a spec parameter, and a model that fails to load."""
-    repo = tmp_path_factory.mktemp("triton_repo")
-    write_python_repo(tiny_onnx_path, repo, MODEL, max_batch_size=MAX_BATCH)
-    # The same model as a repository made without trapkit would hold it: no spec parameter.
-    config = write_python_repo(tiny_onnx_path, repo, f"{MODEL}_nospec", max_batch_size=MAX_BATCH) / "config.pbtxt"
-    config.write_text("".join(line for line in config.read_text().splitlines(True) if "trapkit.spec" not in line))
-    # A model whose initialize fails: the server stays up and ready (not strict) with it UNAVAILABLE.
-    broken = write_python_repo(tiny_onnx_path, repo, "broken", max_batch_size=MAX_BATCH)
-    (broken / "1" / "model.py").write_text("class TritonPythonModel:\n    def initialize(self, args):\n"
-                                           "        raise RuntimeError('weights missing')\n")
+    repo = tmp_path_factory.mktemp("triton_repo") / "repo"
+    shutil.copytree(exported[1], repo)
+    copy_without_spec(repo, MODEL, f"{MODEL}_nospec")
+    # Its initialize fails: the server stays up and ready (readiness not strict) with it UNAVAILABLE.
+    copy_broken(repo, MODEL, "broken", "weights missing")
     return repo
 
 
@@ -65,10 +74,10 @@ def own_triton(tiny_repo, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def photos(tiny_onnx_path):
+def photos(onnx_path):
     from trapkit.export.onnx_export import bundled_parity_images, read_spec
 
-    return bundled_parity_images(read_spec(tiny_onnx_path))  # (10, 32, 32, 3) uint8
+    return bundled_parity_images(read_spec(onnx_path))  # (10, 32, 32, 3) uint8
 
 
 def _runtime(server, **kw):
@@ -77,29 +86,38 @@ def _runtime(server, **kw):
     return TritonRuntime(server.url, MODEL, **kw)
 
 
-def test_spec_comes_from_the_server(triton, tiny_onnx_path):
+def test_spec_comes_from_the_server(triton, onnx_path):
     from trapkit.export.onnx_export import read_spec
 
     with _runtime(triton) as rt:
-        assert rt.spec == read_spec(tiny_onnx_path)
+        assert rt.spec == read_spec(onnx_path)
         assert rt.io.max_batch_size == MAX_BATCH and rt.io.input_size == 32
 
 
-def test_spec_falls_back_to_served_labels(triton, tiny_onnx_path, photos, caplog):
+def test_spec_falls_back_to_served_labels(triton, onnx_path, photos, caplog):
     from trapkit.export.onnx_export import read_spec
     from trapkit.serve.triton_runtime import TritonRuntime
 
-    spec = read_spec(tiny_onnx_path)
+    spec = read_spec(onnx_path)
     with TritonRuntime(triton.url, f"{MODEL}_nospec") as rt:
         assert rt.spec.labels == spec.labels and rt.spec.input_size == spec.input_size
         assert rt.predict(photos).shape == (10, 5)
     assert "has no trapkit.spec parameter" in caplog.text
 
 
-def test_predict_matches_onnxruntime_and_single_images(triton, tiny_onnx_path, photos):
+def test_local_spec_that_does_not_fit_the_server_is_refused(triton, onnx_path):
+    from trapkit.export.onnx_export import read_spec
+    from trapkit.serve.triton_runtime import TritonRuntime
+
+    other = read_spec(onnx_path).replace(labels=("cat", "dog"))
+    with pytest.raises(TrapkitError, match=r"into 5 classes but the model spec says 32 px, 2 classes; pass the --model"):
+        TritonRuntime(triton.url, MODEL, spec=other)
+
+
+def test_predict_matches_onnxruntime_and_single_images(triton, onnx_path, photos):
     from trapkit.serve.runtime import OnnxRuntime
 
-    local = OnnxRuntime(tiny_onnx_path).predict(photos)
+    local = OnnxRuntime(onnx_path).predict(photos)
     # 10 images > max batch 4: three chunks in flight at once, results back in input order.
     with _runtime(triton, concurrency=3) as rt:
         batched = rt.predict(photos)
@@ -111,12 +129,12 @@ def test_predict_matches_onnxruntime_and_single_images(triton, tiny_onnx_path, p
     assert empty.shape == (0, 5)
 
 
-def test_classification_extension_serves_the_labels(triton, tiny_onnx_path, photos):
+def test_classification_extension_serves_the_labels(triton, onnx_path, photos):
     import tritonclient.http as httpclient
 
     from trapkit.serve.runtime import OnnxRuntime
 
-    runtime = OnnxRuntime(tiny_onnx_path)
+    runtime = OnnxRuntime(onnx_path)
     probs = runtime.predict(photos[:3])
     client = httpclient.InferenceServerClient(triton.url.removeprefix("http://"))
     try:
@@ -135,10 +153,10 @@ def test_classification_extension_serves_the_labels(triton, tiny_onnx_path, phot
         assert [label for label, _ in rt.top_classes(photos[:1], 2)[0]] == [runtime.spec.labels[i] for i in np.argsort(-probs[0])[:2]]
 
 
-def test_classify_over_triton_matches_local(triton, tiny_onnx_path, samples_dir, tmp_path):
+def test_classify_over_triton_matches_local(triton, onnx_path, samples_dir, tmp_path):
     args = ["classify", str(samples_dir), "--detections", str(samples_dir / "md_v5a_detections.json"),
             "--batch-size", "3", "--workers", "2"]
-    assert main([*args, "--model", str(tiny_onnx_path), "--out", str(tmp_path / "local.json")]) == 0
+    assert main([*args, "--model", str(onnx_path), "--out", str(tmp_path / "local.json")]) == 0
     assert main([*args, "--triton-url", triton.url, "--triton-model", MODEL, "--concurrency", "2",
                  "--out", str(tmp_path / "triton.json")]) == 0
     local = json.loads((tmp_path / "local.json").read_text())
@@ -154,9 +172,9 @@ def test_classify_over_triton_matches_local(triton, tiny_onnx_path, samples_dir,
                                    atol=1e-4 + 1e-9, rtol=0)
 
 
-def test_server_not_there_is_one_line_error(tiny_onnx_path, samples_dir, tmp_path, capsys):
+def test_server_not_there_is_one_line_error(onnx_path, samples_dir, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", url,
+    code = main(["classify", str(samples_dir), "--model", str(onnx_path), "--triton-url", url,
                  "--triton-model", MODEL, "--out", str(tmp_path / "out.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
@@ -200,14 +218,12 @@ def test_retries_ride_out_a_restart(own_triton, tiny_repo, photos, tmp_path):
     np.testing.assert_allclose(after, before, atol=1e-6)
 
 
-def test_server_dying_mid_run_loses_nothing_after_resume(own_triton, tiny_repo, tiny_onnx_path, samples_dir,
+def test_server_dying_mid_run_loses_nothing_after_resume(own_triton, tiny_repo, onnx_path, samples_dir,
                                                          tmp_path):
     """Kill the server while classify runs; `--resume` on a new server completes the run as if nothing happened.
 
     The interrupted run uses the library with short retries (the CLI's backoff would wait 15 s).
     """
-    import shutil
-
     from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
     from trapkit.serve.runtime import OnnxRuntime
 
@@ -242,7 +258,7 @@ def test_server_dying_mid_run_loses_nothing_after_resume(own_triton, tiny_repo, 
     finally:
         again.stop()
     assert not paths.checkpoint.exists()
-    with OnnxRuntime(tiny_onnx_path) as local:
+    with OnnxRuntime(onnx_path) as local:
         classify_images(ClassifyPaths(images_dir=images, out=tmp_path / "local.json"), local, settings)
     resumed = json.loads(paths.out.read_text())["images"]
     expected = json.loads((tmp_path / "local.json").read_text())["images"]

@@ -363,8 +363,9 @@ def stopping_hint(history: list[dict], rounds: int = 3, min_gain: float = 0.01) 
     gain = max(h["accuracy"] for h in history[-rounds:]) - history[-rounds - 1]["accuracy"]
     if gain >= min_gain:
         return None
-    return (f"validation accuracy gained {100 * gain:+.1f} points over the last {rounds} rounds: it has levelled "
-            "off, so more labels of this kind may not pay; consider stopping, or adding classes or validation images")
+    return (f"validation accuracy changed by {100 * gain:+.1f} points over the last {rounds} rounds (under "
+            f"{100 * min_gain:.0f} gained): it has levelled off, so more labels of this kind may not pay; consider "
+            "stopping, or adding classes or validation images")
 
 
 # -- simulate -------------------------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""Export benchmark: the fused ONNX graph against the reference-style two-stage pipeline, and fp16 / int8.
+
+Model: the offline ImageNet EfficientNet-Lite0 (`imagenet-lite0`), 224 px.
+Inputs: the bundled camera-trap photos and their MegaDetector crops, repeated
+to fill a batch. Images per second (median of `--repeats` rounds) at batch 1
+and 32 for:
+
+  (a) fused fp32 graph in onnxruntime (uint8 in, normalisation inside)
+  (b) two-stage, as the reference package ships it: NumPy mean/std
+      normalisation, PyTorch embedding model in eval mode, separate ONNX head
+  (c) fp16 and int8 variants of (a)
+
+and the top-1 agreement of int8 (and fp16) with fp32 on the bundled crops.
+Preprocessing (decode, resize) is outside every timing: all paths get the same
+(N, 224, 224, 3) uint8 arrays.
+
+    .venv/bin/python bench/bench_export.py [--repeats 5] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def images_per_second(fn, batch: np.ndarray, rounds: int, min_images: int) -> float:
+    """Median images/s of `fn(batch)` over `rounds`, each at least `min_images` images."""
+    fn(batch)  # warm-up (allocations, kernel selection)
+    rates = []
+    calls = max(1, -(-min_images // len(batch)))
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(batch)
+        rates.append(calls * len(batch) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def two_stage(model, head_onnx: Path, threads: int):
+    """Reference-style pipeline: NumPy normalisation -> PyTorch embedder (eval) -> ONNX head."""
+    import torch
+
+    from trapkit.export.onnx_export import ort_session
+
+    mean = np.asarray(model.spec.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(model.spec.std, np.float32).reshape(1, 3, 1, 1)
+    embedder = model.embedder.eval()
+    head = ort_session(head_onnx, threads)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = (batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std  # (N, 3, S, S)
+        with torch.inference_mode():
+            emb = embedder(torch.from_numpy(x)).numpy()  # (N, D)
+        return head.run(None, {"embedding": emb})[0]
+
+    return run
+
+
+def export_head(model, path: Path) -> None:
+    """The head alone (embedding -> softmax probabilities) as its own ONNX file, like the reference's classifier."""
+    import torch
+
+    from trapkit.export.onnx_export import quiet_third_party
+
+    class Head(torch.nn.Module):
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, z):
+            return torch.softmax(self.head(z), dim=1)
+
+    dim = model.embedder.out_dim
+    with quiet_third_party(), torch.no_grad():
+        torch.onnx.export(Head(model.head).eval(), (torch.zeros(2, dim),), str(path), dynamo=False,
+                          input_names=["embedding"], output_names=["probs"],
+                          dynamic_axes={"embedding": {0: "n"}, "probs": {0: "n"}})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (median reported)")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime/torch threads (0: all cores)")
+    parser.add_argument("--min-images", type=int, default=64, help="images per timed round at batch 32")
+    args = parser.parse_args()
+
+    import torch
+
+    from trapkit.export.calibration import calibration_images
+    from trapkit.export.onnx_export import export_onnx, load_source, ort_session
+    from trapkit.export.quantize import VariantSettings, make_variant, top1_agreement
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"CPU: {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f} at start (shared machine: figures move with other jobs)")
+    model = load_source("imagenet-lite0")
+    spec = model.spec
+    crops = calibration_images(spec, whole_images=False)  # (15, 224, 224, 3) uint8
+    photos_and_crops = calibration_images(spec)  # (25, ...)
+    batch32 = np.concatenate([photos_and_crops, photos_and_crops])[:32]
+    batch1 = photos_and_crops[:1]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        report = export_onnx(model, tmp / "fp32.onnx")
+        print(f"export fp32: {time.perf_counter() - t0:.1f} s, parity max |probs diff| {report.max_prob_diff:.2e}")
+        fp32 = report.path.read_bytes()
+        paths = {"fp32": report.path}
+        for kind, settings in (("fp16", VariantSettings(precision="fp16", min_agreement=0.0)),
+                               ("int8", VariantSettings(quantize="int8", min_agreement=0.0))):
+            t0 = time.perf_counter()
+            data, agreement = make_variant(fp32, spec, settings)
+            paths[kind] = tmp / f"{kind}.onnx"
+            paths[kind].write_bytes(data)
+            on_crops = top1_agreement(fp32, data, crops, kind)
+            print(f"make {kind}: {time.perf_counter() - t0:.1f} s; top-1 agreement with fp32: "
+                  f"{on_crops.agreement:.1%} on the {on_crops.images} bundled crops, "
+                  f"{agreement.agreement:.1%} on crops + photos ({agreement.images})")
+        export_head(model, tmp / "head.onnx")
+
+        pipelines = {"(a) fused fp32 onnxruntime": _ort_runner(ort_session(paths["fp32"], args.threads)),
+                     "(b) two-stage torch + onnx head": two_stage(model, tmp / "head.onnx", args.threads),
+                     "(c) fp16 onnxruntime": _ort_runner(ort_session(paths["fp16"], args.threads)),
+                     "(c) int8 onnxruntime": _ort_runner(ort_session(paths["int8"], args.threads))}
+        rates: dict[str, dict[int, float]] = {}
+        print(f"\n{'pipeline':34} {'batch 1':>10} {'batch 32':>10}   (images/s, median of {args.repeats})")
+        for name, fn in pipelines.items():
+            rates[name] = {bs: images_per_second(fn, batch, args.repeats, 32 if bs == 1 else args.min_images)
+                           for bs, batch in ((1, batch1), (32, batch32))}
+            print(f"{name:34} {rates[name][1]:10.1f} {rates[name][32]:10.1f}", flush=True)
+
+    a, b = rates["(a) fused fp32 onnxruntime"], rates["(b) two-stage torch + onnx head"]
+    f16, i8 = rates["(c) fp16 onnxruntime"], rates["(c) int8 onnxruntime"]
+    print("\nratios (same run)")
+    for bs in (1, 32):
+        print(f"  batch {bs:2}: fused/two-stage {a[bs] / b[bs]:.2f}x   int8/fused {i8[bs] / a[bs]:.2f}x   "
+              f"fp16/fused {f16[bs] / a[bs]:.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
+
+
+def _ort_runner(session):
+    return lambda batch: session.run(["probs"], {"images": batch})[0]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""A folder ready to upload to the Hugging Face Hub: model.onnx, config.json, README.md.
+
+`config.json` is the model spec plus timm's field names (`architecture`,
+`num_classes`, `label_names`, `pretrained_cfg` with `input_size` [3, S, S],
+`mean`, `std`), so tools that read timm configs find what they expect.
+`README.md` is a model card: YAML metadata (`library_name`, `pipeline_tag`,
+tags, license, and a `model-index` with the last validation round's metrics
+when the source run has `metrics.json`), then usage with trapkit, with
+onnxruntime alone and with Triton, the class list and per-class recall.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from trapkit.atomic import atomic_copy, atomic_write_json, atomic_write_text
+from trapkit.errors import TrapkitError
+from trapkit.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+METRICS_FILENAME = "metrics.json"
+TAGS = ("trapkit", "onnx", "image-classification", "camera-traps", "ecology", "biology")
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    folder: Path
+    license: str = "other"
+
+
+def read_metrics(model_dir: Path | None) -> dict | None:
+    """The validation metrics saved beside a trained model (RUN/model/metrics.json), if any."""
+    path = model_dir / METRICS_FILENAME if model_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrapkitError(f"{path} is not readable JSON ({e.__class__.__name__}); delete it or rerun the round") from None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def hub_config(spec: ModelSpec, embedding_dim: int) -> dict:
+    """config.json: timm-style fields first, the full trapkit spec under `trapkit_spec`."""
+    config = {
+        "architecture": spec.arch,
+        "num_classes": spec.num_classes,
+        "num_features": embedding_dim,
+        "label_names": list(spec.labels),
+        "pretrained_cfg": {
+            "input_size": [3, spec.input_size, spec.input_size],
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "crop_mode": "center" if spec.resize_mode == "center_crop" else "squash",
+            "num_classes": spec.num_classes,
+        },
+        "model_file": "model.onnx",
+        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", spec.input_size, spec.input_size, 3],
+                  "note": "RGB, 0-255; mean/std normalisation is inside the graph"},
+        "outputs": {"probs": ["batch", spec.num_classes], "embedding": ["batch", embedding_dim]},
+        "trapkit_spec": spec.to_dict(),
+    }
+    if spec.taxonomy:
+        config["label_descriptions"] = dict(zip(spec.labels, spec.taxonomy))
+    return config
+
+
+def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettings, metrics: dict | None = None) -> Path:
+    """Write model.onnx, config.json and README.md into `settings.folder`; returns the folder."""
+    from trapkit.export.triton import graph_io
+
+    folder = Path(settings.folder)
+    _, outputs = graph_io(onnx_path)
+    embedding_dim = next(t.dims[0] for t in outputs if t.name == "embedding")
+    try:
+        atomic_copy(onnx_path, folder / "model.onnx")
+        atomic_write_json(folder / "config.json", hub_config(spec, embedding_dim), indent=2)
+        atomic_write_text(folder / "README.md", model_card(spec, settings.license, metrics))
+    except OSError as e:
+        raise TrapkitError(f"cannot write the Hub folder {folder} ({e.strerror or e}); choose a writable --hub-folder") from None
+    log.info("Hub folder written to %s (upload with: huggingface-cli upload USER/%s %s)", folder, spec.name, folder)
+    return folder
+
+
+def model_card(spec: ModelSpec, license: str, metrics: dict | None) -> str:
+    return "\n".join([front_matter(spec, license, metrics), body(spec, metrics)])
+
+
+def _q(value) -> str:
+    # JSON strings and numbers are valid YAML scalars: safe quoting for any label.
+    return json.dumps(value)
+
+
+def front_matter(spec: ModelSpec, license: str, metrics: dict | None) -> str:
+    lines = ["---", "library_name: onnx", "pipeline_tag: image-classification", f"license: {_q(license)}", "tags:"]
+    lines += [f"- {tag}" for tag in TAGS]
+    scored = [(key, kind, name) for key, kind, name in (
+        ("accuracy", "accuracy", "Accuracy"),
+        ("macro_precision", "precision", "Macro precision"),
+        ("macro_recall", "recall", "Macro recall"),
+    ) if metrics and isinstance(metrics.get(key), (int, float))]
+    if scored:
+        lines += [
+            "model-index:",
+            f"- name: {_q(spec.name)}",
+            "  results:",
+            "  - task:",
+            "      type: image-classification",
+            "      name: Image Classification",
+            "    dataset:",
+            "      type: imagefolder",
+            f"      name: {_q('trapkit validation set' + _round_note(metrics))}",
+            "    metrics:",
+        ]
+        for key, kind, name in scored:
+            lines += [f"    - type: {kind}", f"      value: {round(float(metrics[key]), 4)}", f"      name: {_q(name)}"]
+            if key.startswith("macro_"):
+                lines += ["      args:", "        average: macro"]
+    lines.append("---")
+    return "\n".join(lines) + "\n"
+
+
+def _round_note(metrics: dict) -> str:
+    parts = []
+    if "round" in metrics:
+        parts.append(f"round {metrics['round']}")
+    if "validation_images" in metrics:
+        parts.append(f"{metrics['validation_images']} images")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def body(spec: ModelSpec, metrics: dict | None) -> str:
+    s = spec.input_size
+    resize = ("stretched to a square" if spec.resize_mode == "squash"
+              else "short side scaled, centre square cropped")
+    recall = (metrics or {}).get("per_class_recall") or {}
+    if isinstance(recall, list):
+        recall = dict(zip(spec.labels, recall))
+    rows = "\n".join(
+        f"| {i} | {label} | {recall[label]:.3f} |" if isinstance(recall.get(label), (int, float))
+        else f"| {i} | {label} | n/a |"
+        for i, label in enumerate(spec.labels)
+    )
+    summary = ""
+    if metrics and isinstance(metrics.get("accuracy"), (int, float)):
+        summary = (f"\nOn the held-out validation set{_round_note(metrics)}: accuracy {metrics['accuracy']:.3f}"
+                   + (f", macro recall {metrics['macro_recall']:.3f}" if isinstance(metrics.get("macro_recall"), (int, float)) else "")
+                   + ".\n")
+    return f"""# {spec.name}
+
+A {spec.num_classes}-class image classifier ({spec.arch} backbone) trained with
+[trapkit](https://github.com/trapkit/trapkit), exported as one ONNX graph:
+input `images` uint8 (N, {s}, {s}, 3) RGB; outputs `probs` (N, {spec.num_classes}) and
+`embedding` (N, D). Normalisation (mean {list(spec.mean)}, std {list(spec.std)}) is inside the
+graph: feed raw pixels, {resize} to {s} x {s}.
+{summary}
+## Use with trapkit
+
+```bash
+pip install "trapkit[serve]"
+trapkit classify path/to/images --model model.onnx --out classified.json
+# or straight from the Hub: --model hf://OWNER/{spec.name}
+```
+
+## Use with onnxruntime alone
+
+```python
+import json
+import numpy as np, onnxruntime as ort
+from PIL import Image
+
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+labels = json.load(open("config.json"))["label_names"]
+img = Image.open("photo.jpg").convert("RGB").resize(({s}, {s}), Image.BILINEAR)
+batch = np.asarray(img, dtype=np.uint8)[None]  # (1, {s}, {s}, 3) uint8, NHWC
+probs, embedding = session.run(["probs", "embedding"], {{"images": batch}})
+print(labels[int(probs[0].argmax())], float(probs[0].max()))
+```
+
+## Use with Triton Inference Server
+
+Triton's onnxruntime backend fills in the configuration from the graph itself:
+
+```bash
+mkdir -p model_repository/{spec.name}/1 && cp model.onnx model_repository/{spec.name}/1/
+docker run --rm -p8000:8000 -p8001:8001 -v $PWD/model_repository:/models \\
+  nvcr.io/nvidia/tritonserver:24.08-py3 tritonserver --model-repository=/models
+trapkit classify path/to/images --model model.onnx --triton-url localhost:8000 --out classified.json
+```
+
+From the training run, `trapkit export RUN --out export --triton model_repository` writes the full
+configuration instead (dynamic batching, labels for Triton's classification extension).
+
+## Classes and per-class recall
+
+| index | class | recall |
+| --- | --- | --- |
+{rows}
+"""

@@ -1,0 +1,84 @@
+"""`trapkit export` as one library call: source -> checked graph -> variant -> Triton / Hub copies.
+
+    OUT/model.onnx           the graph asked for (fp32, fp16 or int8), spec in its metadata
+    OUT/export_report.json   parity with PyTorch, agreement of the variant with fp32, where copies went
+
+Every destination is checked for writability before the (slow) model load, and
+nothing lands in OUT unless the parity and agreement checks pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from trapkit import __version__
+from trapkit.atomic import atomic_write_bytes, atomic_write_json
+from trapkit.errors import TrapkitError
+from trapkit.export.hub_folder import HubSettings, read_metrics, write_hub_folder
+from trapkit.export.onnx_export import ExportReport, ensure_writable_dir, export_onnx, load_source, resolve_source_dir
+from trapkit.export.quantize import AgreementReport, VariantSettings, make_variant
+from trapkit.export.triton import TritonSettings, write_triton_model
+
+log = logging.getLogger(__name__)
+
+ONNX_FILENAME = "model.onnx"
+REPORT_FILENAME = "export_report.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: Path
+    parity: ExportReport
+    agreement: AgreementReport | None = None
+    triton_version_dir: Path | None = None
+    hub_folder: Path | None = None
+
+
+def export_model(source: str | Path, out: str | Path, *, variant: VariantSettings = VariantSettings(),
+                 triton: TritonSettings | None = None, hub: HubSettings | None = None,
+                 tolerance: float = 1e-4) -> ExportResult:
+    """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies."""
+    out = Path(out)
+    model_dir = resolve_source_dir(source)
+    for directory in (out, triton and Path(triton.repo), hub and Path(hub.folder)):
+        if directory:
+            ensure_writable_dir(directory)
+    model = load_source(source)
+    spec = model.spec
+    if triton:
+        triton.model_name(spec)  # a bad name fails before the slow part
+    with tempfile.TemporaryDirectory(prefix=".trapkit-export-", dir=out) as tmp:
+        parity = export_onnx(model, Path(tmp) / ONNX_FILENAME, tolerance=tolerance)
+        data, agreement = make_variant(parity.path.read_bytes(), spec, variant)
+    onnx_path = out / ONNX_FILENAME
+    atomic_write_bytes(onnx_path, data)
+    parity = ExportReport(**{**asdict(parity), "path": onnx_path, "size_bytes": len(data)})
+    version_dir = write_triton_model(onnx_path, spec, triton) if triton else None
+    hub_dir = write_hub_folder(onnx_path, spec, hub, read_metrics(model_dir)) if hub else None
+    result = ExportResult(onnx_path, parity, agreement, version_dir, hub_dir)
+    atomic_write_json(out / REPORT_FILENAME, report_dict(source, variant, result))
+    return result
+
+
+def report_dict(source, variant: VariantSettings, result: ExportResult) -> dict:
+    p = result.parity
+    return {
+        "trapkit_version": __version__,
+        "source": str(source),
+        "model": str(result.onnx_path),
+        "precision": variant.kind,
+        "parity": {"max_prob_diff": p.max_prob_diff, "max_embedding_diff": p.max_embedding_diff,
+                   "images": p.parity_images, "tolerance": p.tolerance},
+        "agreement": asdict(result.agreement) if result.agreement else None,
+        "triton_version_dir": str(result.triton_version_dir) if result.triton_version_dir else None,
+        "hub_folder": str(result.hub_folder) if result.hub_folder else None,
+    }
+
+
+def check_tolerance(tolerance: float) -> float:
+    if not tolerance > 0:
+        raise TrapkitError(f"--tolerance {tolerance} must be a positive number, e.g. 1e-4")
+    return tolerance

@@ -1,0 +1,81 @@
+"""Hub folder: config.json in timm's shape, a model card the huggingface_hub client reads, a snippet that runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+import shutil
+
+import numpy as np
+import pytest
+
+from trapkit.export.hub_folder import HubSettings, write_hub_folder
+from trapkit.spec import ModelSpec
+
+METRICS = {"round": 3, "labels": 40, "accuracy": 0.8125, "macro_precision": 0.7, "macro_recall": 0.75,
+           "per_class_recall": {"bear": 1.0, "dog": 0.5}, "validation_images": 16}
+
+
+@pytest.fixture
+def spec(tiny_model_dir) -> ModelSpec:
+    return ModelSpec.load(tiny_model_dir)
+
+
+def test_config_json(tmp_path, tiny_onnx_path, spec):
+    folder = write_hub_folder(tiny_onnx_path, spec, HubSettings(tmp_path / "hub"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "test_efficientnet"
+    assert config["num_classes"] == 5 and config["num_features"] == 16
+    assert config["label_names"] == list(spec.labels)
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert config["pretrained_cfg"]["mean"] == list(spec.mean) and config["pretrained_cfg"]["std"] == list(spec.std)
+    assert ModelSpec.from_dict(config["trapkit_spec"]) == spec
+    assert (folder / "model.onnx").read_bytes() == tiny_onnx_path.read_bytes()
+
+
+def test_model_card_metadata_and_tables(tmp_path, tiny_onnx_path, spec):
+    from huggingface_hub import ModelCard
+
+    folder = write_hub_folder(tiny_onnx_path, spec, HubSettings(tmp_path / "hub", license="cc-by-4.0"), METRICS)
+    card = ModelCard.load(folder / "README.md")
+    data = card.data
+    assert data.pipeline_tag == "image-classification"
+    assert data.library_name == "onnx" and data.license == "cc-by-4.0"
+    assert "trapkit" in data.tags and "camera-traps" in data.tags
+    results = {r.metric_name: r.metric_value for r in data.eval_results}
+    assert results == {"Accuracy": 0.8125, "Macro precision": 0.7, "Macro recall": 0.75}
+    assert all(r.task_type == "image-classification" for r in data.eval_results)
+    text = card.text
+    assert "| 0 | bear | 1.000 |" in text and "| 2 | dog | 0.500 |" in text and "| 1 | cattle | n/a |" in text
+    assert "accuracy 0.812" in text
+    for section in ("Use with trapkit", "Use with onnxruntime alone", "Use with Triton Inference Server"):
+        assert f"## {section}" in text
+
+
+def test_card_without_metrics_has_no_model_index(tmp_path, tiny_onnx_path, spec):
+    from huggingface_hub import ModelCard
+
+    folder = write_hub_folder(tiny_onnx_path, spec, HubSettings(tmp_path / "hub"))
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.eval_results is None and "model-index" not in (folder / "README.md").read_text()
+    assert "| 4 | ocelot | n/a |" in card.text
+
+
+def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, capsys, monkeypatch):
+    """The card's 'onnxruntime alone' code, run as written on a real photo, matches trapkit's answer."""
+    from trapkit.export.onnx_export import ort_session, run_session
+
+    folder = write_hub_folder(tiny_onnx_path, spec, HubSettings(tmp_path / "hub"))
+    snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    shutil.copy(samples_dir / "ocelot.jpg", folder / "photo.jpg")
+    (folder / "snippet.py").write_text(snippet)
+    monkeypatch.chdir(folder)
+    runpy.run_path("snippet.py")
+    label, confidence = capsys.readouterr().out.rsplit(" ", 1)
+    from trapkit.images import load_model_input
+
+    probs, _ = run_session(ort_session(tiny_onnx_path), load_model_input(folder / "photo.jpg", 32)[None])
+    assert label == spec.labels[int(probs[0].argmax())]
+    assert float(confidence) == pytest.approx(float(probs[0].max()), abs=1e-2)  # plain resize vs draft decode
+    assert np.isfinite(float(confidence))
