@@ -29,17 +29,22 @@ from pathlib import Path
 import numpy as np
 
 
-def images_per_second(fn, batch: np.ndarray, rounds: int, min_images: int) -> float:
-    """Median images/s of `fn(batch)` over `rounds`, each at least `min_images` images."""
-    fn(batch)  # warm-up (allocations, kernel selection)
-    rates = []
-    calls = max(1, -(-min_images // len(batch)))
+def measure(pipelines: dict, batches: dict[int, np.ndarray], rounds: int, per_round: dict[int, int]) -> dict:
+    """{name: {batch size: median images/s}}. Rounds go round-robin over the pipelines, so load
+    from other jobs on a shared machine falls on all of them alike instead of on whichever ran last."""
+    for fn in pipelines.values():
+        for batch in batches.values():
+            fn(batch)  # warm-up: allocations, kernel selection
+    samples = {name: {bs: [] for bs in batches} for name in pipelines}
     for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn(batch)
-        rates.append(calls * len(batch) / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, fn in pipelines.items():
+            for bs, batch in batches.items():
+                calls = max(1, -(-per_round[bs] // len(batch)))
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn(batch)
+                samples[name][bs].append(calls * len(batch) / (time.perf_counter() - start))
+    return {name: {bs: statistics.median(v) for bs, v in by_bs.items()} for name, by_bs in samples.items()}
 
 
 def two_stage(model, head_onnx: Path, threads: int):
@@ -87,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime/torch threads (0: all cores)")
-    parser.add_argument("--min-images", type=int, default=64, help="images per timed round at batch 32")
+    parser.add_argument("--min-images", type=int, default=32, help="images per timed round at batch 32 (batch 1: 16)")
     args = parser.parse_args()
 
     import torch
@@ -130,12 +135,10 @@ def main() -> None:
                      "(b) two-stage torch + onnx head": two_stage(model, tmp / "head.onnx", args.threads),
                      "(c) fp16 onnxruntime": _ort_runner(ort_session(paths["fp16"], args.threads)),
                      "(c) int8 onnxruntime": _ort_runner(ort_session(paths["int8"], args.threads))}
-        rates: dict[str, dict[int, float]] = {}
-        print(f"\n{'pipeline':34} {'batch 1':>10} {'batch 32':>10}   (images/s, median of {args.repeats})")
-        for name, fn in pipelines.items():
-            rates[name] = {bs: images_per_second(fn, batch, args.repeats, 32 if bs == 1 else args.min_images)
-                           for bs, batch in ((1, batch1), (32, batch32))}
-            print(f"{name:34} {rates[name][1]:10.1f} {rates[name][32]:10.1f}", flush=True)
+        rates = measure(pipelines, {1: batch1, 32: batch32}, args.repeats, {1: 16, 32: args.min_images})
+        print(f"\n{'pipeline':34} {'batch 1':>10} {'batch 32':>10}   (images/s, median of {args.repeats} rounds)")
+        for name, r in rates.items():
+            print(f"{name:34} {r[1]:10.1f} {r[32]:10.1f}")
 
     a, b = rates["(a) fused fp32 onnxruntime"], rates["(b) two-stage torch + onnx head"]
     f16, i8 = rates["(c) fp16 onnxruntime"], rates["(c) int8 onnxruntime"]

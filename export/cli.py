@@ -47,7 +47,7 @@ def register(subparsers, common) -> None:
 def _run(args) -> int:
     from trapkit.errors import TrapkitError
     from trapkit.export.hub_folder import HubSettings
-    from trapkit.export.pipeline import check_tolerance, export_model
+    from trapkit.export.pipeline import export_model
     from trapkit.export.quantize import VariantSettings
     from trapkit.export.triton import TritonSettings
 
@@ -64,7 +64,7 @@ def _run(args) -> int:
                             max_batch_size=args.max_batch_size) if args.triton else None
     hub = HubSettings(folder=args.hub_folder, license=args.license) if args.hub_folder else None
     result = export_model(args.source, args.out, variant=variant, triton=triton, hub=hub,
-                          tolerance=check_tolerance(args.tolerance))
+                          tolerance=args.tolerance)
     print(f"wrote {result.onnx_path}")
     print(f"  parity with PyTorch: max |probs diff| {result.parity.max_prob_diff:.2e} "
           f"on {result.parity.parity_images} photos (tolerance {result.parity.tolerance:.0e})")

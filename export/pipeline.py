@@ -41,6 +41,7 @@ def export_model(source: str | Path, out: str | Path, *, variant: VariantSetting
                  triton: TritonSettings | None = None, hub: HubSettings | None = None,
                  tolerance: float = 1e-4) -> ExportResult:
     """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies."""
+    check_tolerance(tolerance)
     out = Path(out)
     model_dir = resolve_source_dir(source)
     for directory in (out, triton and Path(triton.repo), hub and Path(hub.folder)):

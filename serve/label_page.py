@@ -154,11 +154,13 @@ def build_label_page(run_dir: str | Path, allow_new_classes: bool = False):
 
     with gr.Blocks(title=f"trapkit labels: {page.run_dir.name}", **BLOCKS_OPTIONS) as app:
         progress = gr.Markdown(elem_id="progress")
+        # JPEG: every save re-sends the grid, and Gradio's default WebP encodes ~25x slower.
         gallery = gr.Gallery(label="Requested images (click one to answer it)", columns=6, height=420,
-                             allow_preview=False, elem_id="grid")
+                             allow_preview=False, format="jpeg", elem_id="grid")
         with gr.Row():
             with gr.Column(scale=3):
-                image = gr.Image(label="Image", type="pil", interactive=False, height=440, elem_id="current-image")
+                image = gr.Image(label="Image", type="pil", format="jpeg", interactive=False, height=440,
+                                 elem_id="current-image")
             with gr.Column(scale=2):
                 path = gr.Textbox(label="Image path", interactive=False, elem_id="current-path")
                 about = gr.Markdown()

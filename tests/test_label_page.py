@@ -54,13 +54,14 @@ def test_page_saves_answers_and_resumes_where_the_person_stopped(run_copy):
     with launched(build_label_page(run_copy), allowed_paths=()) as url:
         c = client(url)
         progress, grid, path, image, about, species, status = c.predict(api_name="/refresh")
-        assert "0 of 6 answered" in progress
+        assert "0 of 6 answered" in progress and grid["selected_index"] == 0
+        grid = grid["value"]  # the grid comes with the index of the image being answered
         assert [g["caption"] for g in grid] == [f"guess {it.guess} {it.confidence:.2f}" for it in items]
         assert path == items[0].path and species == items[0].guess and image
 
         progress, grid, path, *_, status = c.predict(items[0].path, "cattle", api_name="/save")
-        assert "1 of 6 answered" in progress and path == items[1].path
-        assert grid[0]["caption"].startswith("✓ cattle") and status == f"Saved {items[0].path}: cattle"
+        assert "1 of 6 answered" in progress and path == items[1].path and grid["selected_index"] == 1
+        assert grid["value"][0]["caption"].startswith("✓ cattle") and status == f"Saved {items[0].path}: cattle"
         c.predict(items[2].path, "dog", api_name="/save")
         with pytest.raises(AppError, match="unknown class names \\['zebra'\\]"):
             c.predict(items[1].path, "zebra", api_name="/save")
@@ -68,7 +69,7 @@ def test_page_saves_answers_and_resumes_where_the_person_stopped(run_copy):
         # A new visitor (a reloaded tab) sees the saved answers and starts at the first unanswered image.
         progress, grid, path, *_ = client(url).predict(api_name="/refresh")
         assert "2 of 6 answered" in progress and path == items[1].path
-        assert [g["caption"].startswith("✓") for g in grid] == [True, False, True, False, False, False]
+        assert [g["caption"].startswith("✓") for g in grid["value"]] == [True, False, True, False, False, False]
 
     report, df = _ingest(run_copy)
     assert report.new == 2
