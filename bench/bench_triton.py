@@ -132,7 +132,8 @@ def main() -> None:
                       for _ in range(args.repeats))
     print(f"baseline local onnxruntime: {base_req:.1f} images/s at batch {args.request_batch}, "
           f"{base_max:.1f} images/s at batch {args.max_batch}")
-    print(f"{'dynamic batching':>16} {'clients':>8} {'images/s':>9} {'range':>15} {'vs local b' + str(args.request_batch):>12}")
+    vs = f"vs local b{args.request_batch}"
+    print(f"{'dynamic batching':>16} {'clients':>8} {'images/s':>9} {'range':>15} {vs:>12}")
     with tempfile.TemporaryDirectory(prefix="trapkit-bench-triton-") as tmp:
         for dynamic in (False, True):
             repo = Path(tmp) / ("dyn" if dynamic else "plain")

@@ -15,9 +15,11 @@ def register(subparsers, common) -> None:
         "The token is read from an environment variable and never printed. Load it back anywhere "
         "with --model hf://OWNER/NAME[@REVISION]. HF_ENDPOINT selects another Hub.",
     )
-    p.add_argument("folder", type=Path, metavar="EXPORT_DIR", help="the Hub folder written by trapkit export --hub-folder")
+    p.add_argument("folder", type=Path, metavar="EXPORT_DIR",
+                   help="the Hub folder written by trapkit export --hub-folder")
     p.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="Hub repo to create or update")
-    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    p.add_argument("--private", action="store_true",
+                   help="create the repo private (an existing repo keeps its visibility)")
     p.add_argument("--token-env", default="HF_TOKEN", metavar="VAR",
                    help="environment variable holding a write token (default HF_TOKEN)")
     p.set_defaults(func=_publish)

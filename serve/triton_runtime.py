@@ -187,8 +187,8 @@ class TritonRuntime:
     def _io_from_config(self, config: dict) -> TritonModelIO:
         inputs, outputs = config.get("input", []), config.get("output", [])
         if len(inputs) != 1 or not outputs:
-            raise TrapkitError(f"Triton model {self.model_name!r} is not a trapkit classifier "
-                               "(expects one image input and a probs output); re-export it with trapkit export --triton")
+            raise TrapkitError(f"Triton model {self.model_name!r} is not a trapkit classifier (expects one image "
+                               "input and a probs output); re-export it with trapkit export --triton")
         inp = inputs[0]
         names = [o["name"] for o in outputs]
         output = "probs" if "probs" in names else names[0]
@@ -218,7 +218,8 @@ class TritonRuntime:
             _, index, *label = entry.split(":", 2)
             labels[int(index)] = label[0] if label else index
         if any(x is None for x in labels):
-            raise TrapkitError(f"Triton model {self.model_name!r} serves no label file; re-export it with trapkit export --triton")
+            raise TrapkitError(f"Triton model {self.model_name!r} serves no label file; "
+                               "re-export it with trapkit export --triton")
         return ModelSpec(arch="unknown", labels=tuple(labels), input_size=self.io.input_size, name=self.model_name)
 
     # -- inference -----------------------------------------------------------------------------
@@ -246,7 +247,8 @@ class TritonRuntime:
         outputs = [httpclient.InferRequestedOutput(self.io.output_name, binary_data=True, class_count=k)]
         result = self._call("inference", lambda c: c.infer(self.model_name, self._inputs(chunk), outputs=outputs),
                             retries=self.retries)
-        return np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else str(b))(result.as_numpy(self.io.output_name))
+        entries = result.as_numpy(self.io.output_name)
+        return np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else str(b))(entries)
 
     def _chunks(self, batch: np.ndarray) -> list[np.ndarray]:
         step = self.io.max_batch_size or len(batch)

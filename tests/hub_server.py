@@ -207,7 +207,8 @@ class Handler(BaseHTTPRequestHandler):
         if commit is None:
             return
         return self._json({
-            "_id": hashlib.md5(repo.encode()).hexdigest()[:24], "id": repo, "modelId": repo, "author": repo.split("/")[0],
+            "_id": hashlib.md5(repo.encode()).hexdigest()[:24], "id": repo, "modelId": repo,
+            "author": repo.split("/")[0],
             "sha": commit.oid, "lastModified": commit.date, "createdAt": commit.date, "private": r.private,
             "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [], "library_name": "onnx",
             "siblings": [{"rfilename": p} for p in sorted(commit.files)],
@@ -232,7 +233,8 @@ class Handler(BaseHTTPRequestHandler):
                 d = "/".join(([prefix] if prefix else []) + parts[:i])
                 if d not in dirs:
                     dirs.add(d)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d})
+                    oid = hashlib.sha1(d.encode()).hexdigest()
+                    entries.append({"type": "directory", "oid": oid, "size": 0, "path": d})
             if recursive or len(parts) == 1:
                 data = commit.files[p]
                 entries.append({"type": "file", "oid": git_blob_oid(data), "size": len(data), "path": p})

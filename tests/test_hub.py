@@ -95,7 +95,8 @@ def test_revisions_and_updates(hub, hub_folder, tmp_path):
     (updated / "README.md").write_text("# tiny, second version\n")
     assert _publish(updated, "alice/tiny") == 0  # the repo exists: a new commit on main
     assert (resolve_model("hf://alice/tiny") / "README.md").read_text() == "# tiny, second version\n"
-    assert (resolve_model(f"hf://alice/tiny@{first}") / "README.md").read_bytes() == (hub_folder / "README.md").read_bytes()
+    pinned = resolve_model(f"hf://alice/tiny@{first}")
+    assert (pinned / "README.md").read_bytes() == (hub_folder / "README.md").read_bytes()
     with pytest.raises(TrapkitError, match="revision not found"):
         resolve_model("hf://alice/tiny@v9")
 

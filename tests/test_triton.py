@@ -110,7 +110,7 @@ def test_local_spec_that_does_not_fit_the_server_is_refused(triton, onnx_path):
     from trapkit.serve.triton_runtime import TritonRuntime
 
     other = read_spec(onnx_path).replace(labels=("cat", "dog"))
-    with pytest.raises(TrapkitError, match=r"into 5 classes but the model spec says 32 px, 2 classes; pass the --model"):
+    with pytest.raises(TrapkitError, match=r"into 5 classes but the model spec says 32 px, 2 classes; pass"):
         TritonRuntime(triton.url, MODEL, spec=other)
 
 
@@ -144,13 +144,14 @@ def test_classification_extension_serves_the_labels(triton, onnx_path, photos):
         top = client.infer(MODEL, [inp], outputs=[out]).as_numpy("probs")  # (3, 3) b"score:index:label"
     finally:
         client.close()
-    for row, p in zip(top, probs):
+    for row, p in zip(top, probs, strict=True):
         entries = [e.decode().split(":", 2) for e in row]
         assert [int(i) for _, i, _ in entries] == list(np.argsort(-p)[:3])
         assert [label for _, _, label in entries] == [runtime.spec.labels[i] for i in np.argsort(-p)[:3]]
         np.testing.assert_allclose([float(s) for s, _, _ in entries], np.sort(p)[::-1][:3], atol=1e-4)
     with _runtime(triton) as rt:
-        assert [label for label, _ in rt.top_classes(photos[:1], 2)[0]] == [runtime.spec.labels[i] for i in np.argsort(-probs[0])[:2]]
+        best_two = [runtime.spec.labels[i] for i in np.argsort(-probs[0])[:2]]
+        assert [label for label, _ in rt.top_classes(photos[:1], 2)[0]] == best_two
 
 
 def test_classify_over_triton_matches_local(triton, onnx_path, samples_dir, tmp_path):
@@ -162,8 +163,8 @@ def test_classify_over_triton_matches_local(triton, onnx_path, samples_dir, tmp_
     local = json.loads((tmp_path / "local.json").read_text())
     remote = json.loads((tmp_path / "triton.json").read_text())
     assert remote["classification_categories"] == local["classification_categories"]
-    pairs = [(a, b) for ia, ib in zip(local["images"], remote["images"])
-             for a, b in zip(ia["detections"] or [], ib["detections"] or []) if "classifications" in a]
+    pairs = [(a, b) for ia, ib in zip(local["images"], remote["images"], strict=True)
+             for a, b in zip(ia["detections"] or [], ib["detections"] or [], strict=True) if "classifications" in a]
     assert pairs, "the bundled detections should include animals to classify"
     for a, b in pairs:
         assert [c for c, _ in a["classifications"]] == [c for c, _ in b["classifications"]]
@@ -263,7 +264,7 @@ def test_server_dying_mid_run_loses_nothing_after_resume(own_triton, tiny_repo, 
     resumed = json.loads(paths.out.read_text())["images"]
     expected = json.loads((tmp_path / "local.json").read_text())["images"]
     assert [r["file"] for r in resumed] == [e["file"] for e in expected] and len(resumed) == 60
-    for r, e in zip(resumed, expected):
+    for r, e in zip(resumed, expected, strict=True):
         (dr,), (de,) = r["detections"], e["detections"]
         assert [c for c, _ in dr["classifications"]] == [c for c, _ in de["classifications"]]
         np.testing.assert_allclose([p for _, p in dr["classifications"]], [p for _, p in de["classifications"]],
