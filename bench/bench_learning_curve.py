@@ -76,21 +76,6 @@ def embed_fashion_mnist(n_pool: int, n_val: int, size: int, feat_dim: int | None
     return result
 
 
-def pca_project(data: tuple, dim: int) -> tuple:
-    """Stand-in for the fine-tuned 256-d projection: PCA on the pool (unsupervised), then L2-normalise."""
-    x_pool, y_pool, x_val, y_val = data
-    x = x_pool.astype(np.float32)
-    mean = x.mean(0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    basis = vt[:dim].T  # (1280, dim)
-
-    def project(a: np.ndarray) -> np.ndarray:
-        z = (a.astype(np.float32) - mean) @ basis
-        return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float16)
-
-    return project(x_pool), y_pool, project(x_val), y_val
-
-
 def curve(strategy: str, seed: int, data: tuple, start: int, batch: int, budget: int) -> list[tuple[int, float]]:
     from trapkit.train import head, metrics, strategies
     from trapkit.train.settings import HeadSettings
@@ -116,30 +101,28 @@ def curve(strategy: str, seed: int, data: tuple, start: int, batch: int, budget:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--strategies", default="margin", help="comma-separated, compared against uniform")
+    ap.add_argument("--strategies", default="cluster_margin", help="comma-separated, compared against uniform")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--pool", type=int, default=30000, help="pool images drawn from the 60k training set")
+    ap.add_argument("--pool", type=int, default=10000, help="pool images drawn from the 60k training set")
     ap.add_argument("--val", type=int, default=2000, help="validation images drawn from the 10k test set")
     ap.add_argument("--size", type=int, default=64, help="input size for the frozen Lite0")
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--budget", type=int, default=2000)
-    ap.add_argument("--pca", type=int, default=256,
-                    help="project the pooled 1280-d features to this many dimensions by PCA fitted on the unlabelled "
-                         "pool (no labels used), then L2-normalise; 0 keeps all 1280")
+    ap.add_argument("--feat-dim", type=int, default=256,
+                    help="256: trapkit's default 256-d projection (untrained here, as with --finetune-epochs 0); "
+                         "0: the backbone's pooled 1280-d features")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/trapkit-bench"))
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)  # tiny MLP steps: one thread is fastest, and immune to a busy machine
     print(f"Fashion-MNIST from {DATA}; frozen offline Lite0 at {args.size} px, NOT fine-tuned (cached embeddings, "
-          f"pooled 1280-d{f' -> PCA {args.pca}-d fitted on the unlabelled pool' if args.pca else ''}); "
+          f"{f'{args.feat_dim}-d projection, untrained' if args.feat_dim else 'pooled 1280-d'}); "
           f"pool {args.pool}, validation {args.val}, seed set {args.start}, batch {args.batch}, budget {args.budget}, "
           f"{args.seeds} seeds")
-    cache = args.cache / f"fmnist-lite0-{args.size}px-pooled-{args.pool}.npz"
-    data = embed_fashion_mnist(args.pool, args.val, args.size, None, cache)
-    if args.pca:
-        data = pca_project(data, args.pca)
+    cache = args.cache / f"fmnist-lite0-{args.size}px-{args.feat_dim or 'pooled'}-{args.pool}.npz"
+    data = embed_fashion_mnist(args.pool, args.val, args.size, args.feat_dim or None, cache)
     names = ["uniform", *[s for s in args.strategies.split(",") if s and s != "uniform"]]
     results = {}
     for name in names:

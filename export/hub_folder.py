@@ -81,15 +81,15 @@ def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettin
     try:
         atomic_copy(onnx_path, folder / "model.onnx")
         atomic_write_json(folder / "config.json", hub_config(spec, embedding_dim), indent=2)
-        atomic_write_text(folder / "README.md", model_card(spec, settings.license, metrics))
+        atomic_write_text(folder / "README.md", model_card(spec, embedding_dim, settings.license, metrics))
     except OSError as e:
         raise TrapkitError(f"cannot write the Hub folder {folder} ({e.strerror or e}); choose a writable --hub-folder") from None
     log.info("Hub folder written to %s (upload with: huggingface-cli upload USER/%s %s)", folder, spec.name, folder)
     return folder
 
 
-def model_card(spec: ModelSpec, license: str, metrics: dict | None) -> str:
-    return "\n".join([front_matter(spec, license, metrics), body(spec, metrics)])
+def model_card(spec: ModelSpec, embedding_dim: int, license: str, metrics: dict | None) -> str:
+    return "\n".join([front_matter(spec, license, metrics), body(spec, embedding_dim, metrics)])
 
 
 def _q(value) -> str:
@@ -135,8 +135,10 @@ def _round_note(metrics: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def body(spec: ModelSpec, metrics: dict | None) -> str:
+def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None) -> str:
     s = spec.input_size
+    prepare = (f"ImageOps.fit(img, ({s}, {s}), Image.BILINEAR)" if spec.resize_mode == "center_crop"
+               else f"img.resize(({s}, {s}), Image.BILINEAR)")
     resize = ("stretched to a square" if spec.resize_mode == "squash"
               else "short side scaled, centre square cropped")
     recall = (metrics or {}).get("per_class_recall") or {}
@@ -157,7 +159,7 @@ def body(spec: ModelSpec, metrics: dict | None) -> str:
 A {spec.num_classes}-class image classifier ({spec.arch} backbone) trained with
 [trapkit](https://github.com/trapkit/trapkit), exported as one ONNX graph:
 input `images` uint8 (N, {s}, {s}, 3) RGB; outputs `probs` (N, {spec.num_classes}) and
-`embedding` (N, D). Normalisation (mean {list(spec.mean)}, std {list(spec.std)}) is inside the
+`embedding` (N, {embedding_dim}). Normalisation (mean {list(spec.mean)}, std {list(spec.std)}) is inside the
 graph: feed raw pixels, {resize} to {s} x {s}.
 {summary}
 ## Use with trapkit
@@ -173,11 +175,12 @@ trapkit classify path/to/images --model model.onnx --out classified.json
 ```python
 import json
 import numpy as np, onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageOps
 
 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 labels = json.load(open("config.json"))["label_names"]
-img = Image.open("photo.jpg").convert("RGB").resize(({s}, {s}), Image.BILINEAR)
+img = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")
+img = {prepare}
 batch = np.asarray(img, dtype=np.uint8)[None]  # (1, {s}, {s}, 3) uint8, NHWC
 probs, embedding = session.run(["probs", "embedding"], {{"images": batch}})
 print(labels[int(probs[0].argmax())], float(probs[0].max()))

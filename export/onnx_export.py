@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import trapkit
 from trapkit import __version__
 from trapkit.atomic import atomic_write_bytes
 from trapkit.errors import TrapkitError
@@ -40,7 +41,8 @@ PRECISION_PROP = "trapkit.precision"
 IMAGENET_LITE0 = "imagenet-lite0"
 # Opset 18: onnxruntime >= 1.14, Triton's onnxruntime backend from 23.02 on.
 OPSET = 18
-BUNDLED_PHOTOS = Path(__file__).resolve().parents[1] / "trapkit" / "data" / "camera-traps"
+# Located through the trapkit package so it holds in a source checkout and in an installed wheel alike.
+BUNDLED_PHOTOS = Path(trapkit.__file__).resolve().parent / "data" / "camera-traps"
 
 
 @dataclass(frozen=True)

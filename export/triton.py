@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "python")
 LABELS_FILENAME = "labels.txt"
-PYTHON_MODEL_TEMPLATE = Path(__file__).resolve().parent / "templates" / "triton_python_model.py"
+# Shipped as package data, not as a module: it imports Triton's stub utilities, which only exist inside Triton.
+PYTHON_MODEL_TEMPLATE = Path(__file__).resolve().parent / "templates" / "triton_python_model.py.tmpl"
 MAX_QUEUE_DELAY_US = 1000
 SPEC_PARAMETER = "trapkit.spec"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -38,7 +38,7 @@ from PIL import Image
 from trapkit import __version__
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, iter_images, open_image, safe_join, to_model_input
+from trapkit.images import ImageReadError, is_image_file, iter_images, open_image, safe_join, to_model_input
 from trapkit.serve import megadetector as md
 from trapkit.serve import outputs
 from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size
@@ -56,7 +56,7 @@ _EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME, _EXIF_ORIENTATION, _EXIF_IFD = 36867, 3
 
 @dataclass(frozen=True)
 class ClassifySettings:
-    """What to classify and how. Changing any of the first five invalidates a checkpoint."""
+    """What to classify and how. Changing any of the first four invalidates a checkpoint."""
 
     threshold: float = 0.1
     categories: tuple[str, ...] = ("animal",)
@@ -111,7 +111,7 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
     whole = paths.detections is None
     doc = _input_document(paths)
     targets = _targets(doc, settings, whole)
-    fingerprint = _fingerprint(doc, runtime.spec, settings)
+    fingerprint = _fingerprint(doc, runtime, settings)
     done = _load_checkpoint(paths.checkpoint, fingerprint, resume)
     todo = [i for i in sorted(targets) if str(i) not in done]
     log.info("%d images to classify (%d detections), %d already done%s", len(todo),
@@ -146,21 +146,27 @@ def _input_document(paths: ClassifyPaths) -> dict:
 def _targets(doc: dict, settings: ClassifySettings, whole: bool) -> dict[int, list[int]]:
     """{image index: [detection indices to classify]} for readable images with matching detections."""
     cats = md.category_ids(doc, settings.categories) if not whole else set(doc["detection_categories"])
-    targets = {}
+    targets, not_images = {}, 0
     for i, im in enumerate(doc["images"]):
         if im.get("failure") is not None or not im.get("detections"):
+            continue
+        if not is_image_file(im["file"]):
+            not_images += 1  # videos (MegaDetector frame results) and other files are carried through as they are
             continue
         dets = [j for j, d in enumerate(im["detections"]) if d["category"] in cats and d["conf"] >= settings.threshold]
         if dets:
             targets[i] = dets
+    if not_images:
+        log.warning("%d entries are not image files (videos?); left as they are", not_images)
     return targets
 
 
-def _fingerprint(doc: dict, spec, settings: ClassifySettings) -> str:
+def _fingerprint(doc: dict, runtime, settings: ClassifySettings) -> str:
     """What the results depend on: the input, the model and the settings that change outputs."""
     h = hashlib.sha256()
     h.update(json.dumps(doc, sort_keys=True).encode())
-    h.update(spec.to_json().encode())
+    h.update(runtime.spec.to_json().encode())
+    h.update(str(getattr(runtime, "identity", "")).encode())  # the weights, where the runtime knows them
     keep = {k: v for k, v in asdict(settings).items() if k in ("threshold", "categories", "top_k", "margin")}
     h.update(json.dumps(keep, sort_keys=True, default=str).encode())
     return h.hexdigest()

@@ -2,7 +2,8 @@
 
 CSV (`CSV_COLUMNS`, one row per detection and rank, so it loads straight into
 pandas or R): `file, detection_index, detection_category, detection_conf, bbox,
-label, conf, rank, warning, failure, schema_version`. `bbox` is MegaDetector's
+label, conf, rank, warning, failure, schema_version`. `detection_category` is
+the detector's category name (`animal`), `bbox` MegaDetector's
 `[x, y, w, h]` normalised box as JSON text. An image that could not be read
 has one row with its `failure` and empty detection fields.
 
@@ -94,7 +95,7 @@ def summarize(result: dict, done: dict) -> Summary:
 
 def write_csv(path: str | Path, result: dict, done: dict) -> None:
     """The tidy CSV described in the module docstring, written atomically."""
-    labels = result["classification_categories"]
+    labels, categories = result["classification_categories"], result["detection_categories"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -108,8 +109,9 @@ def write_csv(path: str | Path, result: dict, done: dict) -> None:
             continue
         for j, det in enumerate(im["detections"]):
             for rank, (cid, conf) in enumerate(det.get("classifications") or (), 1):
-                writer.writerow([im["file"], j, det["category"], det["conf"], json.dumps(det["bbox"]), labels[cid],
-                                 conf, rank, warning, "", CSV_SCHEMA_VERSION])
+                category = categories.get(det["category"], det["category"])
+                writer.writerow([im["file"], j, category, det["conf"], json.dumps(det["bbox"]), labels[cid], conf,
+                                 rank, warning, "", CSV_SCHEMA_VERSION])
     atomic_write_text(path, buf.getvalue())
 
 

@@ -2,7 +2,8 @@
 
 A runtime has `.spec` (the `ModelSpec` that travelled with the model), `.name`
 (recorded as `info.classifier`), `.predict(batch)` mapping (N, S, S, 3) uint8
-to (N, C) float32 probabilities, and `close()`. `open_runtime` picks
+to (N, C) float32 probabilities, and `close()`; optionally `.identity`, a
+digest of the weights that checkpoints compare on resume. `open_runtime` picks
 onnxruntime for a local model or Triton for a server.
 """
 
@@ -91,6 +92,7 @@ class OnnxRuntime:
             raise TrapkitError(f"{self.path} has no '{SPEC_PROP}' metadata; export it with 'trapkit export'")
         self.spec = ModelSpec.from_json(meta[SPEC_PROP])
         self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
+        self.identity = _file_digest(self.path)  # which weights: a resumed run must use the same ones
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if "images" not in inputs or "probs" not in outputs:
@@ -176,3 +178,13 @@ class _quiet_onnxruntime:
     def __exit__(self, *exc):
         self._stdout.__exit__(*exc)
         self.ort.set_default_logger_severity(2)
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -100,3 +100,28 @@ def test_reduced_decode_matches_full_decode(tmp_path):
     reference = crop_square(full, bbox, 224, 0.1)
     diff = np.abs(reduced.astype(int) - reference.astype(int))
     assert diff.mean() < 3.0, diff.mean()
+
+
+def test_truncated_files_are_flagged_while_other_threads_decode(tmp_path, samples_dir):
+    # A partial-decode retry flips a Pillow-wide switch; truncated files decoded at
+    # the same moment in other threads must still be noticed.
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = (samples_dir / "ocelot.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "corrupt.jpg").write_bytes(data[:2000])  # truncated in the header: retried, then fails
+    names = ["truncated.jpg", "corrupt.jpg"] * 12
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda n: open_image_or_error(tmp_path / n), names))
+    for name, result in zip(names, results):
+        if name == "truncated.jpg":
+            assert result and "truncated" in result[0], result
+
+
+def open_image_or_error(path):
+    from trapkit.images import ImageReadError
+
+    try:
+        return open_image(path)[1]
+    except ImageReadError:
+        return None

@@ -61,6 +61,7 @@ def test_output_is_megadetector_1_6_and_preserves_the_input(samples_dir, tiny_on
     rows = list(csv.DictReader((tmp_path / "out.csv").open()))
     assert len(rows) == classified * 3
     assert rows[0]["file"] == "african_elephants.jpg" and rows[0]["rank"] == "1" and rows[0]["bbox"].startswith("[")
+    assert rows[0]["detection_category"] == "animal" and rows[0]["label"] in out["classification_categories"].values()
     printed = capsys.readouterr().out
     assert "13 detections classified in 5 of 10 images; 0 images failed" in printed
 
@@ -116,8 +117,10 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     (samples_copy / "truncated.jpg").write_bytes(data[: len(data) * 2 // 3])
     (tmp_path / "outside.jpg").write_bytes(data)  # exists, but outside the image folder
     names = ["ocelot.jpg", "missing.jpg", "empty.jpg", "corrupt.jpg", "text.jpg", "truncated.jpg",
-             "/etc/hostname", "../outside.jpg"]
-    md = write_detections(tmp_path / "md.json", [{"file": n, "detections": [animal()]} for n in names])
+             str(tmp_path / "outside.jpg"), "../outside.jpg"]
+    video = {"file": "clip.mp4", "frame_rate": 30.0, "frames_processed": [0],
+             "detections": [{**animal(), "frame_number": 0}]}  # MegaDetector video results: not ours to touch
+    md = write_detections(tmp_path / "md.json", [{"file": n, "detections": [animal()]} for n in names] + [video])
     out, table = tmp_path / "out.json", tmp_path / "out.csv"
     code = main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
                  "--out", str(out), "--csv", str(table)])
@@ -125,11 +128,12 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     doc = json.loads(out.read_text())
     megadetector_validate(out)
     by_file = {im["file"]: im for im in doc["images"]}
+    assert by_file["clip.mp4"] == video
     for name in ("ocelot.jpg", "truncated.jpg"):
         assert by_file[name].get("failure") is None and by_file[name]["detections"][0]["classifications"]
     expected = {"missing.jpg": "does not exist", "empty.jpg": "empty file", "corrupt.jpg": "could not be decoded",
                 "text.jpg": "not a readable image",
-                "/etc/hostname": "is absolute", "../outside.jpg": "escapes the image folder"}
+                str(tmp_path / "outside.jpg"): "is absolute", "../outside.jpg": "escapes the image folder"}
     for name, reason in expected.items():
         assert by_file[name]["detections"] is None and reason in by_file[name]["failure"], by_file[name]
     rows = list(csv.DictReader(table.open()))

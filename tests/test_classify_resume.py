@@ -83,3 +83,24 @@ def test_resume_refuses_a_checkpoint_from_other_settings(burst, tiny_onnx_path, 
     assert "is unreadable" in capsys.readouterr().err
     checkpoint.unlink()
     assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 0  # nothing to resume: a fresh run
+
+
+def test_checkpoints_tell_models_with_the_same_spec_apart(tiny_onnx_path, tmp_path, samples_dir):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from trapkit.serve.classify import ClassifySettings, _fingerprint
+    from trapkit.serve.megadetector import load_detections
+    from trapkit.serve.runtime import open_runtime
+
+    proto = onnx.load(str(tiny_onnx_path))
+    init = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))  # a weight tensor: retrained model, same spec
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
+    onnx.save(proto, str(tmp_path / "retrained.onnx"))
+    doc, settings = load_detections(samples_dir / "md_v5a_detections.json"), ClassifySettings()
+    with open_runtime(tiny_onnx_path) as a, open_runtime(tmp_path / "retrained.onnx") as b:
+        assert a.spec == b.spec
+        assert _fingerprint(doc, a, settings) != _fingerprint(doc, b, settings)
+        assert _fingerprint(doc, a, settings) != _fingerprint(doc, a, ClassifySettings(threshold=0.2))
+        assert _fingerprint(doc, a, settings) == _fingerprint(doc, a, ClassifySettings(batch_size=4, workers=1))

@@ -62,10 +62,12 @@ def test_card_without_metrics_has_no_model_index(tmp_path, tiny_onnx_path, spec)
     assert "| 4 | ocelot | n/a |" in card.text
 
 
-def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("resize_mode", ["squash", "center_crop"])
+def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, capsys, monkeypatch, resize_mode):
     """The card's 'onnxruntime alone' code, run as written on a real photo, matches trapkit's answer."""
     from trapkit.export.onnx_export import ort_session, run_session
 
+    spec = spec.replace(resize_mode=resize_mode)
     folder = write_hub_folder(tiny_onnx_path, spec, HubSettings(tmp_path / "hub"))
     snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
     shutil.copy(samples_dir / "ocelot.jpg", folder / "photo.jpg")
@@ -75,7 +77,7 @@ def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, c
     label, confidence = capsys.readouterr().out.rsplit(" ", 1)
     from trapkit.images import load_model_input
 
-    probs, _ = run_session(ort_session(tiny_onnx_path), load_model_input(folder / "photo.jpg", 32)[None])
+    probs, _ = run_session(ort_session(tiny_onnx_path), load_model_input(folder / "photo.jpg", 32, resize_mode)[None])
     assert label == spec.labels[int(probs[0].argmax())]
     assert float(confidence) == pytest.approx(float(probs[0].max()), abs=1e-2)  # plain resize vs draft decode
     assert np.isfinite(float(confidence))

@@ -73,6 +73,8 @@ def extract(model, paths: list[Path], out: Path, skip: np.ndarray | None = None,
                 emb[rows[np.array(ok)]] = z.numpy().astype(np.float16)
     emb.flush()
     del emb
+    with open(tmp, "rb+") as f:  # durable before the rename publishes it
+        os.fsync(f.fileno())
     os.replace(tmp, out)
     return failures
 

@@ -19,6 +19,7 @@ from trapkit.train.settings import HeadSettings
 log = logging.getLogger(__name__)
 
 CHUNK = 65536  # rows per chunk when casting float16 memmaps or predicting
+MAX_STEPS_PER_EPOCH = 200
 
 
 def as_float32(x: np.ndarray) -> torch.Tensor:
@@ -50,6 +51,15 @@ def fit_head(x: np.ndarray, y: np.ndarray, num_classes: int, hidden: tuple[int, 
     fewer, and training stops when the training loss stops improving. The
     best epoch's weights are returned. `init` warm-starts (grown if needed).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, settings.threads))
+    try:
+        return _fit(x, y, num_classes, hidden, settings, seed, init)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(x, y, num_classes, hidden, settings, seed, init) -> MLPHead:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x_t, y_t = as_float32(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -60,14 +70,16 @@ def fit_head(x: np.ndarray, y: np.ndarray, num_classes: int, hidden: tuple[int, 
     n_hold = n // 10 if n >= 50 else 0
     hold, train = perm[:n_hold], perm[n_hold:]
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # At most ~200 steps an epoch: big labelled sets get bigger batches (better BLAS use, fewer steps).
+    batch_size = max(settings.batch_size, -(-len(train) // MAX_STEPS_PER_EPOCH))
     best, best_state, stale = float("inf"), copy.deepcopy(head.state_dict()), 0
     epoch = -1
     for epoch in range(settings.max_epochs):
         head.train()
         order = train[torch.randperm(len(train), generator=gen)]
         total = 0.0
-        for start in range(0, len(order), settings.batch_size):
-            idx = order[start:start + settings.batch_size]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
             loss = F.cross_entropy(head(x_t[idx]), y_t[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

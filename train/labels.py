@@ -105,8 +105,8 @@ def _decode(data: bytes, source: str) -> str:
     raise TrapkitError(f"{source} is neither UTF-8 nor Windows-1252 text; save it as CSV UTF-8")
 
 
-def _read_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, list[str]]]]:
-    """(lower-case column name -> actual name, [(line number, cells)]) of a CSV with any dialect."""
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header names, [(line number, cells)]) of a CSV in any of the dialects Excel and Timelapse write."""
     if not path.is_file():
         raise TrapkitError(f"answers file {path} does not exist; check the --labels path")
     text = _decode(path.read_bytes(), str(path))

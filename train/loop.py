@@ -147,13 +147,12 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
     if report.new or report.corrected:
         run.save_manifest(df)
     _stage("ingested")
-    done = run.inbox_dir / "done"
     for f in inbox:
-        done.mkdir(parents=True, exist_ok=True)
-        os.replace(f, done / f"round-{state.round:03d}-{f.name}")
+        _move_to_done(f)
     _stage("inbox-moved")
-    n_labelled = _labelled_mask(df).sum()
-    if n_labelled == state.labels_at_round and not report.corrected and not added:
+    # Labels ingested for this round (now, or by an attempt that was killed) carry label_round > round.
+    pending = bool((df["label_round"] > state.round).any())
+    if not pending and not added:
         raise TrapkitError(
             f"no new labels; fill the Species column of {run.request_path(state.round)} and pass it with "
             f"--labels, or save answers into {run.inbox_dir}/"
@@ -163,6 +162,15 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
     result = _run_round(run, settings, state, df, state.round + 1)
     result.ingest = report
     return result
+
+
+def _move_to_done(path: Path) -> None:
+    done = path.parent / "done"
+    done.mkdir(exist_ok=True)
+    target, k = done / path.name, 1
+    while target.exists():
+        target, k = done / f"{path.stem}-{k}{path.suffix}", k + 1
+    os.replace(path, target)
 
 
 def _rescan_pool(run: Run, settings: RunSettings, df) -> int:
@@ -209,106 +217,131 @@ def _load_embedder(run: Run, model, version: str | None) -> None:
         model.embedder.load_state_dict(load_file(str(run.embedder_dir / f"{version}.safetensors")), strict=True)
 
 
+def _labels_of(df, rows: np.ndarray, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[c] for c in df["label"].to_numpy()[rows]], dtype=np.int64)
+
+
 def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> RoundResult:
     import torch
-    from safetensors.torch import save
 
-    from trapkit.train import embed, finetune, head, metrics, strategies
+    from trapkit.train import head
     from trapkit.train.model import build_model, save_model
 
     classes = list(state.classes)
-    class_index = {c: i for i, c in enumerate(classes)}
-    spec = _spec(settings, classes)
     torch.manual_seed(settings.select.seed)
-    model = build_model(spec, settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
+    model = build_model(_spec(settings, classes),
+                        settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
     paths = run.image_paths(df, settings)
-    labelled = np.flatnonzero(_labelled_mask(df))
-    y = np.array([class_index[c] for c in df["label"].to_numpy()[labelled]], dtype=np.int64)
-
-    # 1. finetune the embedder on the seed, and again once enough new labels arrived.
-    version = state.embedder_version or BASE_EMBEDDER
-    due = state.embedder_version is None or len(labelled) - state.labels_at_finetune >= settings.finetune.every
-    if due and settings.finetune.epochs > 0:
-        finetune.finetune(model, [paths[i] for i in labelled], y, len(classes), settings.finetune,
-                          seed=settings.select.seed + n)
-        version = f"r{n:03d}"
-        run.embeddings_path(version).unlink(missing_ok=True)  # from an attempt killed after its finetune
-        state_dict = {k: v.detach().contiguous() for k, v in model.embedder.state_dict().items()}
-        atomic_write_bytes(run.embedder_dir / f"{version}.safetensors", save(state_dict))
-        state.labels_at_finetune = len(labelled)
+    version = _finetune_if_due(run, settings, state, df, model, paths, n)
     _stage("finetuned")
-
-    # 2. embed every image once per embedder version; unreadable images are recorded, never fatal.
-    emb_path = run.embeddings_path(version)
-    cached = embed.open_embeddings(emb_path) if emb_path.is_file() else None
-    if cached is None or len(cached) != len(df):
-        failures = embed.extract(model, paths, emb_path, skip=(df["status"] != "ok").to_numpy(), reuse=cached)
-        if failures:
-            for i, reason in failures.items():
-                df.at[i, "status"], df.at[i, "reason"] = "unreadable", reason
-            run.save_manifest(df)
-            log.warning("%d unreadable image(s) recorded in %s", len(failures), run.manifest_path)
-            labelled = np.flatnonzero(_labelled_mask(df))
-            y = np.array([class_index[c] for c in df["label"].to_numpy()[labelled]], dtype=np.int64)
-    emb = embed.open_embeddings(emb_path)
+    emb = _embed_all(run, df, model, paths, version)
     _stage("embedded")
 
-    # 3. head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
+    # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
+    labelled = np.flatnonzero(_labelled_mask(df))
+    if not len(labelled):
+        raise TrapkitError("no readable labelled images; check the --labelled folder")
+    y = _labels_of(df, labelled, classes)
     init = None
     if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
         from trapkit.train.model import load_model
 
         init = load_model(run.model_dir).head
-    if len(np.unique(y)) < 1:
-        raise TrapkitError("no readable labelled images; check the --labelled folder")
-    mlp = head.fit_head(emb[labelled], y, len(classes), settings.model.head_hidden, settings.head,
-                        seed=settings.select.seed + n, init=init)
-    model.head = mlp
+    model.head = head.fit_head(emb[labelled], y, len(classes), settings.model.head_hidden, settings.head,
+                               seed=settings.select.seed + n, init=init)
     save_model(run.model_dir, model)
-
-    # 4. metrics on the held-out validation set (never the pool).
-    probs = head.predict(mlp, emb)  # (N, C)
-    val = np.flatnonzero(((df["split"] == "validation") & (df["status"] == "ok")).to_numpy())
-    val = val[np.isin(df["label"].to_numpy()[val], classes)]
-    y_val = np.array([class_index[c] for c in df["label"].to_numpy()[val]], dtype=np.int64)
-    m = metrics.compute(y_val, probs[val].argmax(axis=1), classes) if len(val) else metrics.compute(
-        np.zeros(0, np.int64), np.zeros(0, np.int64), classes)
-    metrics.write(run.round_dir(n), m | {"round": n, "labelled": int(len(labelled))}, classes)
-    card = {k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "micro_precision", "micro_recall",
-                              "per_class_recall")}
-    atomic_write_json(run.model_dir / "metrics.json", {"round": n, "labels": int(len(labelled)), **card,
-                                                       "validation_images": int(len(val))})
+    probs = head.predict(model.head, emb)  # (N, C)
+    m = _evaluate(run, df, probs, classes, n, len(labelled))
     _stage("model-saved")
 
-    # 5. select: unanswered images of the last request stay requested; new picks fill the batch.
-    pool_mask = ((df["split"] == "pool") & (df["label"] == "") & (df["status"] == "ok")).to_numpy()
-    candidates = np.flatnonzero(pool_mask)
-    carried = np.zeros(0, np.int64)
-    if n > 1 and run.request_path(n - 1).is_file():
-        _, previous = labels_mod.read_request(run.request_path(n - 1))
-        carried = candidates[np.isin(df["path"].to_numpy()[candidates], list(previous))]
-    counts = np.bincount(y, minlength=len(classes))
-    pool = strategies.Pool(probs, emb, np.setdiff1d(candidates, carried), labelled, counts)
-    fresh = strategies.select(settings.select.strategy, pool, max(0, settings.select.batch - len(carried)),
-                              seed=settings.select.seed + n) if settings.select.batch > len(carried) else carried[:0]
-    chosen = np.concatenate([carried, fresh])
-    pool_paths = df["path"].to_numpy()
-    labels_mod.write_request(run.request_path(n), pool_paths[candidates].tolist(), set(pool_paths[chosen].tolist()))
-    labels_mod.write_guesses(run.guesses_path(n), [
-        (pool_paths[i], classes[int(probs[i].argmax())], float(probs[i].max())) for i in chosen])
+    chosen = _request(run, settings, df, probs, emb, labelled, np.bincount(y, minlength=len(classes)), classes, n)
     settings.save(run.round_dir(n) / "settings.json")
     _stage("request-written")
 
-    # 6. commit.
+    # Commit, then drop caches of older embedder versions.
     state.round, state.embedder_version, state.labels_at_round = n, version, int(len(labelled))
     run.save_state(state)
     for old in [*run.embeddings_dir.glob("*.npy"), *run.embedder_dir.glob("*.safetensors")]:
         if old.stem != version:
             old.unlink(missing_ok=True)
     log.info("round %d: %d labels, validation accuracy %.3f (%d images); requested %d images in %s",
-             n, len(labelled), m["accuracy"], len(val), len(chosen), run.request_path(n))
+             n, len(labelled), m["accuracy"], m["n"], len(chosen), run.request_path(n))
     return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(labelled)), m)
+
+
+def _finetune_if_due(run: Run, settings: RunSettings, state: RunState, df, model, paths, n: int) -> str:
+    """Finetune on the seed, and again once `finetune.every` new labels arrived. Returns the embedder version."""
+    from safetensors.torch import save
+
+    from trapkit.train import finetune
+
+    labelled = np.flatnonzero(_labelled_mask(df))
+    due = state.embedder_version is None or len(labelled) - state.labels_at_finetune >= settings.finetune.every
+    if not due or settings.finetune.epochs <= 0:
+        return state.embedder_version or BASE_EMBEDDER
+    finetune.finetune(model, [paths[i] for i in labelled], _labels_of(df, labelled, list(state.classes)),
+                      len(state.classes), settings.finetune, seed=settings.select.seed + n)
+    version = f"r{n:03d}"
+    run.embeddings_path(version).unlink(missing_ok=True)  # left by an attempt killed after its finetune
+    state_dict = {k: v.detach().contiguous() for k, v in model.embedder.state_dict().items()}
+    atomic_write_bytes(run.embedder_dir / f"{version}.safetensors", save(state_dict))
+    state.labels_at_finetune = len(labelled)
+    return version
+
+
+def _embed_all(run: Run, df, model, paths, version: str) -> np.ndarray:
+    """(N, D) float16 memmap for every manifest row; unreadable images are recorded in the manifest, never fatal."""
+    from trapkit.train import embed
+
+    path = run.embeddings_path(version)
+    cached = embed.open_embeddings(path) if path.is_file() else None
+    if cached is None or len(cached) != len(df):
+        failures = embed.extract(model, paths, path, skip=(df["status"] != "ok").to_numpy(), reuse=cached)
+        for i, reason in failures.items():
+            df.at[i, "status"], df.at[i, "reason"] = "unreadable", reason
+        if failures:
+            run.save_manifest(df)
+            log.warning("%d unreadable image(s) recorded in %s", len(failures), run.manifest_path)
+    return embed.open_embeddings(path)
+
+
+def _evaluate(run: Run, df, probs: np.ndarray, classes: list[str], n: int, n_labelled: int) -> dict:
+    """Metrics on the held-out validation set (never the pool) into rounds/NNN/ and model/metrics.json."""
+    from trapkit.train import metrics
+
+    val = np.flatnonzero(((df["split"] == "validation") & (df["status"] == "ok")).to_numpy())
+    val = val[np.isin(df["label"].to_numpy()[val], classes)]
+    m = metrics.compute(_labels_of(df, val, classes), probs[val].argmax(axis=1), classes)
+    metrics.write(run.round_dir(n), m | {"round": n, "labelled": n_labelled}, classes)
+    card = {k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "micro_precision", "micro_recall",
+                              "per_class_recall")}
+    atomic_write_json(run.model_dir / "metrics.json",
+                      {"round": n, "labels": n_labelled, **card, "validation_images": int(len(val))})
+    return m
+
+
+def _request(run: Run, settings: RunSettings, df, probs, emb, labelled, counts, classes, n: int) -> np.ndarray:
+    """Select and write request n. Unanswered images of the last request stay requested; new picks fill the batch."""
+    from trapkit.train import strategies
+
+    candidates = np.flatnonzero(((df["split"] == "pool") & (df["label"] == "") & (df["status"] == "ok")).to_numpy())
+    paths = df["path"].to_numpy()
+    carried = np.zeros(0, np.int64)
+    if n > 1 and run.request_path(n - 1).is_file():
+        _, previous = labels_mod.read_request(run.request_path(n - 1))
+        carried = candidates[np.isin(paths[candidates], list(previous))]
+    fresh = np.zeros(0, np.int64)
+    if settings.select.batch > len(carried):
+        pool = strategies.Pool(probs, emb, np.setdiff1d(candidates, carried), labelled, counts)
+        fresh = strategies.select(settings.select.strategy, pool, settings.select.batch - len(carried),
+                                  seed=settings.select.seed + n)
+    chosen = np.concatenate([carried, fresh])
+    labels_mod.write_request(run.request_path(n), paths[candidates].tolist(), set(paths[chosen].tolist()))
+    labels_mod.write_guesses(run.guesses_path(n), [
+        (paths[i], classes[int(probs[i].argmax())], float(probs[i].max())) for i in chosen])
+    return chosen
 
 
 # -- status ---------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ class HeadSettings:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 10  # epochs without held-out improvement before stopping
+    # Steps of a (256 -> 230 -> 100) MLP are too small to gain from intra-op threads; extra threads
+    # only add synchronisation, which costs 5-10x on a busy machine. Restored after training.
+    threads: int = 1
 
 
 @dataclass
