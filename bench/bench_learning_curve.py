@@ -101,7 +101,7 @@ def curve(strategy: str, seed: int, data: tuple, start: int, batch: int, budget:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--strategies", default="cluster_margin", help="comma-separated, compared against uniform")
+    ap.add_argument("--strategies", default="cluster_margin,margin", help="comma-separated, compared against uniform")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pool", type=int, default=10000, help="pool images drawn from the 60k training set")
     ap.add_argument("--val", type=int, default=2000, help="validation images drawn from the 10k test set")

@@ -37,7 +37,8 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="crops per model call (default 32)")
     p.add_argument("--workers", type=int, default=None,
                    help="image decoding threads (default: one per CPU)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: one per CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime threads per batch (default: CPUs / --concurrency)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=500, help="images between checkpoints (default 500)")
     p.add_argument("--sort-into", type=Path, metavar="DIR", help="copy images into DIR/<top species>/")
@@ -48,14 +49,14 @@ def _register_classify(subparsers, common) -> None:
                    help="with --smooth: most seconds between photos of one sequence (default 60)")
     p.add_argument("--triton-url", help="classify on a Triton server (host:port or http://host:port)")
     p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="batches in flight at once (raise it for a remote Triton server; default 1)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="batches in flight at once (default: CPUs, at most 4; raise it for a big Triton server)")
     p.set_defaults(func=_classify)
 
 
 def _classify(args) -> int:
     from trapkit.errors import TrapkitError
-    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, Parallelism, classify_images
     from trapkit.serve.runtime import available_cpus, open_runtime
     from trapkit.serve.smoothing import SmoothSettings
 
@@ -64,6 +65,7 @@ def _classify(args) -> int:
     if args.sequence_gap is not None and not args.smooth:
         raise TrapkitError("--sequence-gap only applies with --smooth")
     gap = 60.0 if args.sequence_gap is None else args.sequence_gap
+    par = Parallelism.for_cpus(available_cpus(), args.workers, args.concurrency, args.threads)
     settings = ClassifySettings(
         threshold=args.threshold,
         categories=tuple(args.categories),
@@ -71,14 +73,14 @@ def _classify(args) -> int:
         margin=args.margin,
         smooth=SmoothSettings(gap_seconds=gap) if args.smooth else None,
         batch_size=args.batch_size,
-        workers=args.workers or available_cpus(),
-        concurrency=args.concurrency,
+        workers=par.workers,
+        concurrency=par.concurrency,
         checkpoint_every=args.checkpoint_every,
     )
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
                           sort_into=args.sort_into, link=args.link)
     runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
-                           threads=args.threads, concurrency=args.concurrency)
+                           threads=par.threads, concurrency=par.concurrency)
     try:
         summary = classify_images(paths, runtime, settings, resume=args.resume)
     finally:

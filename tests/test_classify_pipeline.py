@@ -208,3 +208,11 @@ def test_smooth_flag_runs_end_to_end(samples_dir, tiny_onnx_path, tmp_path):
 def test_bad_flags_are_one_line_errors(samples_dir, tiny_onnx_path, tmp_path, capsys, flags, message):
     code, _ = _classify(samples_dir, tiny_onnx_path, tmp_path, *flags)
     assert code == 1 and message in capsys.readouterr().err
+
+
+def test_parallelism_defaults_split_the_cores():
+    from trapkit.serve.classify import Parallelism
+
+    assert Parallelism.for_cpus(2) == Parallelism(workers=2, concurrency=2, threads=1)
+    assert Parallelism.for_cpus(16) == Parallelism(workers=16, concurrency=4, threads=4)
+    assert Parallelism.for_cpus(16, workers=3, concurrency=1) == Parallelism(workers=3, concurrency=1, threads=16)

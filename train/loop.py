@@ -367,7 +367,7 @@ def status(run_dir: str | Path) -> dict:
             d = json.loads(path.read_text())
             history.append({"round": n, "labelled": d.get("labelled"), "accuracy": d.get("accuracy")})
     if state.round == 0:
-        todo = f"'trapkit al init' did not finish; run it again with the same options"
+        todo = "'trapkit al init' did not finish; run it again with the same options"
     elif inbox:
         todo = f"answers waiting in {run.inbox_dir}: run 'trapkit al next {run.root}'"
     else:
