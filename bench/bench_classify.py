@@ -13,7 +13,7 @@ offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
 
 Targets: pipeline >= 4x (a) and >= 70% of (b).
 
-    .venv/bin/python bench/bench_classify.py [--images 48] [--naive-crops 40] [--repeats 3] [--workdir DIR]
+    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def bench_naive(workdir: Path, md_path: Path, n_crops: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--naive-crops", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for the pipeline and (b)")
@@ -173,23 +173,28 @@ def main() -> None:
         "one batch at a time on all cores": Parallelism(workers=cpus, concurrency=1, threads=cpus),
     }
     crops = premade_crops(workdir, md_path)
-    inference = {}
-    for name, par in configs.items():
-        inference[name] = bench_inference(model, crops, par, args.batch_size, args.repeats)
-        rate, cpu = inference[name]
-        print(f"(b) inference alone, pre-made crops, {name} ({par.concurrency} in flight x {par.threads} threads), "
-              f"best of {args.repeats}: {rate:7.1f} crops/s ({1000 * cpu:.1f} CPU ms per crop)")
-    best_b = max(rate for rate, _ in inference.values())
     naive, naive_median = bench_naive(workdir, md_path, args.naive_crops)
     print(f"(a) naive, full decode per crop, PyTorch batch 1, {args.naive_crops} crops spread over the folder: "
           f"{naive:7.1f} crops/s (from the median crop: {naive_median:.1f})")
+    # (b) and the pipeline alternate, best of each kept: on a shared machine both see the same quiet spells.
+    inference, pipeline = {}, {}
+    for _ in range(args.repeats):
+        for name, par in configs.items():
+            b = bench_inference(model, crops, par, args.batch_size, 1)
+            p = bench_pipeline(workdir, md_path, model, par, args.batch_size, 1)
+            inference[name] = max(inference.get(name, b), b)
+            pipeline[name] = min(pipeline.get(name, p), p)
+    best_b = max(rate for rate, _ in inference.values())
     for name, par in configs.items():
-        seconds, cpu, n = bench_pipeline(workdir, md_path, model, par, args.batch_size, args.repeats)
+        rate_b, cpu_b = inference[name]
+        seconds, cpu, n = pipeline[name]
         rate = n / seconds
-        print(f"pipeline, {name} ({par.workers} decoders, {par.concurrency} in flight x {par.threads} threads), "
-              f"best of {args.repeats}: {n} crops in {seconds:.2f} s = {rate:7.1f} crops/s; {rate / naive:.1f}x (a), "
-              f"{100 * rate / best_b:.0f}% of the best (b), {100 * rate / inference[name][0]:.0f}% of (b) run alike; "
-              f"{1000 * cpu / n:.1f} CPU ms per crop")
+        print(f"{name} ({par.workers} decoders, {par.concurrency} batches in flight x {par.threads} threads), "
+              f"best of {args.repeats}:")
+        print(f"  (b) inference alone on pre-made crops: {rate_b:7.1f} crops/s, {1000 * cpu_b:.1f} CPU ms per crop")
+        print(f"  pipeline end to end: {n} crops in {seconds:.2f} s = {rate:7.1f} crops/s, "
+              f"{1000 * cpu / n:.1f} CPU ms per crop; {rate / naive:.1f}x (a), {100 * rate / rate_b:.0f}% of this (b), "
+              f"{100 * rate / best_b:.0f}% of the best (b)")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from trapkit.errors import TrapkitError
+
 PAD_VALUE = 0
 # Same resampling as trapkit.images.to_model_input, so crops match training pixels.
 _RESAMPLE = Image.BILINEAR
@@ -46,8 +48,6 @@ class CropPolicy:
 
     def __post_init__(self):
         if not 0.0 <= self.margin <= 2.0:
-            from trapkit.errors import TrapkitError
-
             raise TrapkitError(f"crop margin {self.margin} is out of range; use a fraction between 0 and 2")
 
 

@@ -115,7 +115,7 @@ def test_page_api_lists_request_with_guesses_and_merges_answers(tmp_path):
         ("cam_a", "img1.jpg", "dog", 0.51, None), ("cam_b/day 1", "img3.jpg", "bear", 0.7, None)]
     saved = labels.save_answers(run.root, {"cam_a/img1.jpg": "bear"})
     assert saved.parent == run.inbox_dir
-    labels.save_answers(run.root, {items[1].path: "dog", "img4.jpg": "dog"})  # resume later: merged
+    labels.save_answers(run.root, {"cam_b\\day 1\\img3.jpg": "dog", "img4.jpg": "dog"})  # resume later: merged
     assert {i.path: i.answered for i in labels.current_request(run.root)} == {
         "cam_a/img1.jpg": "bear", "cam_b/day 1/img3.jpg": "dog"}
     labels.save_answers(run.root, {"img4.jpg": ""})  # '' withdraws an answer

@@ -293,7 +293,8 @@ def save_answers(run_dir: str | Path, answers: dict[str, str], allow_new_classes
     pool, selected = read_request(run.request_path(n))
     pool_set = set(pool)
     known = set(class_names(run_dir))
-    bad = [p for p in answers if join_key(*split_key(p)) not in pool_set]
+    answers = {join_key(*split_key(p.replace("\\", "/"))): s for p, s in answers.items()}
+    bad = [p for p in answers if p not in pool_set]
     if bad:
         raise TrapkitError(f"not images of the current request: {_listed(bad)}; reload the labelling page")
     unknown = sorted({s.strip() for s in answers.values() if s.strip() and s.strip() not in known})

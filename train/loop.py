@@ -445,14 +445,9 @@ def _write_curve(run: Run, curve: list[dict]) -> None:
 
 def curve_png(curves: dict[str, list[dict]]) -> bytes:
     """Validation accuracy against labels, one line per named curve."""
-    import io
+    from trapkit.train.metrics import figure_png, new_figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
+    fig = new_figure(6, 4)
     ax = fig.subplots()
     for name, rows in curves.items():
         ax.plot([r["labels"] for r in rows], [r["accuracy"] for r in rows], marker="o", markersize=3, label=name)
@@ -460,7 +455,4 @@ def curve_png(curves: dict[str, list[dict]]) -> bytes:
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()
+    return figure_png(fig, dpi=90)

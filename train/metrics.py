@@ -54,14 +54,23 @@ def write(directory: Path, metrics: dict, labels: list[str]) -> None:
     atomic_write_bytes(directory / "confusion.png", confusion_png(m, labels))
 
 
-def confusion_png(m: np.ndarray, labels: list[str]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def new_figure(width: float, height: float):
+    """A matplotlib Figure that needs no display (no pyplot, no global state)."""
     from matplotlib.figure import Figure
 
+    return Figure(figsize=(width, height))
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def confusion_png(m: np.ndarray, labels: list[str]) -> bytes:
     size = 2.5 + 0.45 * len(labels)
-    fig = Figure(figsize=(size, size))
+    fig = new_figure(size, size)
     ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90)
@@ -71,7 +80,4 @@ def confusion_png(m: np.ndarray, labels: list[str]) -> bytes:
     if len(labels) <= 30:
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black" if v < m.max() / 2 else "white")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return buf.getvalue()
+    return figure_png(fig)
