@@ -172,3 +172,12 @@ def test_rescan_adds_new_pool_images_after_the_start(run, trees, tmp_path):
     assert len(open_embeddings(r.embeddings_path(r.load_state().embedder_version))) == len(df)
     pool_paths, _ = labels.read_request(r.request_path(2))
     assert "cam_c/new_0.jpg" in pool_paths
+
+
+def test_relative_folders_are_stored_absolute(tmp_path, monkeypatch):
+    from trapkit.train.settings import resolve
+
+    monkeypatch.chdir(tmp_path)
+    s = resolve(flags={"labelled": "seed", "unlabelled": "pool", "validation": None})
+    assert s.data.labelled == str(tmp_path / "seed") and s.data.unlabelled == str(tmp_path / "pool")
+    assert s.data.validation is None

@@ -141,6 +141,10 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
             raise TrapkitError(f"unknown setting {name!r}")
         section, key = FLAGS[name]
         setattr(getattr(settings, section), key, value)
+    # Folders are stored absolute, so later commands (and the labelling page) work from any directory.
+    for key in ("labelled", "unlabelled", "validation"):
+        if getattr(settings.data, key):
+            setattr(settings.data, key, str(Path(getattr(settings.data, key)).resolve()))
     validate(settings)
     return settings
 
