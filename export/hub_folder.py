@@ -84,7 +84,7 @@ def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettin
         atomic_write_text(folder / "README.md", model_card(spec, embedding_dim, settings.license, metrics))
     except OSError as e:
         raise TrapkitError(f"cannot write the Hub folder {folder} ({e.strerror or e}); choose a writable --hub-folder") from None
-    log.info("Hub folder written to %s (upload with: huggingface-cli upload USER/%s %s)", folder, spec.name, folder)
+    log.info("Hub folder written to %s (upload with: trapkit publish %s --repo-id OWNER/%s)", folder, folder, spec.name)
     return folder
 
 

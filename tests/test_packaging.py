@@ -64,3 +64,24 @@ def test_dockerfile_installs_the_checked_out_code():
     assert [v for i, v in steps if i == "ENTRYPOINT"][-1].replace(" ", "") == '["trapkit"]'
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+BLOCK_TRAINING_STACK = """
+import sys
+class _NoTrainingStack:  # the serving image installs no torch: prove the serving path never imports it
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):
+            raise ImportError('the serving image has no ' + name)
+sys.meta_path.insert(0, _NoTrainingStack())
+from trapkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_classify_runs_without_the_training_stack(tmp_path, tiny_onnx_path, samples_dir):
+    out = tmp_path / "out.json"
+    args = ["classify", str(samples_dir), "--model", str(tiny_onnx_path),
+            "--detections", str(samples_dir / "md_v5a_detections.json"), "--out", str(out)]
+    p = subprocess.run([sys.executable, "-c", BLOCK_TRAINING_STACK, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert out.is_file() and "classification_categories" in out.read_text()

@@ -157,7 +157,7 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
             f"no new labels; fill the Species column of {run.request_path(state.round)} and pass it with "
             f"--labels, or save answers into {run.inbox_dir}/"
         )
-    log.info("answers: %s", report.summary())
+    log.debug("answers: %s", report.summary())
     state.classes = classes
     result = _run_round(run, settings, state, df, state.round + 1)
     result.ingest = report
@@ -266,7 +266,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> 
     for old in [*run.embeddings_dir.glob("*.npy"), *run.embedder_dir.glob("*.safetensors")]:
         if old.stem != version:
             old.unlink(missing_ok=True)
-    log.info("round %d: %d labels, validation accuracy %.3f (%d images); requested %d images in %s",
+    log.debug("round %d: %d labels, validation accuracy %.3f (%d images); requested %d images in %s",
              n, len(labelled), m["accuracy"], m["n"], len(chosen), run.request_path(n))
     return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(labelled)), m)
 
