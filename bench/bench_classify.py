@@ -9,7 +9,12 @@ offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
   draft, threads, cross-image batches of 32, onnxruntime), JSON written.
 - (a) naive: for every crop, open and fully decode the image, crop, classify it
   alone in PyTorch eager (batch 1), the classic EcoAssist path.
-- (b) inference alone: onnxruntime on the same crops, pre-made, batches of 32.
+- (b) inference alone: onnxruntime on the same crops, pre-made, batches of 32
+  run the way the pipeline runs them (same batches in flight, same threads).
+
+Both are measured with trapkit's default parallelism and with one batch at a
+time on every core; (b) and the pipeline alternate, best of `--repeats` each,
+and CPU time per crop is printed too (wall clock on a shared machine varies).
 
 Targets: pipeline >= 4x (a) and >= 70% of (b).
 
