@@ -11,12 +11,14 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps "megadetector>=10"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/trapkit quickstart
 
 test: $(STAMP)
+	bash tests/triton_env.sh  # the Triton stub's own small environment (NumPy < 2)
 	$(VENV)/bin/pytest
 
 # Everything but the tests that start real servers and browsers.
