@@ -138,11 +138,16 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return repo
 
-    def _commit(self, repo: Repo, rev: str) -> Commit | None:
+    def _repo_commit(self, repo_id: str, rev: str) -> tuple[Repo, Commit] | None:
+        """The repo and the commit `rev` names, if both exist and are visible; else sends the error."""
+        repo = self._repo(repo_id)
+        if repo is None:
+            return None
         commit = repo.resolve(rev)
         if commit is None:
             self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-        return commit
+            return None
+        return repo, commit
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -200,12 +205,10 @@ class Handler(BaseHTTPRequestHandler):
         return self._json({"standardEnvVars": [], "harnesses": {}})
 
     def model_info(self, repo, rev=None, query=None):
-        r = self._repo(repo)
-        if r is None:
+        found = self._repo_commit(repo, rev or "main")
+        if found is None:
             return
-        commit = self._commit(r, rev or "main")
-        if commit is None:
-            return
+        r, commit = found
         return self._json({
             "_id": hashlib.md5(repo.encode()).hexdigest()[:24], "id": repo, "modelId": repo,
             "author": repo.split("/")[0],
@@ -215,12 +218,10 @@ class Handler(BaseHTTPRequestHandler):
         })
 
     def tree(self, repo, rev, path=None, query=None):
-        r = self._repo(repo)
-        if r is None:
+        found = self._repo_commit(repo, rev)
+        if found is None:
             return
-        commit = self._commit(r, rev)
-        if commit is None:
-            return
+        _, commit = found
         prefix = (path or "").strip("/")
         recursive = (query or {}).get("recursive", ["false"])[0].lower() in ("1", "true")
         entries, dirs = [], set()
@@ -285,12 +286,10 @@ class Handler(BaseHTTPRequestHandler):
                            "commitUrl": f"{endpoint}/{repo}/commit/{commit.oid}", "pullRequestUrl": None})
 
     def resolve(self, repo, rev, path, query=None):
-        r = self._repo(repo)
-        if r is None:
+        found = self._repo_commit(repo, rev)
+        if found is None:
             return
-        commit = self._commit(r, rev)
-        if commit is None:
-            return
+        _, commit = found
         data = commit.files.get(unquote(path))
         if data is None:
             return self._error(404, f"Entry not found: {path}", "EntryNotFound")
