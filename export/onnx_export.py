@@ -129,7 +129,6 @@ def export_onnx(model, path: str | Path, *, parity_images: list[np.ndarray] | np
 
 def to_onnx_proto(model):
     """The checked `onnx.ModelProto` of `model`, metadata included (no file written)."""
-    import onnx
     import torch
 
     spec: ModelSpec = model.spec
@@ -218,9 +217,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def read_spec(path: str | Path) -> ModelSpec:
     """The `ModelSpec` stored in an exported graph."""
-    meta = read_metadata(path)
+    return spec_from_metadata(read_metadata(path), path)
+
+
+def spec_from_metadata(meta: dict[str, str], path: str | Path) -> ModelSpec:
+    """The spec in a graph's metadata props (from onnx or an onnxruntime session)."""
     if SPEC_PROP not in meta:
-        raise TrapkitError(f"{path} carries no trapkit spec in its metadata; export it with 'trapkit export'")
+        raise TrapkitError(f"{path} has no '{SPEC_PROP}' metadata; export it with 'trapkit export'")
     return ModelSpec.from_json(meta[SPEC_PROP])
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.export.onnx_export import SPEC_PROP, read_spec
-from trapkit.spec import ModelSpec
+from trapkit.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_spec, spec_from_metadata
 
 log = logging.getLogger(__name__)
 
 ONNX_FILENAME = "model.onnx"
+PROBS = OUTPUT_NAMES[0]
 # GPU providers first; each is tried and dropped when it cannot start here.
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -87,15 +87,12 @@ class OnnxRuntime:
         options.log_severity_level = 3  # a GPU provider that cannot start is our debug log, not ORT's error
         self.session = self._session(ort, options, providers)
         self.providers = self.session.get_providers()
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if SPEC_PROP not in meta:
-            raise TrapkitError(f"{self.path} has no '{SPEC_PROP}' metadata; export it with 'trapkit export'")
-        self.spec = ModelSpec.from_json(meta[SPEC_PROP])
+        self.spec = spec_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
         self.identity = _file_digest(self.path)  # which weights: a resumed run must use the same ones
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if "images" not in inputs or "probs" not in outputs:
+        if INPUT_NAME not in inputs or PROBS not in outputs:
             raise TrapkitError(
                 f"{self.path} has inputs {inputs} and outputs {outputs}, not a trapkit model; re-export it"
             )
@@ -127,7 +124,7 @@ class OnnxRuntime:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, C) float32 probabilities."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        (probs,) = self.session.run(["probs"], {"images": batch})
+        (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
         return probs.astype(np.float32, copy=False)
 
     def close(self) -> None:

@@ -1,6 +1,3 @@
-import io
-import os
-
 import numpy as np
 import pytest
 from PIL import Image
