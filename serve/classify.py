@@ -38,10 +38,10 @@ from PIL import Image
 from trapkit import __version__
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, is_image_file, iter_images, open_image, safe_join, to_model_input
+from trapkit.images import EXIF_ORIENTATION, ImageReadError, is_image_file, iter_images, open_image, safe_join, to_model_input
 from trapkit.serve import megadetector as md
 from trapkit.serve import outputs
-from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size
+from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size, rows_needed
 from trapkit.serve.smoothing import SmoothSettings, smooth_sequences
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ CONF_DECIMALS = 4
 # Test hook (documented in tests/test_classify_resume.py): SIGKILL this process
 # after preparing that many images, to prove --resume recovers from a hard kill.
 KILL_AFTER_ENV = "TRAPKIT_TEST_KILL_AFTER_IMAGES"
-_EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME, _EXIF_ORIENTATION, _EXIF_IFD = 36867, 306, 274, 0x8769
+_EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME, _EXIF_IFD = 36867, 306, 0x8769
 
 
 @dataclass(frozen=True)
@@ -268,12 +268,14 @@ def prepare_image(root, entry: dict, index: int, det_indices: list[int], spec, m
         header = _probe(path)
         bboxes = [entry["detections"][j]["bbox"] for j in det_indices]
         min_size = (size, size) if whole else None  # None: full decode when the header gave no size
+        rows = None
         if header is not None:
             (w, h), transposed, out.time = header
             if not whole:
                 mw, mh = min_decode_size(bboxes, w, h, size, margin)
                 min_size = (mh, mw) if transposed else (mw, mh)  # draft works on the stored (unrotated) image
-        img, out.warnings = open_image(path, min_size=min_size)
+                rows = rows_needed(bboxes, w, h, size, margin)
+        img, out.warnings = open_image(path, min_size=min_size, rows=rows)
         if whole:
             out.crops = to_model_input(img, size, spec.resize_mode)[None]
         else:
@@ -293,7 +295,7 @@ def _probe(path: Path):
     try:
         with Image.open(path) as img:
             exif = img.getexif()
-            transposed = exif.get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            transposed = exif.get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
             taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
             w, h = img.size
     except Exception:  # noqa: BLE001 - open_image reports the real problem next

@@ -21,7 +21,8 @@ Whole images (no detector) skip steps 2-3 and use the spec's own
 `resize_mode`, exactly as in training. Because a crop only needs
 `input_size` pixels across, a JPEG can be decoded at a reduced DCT scale
 (`draft`) whenever every crop of the image keeps at least that many pixels:
-`decode_scale` works out how far.
+`decode_scale` works out how far, and since the crops read nothing below the
+lowest one, decoding stops there (`rows_needed`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def decode_scale(bboxes, width: int, height: int, size: int, margin: float) -> f
         return 1.0
     smallest = min(square_region(b, width, height, margin)[2] for b in bboxes)
     return min(1.0, size / smallest)
+
+
+def rows_needed(bboxes, width: int, height: int, size: int, margin: float) -> int:
+    """How many rows from the top of a width x height image the crops of `bboxes` read.
+
+    Down to the lowest square's bottom, plus the resampling filter's reach below
+    it (bilinear reaches one output pixel, `side / size` input rows) and a little slack.
+    """
+    bottom = 0.0
+    for b in bboxes:
+        _, top, side = square_region(b, width, height, margin)
+        bottom = max(bottom, top + side + 2 * side / size)
+    return min(height, math.ceil(bottom) + 8)
 
 
 def min_decode_size(bboxes, width: int, height: int, size: int, margin: float) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from trapkit.images import open_image
 from trapkit.serve.classify import prepare_image
-from trapkit.serve.crops import crop_square, decode_scale, min_decode_size, square_region
+from trapkit.serve.crops import crop_square, decode_scale, min_decode_size, rows_needed, square_region
 from trapkit.spec import ModelSpec
 
 
@@ -100,6 +100,62 @@ def test_reduced_decode_matches_full_decode(tmp_path):
     reference = crop_square(full, bbox, 224, 0.1)
     diff = np.abs(reduced.astype(int) - reference.astype(int))
     assert diff.mean() < 3.0, diff.mean()
+
+
+def _noisy_jpeg(path, size=(2048, 1536), exif=None):
+    """A JPEG full of detail (noise over gradients), so a decode that skipped or damaged rows shows."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    arr = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1) + rng.integers(0, 60, (size[1], size[0], 3))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90, **({"exif": exif} if exif else {}))
+    return path
+
+
+# Two small boxes in the top half of a 2048 x 1536 photo: full-scale decode, nothing needed below ~row 560.
+TOP_BOXES = [[0.1, 0.1, 0.05, 0.08], [0.6, 0.2, 0.06, 0.1]]
+
+
+def test_rows_needed_reach_the_lowest_square_and_the_filter_below_it():
+    _, top, side = square_region(TOP_BOXES[1], 2048, 1536, 0.1)
+    rows = rows_needed(TOP_BOXES, 2048, 1536, 224, margin=0.1)
+    assert top + side < rows < top + side + 20
+    assert rows_needed([[0.2, 0.8, 0.1, 0.19]], 2048, 1536, 224, margin=0.1) == 1536  # box at the bottom: every row
+
+
+def test_decoding_stops_below_the_lowest_crop_and_crops_are_unchanged(tmp_path):
+    path = _noisy_jpeg(tmp_path / "top.jpg")
+    full, _ = open_image(path)
+    rows = rows_needed(TOP_BOXES, 2048, 1536, 224, margin=0.1)
+    partial, notes = open_image(path, rows=rows)
+    assert partial.size == full.size and not notes
+    assert np.array_equal(np.asarray(partial)[:rows], np.asarray(full)[:rows])
+    assert np.asarray(partial)[-200:].max() == 0  # the bottom was never decoded
+    entry = {"file": "top.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": b} for b in TOP_BOXES]}
+    crops = prepare_image(tmp_path, entry, 0, [0, 1], _spec(224), margin=0.1, whole=False).crops
+    for crop, bbox in zip(crops, TOP_BOXES):
+        assert np.array_equal(crop, crop_square(full, bbox, 224, 0.1))
+
+
+def test_rotated_photos_are_decoded_whole(tmp_path):
+    # EXIF "rotate 180": the upright top is the stored bottom, so stopping early would lose it.
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    path = _noisy_jpeg(tmp_path / "rot.jpg", exif=exif)
+    full, _ = open_image(path)
+    partial, _ = open_image(path, rows=rows_needed(TOP_BOXES, 2048, 1536, 224, margin=0.1))
+    assert np.array_equal(np.asarray(partial), np.asarray(full))
+
+
+def test_truncation_below_the_crops_is_harmless_and_above_them_is_flagged(tmp_path):
+    data = _noisy_jpeg(tmp_path / "whole.jpg").read_bytes()
+    full, _ = open_image(tmp_path / "whole.jpg")
+    rows = rows_needed(TOP_BOXES, 2048, 1536, 224, margin=0.1)
+    (tmp_path / "cut_low.jpg").write_bytes(data[: int(len(data) * 0.8)])  # loses the bottom fifth only
+    img, notes = open_image(tmp_path / "cut_low.jpg", rows=rows)
+    assert not notes and np.array_equal(np.asarray(img)[:rows], np.asarray(full)[:rows])
+    (tmp_path / "cut_high.jpg").write_bytes(data[: len(data) // 10])  # ends above the crops
+    img, notes = open_image(tmp_path / "cut_high.jpg", rows=rows)
+    assert notes and "truncated" in notes[0]
 
 
 def test_truncated_files_are_flagged_while_other_threads_decode(tmp_path, samples_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # Pillow's default bomb limit (~89 MP) warns; twice it raises. Camera traps top
 # out near 50 MP, so refuse anything past 2x the default outright.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
+EXIF_ORIENTATION = 0x0112
 
 
 class _SharedExclusiveLock:
@@ -105,12 +107,15 @@ def safe_join(root: str | Path, relative: str) -> Path:
     return full
 
 
-def open_image(path: str | Path, min_size: tuple[int, int] | None = None) -> tuple[Image.Image, list[str]]:
+def open_image(path: str | Path, min_size: tuple[int, int] | None = None,
+               rows: int | None = None) -> tuple[Image.Image, list[str]]:
     """Open an image upright and in RGB. Returns (image, warnings).
 
     `min_size` (w, h) lets JPEG decode at a reduced DCT scale (Pillow `draft`)
     as long as the result stays at least that large: 2-4x faster on 12 MP photos.
-    A truncated file that decodes partially is returned with a warning.
+    `rows`: only the top `rows` rows (of the full-size upright image) will be
+    used, so an upright JPEG stops decoding below them; the rows under are left
+    black. A truncated file that decodes partially is returned with a warning.
     """
     path = Path(path)
     notes: list[str] = []
@@ -129,10 +134,14 @@ def open_image(path: str | Path, min_size: tuple[int, int] | None = None) -> tup
                 raise ImageReadError(
                     f"{path} is {img.width}x{img.height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel safety limit"
                 )
+            full_height = img.height
             if min_size is not None and img.format == "JPEG":
                 # draft keeps each side >= the requested size; scale is a power of 2.
                 img.draft("RGB", (max(1, min_size[0]), max(1, min_size[1])))
-            img = _load_allowing_truncation(img, path, notes)
+            stop_row = None
+            if rows is not None:  # in rows of the image as decoded (draft may have shrunk it)
+                stop_row = _stop_decoding_after(img, math.ceil(rows * img.height / full_height) + 1)
+            img = _load_allowing_truncation(img, path, notes, stop_row)
             # In place: without it Pillow copies the whole image even when it is already upright
             # (35 ms for 12 MP, as long as the decode itself at reduced scale).
             ImageOps.exif_transpose(img, in_place=True)
@@ -145,12 +154,41 @@ def open_image(path: str | Path, min_size: tuple[int, int] | None = None) -> tup
     return to_rgb(img), notes
 
 
-def _load_allowing_truncation(img: Image.Image, path: Path, notes: list[str]) -> Image.Image:
+def _stop_decoding_after(img: Image.Image, rows: int) -> int | None:
+    """Shorten an upright RGB JPEG's decode to its top `rows` rows; the last row to decode, or None.
+
+    Pillow has no region decode, but its JPEG decoder writes rows top down and
+    stops at the end of its tile: libjpeg then objects that the image was not
+    read to the end, which `_load_allowing_truncation` accepts once that row is there.
+    """
+    if img.format != "JPEG" or img.mode != "RGB" or len(img.tile) != 1:
+        return None
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        return None  # stored rotated or flipped: the upright top is not the stored top
+    tile = img.tile[0]
+    x0, y0, x1, y1 = tile.extents
+    keep = min(y1 - y0, rows)
+    if keep >= y1 - y0:
+        return None
+    img.tile = [tile._replace(extents=(x0, y0, x1, y0 + keep))]
+    return y0 + keep - 1
+
+
+def _row_decoded(img: Image.Image, row: int) -> bool:
+    # For a load that ran to the end of its tile (Pillow then clears `tile`). Pillow stores
+    # RGB as RGBX: the decoder sets X to 255 in each row it writes; a new image is all 0.
+    return img.crop((0, row, 1, row + 1)).tobytes("raw", "RGBX")[3] == 255
+
+
+def _load_allowing_truncation(img: Image.Image, path: Path, notes: list[str],
+                              stop_row: int | None = None) -> Image.Image:
     try:
         with _truncated_lock.shared():
             img.load()
         return img
     except OSError as e:
+        if stop_row is not None and not img.tile and _row_decoded(img, stop_row):
+            return img  # stopped on purpose below the rows in use: libjpeg's complaint, not damage
         if "truncated" not in str(e):
             raise
     # Pillow only offers a module-wide switch for partial decodes: flip it for
