@@ -2,13 +2,14 @@
 
 What it measures: mean validation accuracy per label count for `uniform` and
 the given strategies, seed of 100 labels, batches of 100, a budget of 2,000,
-over 3 seeds, and each strategy's mean accuracy over the budget minus
-uniform's.
+over 3 seeds, each strategy's mean accuracy over the budget minus
+uniform's, and how many labels each needs to reach uniform's final accuracy.
 
 Shortcut, for time: the embedding is NOT fine-tuned. Images go once through
-the frozen offline ImageNet EfficientNet-Lite0 (trapkit's default model:
-backbone -> 256-d projection -> L2, `--finetune-epochs 0`) at a small input
-size, and are cached; each round then runs trapkit's real head training
+the frozen offline ImageNet EfficientNet-Lite0 at a small input size,
+taking the backbone's pooled 1280-d features (`--feat-dim 256` adds trapkit's
+default 256-d projection, untrained as with `--finetune-epochs 0`), and are
+cached; each round then runs trapkit's real head training
 (`trapkit.train.head.fit_head`), selection (`trapkit.train.strategies`) and
 metrics (`trapkit.train.metrics`), exactly as `al next` does.
 
@@ -105,11 +106,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pool", type=int, default=10000, help="pool images drawn from the 60k training set")
     ap.add_argument("--val", type=int, default=2000, help="validation images drawn from the 10k test set")
-    ap.add_argument("--size", type=int, default=64, help="input size for the frozen Lite0")
+    ap.add_argument("--size", type=int, default=96, help="input size for the frozen Lite0")
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--budget", type=int, default=2000)
-    ap.add_argument("--feat-dim", type=int, default=256,
+    ap.add_argument("--feat-dim", type=int, default=0,
                     help="256: trapkit's default 256-d projection (untrained here, as with --finetune-epochs 0); "
                          "0: the backbone's pooled 1280-d features")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/trapkit-bench"))
@@ -140,6 +141,12 @@ def main() -> None:
     for n in names:
         m = results[n][1].mean()
         print(f"{n:>16}: {m:.4f}  ({100 * (m - base):+.2f} points vs uniform)")
+    # Label savings: the fewest labels with which each strategy's mean curve reaches what uniform has at the end.
+    target = results["uniform"][1].mean(axis=0)[-1]
+    print(f"\nlabels needed to reach uniform's accuracy at {labels_axis[-1]} labels ({target:.4f})")
+    for n in names:
+        reached = np.flatnonzero(results[n][1].mean(axis=0) >= target)
+        print(f"{n:>16}: {labels_axis[reached[0]]}" if len(reached) else f"{n:>16}: not within the budget")
 
 
 if __name__ == "__main__":

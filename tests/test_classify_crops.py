@@ -102,12 +102,12 @@ def test_reduced_decode_matches_full_decode(tmp_path):
     assert diff.mean() < 3.0, diff.mean()
 
 
-def _noisy_jpeg(path, size=(2048, 1536), exif=None):
+def _noisy_jpeg(path, size=(2048, 1536), **save_options):
     """A JPEG full of detail (noise over gradients), so a decode that skipped or damaged rows shows."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size[1], 0:size[0]]
     arr = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1) + rng.integers(0, 60, (size[1], size[0], 3))
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90, **({"exif": exif} if exif else {}))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=90, **save_options)
     return path
 
 
@@ -122,8 +122,9 @@ def test_rows_needed_reach_the_lowest_square_and_the_filter_below_it():
     assert rows_needed([[0.2, 0.8, 0.1, 0.19]], 2048, 1536, 224, margin=0.1) == 1536  # box at the bottom: every row
 
 
-def test_decoding_stops_below_the_lowest_crop_and_crops_are_unchanged(tmp_path):
-    path = _noisy_jpeg(tmp_path / "top.jpg")
+@pytest.mark.parametrize("progressive", [False, True])
+def test_decoding_stops_below_the_lowest_crop_and_crops_are_unchanged(tmp_path, progressive):
+    path = _noisy_jpeg(tmp_path / "top.jpg", progressive=progressive)
     full, _ = open_image(path)
     rows = rows_needed(TOP_BOXES, 2048, 1536, 224, margin=0.1)
     partial, notes = open_image(path, rows=rows)
