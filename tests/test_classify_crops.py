@@ -137,6 +137,19 @@ def test_decoding_stops_below_the_lowest_crop_and_crops_are_unchanged(tmp_path, 
         assert np.array_equal(crop, crop_square(full, bbox, 224, 0.1))
 
 
+def test_reduced_scale_decode_also_stops_below_the_lowest_crop(tmp_path):
+    # One big box near the top: decoded at 1/2 scale, and only down to the crop's bottom.
+    _noisy_jpeg(tmp_path / "big.jpg")
+    bbox = [0.3, 0.02, 0.35, 0.3]
+    entry = {"file": "big.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": bbox}]}
+    w, h = min_decode_size([bbox], 2048, 1536, 224, 0.1)
+    reduced, _ = open_image(tmp_path / "big.jpg", min_size=(w, h))
+    both, _ = open_image(tmp_path / "big.jpg", min_size=(w, h), rows=rows_needed([bbox], 2048, 1536, 224, 0.1))
+    assert both.width == reduced.width < 2048 and np.asarray(both)[-100:].max() == 0
+    crop = prepare_image(tmp_path, entry, 0, [0], _spec(224), margin=0.1, whole=False).crops[0]
+    assert np.array_equal(crop, crop_square(reduced, bbox, 224, 0.1))
+
+
 def test_rotated_photos_are_decoded_whole(tmp_path):
     # EXIF "rotate 180": the upright top is the stored bottom, so stopping early would lose it.
     exif = Image.Exif()
