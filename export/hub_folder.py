@@ -18,7 +18,12 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.export.onnx_export import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
 from trapkit.spec import ModelSpec
+
+CONFIG_FILENAME = "config.json"
+CARD_FILENAME = "README.md"
+HUB_FILES = (ONNX_FILENAME, CONFIG_FILENAME, CARD_FILENAME)  # the first two are required to load a model
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,10 @@ def hub_config(spec: ModelSpec, embedding_dim: int) -> dict:
             "crop_mode": "center" if spec.resize_mode == "center_crop" else "squash",
             "num_classes": spec.num_classes,
         },
-        "model_file": "model.onnx",
-        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", spec.input_size, spec.input_size, 3],
+        "model_file": ONNX_FILENAME,
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", spec.input_size, spec.input_size, 3],
                   "note": "RGB, 0-255; mean/std normalisation is inside the graph"},
-        "outputs": {"probs": ["batch", spec.num_classes], "embedding": ["batch", embedding_dim]},
+        "outputs": {OUTPUT_NAMES[0]: ["batch", spec.num_classes], OUTPUT_NAMES[1]: ["batch", embedding_dim]},
         "trapkit_spec": spec.to_dict(),
     }
     if spec.taxonomy:
@@ -79,9 +84,9 @@ def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettin
     _, outputs = graph_io(onnx_path)
     embedding_dim = next(t.dims[0] for t in outputs if t.name == "embedding")
     try:
-        atomic_copy(onnx_path, folder / "model.onnx")
-        atomic_write_json(folder / "config.json", hub_config(spec, embedding_dim), indent=2)
-        atomic_write_text(folder / "README.md", model_card(spec, embedding_dim, settings.license, metrics))
+        atomic_copy(onnx_path, folder / ONNX_FILENAME)
+        atomic_write_json(folder / CONFIG_FILENAME, hub_config(spec, embedding_dim), indent=2)
+        atomic_write_text(folder / CARD_FILENAME, model_card(spec, embedding_dim, settings.license, metrics))
     except OSError as e:
         raise TrapkitError(f"cannot write the Hub folder {folder} ({e.strerror or e}); choose a writable --hub-folder") from None
     log.info("Hub folder written to %s (upload with: trapkit publish %s --repo-id OWNER/%s)", folder, folder, spec.name)

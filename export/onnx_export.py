@@ -34,6 +34,7 @@ from trapkit.spec import SPEC_FILENAME, ModelSpec
 
 log = logging.getLogger(__name__)
 
+ONNX_FILENAME = "model.onnx"  # the graph in every export folder and Hub folder
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probs", "embedding")
 SPEC_PROP = "trapkit.spec"

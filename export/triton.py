@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "python")
 LABELS_FILENAME = "labels.txt"
+TRITON_MODEL_FILE = "model.onnx"  # in each version folder; the python backend's model.py loads it too
 # Shipped as package data, not as a module: it imports Triton's stub utilities, which only exist inside Triton.
 PYTHON_MODEL_TEMPLATE = Path(__file__).resolve().parent / "templates" / "triton_python_model.py.tmpl"
 MAX_QUEUE_DELAY_US = 1000
@@ -192,7 +193,7 @@ def write_triton_model(onnx_path: str | Path, spec: ModelSpec, settings: TritonS
         version = next_version(model_dir)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
         try:
-            shutil.copyfile(onnx_path, staging / "model.onnx")
+            shutil.copyfile(onnx_path, staging / TRITON_MODEL_FILE)
             if settings.backend == "python":
                 shutil.copyfile(PYTHON_MODEL_TEMPLATE, staging / "model.py")
             os.chmod(staging, 0o755)

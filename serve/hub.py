@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
+from trapkit.export.hub_folder import HUB_FILES
+from trapkit.export.onnx_export import ONNX_FILENAME
 
 log = logging.getLogger(__name__)
 
 HF_SCHEME = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
-HUB_FILES = ("model.onnx", "config.json", "README.md")
 # owner/name as the Hub allows them: letters, digits, '-', '_', '.'; no '--' or '..', no leading/trailing '-' or '.'.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
@@ -172,7 +173,7 @@ def resolve_model(ref: str) -> Path:
         log.debug("Hub error while loading %s: %s", hub_ref, e.__class__.__name__)
         raise _hub_error(e, f"loading {hub_ref}", settings) from None
     folder = Path(folder)
-    if not (folder / "model.onnx").is_file():
+    if not (folder / ONNX_FILENAME).is_file():
         raise TrapkitError(f"{hub_ref} has no model.onnx; publish a trapkit export with trapkit publish")
     log.info("%s -> %s", hub_ref, folder)
     return folder

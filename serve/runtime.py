@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, read_spec, spec_from_metadata
+from trapkit.export.onnx_export import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES, read_spec, spec_from_metadata
 
 log = logging.getLogger(__name__)
 
-ONNX_FILENAME = "model.onnx"
 PROBS = OUTPUT_NAMES[0]
 # GPU providers first; each is tried and dropped when it cannot start here.
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

@@ -102,9 +102,9 @@ def _build_and_export(backbone: str, weights: str, out: Path, model_repository: 
 
 def _latest_version_is(onnx_path: Path, model_dir: Path) -> bool:
     """True when the repository already serves these exact bytes (rerunning the demo adds no version)."""
-    from trapkit.export.triton import next_version
+    from trapkit.export.triton import TRITON_MODEL_FILE, next_version
 
-    latest = model_dir / str(next_version(model_dir) - 1) / "model.onnx"
+    latest = model_dir / str(next_version(model_dir) - 1) / TRITON_MODEL_FILE
     return latest.is_file() and latest.read_bytes() == onnx_path.read_bytes()
 
 
