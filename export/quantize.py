@@ -9,7 +9,9 @@ Both keep the graph's interface: uint8 `images` in, float32 `probs` and
   weights, calibrated on real images. Only Conv, Clip and Add are quantised:
   with Clip included the quantiser folds ReLU6 into the Conv output range
   (otherwise the Conv output gets its full pre-clip range and loses most of its
-  levels); the normalisation, pooling, head and softmax stay float32.
+  levels); the pooling, head and softmax stay float32. The normalisation is
+  folded into the stem conv first, which then reads the uint8 pixels as its
+  int8 input (`trapkit.export.raw_pixels`: 1.27x -> 1.65x fp32 at batch 32).
   Weights are 7-bit (`reduce_range`): x86 CPUs without AVX-512 VNNI multiply
   u8 x s8 pairs into saturating int16, which wrecks full 8-bit weights
   (measured on Lite0: 56% top-1 agreement at 8 bits, 76% at 7). Dynamic
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
+from trapkit.export.raw_pixels import fold_normalisation_into_stem, pixel_quant_override, read_pixels_directly
 from trapkit.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -128,16 +131,20 @@ def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray) -> bytes:
         def get_next(self):
             return next(self.batches, None)
 
+    proto = onnx.load_from_string(fp32)
+    pixels = fold_normalisation_into_stem(proto, INPUT_NAME)  # None: graph of another shape, quantised as is
     with tempfile.TemporaryDirectory(prefix="trapkit-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(fp32)
+        onnx.save(proto, str(src))
         with quiet_third_party():
             quantize_static(
                 str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS,
-                reduce_range=True,
+                reduce_range=True, extra_options={"TensorQuantOverrides": pixel_quant_override(pixels)} if pixels else {},
             )
         proto = onnx.load(str(dst))
+    if pixels:
+        read_pixels_directly(proto, pixels)
     set_metadata(proto, spec, precision="int8")
     check_model(proto)
     return proto.SerializeToString()
