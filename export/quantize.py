@@ -11,7 +11,7 @@ Both keep the graph's interface: uint8 `images` in, float32 `probs` and
   (otherwise the Conv output gets its full pre-clip range and loses most of its
   levels); the pooling, head and softmax stay float32. The normalisation is
   folded into the stem conv first, which then reads the uint8 pixels as its
-  int8 input (`trapkit.export.raw_pixels`: 1.27x -> 1.65x fp32 at batch 32).
+  int8 input (`trapkit.export.raw_pixels`: 1.33x -> 1.66x fp32 at batch 32 on Lite0).
   Weights are 7-bit (`reduce_range`): x86 CPUs without AVX-512 VNNI multiply
   u8 x s8 pairs into saturating int16, which wrecks full 8-bit weights
   (measured on Lite0: 56% top-1 agreement at 8 bits, 76% at 7). Dynamic
