@@ -67,8 +67,14 @@ def fold_normalisation_into_stem(proto, input_name: str) -> str | None:
 
     w = numpy_helper.to_array(weights[conv.input[1]]).astype(np.float64)  # (O, C, kh, kw)
     channels = w.shape[1]
-    mean = np.broadcast_to(numpy_helper.to_array(weights[sub.input[1]]).astype(np.float64).reshape(-1), (channels,))
-    std = np.broadcast_to(numpy_helper.to_array(weights[div.input[1]]).astype(np.float64).reshape(-1), (channels,))
+    mean, std = (numpy_helper.to_array(weights[node.input[1]]).astype(np.float64) for node in (sub, div))
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    if attrs.get("group", 1) != 1 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or \
+            not all(v.size == 1 or v.shape[-3:] == (channels, 1, 1) for v in (mean, std)):
+        log.debug("int8: stem conv grouped, auto-padded or normalised along another axis; left as it is")
+        return None
+    mean = np.broadcast_to(mean.reshape(-1), (channels,))  # per channel, or one value for all
+    std = np.broadcast_to(std.reshape(-1), (channels,))
     bias = (numpy_helper.to_array(weights[conv.input[2]]).astype(np.float64) if len(conv.input) > 2
             else np.zeros(w.shape[0]))
     w_raw = w / std[None, :, None, None]

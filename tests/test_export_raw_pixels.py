@@ -54,10 +54,27 @@ def test_fold_is_exact_border_included(mean, bias):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_fold_leaves_other_graphs_alone():
-    proto = _stem_graph((120.0, 100.0, 80.0), (58.0, 57.0, 57.5))
+def _sub_feeds_conv(proto):
     proto.graph.node.remove(next(n for n in proto.graph.node if n.op_type == "Div"))
-    proto.graph.node[2].output[0] = "norm"  # Sub feeds the Conv directly: not the pattern
+    next(n for n in proto.graph.node if n.op_type == "Sub").output[0] = "norm"
+
+
+def _auto_pad(proto):
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    conv.attribute.remove(next(a for a in conv.attribute if a.name == "pads"))
+    conv.attribute.append(helper.make_attribute("auto_pad", "SAME_UPPER"))
+
+
+def _mean_along_width(proto):
+    mean = next(t for t in proto.graph.initializer if t.name == "mean")
+    mean.CopyFrom(numpy_helper.from_array(np.array([120, 100, 80], np.float32).reshape(1, 1, 1, 3), "mean"))
+
+
+@pytest.mark.parametrize("change", [_sub_feeds_conv, _auto_pad, _mean_along_width])
+def test_fold_leaves_other_graphs_alone(change):
+    """No Sub-Div pair, a stem that pads by itself, a 'mean' that is not per channel: not folded, not touched."""
+    proto = _stem_graph((120.0, 100.0, 80.0), (58.0, 57.0, 57.5), size=3)
+    change(proto)
     before = proto.SerializeToString()
     assert fold_normalisation_into_stem(proto, INPUT_NAME) is None
     assert proto.SerializeToString() == before
