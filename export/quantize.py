@@ -133,6 +133,7 @@ def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray) -> bytes:
 
     proto = onnx.load_from_string(fp32)
     pixels = fold_normalisation_into_stem(proto, INPUT_NAME)  # None: graph of another shape, quantised as is
+    overrides = {"TensorQuantOverrides": pixel_quant_override(pixels)} if pixels else {}
     with tempfile.TemporaryDirectory(prefix="trapkit-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, str(src))
@@ -140,7 +141,7 @@ def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray) -> bytes:
             quantize_static(
                 str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS,
-                reduce_range=True, extra_options={"TensorQuantOverrides": pixel_quant_override(pixels)} if pixels else {},
+                reduce_range=True, extra_options=overrides,
             )
         proto = onnx.load(str(dst))
     if pixels:

@@ -38,7 +38,9 @@ from PIL import Image
 from trapkit import __version__
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
-from trapkit.images import EXIF_ORIENTATION, ImageReadError, is_image_file, iter_images, open_image, safe_join, to_model_input
+from trapkit.images import (
+    EXIF_ORIENTATION, ImageReadError, is_image_file, iter_images, open_image, safe_join, to_model_input,
+)
 from trapkit.serve import megadetector as md
 from trapkit.serve import outputs
 from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size, rows_needed

@@ -174,6 +174,6 @@ def resolve_model(ref: str) -> Path:
         raise _hub_error(e, f"loading {hub_ref}", settings) from None
     folder = Path(folder)
     if not (folder / ONNX_FILENAME).is_file():
-        raise TrapkitError(f"{hub_ref} has no model.onnx; publish a trapkit export with trapkit publish")
+        raise TrapkitError(f"{hub_ref} has no {ONNX_FILENAME}; publish a trapkit export with trapkit publish")
     log.info("%s -> %s", hub_ref, folder)
     return folder

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trapkit.images import open_image
+from trapkit.images import EXIF_ORIENTATION, open_image
 from trapkit.serve.classify import prepare_image
 from trapkit.serve.crops import crop_square, decode_scale, min_decode_size, rows_needed, square_region
 from trapkit.spec import ModelSpec
@@ -153,7 +153,7 @@ def test_reduced_scale_decode_also_stops_below_the_lowest_crop(tmp_path):
 def test_rotated_photos_are_decoded_whole(tmp_path):
     # EXIF "rotate 180": the upright top is the stored bottom, so stopping early would lose it.
     exif = Image.Exif()
-    exif[0x0112] = 3
+    exif[EXIF_ORIENTATION] = 3
     path = _noisy_jpeg(tmp_path / "rot.jpg", exif=exif)
     full, _ = open_image(path)
     partial, _ = open_image(path, rows=rows_needed(TOP_BOXES, 2048, 1536, 224, margin=0.1))
