@@ -15,7 +15,12 @@ COPY trapkit ./trapkit
 COPY train ./train
 COPY export ./export
 COPY serve ./serve
-RUN pip install ".[serve,triton,demo,hub]"
+# gcc and libjpeg's headers build trapkit's region decoder, then go; the libjpeg runtime stays.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libjpeg62-turbo gcc libc6-dev libjpeg62-turbo-dev \
+    && pip install ".[serve,triton,demo,hub]" \
+    && apt-get purge -y --auto-remove gcc libc6-dev libjpeg62-turbo-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 USER trapkit
 WORKDIR /home/trapkit

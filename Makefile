@@ -6,11 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.trapkit-installed
 # The one real-browser test drives Debian's chromium through Playwright (no browser download).
 CHROMIUM := /usr/bin/chromium
+# libjpeg-turbo's headers, for trapkit's compiled region decoder (trapkit/_jpeg_region.c).
+# Without them pip still installs trapkit, which then decodes whole JPEGs with Pillow;
+# the tests insist on the compiled decoder, so `make test` installs them first.
+JPEG_HEADERS := /usr/include/jpeglib.h
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-fast clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile trapkit/_jpeg_region.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
@@ -24,13 +28,17 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-test: $(STAMP) $(CHROMIUM)
+$(JPEG_HEADERS):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends gcc libc6-dev libjpeg-dev
+
+test: $(JPEG_HEADERS) $(STAMP) $(CHROMIUM)
 	bash tests/triton_env.sh  # the Triton stub's own small environment (NumPy < 2)
 	$(VENV)/bin/pytest
 
 # Everything but the tests that start real servers and browsers.
-test-fast: $(STAMP)
+test-fast: $(JPEG_HEADERS) $(STAMP)
 	$(VENV)/bin/pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info trapkit/*.so

@@ -39,11 +39,12 @@ from trapkit import __version__
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
 from trapkit.images import (
-    EXIF_ORIENTATION, ImageReadError, is_image_file, iter_images, open_image, safe_join, to_model_input,
+    EXIF_ORIENTATION, ImageReadError, is_image_file, iter_images, open_image, open_window, safe_join,
+    to_model_input,
 )
 from trapkit.serve import megadetector as md
 from trapkit.serve import outputs
-from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size, rows_needed
+from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size, region_needed
 from trapkit.serve.smoothing import SmoothSettings, smooth_sequences
 
 log = logging.getLogger(__name__)
@@ -269,19 +270,20 @@ def prepare_image(root, entry: dict, index: int, det_indices: list[int], spec, m
         path = safe_join(root, entry["file"])
         header = _probe(path)
         bboxes = [entry["detections"][j]["bbox"] for j in det_indices]
-        min_size = (size, size) if whole else None  # None: full decode when the header gave no size
-        rows = None
         if header is not None:
-            (w, h), transposed, out.time = header
-            if not whole:
-                mw, mh = min_decode_size(bboxes, w, h, size, margin)
-                min_size = (mh, mw) if transposed else (mw, mh)  # draft works on the stored (unrotated) image
-                rows = rows_needed(bboxes, w, h, size, margin)
-        img, out.warnings = open_image(path, min_size=min_size, rows=rows)
+            out.time = header[2]
         if whole:
+            img, out.warnings = open_image(path, min_size=(size, size))
             out.crops = to_model_input(img, size, spec.resize_mode)[None]
         else:
-            out.crops = np.stack([crop_square(img, b, size, margin) for b in bboxes])
+            min_size = region = None  # the whole image when the header is unreadable
+            if header is not None:
+                (w, h), transposed, _ = header
+                mw, mh = min_decode_size(bboxes, w, h, size, margin)
+                min_size = (mh, mw) if transposed else (mw, mh)  # draft works on the stored (unrotated) image
+                region = region_needed(bboxes, w, h, size, margin)
+            window, out.warnings = open_window(path, min_size=min_size, region=region)
+            out.crops = np.stack([crop_square(window, b, size, margin) for b in bboxes])
     except ImageReadError as e:
         out.failure = str(e)
     except Exception as e:  # noqa: BLE001 - one strange file must not end a 100k-image run; recorded, not hidden

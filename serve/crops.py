@@ -4,7 +4,7 @@ MegaDetector boxes are `[x, y, w, h]`, normalised to [0, 1], relative to the
 upright image (EXIF orientation applied), origin top-left. trapkit turns one
 into a model input like this:
 
-1. The image is opened with `trapkit.images.open_image`: EXIF orientation is
+1. The image is opened with `trapkit.images.open_window`: EXIF orientation is
    applied before any box is used, and grayscale, CMYK, palette or 16-bit
    images are converted to RGB.
 2. The crop is a square centred on the box whose side is the box's longer side
@@ -21,8 +21,8 @@ Whole images (no detector) skip steps 2-3 and use the spec's own
 `resize_mode`, exactly as in training. Because a crop only needs
 `input_size` pixels across, a JPEG can be decoded at a reduced DCT scale
 (`draft`) whenever every crop of the image keeps at least that many pixels:
-`decode_scale` works out how far, and since the crops read nothing below the
-lowest one, decoding stops there (`rows_needed`).
+`decode_scale` works out how far, and since the crops read nothing outside
+the rectangle around them (`region_needed`), only that rectangle is decoded.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from trapkit.errors import TrapkitError
+from trapkit.images import Window
 
 PAD_VALUE = 0
 # Same resampling as trapkit.images.to_model_input, so crops match training pixels.
@@ -71,22 +72,32 @@ def _clamp(start: float, side: float, extent: int) -> float:
     return min(max(start, lo), hi)
 
 
-def crop_square(img: Image.Image, bbox, size: int, margin: float) -> np.ndarray:
-    """(size, size, 3) uint8 model input for one normalised box on an upright RGB image."""
-    left, top, side = square_region(bbox, img.width, img.height, margin)
+def crop_square(image: Image.Image | Window, bbox, size: int, margin: float) -> np.ndarray:
+    """(size, size, 3) uint8 model input for one normalised box on a decoded upright RGB image.
+
+    A `Window` (part of an image) must hold every pixel the crop reads (`region_needed`).
+    """
+    window = image if isinstance(image, Window) else Window.whole(image)
+    img = window.image
+    left, top, side = square_region(bbox, window.width, window.height, margin)
     box = (left, top, left + side, top + side)
-    if left >= 0 and top >= 0 and box[2] <= img.width + 1e-6 and box[3] <= img.height + 1e-6:
+    if left >= 0 and top >= 0 and box[2] <= window.width + 1e-6 and box[3] <= window.height + 1e-6:
         # Resample straight from the region: no intermediate copy of a large crop.
-        box = (left, top, min(box[2], img.width), min(box[3], img.height))
+        box = (left - window.left, top - window.top,
+               min(box[2], window.width) - window.left, min(box[3], window.height) - window.top)
         out = img.resize((size, size), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
     else:
         # Runs off the edge: paste the part inside the image onto a padded square.
         l, t, s = int(round(left)), int(round(top)), max(1, int(round(side)))
         canvas = Image.new("RGB", (s, s), (PAD_VALUE,) * 3)
-        inside = (max(l, 0), max(t, 0), min(l + s, img.width), min(t + s, img.height))
-        canvas.paste(img.crop(inside), (inside[0] - l, inside[1] - t))
+        inside = (max(l, 0), max(t, 0), min(l + s, window.width), min(t + s, window.height))
+        canvas.paste(img.crop(_shift(inside, -window.left, -window.top)), (inside[0] - l, inside[1] - t))
         out = canvas.resize((size, size), _RESAMPLE, reducing_gap=_REDUCING_GAP)
     return np.asarray(out, dtype=np.uint8)
+
+
+def _shift(box, dx: int, dy: int) -> tuple:
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
 
 
 def decode_scale(bboxes, width: int, height: int, size: int, margin: float) -> float:
@@ -97,17 +108,20 @@ def decode_scale(bboxes, width: int, height: int, size: int, margin: float) -> f
     return min(1.0, size / smallest)
 
 
-def rows_needed(bboxes, width: int, height: int, size: int, margin: float) -> int:
-    """How many rows from the top of a width x height image the crops of `bboxes` read.
+def region_needed(bboxes, width: int, height: int, size: int, margin: float) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom): the rectangle of a width x height image the crops of `bboxes` read.
 
-    Down to the lowest square's bottom, plus the resampling filter's reach below
-    it (bilinear reaches one output pixel, `side / size` input rows) and a little slack.
+    The squares' bounding box, plus the resampling filter's reach around it
+    (bilinear reaches one output pixel, `side / size` input pixels) and a little
+    slack, clamped to the image.
     """
-    bottom = 0.0
+    left, top, right, bottom = float(width), float(height), 0.0, 0.0
     for b in bboxes:
-        _, top, side = square_region(b, width, height, margin)
-        bottom = max(bottom, top + side + 2 * side / size)
-    return min(height, math.ceil(bottom) + 8)
+        x, y, side = square_region(b, width, height, margin)
+        reach = 2 * side / size + 8
+        left, top = min(left, x - reach), min(top, y - reach)
+        right, bottom = max(right, x + side + reach), max(bottom, y + side + reach)
+    return max(0.0, left), max(0.0, top), min(float(width), right), min(float(height), bottom)
 
 
 def min_decode_size(bboxes, width: int, height: int, size: int, margin: float) -> tuple[int, int]:
