@@ -5,8 +5,10 @@ third one upscaled to 12 MP 4000x3000), 1-5 detections each (MegaDetector's
 boxes where the photo has them, seeded random boxes otherwise). Model: the real
 offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
 
-- pipeline: `trapkit.serve.classify.classify_images` (decode once per image with
-  draft, threads, cross-image batches of 32, onnxruntime), JSON written.
+- pipeline: `trapkit.serve.classify.classify_images` (decode once per image, only
+  the rectangle the crops read, at reduced DCT scale; threads, cross-image
+  batches of 32, onnxruntime), JSON written. `--pillow-decode` times it once more
+  with Pillow's whole-image decode, as when trapkit is built without its decoder.
 - (a) naive: for every crop, open and fully decode the image, crop, classify it
   alone in PyTorch eager (batch 1), the classic EcoAssist path.
 - (b) inference alone: onnxruntime on the same crops, pre-made, batches of 32
@@ -18,7 +20,7 @@ and CPU time per crop is printed too (wall clock on a shared machine varies).
 
 Targets: pipeline >= 4x (a) and >= 70% of (b).
 
-    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR]
+    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR] [--pillow-decode]
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ def main() -> None:
     ap.add_argument("--naive-crops", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for the pipeline and (b)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
+    ap.add_argument("--pillow-decode", action="store_true",
+                    help="also time the pipeline with Pillow's whole-image decode (trapkit built without its region decoder)")
     args = ap.parse_args()
     import logging
 
@@ -192,15 +196,28 @@ def main() -> None:
     best_b = max(rate for rate, _ in inference.values())
     for name, par in configs.items():
         rate_b, cpu_b = inference[name]
-        seconds, cpu, n = pipeline[name]
-        rate = n / seconds
         print(f"{name} ({par.workers} decoders, {par.concurrency} batches in flight x {par.threads} threads), "
               f"best of {args.repeats}:")
         print(f"  (b) inference alone on pre-made crops: {rate_b:7.1f} crops/s, {1000 * cpu_b:.1f} CPU ms per crop")
-        print(f"  pipeline end to end: {n} crops in {seconds:.2f} s = {rate:7.1f} crops/s, "
-              f"{1000 * cpu / n:.1f} CPU ms per crop; {rate / naive:.1f}x (a), {100 * rate / rate_b:.0f}% of this (b), "
-              f"{100 * rate / best_b:.0f}% of the best (b)")
+        report("pipeline end to end", pipeline[name], naive, rate_b, best_b)
+    if args.pillow_decode:
+        from trapkit import images
 
+        region_decoder, images._jpeg_region = images._jpeg_region, None
+        try:
+            par = configs["trapkit defaults"]
+            fallback = bench_pipeline(workdir, md_path, model, par, args.batch_size, args.repeats)
+        finally:
+            images._jpeg_region = region_decoder
+        report("trapkit defaults, Pillow whole-image decode", fallback, naive, inference["trapkit defaults"][0], best_b)
+
+
+def report(what: str, run: tuple[float, float, int], naive: float, rate_b: float, best_b: float) -> None:
+    seconds, cpu, n = run
+    rate = n / seconds
+    print(f"  {what}: {n} crops in {seconds:.2f} s = {rate:7.1f} crops/s, "
+          f"{1000 * cpu / n:.1f} CPU ms per crop; {rate / naive:.1f}x (a), {100 * rate / rate_b:.0f}% of this (b), "
+          f"{100 * rate / best_b:.0f}% of the best (b)")
 
 if __name__ == "__main__":
     main()
