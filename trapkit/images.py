@@ -33,6 +33,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # out near 50 MP, so refuse anything past 2x the default outright.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 EXIF_ORIENTATION = 0x0112
+# Pixels a region decode adds on each side: where libjpeg cuts a row, chroma
+# upsampling has no neighbour to read, so the outermost pixels differ from a full decode.
+_UPSAMPLING_REACH = 2
 
 
 class _SharedExclusiveLock:
@@ -162,12 +165,12 @@ def open_window(path: str | Path, min_size: tuple[int, int] | None = None,
     """Decode only `region` of an image, as `open_image(path, min_size)` would. Returns (window, warnings).
 
     `region` is (left, top, right, bottom) in pixels of the full-size upright
-    image, and must include any resampling filter's reach; None: all of it. An upright RGB or
-    grayscale JPEG is decoded by libjpeg-turbo over that rectangle alone
-    (`trapkit._jpeg_region`): the pixels in it are those of a full decode, for
-    about 0.6x the time on camera-trap photos. Anything else, or a trapkit built
-    without its compiled part, decodes with Pillow down to the region's bottom
-    row, and the window is then the whole image.
+    image, and must include any resampling filter's reach; None: all of it.
+    An upright RGB or grayscale JPEG is decoded by libjpeg-turbo over that
+    rectangle alone (`trapkit._jpeg_region`): the pixels in it are those of a
+    full decode, for about 0.65x the time on camera-trap photos. Anything else,
+    or a trapkit built without its compiled part, decodes with Pillow down to
+    the region's bottom row, and the window is then the whole image.
     """
     path = Path(path)
     if _jpeg_region is not None:
@@ -186,8 +189,6 @@ def _decode_window(path: Path, size: tuple[int, int], min_size, region) -> tuple
     scale = _draft_scale(size, min_size)
     width, height = -(-size[0] // scale), -(-size[1] // scale)  # libjpeg rounds scaled sides up
     region = region or (0, 0, size[0], size[1])
-    # Scaled, widened by _UPSAMPLING_REACH: at a cut edge libjpeg's chroma upsampling
-    # has no neighbour to read, so the outermost pixels differ from a full decode.
     left, top, right, bottom = (
         max(0, math.floor(region[0] / scale) - _UPSAMPLING_REACH),
         max(0, math.floor(region[1] / scale) - _UPSAMPLING_REACH),
@@ -200,9 +201,6 @@ def _decode_window(path: Path, size: tuple[int, int], min_size, region) -> tuple
     if truncated:
         _note_truncated(path, notes)
     return Window(Image.frombuffer("RGB", (w, h), pixels, "raw", "RGB", 0, 1), x0, y0, width, height), notes
-
-
-_UPSAMPLING_REACH = 2
 
 
 def _draft_scale(size: tuple[int, int], min_size: tuple[int, int] | None) -> int:
