@@ -83,8 +83,7 @@ def crop_square(image: Image.Image | Window, bbox, size: int, margin: float) -> 
     box = (left, top, left + side, top + side)
     if left >= 0 and top >= 0 and box[2] <= window.width + 1e-6 and box[3] <= window.height + 1e-6:
         # Resample straight from the region: no intermediate copy of a large crop.
-        box = (left - window.left, top - window.top,
-               min(box[2], window.width) - window.left, min(box[3], window.height) - window.top)
+        box = _shift((left, top, min(box[2], window.width), min(box[3], window.height)), -window.left, -window.top)
         out = img.resize((size, size), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
     else:
         # Runs off the edge: paste the part inside the image onto a padded square.
