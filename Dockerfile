@@ -15,7 +15,7 @@ COPY trapkit ./trapkit
 COPY train ./train
 COPY export ./export
 COPY serve ./serve
-# gcc and libjpeg's headers build trapkit's region decoder, then go; the libjpeg runtime stays.
+# gcc and libjpeg's headers build trapkit's region decoder and crop resampler, then go; the libjpeg runtime stays.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjpeg62-turbo gcc libc6-dev libjpeg62-turbo-dev \
     && pip install ".[serve,triton,demo,hub]" \

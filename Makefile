@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.trapkit-installed
 # The one real-browser test drives Debian's chromium through Playwright (no browser download).
 CHROMIUM := /usr/bin/chromium
-# libjpeg-turbo's headers, for trapkit's compiled region decoder (trapkit/_jpeg_region.c).
+# libjpeg-turbo's headers, for trapkit's compiled region decoder (trapkit/_jpeg_region.c;
+# trapkit/_resample.c, its crop resampler, needs only the compiler).
 # Without them pip still installs trapkit, which then decodes whole JPEGs with Pillow;
 # the tests insist on the compiled decoder, so `make test` installs them first.
 JPEG_HEADERS := /usr/include/jpeglib.h
@@ -14,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-fast clean
 
-$(STAMP): pyproject.toml Makefile trapkit/_jpeg_region.c
+$(STAMP): pyproject.toml Makefile trapkit/_jpeg_region.c trapkit/_resample.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"

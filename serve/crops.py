@@ -15,7 +15,9 @@ into a model input like this:
    covers that whole dimension, as close to centred on the box as it can, and
    the part outside the image is padded black (`PAD_VALUE`).
 4. The square is resized to the model's `input_size` with the same bilinear
-   resampling training uses (`trapkit.images.to_model_input`).
+   resampling training uses (`trapkit.images.to_model_input`): Pillow's, or,
+   on the region decoder's pixels, `trapkit/_resample.c`, which computes
+   Pillow's result bit for bit without copying the pixels into a Pillow image.
 
 Whole images (no detector) skip steps 2-3 and use the spec's own
 `resize_mode`, exactly as in training. Because a crop only needs
@@ -35,6 +37,11 @@ from PIL import Image
 
 from trapkit.errors import TrapkitError
 from trapkit.images import Window
+
+try:
+    from trapkit import _resample  # compiled at install, beside the region decoder
+except ImportError:  # pragma: no cover - depends on how trapkit was built
+    _resample = None
 
 PAD_VALUE = 0
 # Same resampling as trapkit.images.to_model_input, so crops match training pixels.
@@ -78,21 +85,33 @@ def crop_square(image: Image.Image | Window, bbox, size: int, margin: float) -> 
     A `Window` (part of an image) must hold every pixel the crop reads (`region_needed`).
     """
     window = image if isinstance(image, Window) else Window.whole(image)
-    img = window.image
     left, top, side = square_region(bbox, window.width, window.height, margin)
     box = (left, top, left + side, top + side)
     if left >= 0 and top >= 0 and box[2] <= window.width + 1e-6 and box[3] <= window.height + 1e-6:
         # Resample straight from the region: no intermediate copy of a large crop.
         box = _shift((left, top, min(box[2], window.width), min(box[3], window.height)), -window.left, -window.top)
-        out = img.resize((size, size), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+        if _can_resample_in_place(window, box, size):
+            # Pillow's arithmetic bit for bit, on the decoder's own buffer (trapkit/_resample.c).
+            rgb = _resample.resize(window.rgb, *window.rgb_size, *box, size)
+            return np.frombuffer(rgb, np.uint8).reshape(size, size, 3)
+        out = window.image.resize((size, size), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
     else:
         # Runs off the edge: paste the part inside the image onto a padded square.
         l, t, s = int(round(left)), int(round(top)), max(1, int(round(side)))
         canvas = Image.new("RGB", (s, s), (PAD_VALUE,) * 3)
         inside = (max(l, 0), max(t, 0), min(l + s, window.width), min(t + s, window.height))
-        canvas.paste(img.crop(_shift(inside, -window.left, -window.top)), (inside[0] - l, inside[1] - t))
+        canvas.paste(window.image.crop(_shift(inside, -window.left, -window.top)), (inside[0] - l, inside[1] - t))
         out = canvas.resize((size, size), _RESAMPLE, reducing_gap=_REDUCING_GAP)
     return np.asarray(out, dtype=np.uint8)
+
+
+def _can_resample_in_place(window: Window, box, size: int) -> bool:
+    """The compiled resampler can make this crop: packed RGB holding the box, and a box Pillow
+    would resample directly (its `reducing_gap` first shrinks boxes 2 x gap x size or wider)."""
+    w, h = window.rgb_size
+    return (_resample is not None and window.rgb is not None
+            and 0 <= box[0] and 0 <= box[1] and box[2] <= w and box[3] <= h
+            and max(box[2] - box[0], box[3] - box[1]) < 2 * _REDUCING_GAP * size)
 
 
 def _shift(box, dx: int, dy: int) -> tuple:

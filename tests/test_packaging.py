@@ -26,8 +26,8 @@ def test_every_module_imports_from_the_installed_wheel(wheel, tmp_path):
         z.extractall(site)
         names = z.namelist()
     modules = sorted(n[:-3].replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py"))
-    modules += [n.split(".")[0].replace("/", ".") for n in names if n.endswith(".so")]  # the compiled region decoder
-    assert "trapkit._jpeg_region" in modules
+    modules += [n.split(".")[0].replace("/", ".") for n in names if n.endswith(".so")]  # the compiled parts
+    assert {"trapkit._jpeg_region", "trapkit._resample"} <= set(modules)
     assert {"trapkit.cli", "trapkit.train.model", "trapkit.export.cli", "trapkit.serve.cli"} <= set(modules)
     assert "trapkit/data/camera-traps/md_v5a_detections.json" in names
     assert sum(n.startswith("trapkit/data/camera-traps/") and n.endswith(".jpg") for n in names) == 10

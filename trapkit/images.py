@@ -146,18 +146,31 @@ def open_image(path: str | Path, min_size: tuple[int, int] | None = None,
 
 @dataclass
 class Window:
-    """The decoded part of an image: `image` holds the pixels from (`left`, `top`)
-    of an upright RGB image that is `width` x `height` as decoded (after any DCT scaling)."""
+    """The decoded part of an image: pixels from (`left`, `top`) of an upright RGB
+    image that is `width` x `height` as decoded (after any DCT scaling).
 
-    image: Image.Image
+    The region decoder hands its pixels over as packed RGB rows (`rgb`,
+    `rgb_size` = (w, h)), which crops resample where they lie; `image` makes a
+    Pillow image of them (a copy) only when something asks for one.
+    """
+
     left: int
     top: int
     width: int
     height: int
+    rgb: bytes | None = None
+    rgb_size: tuple[int, int] = (0, 0)
+    _image: Image.Image | None = None
 
     @classmethod
     def whole(cls, img: Image.Image) -> Window:
-        return cls(img, 0, 0, img.width, img.height)
+        return cls(0, 0, img.width, img.height, _image=img)
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            self._image = Image.frombuffer("RGB", self.rgb_size, self.rgb, "raw", "RGB", 0, 1)
+        return self._image
 
 
 def open_window(path: str | Path, min_size: tuple[int, int] | None = None,
@@ -200,7 +213,7 @@ def _decode_window(path: Path, size: tuple[int, int], min_size, region) -> tuple
     notes: list[str] = []
     if truncated:
         _note_truncated(path, notes)
-    return Window(Image.frombuffer("RGB", (w, h), pixels, "raw", "RGB", 0, 1), x0, y0, width, height), notes
+    return Window(x0, y0, width, height, rgb=pixels, rgb_size=(w, h)), notes
 
 
 def _draft_scale(size: tuple[int, int], min_size: tuple[int, int] | None) -> int:
