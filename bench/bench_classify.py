@@ -7,8 +7,9 @@ offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
 
 - pipeline: `trapkit.serve.classify.classify_images` (decode once per image, only
   the rectangle the crops read, at reduced DCT scale; threads, cross-image
-  batches of 32, onnxruntime), JSON written. `--pillow-decode` times it once more
-  with Pillow's whole-image decode, as when trapkit is built without its decoder.
+  batches of 32, onnxruntime), JSON written. `--fallbacks` times it again
+  with Pillow's crop resize, then with Pillow's whole-image decode too, as when
+  trapkit is built without its compiled resampler or decoder.
 - (a) naive: for every crop, open and fully decode the image, crop, classify it
   alone in PyTorch eager (batch 1), the classic EcoAssist path.
 - (b) inference alone: onnxruntime on the same crops, pre-made, batches of 32
@@ -20,7 +21,7 @@ and CPU time per crop is printed too (wall clock on a shared machine varies).
 
 Targets: pipeline >= 4x (a) and >= 70% of (b).
 
-    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR] [--pillow-decode]
+    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR] [--fallbacks]
 """
 
 from __future__ import annotations
@@ -159,8 +160,9 @@ def main() -> None:
     ap.add_argument("--naive-crops", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for the pipeline and (b)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
-    ap.add_argument("--pillow-decode", action="store_true",
-                    help="also time the pipeline with Pillow's whole-image decode (trapkit built without its region decoder)")
+    ap.add_argument("--fallbacks", action="store_true",
+                    help="also time the pipeline with Pillow's crop resize, then Pillow's whole-image decode "
+                         "(trapkit built without its compiled parts)")
     args = ap.parse_args()
     import logging
 
@@ -200,16 +202,21 @@ def main() -> None:
               f"best of {args.repeats}:")
         print(f"  (b) inference alone on pre-made crops: {rate_b:7.1f} crops/s, {1000 * cpu_b:.1f} CPU ms per crop")
         report("pipeline end to end", pipeline[name], naive, rate_b, best_b)
-    if args.pillow_decode:
+    if args.fallbacks:
         from trapkit import images
+        from trapkit.serve import crops as crop_module
 
-        region_decoder, images._jpeg_region = images._jpeg_region, None
-        try:
-            par = configs["trapkit defaults"]
-            fallback = bench_pipeline(workdir, md_path, model, par, args.batch_size, args.repeats)
-        finally:
-            images._jpeg_region = region_decoder
-        report("trapkit defaults, Pillow whole-image decode", fallback, naive, inference["trapkit defaults"][0], best_b)
+        # Each compiled part switched off in turn, as in a trapkit built without it.
+        for what, module, name in (("Pillow crop resize", crop_module, "_resample"),
+                                   ("Pillow whole-image decode and resize", images, "_jpeg_region")):
+            compiled = getattr(module, name)
+            setattr(module, name, None)
+            try:
+                par = configs["trapkit defaults"]
+                fallback = bench_pipeline(workdir, md_path, model, par, args.batch_size, args.repeats)
+            finally:
+                setattr(module, name, compiled)
+            report(f"trapkit defaults, {what}", fallback, naive, inference["trapkit defaults"][0], best_b)
 
 
 def report(what: str, run: tuple[float, float, int], naive: float, rate_b: float, best_b: float) -> None:

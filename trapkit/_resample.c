@@ -1,20 +1,22 @@
 /* Cut one square crop out of decoded RGB pixels and resize it: Pillow's bilinear, bit for bit.
  *
  * trapkit's crops are `Image.resize(size, BILINEAR, box=...)` on the decoded
- * rectangle of a camera-trap photo. Doing that through Pillow costs a copy of
- * the whole rectangle into a Pillow image (RGB is 4 bytes a pixel there) and a
- * scalar vertical pass. This reads the packed RGB rows where they lie and runs
- * the vertical pass over whole rows, which the compiler vectorises. The
- * arithmetic is Pillow's (Resample.c): double-precision filter weights from a
+ * rectangle of a camera-trap photo. Through Pillow that costs a copy of the
+ * whole rectangle into a Pillow image (4 bytes a pixel there) and two scalar
+ * passes. This reads the packed RGB rows where they lie; with AVX2 the
+ * horizontal pass does two taps of all three channels per instruction and
+ * the vertical pass runs over whole rows, 8 products at a time. The arithmetic
+ * is Pillow's (Resample.c): double-precision filter weights from a
  * single-precision box, rounded to 22-bit fixed point, a horizontal pass into
  * 8-bit rows, then a vertical pass; so the pixels are Pillow's exactly.
  *
- * resize(pixels, width, height, left, top, right, bottom, size) -> bytes
+ * resize(pixels, width, height, left, top, right, bottom, size, simd=True) -> bytes
  *   pixels: height rows of width RGB pixels; (left, top, right, bottom) the
- *   box in those pixels (floats, inside the image); size: the output side.
+ *   box in those pixels (floats, inside the image); size: the output side;
+ *   simd=False forces the portable passes (tests compare both).
  *   Returns size * size * 3 bytes of RGB.
  * Pillow's `reducing_gap` pre-shrink is not done here: callers send boxes
- * that it would not shrink (narrower than 3 * size * 2).
+ * that it would not shrink (narrower than 2 * gap * size).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,6 +24,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
 
 #define PRECISION_BITS (32 - 8 - 2)
 #define HALF (1 << (PRECISION_BITS - 1))
@@ -167,7 +175,7 @@ static int horizontal_avx2(const uint8_t *in, size_t stride, int rows, uint8_t *
 #endif
 
 /* Whole rows at a time: the inner loops run over contiguous bytes and vectorise. */
-static inline __attribute__((always_inline)) void vertical_rows(
+static ALWAYS_INLINE void vertical_rows(
     const uint8_t *in, int size, uint8_t *out, const int *bounds, const int32_t *kk, int ksize, int32_t *acc)
 {
     int n = size * 3;
