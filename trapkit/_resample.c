@@ -175,7 +175,7 @@ static int horizontal_avx2(const uint8_t *in, size_t stride, int rows, uint8_t *
 #endif
 
 /* Whole rows at a time: the inner loops run over contiguous bytes and vectorise. */
-static ALWAYS_INLINE void vertical_rows(
+static ALWAYS_INLINE void vertical(
     const uint8_t *in, int size, uint8_t *out, const int *bounds, const int32_t *kk, int ksize, int32_t *acc)
 {
     int n = size * 3;
@@ -194,19 +194,13 @@ static ALWAYS_INLINE void vertical_rows(
     }
 }
 
-static void vertical(const uint8_t *in, int size, uint8_t *out, const int *bounds, const int32_t *kk, int ksize,
-                     int32_t *acc)
-{
-    vertical_rows(in, size, out, bounds, kk, ksize, acc);
-}
-
 #ifdef HAVE_AVX2_PATH
 /* The same loops, compiled for 8 lanes of 32-bit products. */
 __attribute__((target("avx2")))
 static void vertical_avx2(const uint8_t *in, int size, uint8_t *out, const int *bounds, const int32_t *kk,
                           int ksize, int32_t *acc)
 {
-    vertical_rows(in, size, out, bounds, kk, ksize, acc);
+    vertical(in, size, out, bounds, kk, ksize, acc);
 }
 #endif
 
