@@ -10,8 +10,9 @@ the frozen offline ImageNet EfficientNet-Lite0 at a small input size,
 taking the backbone's pooled 1280-d features (`--feat-dim 256` adds trapkit's
 default 256-d projection, untrained as with `--finetune-epochs 0`), and are
 cached; each round then runs trapkit's real head training
-(`trapkit.train.head.fit_head`), selection (`trapkit.train.strategies`) and
-metrics (`trapkit.train.metrics`), exactly as `al next` does.
+(`trapkit.train.head.fit_head`, warm-started from the last round's head, as
+`al next` does while the embedder is unchanged), selection
+(`trapkit.train.strategies`) and metrics (`trapkit.train.metrics`).
 
     apt-get install dataset-fashion-mnist   # installs /usr/share/datasets/fashion-mnist/
     .venv/bin/python bench/bench_learning_curve.py
@@ -86,8 +87,11 @@ def curve(strategy: str, seed: int, data: tuple, start: int, batch: int, budget:
     labelled = rng.choice(len(y_pool), start, replace=False)
     points = []
     settings = HeadSettings()
+    mlp = None
     while True:
-        mlp = head.fit_head(x_pool[labelled], y_pool[labelled], len(CLASSES), (230, 100), settings, seed=seed)
+        # As `al next` with an unchanged embedder: warm start from the last round's head, seed + round.
+        mlp = head.fit_head(x_pool[labelled], y_pool[labelled], len(CLASSES), (230, 100), settings,
+                            seed=seed + len(points) + 1, init=mlp)
         acc = metrics.compute(y_val, head.predict(mlp, x_val).argmax(1), list(CLASSES))["accuracy"]
         points.append((len(labelled), acc))
         if len(labelled) - start >= budget:
