@@ -226,5 +226,6 @@ def report(what: str, run: tuple[float, float, int], naive: float, rate_b: float
           f"{1000 * cpu / n:.1f} CPU ms per crop; {rate / naive:.1f}x (a), {100 * rate / rate_b:.0f}% of this (b), "
           f"{100 * rate / best_b:.0f}% of the best (b)")
 
+
 if __name__ == "__main__":
     main()

@@ -214,9 +214,11 @@ static PyObject *resize(PyObject *Py_UNUSED(module), PyObject *args)
                           &simd))
         return NULL;
     if (width < 1 || height < 1 || size < 1 || pixels.len < (Py_ssize_t)width * height * 3
-        || !(box[0] >= 0 && box[1] >= 0 && box[2] <= width && box[3] <= height && box[0] < box[2] && box[1] < box[3])) {
+        || !(box[0] >= 0 && box[1] >= 0 && box[2] <= width && box[3] <= height
+             && box[0] < box[2] && box[1] < box[3])) {
         PyBuffer_Release(&pixels);
-        PyErr_SetString(PyExc_ValueError, "the box must lie inside a width x height RGB image and the size be positive");
+        PyErr_SetString(PyExc_ValueError,
+                        "the box must lie inside a width x height RGB image and the size be positive");
         return NULL;
     }
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size * size * 3);
@@ -290,7 +292,8 @@ static PyObject *resize(PyObject *Py_UNUSED(module), PyObject *args)
 
 static PyMethodDef methods[] = {
     {"resize", resize, METH_VARARGS,
-     "resize(pixels, width, height, left, top, right, bottom, size) -> bytes: Pillow's bilinear crop resize of packed RGB"},
+     "resize(pixels, width, height, left, top, right, bottom, size, simd=True) -> bytes:\n"
+     "Pillow's bilinear crop resize of packed RGB"},
     {NULL, NULL, 0, NULL},
 };
 
