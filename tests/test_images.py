@@ -18,9 +18,13 @@ def test_safe_join_refuses_absolute_and_escaping_paths(tmp_path):
     for bad in ("/etc/passwd", "../outside.jpg", "sub/../../outside.jpg", "C:\\Windows\\a.jpg"):
         with pytest.raises(ImageReadError):
             safe_join(root, bad)
-    (root / "link").symlink_to(tmp_path)
-    with pytest.raises(ImageReadError, match="escapes"):
-        safe_join(root, "link/x.jpg")
+    assert safe_join(root, "sub/../a.jpg") == root.resolve() / "a.jpg"
+    # A link inside the root is the user's own (a subset pool, --sort-into --link): followed, not refused.
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "elsewhere" / "x.jpg")
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    img, _ = open_image(safe_join(root, "link/x.jpg"))
+    assert img.size == (8, 8)
 
 
 def test_missing_empty_corrupt_files_are_image_errors(tmp_path):

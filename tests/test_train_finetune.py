@@ -40,3 +40,16 @@ def test_augmentations_keep_uint8_shape():
     x = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
     out = augmentations(32)(x)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+
+
+def test_finetune_that_reads_no_image_is_an_error_not_a_silent_no_op(tmp_path):
+    from trapkit.errors import TrapkitError
+    from trapkit.spec import ModelSpec
+    from trapkit.train.finetune import finetune
+    from trapkit.train.model import build_model
+    from trapkit.train.settings import FinetuneSettings
+
+    paths = [tmp_path / f"gone_{i}.jpg" for i in range(4)]  # a folder on an unplugged drive: nothing can be read
+    model = build_model(ModelSpec("test_efficientnet", ("a", "b"), feat_dim=8, head_hidden=(), input_size=32))
+    with pytest.raises(TrapkitError, match="fine-tuning could not read the labelled images"):
+        finetune(model, paths, np.array([0, 0, 1, 1]), 2, FinetuneSettings(epochs=1))

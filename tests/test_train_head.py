@@ -81,6 +81,38 @@ def test_settings_resolve_defaults_config_then_flags(tmp_path):
         resolve(config)
     with pytest.raises(TrapkitError, match="unknown strategy"):
         resolve(None, {"strategy": "psychic"})
+    with pytest.raises(TrapkitError, match="--seed must be 0 or more"):
+        resolve(None, {"seed": -1})
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("select", "batch", "5", "a whole number"),
+    ("head", "max_epochs", 10.5, "a whole number"),
+    ("model", "head_hidden", 64, "a list of whole numbers"),
+    ("data", "validation_fraction", "0.2", "a number"),
+    ("finetune", "loss", 3, "text"),
+    ("select", "seed", True, "a whole number"),
+])
+def test_config_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path, section, key, value, expected):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({section: {key: value}}))
+    with pytest.raises(TrapkitError, match=f"c.json.{section}.{key} must be {expected}, not"):
+        resolve(config)
+
+
+def test_config_values_are_converted_to_the_field_types(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": {"head_hidden": [64, 32], "input_size": None},
+                                  "data": {"validation_fraction": 0, "validation": None}, "head": {"lr": 1}}))
+    s = resolve(config)
+    assert s.model.head_hidden == (64, 32) and s.model.input_size is None and s.data.validation is None
+    assert isinstance(s.data.validation_fraction, float) and isinstance(s.head.lr, float)
+
+
+def test_a_relative_weight_file_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve(None, {"weights": "w.safetensors"}).model.weights == str(tmp_path / "w.safetensors")
+    assert resolve(None, {"weights": "lite0-offline"}).model.weights == "lite0-offline"
 
 
 def test_stopping_hint_only_when_accuracy_levels_off():

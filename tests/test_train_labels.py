@@ -40,6 +40,21 @@ def test_answers_in_cp1252_with_semicolons_and_blank_species(tmp_path):
     assert answers[0].selected is None
 
 
+def test_answers_saved_as_excel_unicode_text(tmp_path):
+    text = "File\tRelativePath\tSpecies\r\nimg1.jpg\tcam_a\tbear\r\nimg3.jpg\tcam_b\\day 1\tdog\r\n"
+    path = tmp_path / "unicode.txt"
+    path.write_bytes(text.encode("utf-16"))  # with its byte-order mark, as Excel writes it
+    assert {a.path: a.species for a in labels.read_answers(path)} == {"cam_a/img1.jpg": "bear",
+                                                                      "cam_b/day 1/img3.jpg": "dog"}
+
+
+def test_answers_with_a_quote_never_closed_name_the_line(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text('File,Species\nimg1.jpg,"bear\n' + "img2.jpg,dog\n" * 20_000)
+    with pytest.raises(TrapkitError, match=r"broken.csv line \d+ is not valid CSV .*check its quotes"):
+        labels.read_answers(path)
+
+
 def test_answers_without_species_column_say_what_to_do(tmp_path):
     path = tmp_path / "request.csv"
     labels.write_request(path, POOL, {"img4.jpg"})

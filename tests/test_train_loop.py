@@ -181,3 +181,61 @@ def test_relative_folders_are_stored_absolute(tmp_path, monkeypatch):
     s = resolve(flags={"labelled": "seed", "unlabelled": "pool", "validation": None})
     assert s.data.labelled == str(tmp_path / "seed") and s.data.unlabelled == str(tmp_path / "pool")
     assert s.data.validation is None
+
+
+def test_a_missing_image_folder_stops_the_round_and_keeps_the_answers(run, trees, tmp_path, capsys):
+    r = Run(run)
+    settings = r.settings()
+    settings.data.unlabelled = str(tmp_path / "unplugged")  # the pool's drive is not mounted
+    settings.save(r.settings_path)
+    items = labels.current_request(run)
+    labels.save_answers(run, {i.path: trees["truth"][i.path] for i in items})
+    assert main(["al", "next", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"the unlabelled image folder {tmp_path / 'unplugged'} is missing; reconnect its drive" in err
+    df = r.load_manifest()
+    assert (df["status"] == "unreadable").sum() == 2  # the two broken files only: nothing newly marked
+    assert (df.loc[df["split"] == "pool", "label"] != "").sum() == 5  # the answers are kept
+    settings.data.unlabelled = str(trees["pool"])  # plugged back in
+    settings.save(r.settings_path)
+    assert main(["al", "next", str(run)]) == 0
+    assert r.load_state().round == 2 and json.loads((run / "model" / "metrics.json").read_text())["labels"] == 17
+
+
+def test_a_moved_request_does_not_block_the_next_round(run, trees, tmp_path):
+    items = labels.current_request(run)
+    csv = write_answers(tmp_path / "a.csv", {i.path: trees["truth"][i.path] for i in items})
+    Run(run).request_path(1).rename(tmp_path / "round-001.csv")
+    assert main(["al", "next", str(run), "--labels", str(csv)]) == 0
+    assert Run(run).load_state().round == 2
+
+
+def test_a_lower_batch_trims_the_unanswered_carry_over(run, trees):
+    items = labels.current_request(run)
+    labels.save_answers(run, {items[0].path: trees["truth"][items[0].path]})
+    assert main(["al", "next", str(run), "--batch", "2"]) == 0
+    _, selected = labels.read_request(Run(run).request_path(2))
+    assert len(selected) == 2 and selected <= {i.path for i in items[1:]}
+
+
+def test_a_tiny_seed_without_validation_reports_no_metrics_and_follows_pool_links(trees, tmp_path, capsys):
+    small = make_trees(tmp_path / "small", seed_per_class=2, pool_per_class=3)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(trees["labelled"] / "dog" / "dog_0.jpg", outside / "dog.jpg")
+    (small["pool"] / "linked.jpg").symlink_to(outside / "dog.jpg")  # a pool built from links is the user's own
+    oracle = write_answers(tmp_path / "oracle.csv", small["truth"] | {"linked.jpg": "dog"})
+    out = tmp_path / "sim"
+    assert main(["al", "simulate", "--labelled", str(small["labelled"]), "--unlabelled", str(small["pool"]),
+                 "--oracle", str(oracle), "--budget", "8", "--batch", "2", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "     6       n/a           n/a" in printed
+    df = Run(out).load_manifest()
+    assert df.set_index("path").loc["linked.jpg", "status"] == "ok"
+    assert json.loads((out / "model" / "metrics.json").read_text())["accuracy"] is None
+    lines = (out / "curve.csv").read_text().splitlines()
+    assert lines[1:] == [f"{n},,,margin,0" for n in (6, 8, 10, 12, 14)]
+    assert main(["al", "status", str(out)]) == 0
+    status = capsys.readouterr().out
+    assert "latest: accuracy n/a" in status and "metrics are not measured (give --validation)" in status
+    assert "stopping" not in status  # five rounds of "0.000" would have read as levelled off

@@ -79,9 +79,11 @@ def register(subparsers, common) -> None:
 
 
 def _report(result) -> None:
+    from trapkit.train.metrics import shown
+
     m = result.metrics
-    print(f"round {result.round}: {result.labels} labels, validation accuracy {m['accuracy']:.3f}, "
-          f"macro recall {m['macro_recall']:.3f} ({m['n']} images)")
+    print(f"round {result.round}: {result.labels} labels, validation accuracy {shown(m['accuracy'])}, "
+          f"macro recall {shown(m['macro_recall'])} ({m['n']} images)")
     if result.ingest is not None:
         print(f"answers: {result.ingest.summary()}")
     for problem in result.problems:
@@ -107,6 +109,7 @@ def _next(args) -> int:
 
 def _status(args) -> int:
     from trapkit.train.loop import status
+    from trapkit.train.metrics import shown
 
     s = status(args.run)
     if args.json:
@@ -117,9 +120,9 @@ def _status(args) -> int:
     for c, k in s["labels_per_class"].items():
         print(f"  {c:<30} {k:>7}")
     if s["metrics"]:
-        print("latest: " + ", ".join(f"{k} {v:.3f}" for k, v in s["metrics"].items()))
+        print("latest: " + ", ".join(f"{k} {shown(v)}" for k, v in s["metrics"].items()))
     if len(s["history"]) > 1:
-        print("history: " + ", ".join(f"{h['labelled']} labels {h['accuracy']:.3f}" for h in s["history"]))
+        print("history: " + ", ".join(f"{h['labelled']} labels {shown(h['accuracy'])}" for h in s["history"]))
     for problem in s["problems"]:
         print(f"note: {problem}")
     if s["stopping"]:
@@ -130,12 +133,13 @@ def _status(args) -> int:
 
 def _simulate(args) -> int:
     from trapkit.train.loop import simulate
+    from trapkit.train.metrics import shown
     from trapkit.train.settings import resolve
 
     curve = simulate(args.out, resolve(args.config, _flags(args)), args.oracle, args.budget,
                      allow_new_classes=args.allow_new_classes)
     print("labels  accuracy  macro_recall")
     for r in curve:
-        print(f"{r['labels']:>6}  {r['accuracy']:.4f}    {r['macro_recall']:.4f}")
+        print(f"{r['labels']:>6}  {shown(r['accuracy'], 4):>8}  {shown(r['macro_recall'], 4):>12}")
     print(f"curve: {args.out}/curve.csv")
     return 0

@@ -122,6 +122,9 @@ def finetune(model, paths: list[Path], labels: np.ndarray, num_classes: int, set
             opt.step()
             losses.append(loss.item())
     embedder.eval()
-    mean_loss = float(np.mean(losses[-10:])) if losses else None
-    log.info("fine-tuned the embedding: %d steps, %s loss %.4f", len(losses), settings.loss, mean_loss or 0.0)
+    if not losses:
+        raise TrapkitError(f"fine-tuning could not read the labelled images (2 per batch needed, {len(labels)} "
+                           "given); check that their folders are there and readable")
+    mean_loss = float(np.mean(losses[-10:]))
+    log.info("fine-tuned the embedding: %d steps, %s loss %.4f", len(losses), settings.loss, mean_loss)
     return {"steps": len(losses), "loss": mean_loss}

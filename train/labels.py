@@ -18,6 +18,7 @@ with `/`):
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
@@ -97,6 +98,11 @@ def split_key(path: str) -> tuple[str, str]:
 # -- reading and writing CSVs -----------------------------------------------------------
 
 def _decode(data: bytes, source: str) -> str:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text"
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise TrapkitError(f"{source} is damaged UTF-16 text; save it as CSV UTF-8") from None
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             return data.decode(encoding)
@@ -115,9 +121,12 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
+        rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
     except StopIteration:
         raise TrapkitError(f"{path} is empty; export the labels from Timelapse as CSV") from None
-    rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
+    except csv.Error as e:  # e.g. a quote that is never closed swallows the rest of the file
+        raise TrapkitError(f"{path} line {reader.line_num} is not valid CSV ({e}); check its quotes, or save it "
+                           "again from Timelapse or Excel") from None
     return [h.strip() for h in header], rows
 
 

@@ -142,7 +142,12 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
     answers = []
     for f in [*map(Path, label_files), *inbox]:
         answers += labels_mod.read_answers(f)
-    _, requested = labels_mod.read_request(run.request_path(state.round))
+    requested = set()
+    if run.request_path(state.round).is_file():
+        _, requested = labels_mod.read_request(run.request_path(state.round))
+    else:  # only used to tell requested answers from extra ones, so a moved request costs nothing
+        log.warning("label request %s is missing; every answer is taken as an extra label",
+                    run.request_path(state.round))
     report = labels_mod.ingest(df, answers, classes, requested, state.round + 1, allow_new_classes)
     if report.new or report.corrected:
         run.save_manifest(df)
@@ -266,7 +271,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> 
     for old in [*run.embeddings_dir.glob("*.npy"), *run.embedder_dir.glob("*.safetensors")]:
         if old.stem != version:
             old.unlink(missing_ok=True)
-    log.debug("round %d: %d labels, validation accuracy %.3f (%d images); requested %d images in %s",
+    log.debug("round %d: %d labels, validation accuracy %s (%d images); requested %d images in %s",
              n, len(labelled), m["accuracy"], m["n"], len(chosen), run.request_path(n))
     return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(labelled)), m)
 
@@ -332,6 +337,9 @@ def _request(run: Run, settings: RunSettings, df, probs, emb, labelled, counts, 
     if n > 1 and run.request_path(n - 1).is_file():
         _, previous = labels_mod.read_request(run.request_path(n - 1))
         carried = candidates[np.isin(paths[candidates], list(previous))]
+        if len(carried) > settings.select.batch:  # --batch was lowered: keep the most uncertain unanswered images
+            carried = carried[np.argsort(strategies.margin_scores(probs[carried]), kind="stable")]
+            carried = np.sort(carried[: settings.select.batch])
     fresh = np.zeros(0, np.int64)
     if settings.select.batch > len(carried):
         pool = strategies.Pool(probs, emb, np.setdiff1d(candidates, carried), labelled, counts)
@@ -437,8 +445,11 @@ def _curve_row(result: RoundResult, settings: RunSettings) -> dict:
 
 
 def _write_curve(run: Run, curve: list[dict]) -> None:
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.6f}"  # empty: not measured (no validation images)
+
     lines = [",".join(CURVE_COLUMNS)] + [
-        f"{r['labels']},{r['accuracy']:.6f},{r['macro_recall']:.6f},{r['strategy']},{r['seed']}" for r in curve]
+        f"{r['labels']},{cell(r['accuracy'])},{cell(r['macro_recall'])},{r['strategy']},{r['seed']}" for r in curve]
     atomic_write_text(run.root / "curve.csv", "\n".join(lines) + "\n")
     atomic_write_bytes(run.root / "curve.png", curve_png({f"{curve[0]['strategy']} (seed {curve[0]['seed']})": curve}))
 
@@ -450,7 +461,8 @@ def curve_png(curves: dict[str, list[dict]]) -> bytes:
     fig = new_figure(6, 4)
     ax = fig.subplots()
     for name, rows in curves.items():
-        ax.plot([r["labels"] for r in rows], [r["accuracy"] for r in rows], marker="o", markersize=3, label=name)
+        accuracy = [float("nan") if r["accuracy"] is None else r["accuracy"] for r in rows]  # NaN: not drawn
+        ax.plot([r["labels"] for r in rows], accuracy, marker="o", markersize=3, label=name)
     ax.set_xlabel("labelled images")
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)

@@ -19,26 +19,32 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
 
 
 def compute(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
-    """Metrics over the classes that occur in the truth or the predictions (zero when undefined)."""
+    """Metrics over the classes that occur in the truth or the predictions (None without any validation image)."""
     m = confusion(y_true, y_pred, len(labels))
     tp = np.diag(m).astype(float)
     support, predicted = m.sum(axis=1), m.sum(axis=0)
     active = (support + predicted) > 0
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    n = max(int(m.sum()), 1)
-    accuracy = float(tp.sum() / n)
+    n = int(m.sum())
+    # No validation images: nothing is measured, so None (JSON null), never a misleading 0.
+    accuracy = float(tp.sum() / n) if n else None
     return {
-        "n": int(m.sum()),
+        "n": n,
         "accuracy": accuracy,
-        "macro_precision": float(precision[active].mean()) if active.any() else 0.0,
-        "macro_recall": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
+        "macro_precision": float(precision[active].mean()) if active.any() else None,
+        "macro_recall": float(recall[support > 0].mean()) if (support > 0).any() else None,
         # Single-label classification: micro precision = micro recall = accuracy.
         "micro_precision": accuracy,
         "micro_recall": accuracy,
         "per_class_recall": {lab: float(recall[i]) for i, lab in enumerate(labels) if support[i] > 0},
         "confusion": m.tolist(),
     }
+
+
+def shown(value: float | None, digits: int = 3) -> str:
+    """A score for people: 'n/a' where nothing was measured."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def write(directory: Path, metrics: dict, labels: list[str]) -> None:

@@ -114,4 +114,9 @@ class Run:
     def image_paths(self, df, settings: RunSettings | None = None) -> list[Path]:
         settings = settings or self.settings()
         roots = {name: self.image_root(name, settings) for name in ("labelled", "unlabelled", "validation")}
+        for name in sorted(set(df["root"])):
+            # A missing folder (an unplugged drive) must stop the round, not mark every image unreadable.
+            if not roots[name].is_dir():
+                raise TrapkitError(f"the {name} image folder {roots[name]} is missing; reconnect its drive or "
+                                   "restore it, then run the command again")
         return [safe_join(roots[r], p) for r, p in zip(df["root"], df["path"])]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +127,8 @@ FLAGS = {
 
 def resolve(config: str | Path | None = None, flags: dict | None = None, base: RunSettings | None = None) -> RunSettings:
     """defaults (or `base`) < config file < flags; then validated."""
+    from trapkit.train.backbones import WEIGHT_SOURCES
+
     settings = base or RunSettings()
     if config is not None:
         path = Path(config)
@@ -141,10 +145,13 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
             raise TrapkitError(f"unknown setting {name!r}")
         section, key = FLAGS[name]
         setattr(getattr(settings, section), key, value)
-    # Folders are stored absolute, so later commands (and the labelling page) work from any directory.
+    # Folders and weight files are stored absolute, so later commands (and the labelling page) work from any
+    # directory.
     for key in ("labelled", "unlabelled", "validation"):
         if getattr(settings.data, key):
             setattr(settings.data, key, str(Path(getattr(settings.data, key)).resolve()))
+    if settings.model.weights not in WEIGHT_SOURCES:
+        settings.model.weights = str(Path(settings.model.weights).resolve())
     validate(settings)
     return settings
 
@@ -160,6 +167,8 @@ def validate(s: RunSettings) -> None:
         raise TrapkitError(f"unknown strategy {s.select.strategy!r}; use one of {', '.join(STRATEGIES)}")
     if s.select.batch < 1:
         raise TrapkitError(f"--batch must be at least 1, got {s.select.batch}")
+    if s.select.seed < 0:
+        raise TrapkitError(f"--seed must be 0 or more, got {s.select.seed}")
     if s.model.feat_dim < 2:
         raise TrapkitError(f"--feat-dim must be at least 2, got {s.model.feat_dim}")
     if not 0.0 <= s.data.validation_fraction < 1.0:
@@ -171,6 +180,7 @@ def _merge(obj, d: dict, where: str):
     if not isinstance(d, dict):
         raise TrapkitError(f"{where}: expected a JSON object")
     known = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
     changes = {}
     for key, value in d.items():
         if key not in known:
@@ -178,8 +188,27 @@ def _merge(obj, d: dict, where: str):
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, f"{where}.{key}")
-        elif isinstance(current, tuple):
-            changes[key] = tuple(value)
         else:
-            changes[key] = value
+            changes[key] = _typed(value, hints[key], f"{where}.{key}")
     return dataclasses.replace(obj, **changes)
+
+
+def _typed(value, hint, where: str):
+    """`value` as the field type `hint` (int, float, str, tuple[int, ...], optional), or a one-line error."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    base = next(t for t in options if t is not type(None))
+    if typing.get_origin(base) is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        expected = "a list of whole numbers"
+    elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif base is str and isinstance(value, str):
+        return value
+    else:
+        expected = {int: "a whole number", float: "a number", str: "text"}.get(base, str(base))
+    raise TrapkitError(f"{where} must be {expected}, not {json.dumps(value)}; fix the value in the config file")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -105,15 +106,18 @@ def iter_images(root: str | Path) -> list[Path]:
 
 
 def safe_join(root: str | Path, relative: str) -> Path:
-    """`root / relative`, refusing absolute paths and any that escape `root` (`..`, symlinks)."""
+    """`root / relative`, refusing absolute paths and any that climb out of `root` with `..`.
+
+    The check is on the path as written: symlinks inside `root` are followed, because
+    they are the user's own (a subset pool of links, `trapkit classify --sort-into --link`).
+    """
     rel = str(relative).replace("\\", "/")
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         raise ImageReadError(f"path {relative!r} is absolute; give it relative to the image folder")
-    root_resolved = Path(root).resolve()
-    full = (root_resolved / rel).resolve()
-    if full != root_resolved and root_resolved not in full.parents:
+    normal = os.path.normpath(rel)
+    if normal == ".." or normal.startswith("../"):
         raise ImageReadError(f"path {relative!r} escapes the image folder; refusing to read it")
-    return full
+    return Path(root).resolve() / normal
 
 
 def open_image(path: str | Path, min_size: tuple[int, int] | None = None,
