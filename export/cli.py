@@ -27,9 +27,10 @@ def register(subparsers, common) -> None:
     v.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="float precision (default fp32)")
     v.add_argument("--quantize", choices=("int8",), default=None, help="int8 static quantisation (CPU serving)")
     v.add_argument("--calibration", type=Path, metavar="DIR",
-                   help="photos (+ MegaDetector JSON) to calibrate int8 and measure agreement (default: bundled photos)")
-    v.add_argument("--min-agreement", type=float, default=0.99,
-                   help="refuse int8 below this top-1 agreement with fp32 (default 0.99)")
+                   help="with --quantize int8 or --precision fp16: photos (+ MegaDetector JSON) to calibrate int8 "
+                   "and measure agreement with fp32 (default: bundled photos)")
+    v.add_argument("--min-agreement", type=float, default=None,
+                   help="with --quantize int8: refuse int8 below this top-1 agreement with fp32 (default 0.99)")
     t = p.add_argument_group("Triton")
     t.add_argument("--triton", type=Path, metavar="REPO", help="also add the model to this Triton model repository")
     t.add_argument("--name", help="Triton model name (default: the model spec's name)")
@@ -57,8 +58,13 @@ def _run(args) -> int:
                    if used]
     if triton_only and args.triton is None:
         raise TrapkitError(f"{', '.join(triton_only)} only apply with --triton REPO; add --triton")
+    if args.min_agreement is not None and args.quantize is None:
+        raise TrapkitError("--min-agreement only applies with --quantize int8; add --quantize int8")
+    if args.calibration is not None and args.quantize is None and args.precision == "fp32":
+        raise TrapkitError("--calibration only applies with --quantize int8 or --precision fp16; add one of them")
+    min_agreement = VariantSettings.min_agreement if args.min_agreement is None else args.min_agreement
     variant = VariantSettings(precision=args.precision, quantize=args.quantize, calibration=args.calibration,
-                              min_agreement=args.min_agreement)
+                              min_agreement=min_agreement)
     triton = TritonSettings(repo=args.triton, name=args.name, backend=args.triton_backend, gpu=args.triton_gpu,
                             tensorrt=args.tensorrt, openvino=args.openvino,
                             max_batch_size=args.max_batch_size) if args.triton else None

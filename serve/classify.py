@@ -14,8 +14,8 @@ Pipeline (one pass, three overlapping stages):
 Work is checkpointed (atomically) every `checkpoint_every` images. Batches
 never straddle a checkpoint boundary, so a resumed run feeds the model exactly
 the same batches as an uninterrupted one and writes the same output.
-Images that cannot be read get a `failure` string and `detections: null` (as
-MegaDetector does) and the run goes on.
+Images that cannot be read keep the detector's boxes, unclassified, with a
+`classification_failure` string, and the run goes on.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +53,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 CONF_DECIMALS = 4
 # Test hook (documented in tests/test_classify_resume.py): SIGKILL this process
-# after preparing that many images, to prove --resume recovers from a hard kill.
+# after preparing that many images, to prove --resume recovers from a hard kill
+# (or send the signal named in KILL_SIGNAL_ENV: SIGINT is a Ctrl-C).
 KILL_AFTER_ENV = "TRAPKIT_TEST_KILL_AFTER_IMAGES"
+KILL_SIGNAL_ENV = "TRAPKIT_TEST_KILL_SIGNAL"
 _EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME, _EXIF_IFD = 36867, 306, 0x8769
 
 
@@ -106,7 +109,11 @@ class Parallelism:
 
 @dataclass(frozen=True)
 class ClassifyPaths:
-    """Where images come from and results go. `detections=None` classifies whole images."""
+    """Where images come from and results go. `detections=None` classifies whole images.
+
+    The destinations are checked on construction, so a bad one fails before the model
+    loads, not after the last image.
+    """
 
     images_dir: Path
     out: Path
@@ -115,9 +122,46 @@ class ClassifyPaths:
     sort_into: Path | None = None
     link: bool = False
 
+    def __post_init__(self):
+        for flag, path in (("--out", self.out), ("--csv", self.csv)):
+            if path is None:
+                continue
+            path = Path(path)
+            if path.is_dir():
+                raise TrapkitError(f"{flag} {path} is a folder; give a file name (a new file inside it, say)")
+            if self.detections and _same_file(path, self.detections):
+                raise TrapkitError(
+                    f"{flag} {path} is the detections file; give a new file name so MegaDetector's output is kept"
+                )
+            _check_writable(flag, path, path.parent)
+        if self.sort_into is not None:
+            folder = Path(self.sort_into)
+            if folder.exists() and not folder.is_dir():
+                raise TrapkitError(f"--sort-into {folder} is a file; give a folder")
+            _check_writable("--sort-into", folder, folder)
+
     @property
     def checkpoint(self) -> Path:
         return self.out.with_name(self.out.name + ".checkpoint.json")
+
+
+def _same_file(a, b) -> bool:
+    return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)  # links included
+
+
+def _check_writable(flag: str, path: Path, folder: Path) -> None:
+    """A one-line error unless files can be made in `folder` (created later if missing)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise TrapkitError(f"cannot write {flag} {path}: {existing} is a file, not a folder; choose another place")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise TrapkitError(
+            f"cannot write {flag} {path}: no file can be made in {existing} ({e.strerror or e}); "
+            "choose a writable place"
+        ) from None
 
 
 @dataclass
@@ -138,6 +182,8 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
     whole = paths.detections is None
     doc = _input_document(paths)
     targets = _targets(doc, settings, whole)
+    if not whole:
+        _check_images_found(paths, doc, targets)
     fingerprint = _fingerprint(doc, runtime, settings)
     done = _load_checkpoint(paths.checkpoint, fingerprint, resume)
     todo = [i for i in sorted(targets) if str(i) not in done]
@@ -145,7 +191,7 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
              sum(len(targets[i]) for i in todo), len(done), " (resumed)" if done else "")
     _run(paths, runtime, settings, doc, targets, todo, done, fingerprint, whole)
 
-    result = _assemble(doc, done, runtime, settings)
+    result = _assemble(doc, done, runtime, settings, whole)
     if settings.smooth is not None:
         smooth_sequences(result, {int(i): r.get("time") for i, r in done.items()}, settings.smooth)
     atomic_write_json(paths.out, result)
@@ -186,6 +232,24 @@ def _targets(doc: dict, settings: ClassifySettings, whole: bool) -> dict[int, li
     if not_images:
         log.warning("%d entries are not image files (videos?); left as they are", not_images)
     return targets
+
+
+def _check_images_found(paths: ClassifyPaths, doc: dict, targets: dict) -> None:
+    """Stop before any work when not one image to classify is under IMAGES_DIR: the folder is wrong."""
+    files = [doc["images"][i]["file"] for i in sorted(targets)]
+    if files and not any(_is_file(paths.images_dir, f) for f in files):
+        raise TrapkitError(
+            f"none of the {len(files)} images to classify in {paths.detections} is under {paths.images_dir} "
+            f"({files[0]} is missing); IMAGES_DIR is probably the wrong folder: give the one MegaDetector's file "
+            "paths start from"
+        )
+
+
+def _is_file(root, file: str) -> bool:
+    try:
+        return safe_join(root, file).is_file()
+    except ImageReadError:
+        return False
 
 
 def _fingerprint(doc: dict, runtime, settings: ClassifySettings) -> str:
@@ -229,6 +293,7 @@ def _run(paths, runtime, settings, doc, targets, todo, done, fingerprint, whole)
 
     spec = runtime.spec
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+    kill_signal = getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL"))
     images = doc["images"]
 
     def prepare(i: int) -> Prepared:
@@ -248,7 +313,7 @@ def _run(paths, runtime, settings, doc, targets, todo, done, fingerprint, whole)
                 if item.crops is not None:
                     batcher.add(item)
                 if kill_after and n >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    os.kill(os.getpid(), kill_signal)
                 if len(chunk) == settings.checkpoint_every or n == len(todo):
                     results = batcher.finish()
                     for p in chunk:
@@ -379,10 +444,16 @@ def _record(p: Prepared, results: dict, k: int) -> dict:
     return {"classifications": classifications, "failure": p.failure, "warnings": p.warnings, "time": p.time}
 
 
-def _assemble(doc: dict, done: dict, runtime, settings: ClassifySettings) -> dict:
+def _assemble(doc: dict, done: dict, runtime, settings: ClassifySettings, whole: bool) -> dict:
     """The output document: the input upgraded to 1.6 with classifications merged in."""
     out = md.upgrade_to_output(copy.deepcopy(doc))
-    stale = sum(1 for im in out["images"] for d in im["detections"] or () if d.pop("classifications", None) is not None)
+    stale = 0
+    for im in out["images"]:
+        im.pop(md.CLASSIFICATION_FAILURE, None)  # an earlier run's; this run's are set below
+        for d in im["detections"] or ():
+            # The model's categories replace any earlier ones, so no earlier class id may survive.
+            d.pop("classifications_before_smoothing", None)
+            stale += d.pop("classifications", None) is not None
     if stale:
         log.warning("replaced earlier classifications on %d detections", stale)
     spec = runtime.spec
@@ -393,8 +464,11 @@ def _assemble(doc: dict, done: dict, runtime, settings: ClassifySettings) -> dic
         out.pop("classification_category_descriptions", None)
     for i, record in done.items():
         im = out["images"][int(i)]
+        if record["failure"] and whole:
+            im["failure"], im["detections"] = record["failure"], None  # a made-up full-frame box is no detection
+            continue
         if record["failure"]:
-            im["failure"], im["detections"] = record["failure"], None
+            im[md.CLASSIFICATION_FAILURE] = record["failure"]  # the detector's boxes stay, unclassified
             continue
         for j, classes in record["classifications"].items():
             im["detections"][int(j)]["classifications"] = classes

@@ -7,9 +7,11 @@ into a model input like this:
 1. The image is opened with `trapkit.images.open_window`: EXIF orientation is
    applied before any box is used, and grayscale, CMYK, palette or 16-bit
    images are converted to RGB.
-2. The crop is a square centred on the box whose side is the box's longer side
-   in pixels plus `margin` of it on each side (`side = long * (1 + 2 * margin)`),
-   so the animal keeps its aspect ratio and a little context.
+2. The box is clipped to the image (a stray box that reaches past it, or is
+   huge, keeps only what lies inside). The crop is a square centred on the box
+   whose side is the box's longer side in pixels plus `margin` of it on each
+   side (`side = long * (1 + 2 * margin)`), so the animal keeps its aspect
+   ratio and a little context.
 3. The square is shifted (clamped) to lie inside the image. Only when it is
    larger than the image in a dimension does it run off the edge: it then
    covers that whole dimension, as close to centred on the box as it can, and
@@ -66,9 +68,12 @@ def square_region(bbox, width: int, height: int, margin: float) -> tuple[float, 
     The square may extend past the image only in a dimension it is larger than.
     """
     x, y, w, h = (float(v) for v in bbox)
+    # The box is clipped to the image first, so a stray detector box (far outside, or huge) crops what is there.
+    x0, y0 = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
+    w, h = min(max(x + w, 0.0), 1.0) - x0, min(max(y + h, 0.0), 1.0) - y0
     bw, bh = max(w, 0.0) * width, max(h, 0.0) * height
     side = max(bw, bh, 1.0) * (1.0 + 2.0 * margin)
-    cx, cy = (x + max(w, 0.0) / 2) * width, (y + max(h, 0.0) / 2) * height
+    cx, cy = (x0 + max(w, 0.0) / 2) * width, (y0 + max(h, 0.0) / 2) * height
     return _clamp(cx - side / 2, side, width), _clamp(cy - side / 2, side, height), side
 
 

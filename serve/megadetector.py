@@ -6,12 +6,15 @@ The format (https://lila.science/megadetector-output-format):
 Boxes are normalised to the upright image. trapkit adds `classification_categories`,
 `classification_category_descriptions`, per-detection `classifications` and
 `info.classifier` / `info.classification_completion_time`; everything else in the
-input is carried through untouched.
+input is carried through untouched. An image trapkit cannot read keeps the
+detector's `detections` and gets `classification_failure` (the format's own
+`failure` means the detector failed and requires `detections: null`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from trapkit.errors import TrapkitError
 MIN_FORMAT_VERSION = 1.3
 OUTPUT_FORMAT_VERSION = "1.6"
 WHOLE_IMAGE_DETECTOR = "none (whole images classified)"
+CLASSIFICATION_FAILURE = "classification_failure"
 
 
 def load_detections(path: str | Path) -> dict:
@@ -90,7 +94,7 @@ def _image_problem(im, cats: dict) -> str | None:
         where = f"({im['file']}) detections[{j}]"
         if not isinstance(det, dict):
             return f"{where} is not an object"
-        if det.get("category") not in cats:
+        if not isinstance(det.get("category"), str) or det["category"] not in cats:
             return f"{where} has category {det.get('category')!r}, not in detection_categories"
         if not _is_number(det.get("conf")):
             return f"{where} has no numeric 'conf'"
@@ -101,7 +105,8 @@ def _image_problem(im, cats: dict) -> str | None:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    """A finite JSON number (Python's json reads NaN and Infinity too)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def whole_image_results(files: list[str]) -> dict:

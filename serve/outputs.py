@@ -5,7 +5,8 @@ pandas or R): `file, detection_index, detection_category, detection_conf, bbox,
 label, conf, rank, warning, failure, schema_version`. `detection_category` is
 the detector's category name (`animal`), `bbox` MegaDetector's
 `[x, y, w, h]` normalised box as JSON text. An image that could not be read
-has one row with its `failure` and empty detection fields.
+(by the detector or by trapkit) has one row with its `failure` and empty
+detection fields.
 
 An image's top species (for the summary's image counts and `--sort-into`) is
 the first-ranked label of its classified detection with the highest detector
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_copy, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, safe_join
+from trapkit.images import ImageReadError, is_image_file, safe_join
+from trapkit.serve.megadetector import CLASSIFICATION_FAILURE
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ CSV_SCHEMA_VERSION = "1"
 CSV_COLUMNS = ("file", "detection_index", "detection_category", "detection_conf", "bbox", "label", "conf", "rank",
                "warning", "failure", "schema_version")
 EMPTY_FOLDER = "_empty"
+NOT_CLASSIFIED_FOLDER = "_not_classified"  # --sort-into: entries that are not images (videos)
 
 
 @dataclass
@@ -76,11 +79,11 @@ def summarize(result: dict, done: dict) -> Summary:
     detections, images = Counter(), Counter()
     for i, im in enumerate(result["images"]):
         record = done.get(str(i))
+        if record is not None and record["failure"]:
+            s.failures += 1
+            continue
         if im.get("failure") is not None:
-            if record is not None and record["failure"]:
-                s.failures += 1
-            else:
-                s.earlier_failures += 1
+            s.earlier_failures += 1
             continue
         s.warnings += bool(record and record["warnings"])
         classified = [d for d in im["detections"] if d.get("classifications")]
@@ -101,11 +104,12 @@ def write_csv(path: str | Path, result: dict, done: dict) -> None:
     writer.writerow(CSV_COLUMNS)
     for i, im in enumerate(result["images"]):
         record = done.get(str(i))
-        if record is None and im.get("failure") is None:
+        failure = record["failure"] if record else im.get("failure")
+        if record is None and failure is None:
             continue  # nothing classified in this image
         warning = "; ".join(record["warnings"]) if record else ""
-        if im.get("failure") is not None:
-            writer.writerow([im["file"], "", "", "", "", "", "", "", warning, im["failure"], CSV_SCHEMA_VERSION])
+        if failure is not None:
+            writer.writerow([im["file"], "", "", "", "", "", "", "", warning, failure, CSV_SCHEMA_VERSION])
             continue
         for j, det in enumerate(im["detections"]):
             for rank, (cid, conf) in enumerate(det.get("classifications") or (), 1):
@@ -118,15 +122,19 @@ def write_csv(path: str | Path, result: dict, done: dict) -> None:
 def sort_into(result: dict, images_dir: str | Path, dest: str | Path, link: bool = False) -> int:
     """Copy (or symlink) each readable image into `dest/<top species>/<its relative path>`. Returns the count.
 
-    Images with no classified detection go to `_empty/`; failed images are left out.
+    Images with no classified detection go to `_empty/`, entries that are not images
+    (videos) to `_not_classified/`; failed images are left out.
     """
     labels = result["classification_categories"]
     dest = Path(dest)
     count = 0
     for im in result["images"]:
-        if im.get("failure") is not None:
+        if im.get("failure") is not None or im.get(CLASSIFICATION_FAILURE) is not None:
             continue
-        folder = top_species(im, labels) or EMPTY_FOLDER
+        if not is_image_file(im["file"]):
+            folder = NOT_CLASSIFIED_FOLDER  # never classified, so not known to be empty
+        else:
+            folder = top_species(im, labels) or EMPTY_FOLDER
         try:
             src = safe_join(images_dir, im["file"])
             target = safe_join(dest / _safe_name(folder), im["file"])

@@ -29,6 +29,15 @@ def test_square_is_clamped_inside_the_image_near_an_edge():
     assert left + side == pytest.approx(1000.0) and top == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("stray, inside", [
+    ([0.8, 0.5, 1e300, 0.2], [0.8, 0.5, 0.2, 0.2]),  # huge width: what lies in the image
+    ([-0.1, -0.2, 0.3, 0.4], [0.0, 0.0, 0.2, 0.2]),  # starts above and left of the image
+    ([1.5, 0.5, 0.1, 0.1], [1.0, 0.5, 0.0, 0.1]),  # wholly outside: a 1 px wide sliver at the edge
+])
+def test_a_box_outside_the_image_is_clipped_to_it_first(stray, inside):
+    assert square_region(stray, 1000, 500, 0.1) == pytest.approx(square_region(inside, 1000, 500, 0.1))
+
+
 def test_square_larger_than_the_image_covers_it_and_pads():
     # A box spanning the full height of a wide image: the square is taller than the image.
     left, top, side = square_region([0.1, 0.0, 0.2, 1.0], 400, 100, margin=0.1)

@@ -43,6 +43,13 @@ BROKEN = [
      "images[3] (african_elephants.jpg) detections[1] has category '9'"),
     (lambda d: d["images"][3]["detections"][0].update(bbox=[0.1, 0.2]), "'bbox' must be four numbers"),
     (lambda d: d["images"][3]["detections"][0].update(conf="high"), "no numeric 'conf'"),
+    (lambda d: d["images"][3]["detections"][0].update(conf=float("nan")), "no numeric 'conf'"),
+    (lambda d: d["images"][3]["detections"][1].update(category=["1"]),
+     "images[3] (african_elephants.jpg) detections[1] has category ['1']"),
+    (lambda d: d["images"][3]["detections"][1].update(category=1), "detections[1] has category 1,"),
+    (lambda d: d["images"][3]["detections"][0].update(bbox=[0.1, float("nan"), 0.2, 0.2]),
+     "images[3] (african_elephants.jpg) detections[0] 'bbox' must be four numbers"),
+    (lambda d: d["images"][3]["detections"][0].update(bbox=[0.1, 0.1, float("inf"), 0.2]), "'bbox' must be four"),
     (lambda d: d["images"][4].update(failure=3), "non-string failure"),
 ]
 
@@ -83,3 +90,28 @@ def test_unknown_category_name_lists_the_known_ones(tmp_path, samples_dir, tiny_
                  "--categories", "bird"])
     assert code == 1
     assert "category 'bird' is not in the detections file; it has animal, person, vehicle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [{"category": ["1"]}, {"bbox": [0.1, 0.1, float("nan"), 0.2]},
+                                 {"bbox": [float("inf"), 0.1, 0.2, 0.2]}])
+def test_malformed_detection_is_a_one_line_cli_error(sample, tmp_path, samples_dir, tiny_onnx_path, capsys, bad):
+    sample["images"][3]["detections"][0].update(bad)
+    path = tmp_path / "md.json"
+    path.write_text(json.dumps(sample))  # NaN and Infinity as Python's json writes them
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections", str(path),
+                 "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert err.startswith("trapkit: error:") and "images[3] (african_elephants.jpg) detections[0]" in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_stray_boxes_outside_the_image_are_classified_with_the_rest(sample, tmp_path, samples_dir, tiny_onnx_path):
+    dets = sample["images"][3]["detections"]
+    dets[0]["bbox"], dets[1]["bbox"] = [0.5, 0.1, 1e300, 0.2], [-0.2, -0.1, 0.4, 0.3]
+    path = tmp_path / "md.json"
+    path.write_text(json.dumps(sample))
+    assert main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections", str(path),
+                 "--out", str(tmp_path / "out.json"), "--threshold", "0"]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())["images"][3]
+    assert "classification_failure" not in out and all(d.get("classifications") for d in out["detections"])

@@ -135,7 +135,9 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
                 "text.jpg": "not a readable image",
                 str(tmp_path / "outside.jpg"): "is absolute", "../outside.jpg": "escapes the image folder"}
     for name, reason in expected.items():
-        assert by_file[name]["detections"] is None and reason in by_file[name]["failure"], by_file[name]
+        # The detector's boxes are kept (no classifications), so no MegaDetector output is lost.
+        assert by_file[name]["detections"] == [animal()] and "failure" not in by_file[name], by_file[name]
+        assert reason in by_file[name]["classification_failure"]
     rows = list(csv.DictReader(table.open()))
     assert any(r["file"] == "truncated.jpg" and "truncated" in r["warning"] for r in rows)
     assert sum(1 for r in rows if r["failure"]) == 6
@@ -157,6 +159,84 @@ def test_sort_into_copies_or_links_by_top_species(samples_dir, tiny_onnx_path, t
     assert code == 0
     links = list((tmp_path / "linked").rglob("*.jpg"))
     assert len(links) == 10 and all(p.is_symlink() for p in links)
+
+
+def test_sort_into_puts_non_images_in_not_classified(samples_copy, tiny_onnx_path, tmp_path):
+    (samples_copy / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42")  # never decoded: not an image
+    video = {"file": "clip.mp4", "frame_rate": 30.0, "frames_processed": [0],
+             "detections": [{**animal(), "frame_number": 0}]}
+    md = write_detections(tmp_path / "md.json", [{"file": "ocelot.jpg", "detections": [animal()]},
+                                                 {"file": "blank.jpg", "detections": []}, video])
+    sorted_dir = tmp_path / "sorted"
+    assert main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(tmp_path / "out.json"), "--sort-into", str(sorted_dir)]) == 0
+    placed = sorted(p.relative_to(sorted_dir).as_posix() for p in sorted_dir.rglob("*") if p.is_file())
+    assert "_not_classified/clip.mp4" in placed and "_empty/blank.jpg" in placed
+    assert len(placed) == 3 and not (sorted_dir / "_empty" / "clip.mp4").exists()
+
+
+def test_wrong_images_dir_stops_before_any_work(samples_dir, tiny_onnx_path, tmp_path, capsys):
+    md = shutil.copy(samples_dir / "md_v5a_detections.json", tmp_path / "md.json")
+    out = tmp_path / "out.json"
+    code = main(["classify", str(samples_dir.parent), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(out)])  # the photos are one folder further down
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert "none of the 5 images" in err and "african_elephants.jpg is missing" in err
+    assert "probably the wrong folder" in err
+    assert not out.exists() and not (tmp_path / "out.json.checkpoint.json").exists()
+
+
+def test_out_that_is_the_detections_file_is_refused(samples_dir, tiny_onnx_path, tmp_path, capsys):
+    md = shutil.copy(samples_dir / "md_v5a_detections.json", tmp_path / "md.json")
+    before = md.read_bytes()
+    (tmp_path / "sub").mkdir()
+    for out in (md, tmp_path / "sub" / ".." / "md.json"):
+        code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections", str(md),
+                     "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and "\n" not in err and "is the detections file; give a new file name" in err
+    assert md.read_bytes() == before
+
+
+@pytest.mark.parametrize("make_flags, message", [
+    (lambda t: ["--out", str(t)], "--out {t} is a folder; give a file name"),
+    (lambda t: ["--csv", str(t)], "--csv {t} is a folder; give a file name"),
+    (lambda t: ["--out", str(t / "file" / "out.json")], "{t}/file is a file, not a folder"),
+    (lambda t: ["--sort-into", "/proc/trapkit-sorted"], "cannot write --sort-into /proc/trapkit-sorted"),
+    (lambda t: ["--csv", "/proc/trapkit/out.csv"], "cannot write --csv /proc/trapkit/out.csv"),
+    (lambda t: ["--sort-into", str(t / "file")], "--sort-into {t}/file is a file; give a folder"),
+])
+def test_unwritable_destinations_fail_before_any_work(samples_dir, tiny_onnx_path, tmp_path, capsys, make_flags,
+                                                      message):
+    (tmp_path / "file").write_text("x")
+    flags = make_flags(tmp_path)
+    out = [] if "--out" in flags else ["--out", str(tmp_path / "out.json")]
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections",
+                 str(samples_dir / "md_v5a_detections.json"), *out, *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and message.format(t=tmp_path) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no output, no checkpoint
+
+
+def test_rerun_on_a_smoothed_output_drops_stale_classifications(samples_copy, tiny_onnx_path, tmp_path):
+    earlier = [["7", 0.4], ["8", 0.3]]  # ids of an earlier model's categories
+    stale = {"classifications": [["8", 0.4]], "classifications_before_smoothing": earlier}
+    entries = [{"file": "ocelot.jpg", "detections": [{**animal(), **stale}, {**animal(conf=0.05), **stale}]},
+               {"file": "blank.jpg", "detections": [{**animal(), **stale}]}]  # unreadable now: see below
+    md = write_detections(tmp_path / "earlier.json", entries)
+    doc = json.loads(md.read_text())
+    md.write_text(json.dumps({**doc, "classification_categories": {"7": "wolf", "8": "fox"}}))
+    (samples_copy / "blank.jpg").write_bytes(b"")
+    out = tmp_path / "out.json"
+    assert main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    megadetector_validate(out)
+    dets = [d for im in result["images"] for d in im["detections"]]
+    assert not any("classifications_before_smoothing" in d for d in dets)
+    assert [("classifications" in d) for d in dets] == [True, False, False]  # below threshold; unreadable image
+    assert all(c[0] in result["classification_categories"] for c in dets[0]["classifications"])
 
 
 def _result(files_and_tops: list[tuple[str, list[tuple[str, float]]]]) -> dict:

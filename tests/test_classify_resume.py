@@ -3,6 +3,7 @@
 The kill uses a test hook in trapkit.serve.classify: with the environment
 variable TRAPKIT_TEST_KILL_AFTER_IMAGES=n, the process SIGKILLs itself after
 preparing n images (mid-way between checkpoints), exactly like `kill -9`.
+With TRAPKIT_TEST_KILL_SIGNAL=SIGINT it sends itself a Ctrl-C instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from classify_helpers import animal, write_detections
 from trapkit.cli import main
-from trapkit.serve.classify import KILL_AFTER_ENV
+from trapkit.serve.classify import KILL_AFTER_ENV, KILL_SIGNAL_ENV
 
 
 @pytest.fixture
@@ -69,6 +70,24 @@ def test_resume_after_sigkill_gives_the_uninterrupted_output(burst, tiny_onnx_pa
     assert _comparable(out) == _comparable(reference)
     assert out.with_suffix(".csv").read_text() == reference.with_suffix(".csv").read_text()
     assert not checkpoint.exists()
+
+
+def test_ctrl_c_message_says_how_to_resume(burst, tiny_onnx_path, tmp_path, capsys, monkeypatch):
+    images, md = burst
+    reference = tmp_path / "reference.json"
+    assert main(_argv(images, md, tiny_onnx_path, reference)) == 0
+    out = tmp_path / "out.json"
+    monkeypatch.setenv(KILL_AFTER_ENV, "6")
+    monkeypatch.setenv(KILL_SIGNAL_ENV, "SIGINT")
+    assert main(_argv(images, md, tiny_onnx_path, out)) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("trapkit: interrupted;") and "trapkit classify: add --resume" in err
+    monkeypatch.delenv(KILL_AFTER_ENV)
+    # What the message says works, and rerunning without --resume is refused as it warned.
+    assert main(_argv(images, md, tiny_onnx_path, out)) == 1
+    assert "add --resume" in capsys.readouterr().err
+    assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 0
+    assert _comparable(out) == _comparable(reference)
 
 
 def test_resume_refuses_a_checkpoint_from_other_settings(burst, tiny_onnx_path, tmp_path, capsys):

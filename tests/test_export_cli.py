@@ -72,6 +72,9 @@ def _error(argv, capsys) -> str:
     (lambda t, m: [str(m), "--triton", str(t / "r"), "--tensorrt"], "add --triton-gpu"),
     (lambda t, m: [str(m), "--quantize", "int8", "--min-agreement", "1.5"], "not a fraction"),
     (lambda t, m: [str(m), "--quantize", "int8", "--calibration", str(t / "nope")], "calibration folder"),
+    (lambda t, m: [str(m), "--calibration", str(t)], "--calibration only applies with --quantize int8 or --precision"),
+    (lambda t, m: [str(m), "--min-agreement", "0.5"], "--min-agreement only applies with --quantize int8"),
+    (lambda t, m: [str(m), "--precision", "fp16", "--min-agreement", "0.5"], "add --quantize int8"),
     (lambda t, m: [str(m), "--tolerance", "0"], "must be a positive number"),
     (lambda t, m: [str(m), "--triton", str(t / "r"), "--max-batch-size", "0"], "at least 1"),
 ])

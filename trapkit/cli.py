@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trapkit: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("trapkit: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
+        print("trapkit: interrupted; work finished so far is kept: rerun the command to go on "
+              "(trapkit classify: add --resume)", file=sys.stderr)
         return 130
 
 

@@ -112,12 +112,15 @@ def _print_table(result_path: Path, top_k: int) -> list[str]:
     """One row per classified detection; returns the failures."""
     import json
 
+    from trapkit.serve.megadetector import CLASSIFICATION_FAILURE
+
     result = json.loads(result_path.read_text(encoding="utf-8"))
     names = result["classification_categories"]
     rows, failures = [], []
     for im in result["images"]:
-        if im.get("failure"):
-            failures.append(f"{im['file']} ({im['failure']})")
+        failure = im.get("failure") or im.get(CLASSIFICATION_FAILURE)
+        if failure:
+            failures.append(f"{im['file']} ({failure})")
             continue
         for n, det in enumerate(im.get("detections") or []):
             if det.get("classifications"):
