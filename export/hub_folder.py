@@ -131,6 +131,11 @@ def front_matter(spec: ModelSpec, license: str, metrics: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell(text: str) -> str:
+    """A label as one Markdown table cell: a `|` in it would start a new column."""
+    return text.replace("|", "\\|")
+
+
 def _round_note(metrics: dict) -> str:
     parts = []
     if "round" in metrics:
@@ -150,8 +155,8 @@ def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None) -> str:
     if isinstance(recall, list):
         recall = dict(zip(spec.labels, recall))
     rows = "\n".join(
-        f"| {i} | {label} | {recall[label]:.3f} |" if isinstance(recall.get(label), (int, float))
-        else f"| {i} | {label} | n/a |"
+        f"| {i} | {_cell(label)} | {recall[label]:.3f} |" if isinstance(recall.get(label), (int, float))
+        else f"| {i} | {_cell(label)} | n/a |"
         for i, label in enumerate(spec.labels)
     )
     summary = ""

@@ -55,11 +55,15 @@ def export_model(source: str | Path, out: str | Path, *, variant: VariantSetting
     with tempfile.TemporaryDirectory(prefix=".trapkit-export-", dir=out) as tmp:
         parity = export_onnx(model, Path(tmp) / ONNX_FILENAME, tolerance=tolerance)
         data, agreement = make_variant(parity.path.read_bytes(), spec, variant)
+        # The Triton and Hub copies come first: if one fails, OUT still holds the previous model and its report.
+        final = Path(tmp) / "final" / ONNX_FILENAME
+        final.parent.mkdir()
+        final.write_bytes(data)
+        version_dir = write_triton_model(final, spec, triton) if triton else None
+        hub_dir = write_hub_folder(final, spec, hub, read_metrics(model_dir)) if hub else None
     onnx_path = out / ONNX_FILENAME
     atomic_write_bytes(onnx_path, data)
     parity = ExportReport(**{**asdict(parity), "path": onnx_path, "size_bytes": len(data)})
-    version_dir = write_triton_model(onnx_path, spec, triton) if triton else None
-    hub_dir = write_hub_folder(onnx_path, spec, hub, read_metrics(model_dir)) if hub else None
     result = ExportResult(onnx_path, parity, agreement, version_dir, hub_dir)
     atomic_write_json(out / REPORT_FILENAME, report_dict(source, variant, result))
     return result

@@ -54,7 +54,12 @@ def _host_port(url: str) -> str:
         raise TrapkitError(f"Triton URL {url!r} must be plain http://HOST:PORT (HTTP endpoint, usually port 8000)")
     if not parts.hostname:
         raise TrapkitError(f"Triton URL {url!r} has no host; use http://HOST:PORT")
-    return f"{parts.hostname}:{parts.port or 8000}"
+    try:
+        port = parts.port or 8000
+    except ValueError:  # not a number, or past 65535
+        raise TrapkitError(f"Triton URL {url!r} has a bad port; use http://HOST:PORT, e.g. port 8000") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6 keeps its brackets
+    return f"{host}:{port}"
 
 
 def _is_connection_error(exc: Exception) -> bool:

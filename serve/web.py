@@ -9,6 +9,7 @@ fonts are served by the app itself.
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
@@ -30,6 +31,7 @@ def launch(app, host: str = DEFAULT_HOST, port: int | None = None, block: bool =
     drive it with gradio_client or a browser, then call `app.close()`).
     `allowed_paths`: folders whose files the page may serve (the bundled example photos).
     """
+    _check_host(host)
     try:
         app.launch(
             server_name=host,
@@ -51,3 +53,15 @@ def launch(app, host: str = DEFAULT_HOST, port: int | None = None, block: bool =
         log.info("serving on %s (Ctrl+C to stop)", app.local_url)
         app.block_thread()
     return app.local_url
+
+
+def _check_host(host: str) -> None:
+    """Gradio reports any bind failure as a busy port; a host that is unknown or not this machine's is said so."""
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)  # port 0: only the address is tried
+    except OSError as e:
+        raise TrapkitError(f"cannot listen on host {host!r} ({e.strerror or e}); check --host (127.0.0.1 for this "
+                           "machine only, 0.0.0.0 for every network)") from None

@@ -171,6 +171,15 @@ def test_busy_port_is_a_clear_error(tiny_onnx_path, capsys):
     assert f"cannot listen on 127.0.0.1 port {port}" in err and "--port" in err
 
 
+
+def test_a_host_that_is_not_this_machine_is_named_not_the_port(tiny_onnx_path, capsys):
+    # 192.0.2.1 is reserved for documentation (RFC 5737): no machine has it.
+    assert main(["demo", "--model", str(tiny_onnx_path), "--host", "192.0.2.1", "--port", "7999"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trapkit: error: cannot listen on host '192.0.2.1'") and "check --host" in err
+    assert "--port" not in err
+
+
 @pytest.mark.slow
 def test_demo_command_serves_the_page_until_stopped(tiny_onnx_path, samples_dir, tmp_path):
     import subprocess

@@ -102,3 +102,16 @@ def test_imagenet_lite0_int8_refused_below_agreement(tmp_path, capsys):
     err = _error(["export", "imagenet-lite0", "--out", str(tmp_path / "out"), "--quantize", "int8"], capsys)
     assert re.search(r"agrees with fp32 on only \d+\.\d% of 25 calibration inputs", err)
     assert not list((tmp_path / "out").iterdir())  # nothing written, no temp files left
+
+
+def test_a_failed_triton_copy_leaves_the_previous_export_whole(run_dir, tiny_model_dir, tmp_path, capsys):
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    assert main(["export", str(tiny_model_dir), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    spec = ModelSpec.load(run_dir / "model")
+    spec.replace(labels=tuple(f"new {x}" for x in spec.labels)).save(run_dir / "model")  # a retrained model
+    repo.mkdir()
+    (repo / "species").write_text("not a folder")  # where the Triton model would go
+    assert main(["export", str(run_dir), "--out", str(out), "--triton", str(repo), "--name", "species"]) == 1
+    assert "cannot write Triton model into" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old model and its report, nothing half-new

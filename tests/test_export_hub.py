@@ -81,3 +81,10 @@ def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, c
     assert label == spec.labels[int(probs[0].argmax())]
     assert float(confidence) == pytest.approx(float(probs[0].max()), abs=1e-2)  # plain resize vs draft decode
     assert np.isfinite(float(confidence))
+
+
+def test_a_label_with_a_pipe_stays_in_its_table_cell(tmp_path, tiny_onnx_path, spec):
+    odd = spec.replace(labels=(spec.labels[0], "grey | red fox", *spec.labels[2:]))
+    folder = write_hub_folder(tiny_onnx_path, odd, HubSettings(tmp_path / "hub"))
+    row = next(line for line in (folder / "README.md").read_text().splitlines() if line.startswith("| 1 |"))
+    assert row == "| 1 | grey \\| red fox | n/a |"

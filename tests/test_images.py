@@ -69,6 +69,14 @@ def test_any_mode_becomes_rgb(tmp_path, mode):
     assert out.mode == "RGB" and out.size == (30, 20)
 
 
+def test_float_tiff_is_scaled_not_black(tmp_path):
+    ramp = np.tile(np.linspace(0.0, 0.5, 40, dtype=np.float32), (20, 1))  # (20, 40), a 32-bit float image
+    path = save(Image.fromarray(ramp, "F"), tmp_path / "float.tif")
+    out, _ = open_image(path)
+    arr = np.asarray(out)
+    assert out.mode == "RGB" and arr[:, -1].min() == 255 and arr[:, 0].max() == 0  # brightest pixel -> 255
+
+
 def test_decompression_bombs_are_refused(tmp_path):
     path = save(Image.new("1", (14_000, 14_000)), tmp_path / "bomb.png")  # 196 MP, a few KB on disk
     with pytest.raises(ImageReadError, match="safety limit|not a readable"):

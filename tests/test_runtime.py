@@ -74,3 +74,12 @@ def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("trapkit: error: Triton server at 127.0.0.1:9 is not reachable")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_triton_at_an_ipv6_address_keeps_its_brackets(samples_dir, tiny_onnx_path, tmp_path, capsys):
+    from trapkit.cli import main
+
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", "http://[::1]:9",
+                 "--triton-model", "tiny", "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("trapkit: error: Triton server at http://[::1]:9 is not reachable")

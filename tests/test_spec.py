@@ -54,3 +54,25 @@ def test_unreadable_spec_files_say_what_to_do(tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps({"labels": ["a"]}))
     with pytest.raises(TrapkitError, match="incomplete"):
         ModelSpec.load(tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"feat_dim": "16"}, "model spec field feat_dim must be a whole number, not \"16\"; re-export the model"),
+    ({"name": 5}, "model spec field name must be text, not 5"),
+    ({"extra": ["x"], "future_field": 1}, "model spec field extra must be an object"),
+    ({"labels": ["deer", 3, "boar"]}, "model spec field labels must be text, not 3"),
+    ({"mean": [0.5, 0.5]}, "model spec field mean must be a list of 3 numbers"),
+    ({"l2_normalize": 1}, "model spec field l2_normalize must be true or false"),
+])
+def test_spec_fields_of_the_wrong_type_are_one_line_errors(changes, message):
+    with pytest.raises(TrapkitError, match=message.replace("(", r"\(")):
+        ModelSpec.from_dict(make_spec().to_dict() | changes)
+
+
+def test_a_newer_spec_says_upgrade_before_judging_its_fields():
+    newer = make_spec().to_dict() | {"format_version": SPEC_FORMAT_VERSION + 1, "resize_mode": "letterbox"}
+    with pytest.raises(TrapkitError, match="newer than this trapkit understands"):
+        ModelSpec.from_dict(newer)
+    renamed = {k: v for k, v in newer.items() if k != "arch"} | {"architecture": "x"}
+    with pytest.raises(TrapkitError, match="upgrade trapkit"):
+        ModelSpec.from_dict(renamed)

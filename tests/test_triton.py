@@ -196,7 +196,8 @@ def test_model_that_failed_to_load_says_why(triton):
         TritonRuntime(triton.url, "broken")
 
 
-@pytest.mark.parametrize("url", ["grpc://127.0.0.1:8001", "http://:8000"])
+@pytest.mark.parametrize("url", ["grpc://127.0.0.1:8001", "http://:8000", "http://127.0.0.1:abc",
+                                 "http://127.0.0.1:99999"])
 def test_bad_url_is_refused(url):
     from trapkit.serve.triton_runtime import TritonRuntime
 

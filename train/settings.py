@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
+from trapkit.typed_json import checked
 
 SETTINGS_FORMAT_VERSION = 1
 LOSSES = ("softmax", "triplet")
@@ -189,26 +189,5 @@ def _merge(obj, d: dict, where: str):
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, f"{where}.{key}")
         else:
-            changes[key] = _typed(value, hints[key], f"{where}.{key}")
+            changes[key] = checked(value, hints[key], f"{where}.{key}", "fix the value in the config file")
     return dataclasses.replace(obj, **changes)
-
-
-def _typed(value, hint, where: str):
-    """`value` as the field type `hint` (int, float, str, tuple[int, ...], optional), or a one-line error."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    base = next(t for t in options if t is not type(None))
-    if typing.get_origin(base) is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return tuple(value)
-        expected = "a list of whole numbers"
-    elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    elif base is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif base is str and isinstance(value, str):
-        return value
-    else:
-        expected = {int: "a whole number", float: "a number", str: "text"}.get(base, str(base))
-    raise TrapkitError(f"{where} must be {expected}, not {json.dumps(value)}; fix the value in the config file")

@@ -317,15 +317,16 @@ def _note_truncated(path: Path, notes: list[str]) -> None:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode (L, LA, P, CMYK, I;16, RGBA) to 3-channel RGB."""
+    """Any Pillow mode (L, LA, P, CMYK, I;16, I, F, RGBA) to 3-channel RGB."""
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float32)
-        top = float(arr.max()) or 1.0
-        img = Image.fromarray((arr * (255.0 / top)).astype(np.uint8), "L")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Deep grayscale (scientific cameras, float TIFFs): the brightest pixel becomes 255.
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        top = float(arr.max()) if arr.max() > 0 else 1.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
     return img.convert("RGB")
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trapkit import __version__
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.typed_json import checked
 
 SPEC_FORMAT_VERSION = 1
 SPEC_FILENAME = "spec.json"
@@ -96,15 +98,22 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        # A newer format first: its fields may mean things this trapkit cannot check.
+        version = d.get("format_version", SPEC_FORMAT_VERSION)
+        if isinstance(version, int) and version > SPEC_FORMAT_VERSION:
+            raise TrapkitError(f"model spec format {version} is newer than this trapkit understands "
+                               f"({SPEC_FORMAT_VERSION}); upgrade trapkit")
+        hints = typing.get_type_hints(cls)
+        advice = "re-export the model"
+        d = {k: checked(v, hints[k], f"model spec field {k}", advice) if k in hints else v for k, v in d.items()}
+        unknown = sorted(set(d) - set(hints))
         if unknown:
             # Written by a newer trapkit: keep the fields we know, carry the rest.
-            d = {k: v for k, v in d.items() if k in known} | {"extra": {**d.get("extra", {}), **{k: d[k] for k in unknown}}}
+            d = {k: v for k, v in d.items() if k in hints} | {"extra": {**d.get("extra", {}), **{k: d[k] for k in unknown}}}
         try:
             return cls(**d)
         except TypeError as e:
-            raise TrapkitError(f"model spec is incomplete or malformed ({e}); re-export the model") from None
+            raise TrapkitError(f"model spec is incomplete or malformed ({e}); {advice}") from None
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
