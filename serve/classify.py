@@ -464,11 +464,11 @@ def _assemble(doc: dict, done: dict, runtime, settings: ClassifySettings, whole:
         out.pop("classification_category_descriptions", None)
     for i, record in done.items():
         im = out["images"][int(i)]
-        if record["failure"] and whole:
-            im["failure"], im["detections"] = record["failure"], None  # a made-up full-frame box is no detection
-            continue
         if record["failure"]:
-            im[md.CLASSIFICATION_FAILURE] = record["failure"]  # the detector's boxes stay, unclassified
+            if whole:  # a made-up full-frame box is no detection
+                im["failure"], im["detections"] = record["failure"], None
+            else:  # the detector's boxes stay, unclassified
+                im[md.CLASSIFICATION_FAILURE] = record["failure"]
             continue
         for j, classes in record["classifications"].items():
             im["detections"][int(j)]["classifications"] = classes

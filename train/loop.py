@@ -142,12 +142,11 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
     answers = []
     for f in [*map(Path, label_files), *inbox]:
         answers += labels_mod.read_answers(f)
-    requested = set()
-    if run.request_path(state.round).is_file():
-        _, requested = labels_mod.read_request(run.request_path(state.round))
+    request, requested = run.request_path(state.round), set()
+    if request.is_file():
+        _, requested = labels_mod.read_request(request)
     else:  # only used to tell requested answers from extra ones, so a moved request costs nothing
-        log.warning("label request %s is missing; every answer is taken as an extra label",
-                    run.request_path(state.round))
+        log.warning("label request %s is missing; every answer is taken as an extra label", request)
     report = labels_mod.ingest(df, answers, classes, requested, state.round + 1, allow_new_classes)
     if report.new or report.corrected:
         run.save_manifest(df)

@@ -179,12 +179,11 @@ def _merge(obj, d: dict, where: str):
     """Copy of dataclass `obj` with values from nested dict `d`; unknown keys are an error."""
     if not isinstance(d, dict):
         raise TrapkitError(f"{where}: expected a JSON object")
-    known = {f.name: f for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj))
+    hints = typing.get_type_hints(type(obj))  # field name -> type
     changes = {}
     for key, value in d.items():
-        if key not in known:
-            raise TrapkitError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        if key not in hints:
+            raise TrapkitError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(hints))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, f"{where}.{key}")

@@ -325,7 +325,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # Deep grayscale (scientific cameras, float TIFFs): the brightest pixel becomes 255.
         arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
-        top = float(arr.max()) if arr.max() > 0 else 1.0
+        top = float(arr.max())
+        top = top if top > 0 else 1.0
         img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
     return img.convert("RGB")
 

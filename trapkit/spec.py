@@ -25,6 +25,12 @@ SPEC_FILENAME = "spec.json"
 RESIZE_MODES = ("squash", "center_crop")
 
 
+def _refuse_newer(format_version: int) -> None:
+    if format_version > SPEC_FORMAT_VERSION:
+        raise TrapkitError(f"model spec format {format_version} is newer than this trapkit understands "
+                           f"({SPEC_FORMAT_VERSION}); upgrade trapkit")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a trained model is and how images must be prepared for it.
@@ -73,11 +79,7 @@ class ModelSpec:
             raise TrapkitError("model spec mean and std need three values each, std > 0")
         if self.input_size < 16:
             raise TrapkitError(f"input_size {self.input_size} is too small; use at least 16 pixels")
-        if self.format_version > SPEC_FORMAT_VERSION:
-            raise TrapkitError(
-                f"model spec format {self.format_version} is newer than this trapkit understands "
-                f"({SPEC_FORMAT_VERSION}); upgrade trapkit"
-            )
+        _refuse_newer(self.format_version)
 
     @property
     def num_classes(self) -> int:
@@ -100,9 +102,8 @@ class ModelSpec:
     def from_dict(cls, d: dict) -> ModelSpec:
         # A newer format first: its fields may mean things this trapkit cannot check.
         version = d.get("format_version", SPEC_FORMAT_VERSION)
-        if isinstance(version, int) and version > SPEC_FORMAT_VERSION:
-            raise TrapkitError(f"model spec format {version} is newer than this trapkit understands "
-                               f"({SPEC_FORMAT_VERSION}); upgrade trapkit")
+        if isinstance(version, int):
+            _refuse_newer(version)
         hints = typing.get_type_hints(cls)
         advice = "re-export the model"
         d = {k: checked(v, hints[k], f"model spec field {k}", advice) if k in hints else v for k, v in d.items()}
