@@ -35,6 +35,9 @@ from trapkit.spec import SPEC_FILENAME, ModelSpec
 log = logging.getLogger(__name__)
 
 ONNX_FILENAME = "model.onnx"  # the graph in every export folder and Hub folder
+# The graphs an export folder holds, by precision (serving contract: `trapkit classify --precision`).
+# model.onnx is always the fp32 graph; `export --quantize int8` / `--precision fp16` add their graph beside it.
+GRAPH_FILENAMES = {"fp32": ONNX_FILENAME, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probs", "embedding")
 SPEC_PROP = "trapkit.spec"

@@ -24,6 +24,9 @@ def _register_classify(subparsers, common) -> None:
     )
     p.add_argument("images", type=Path, metavar="IMAGES_DIR", help="folder the detections' file paths are relative to")
     p.add_argument("--model", help="model.onnx, an export folder, or hf://owner/name[@revision]")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                   help="which graph of an export folder to run: fp32 (model.onnx, the default), or the int8 / "
+                   "fp16 graph that 'trapkit export --quantize int8' / '--precision fp16' wrote beside it")
     p.add_argument("--detections", type=Path, help="MegaDetector batch output JSON (format 1.3 or later)")
     p.add_argument("--out", type=Path, required=True, help="output JSON (MegaDetector format 1.6 with classifications)")
     p.add_argument("--csv", type=Path, help="also write a tidy CSV, one row per detection and rank")
@@ -80,7 +83,7 @@ def _classify(args) -> int:
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
                           sort_into=args.sort_into, link=args.link)
     runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
-                           threads=par.threads, concurrency=par.concurrency)
+                           threads=par.threads, concurrency=par.concurrency, precision=args.precision)
     try:
         summary = classify_images(paths, runtime, settings, resume=args.resume)
     finally:
