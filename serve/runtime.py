@@ -20,7 +20,7 @@ from trapkit.export.onnx_export import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES, 
 
 log = logging.getLogger(__name__)
 
-PROBS = OUTPUT_NAMES[0]
+PROBS, EMBEDDING = OUTPUT_NAMES
 # GPU providers first; each is tried and dropped when it cannot start here.
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -125,6 +125,19 @@ class OnnxRuntime:
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
         (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
         return probs.astype(np.float32, copy=False)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, D) float32: the graph's `embedding` output (what the head sees)."""
+        self.check_embedding()
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        (vectors,) = self.session.run([EMBEDDING], {INPUT_NAME: batch})
+        return vectors.astype(np.float32, copy=False)
+
+    def check_embedding(self) -> None:
+        outputs = [o.name for o in self.session.get_outputs()]
+        if EMBEDDING not in outputs:
+            raise TrapkitError(f"{self.path} has no '{EMBEDDING}' output (outputs: {outputs}); re-export it with "
+                               "'trapkit export'")
 
     def close(self) -> None:
         self.session = None
