@@ -1,8 +1,9 @@
 """`trapkit review`: verify a classify result crop by crop on the grid (trapkit/grid.py).
 
 Items are the detections that carry `classifications` (what `trapkit classify`
-classified), shown with their top-1 species and confidence and cut with the
-crop margin the result records (`info.classifier_metadata.crop_margin`).
+classified), shown with their top-1 species and confidence and cut by the crop
+policy: the model's with `--model`, else the margin the result records
+(`info.classifier_metadata.crop_margin`).
 Decisions go to ANSWERS.csv, one row per detection:
 `File, RelativePath, Detection, Species, Reviewed` (Timelapse's folder
 convention, `Detection` = the index in that image's `detections`), the format
@@ -32,20 +33,17 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from trapkit import detections as md
 from trapkit.atomic import atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.grid import WRONG_BOX, GridApp, GridItem
-from trapkit.images import EXIF_ORIENTATION, ImageReadError, open_image, open_window, safe_join
-from trapkit.serve import megadetector as md
-from trapkit.serve.crops import crop_square, min_decode_size, region_needed
+from trapkit.grid import GREY, WRONG_BOX, GridApp, GridItem, cut_thumbnails, frame_image
+from trapkit.images import ImageReadError, read_header, safe_join
 from trapkit.serve.smoothing import SmoothSettings, sequences
 
 log = logging.getLogger(__name__)
 
 ANSWER_COLUMNS = ("File", "RelativePath", "Detection", "Species", "Reviewed")
 DEFAULT_MARGIN = 0.1
-_GREY = (128, 128, 128)
-_EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME, _EXIF_IFD = 36867, 306, 0x8769
 _EMBED_BATCH = 32
 
 
@@ -201,6 +199,10 @@ class ReviewSource:
         self.title = f"trapkit review: {self.results.name}"
         self.model = model
         self._runtime = None
+        if model is not None:  # loaded now, so a bad model fails before the page opens
+            runtime = self._open_runtime()
+            runtime.check_embedding()
+            self.margin = runtime.spec.crop_margin  # the model's crop policy wins over the result's record
         self._times: dict[int, str | None] = {}
         self._sequence_of: dict[int, tuple[int, ...]] = {}
         self._writer = _VerifiedWriter(self) if self.verified is not None else None
@@ -266,31 +268,20 @@ class ReviewSource:
         return saved
 
     def crops(self, file: str, items: list[GridItem], size: int) -> list[Image.Image]:
-        """Thumbnails cut as classify cuts crops (the result's margin), one decode for the image."""
-        bboxes = [it.bbox for it in items]
+        """Thumbnails cut by the crop policy (the model's margin, else the result's), one decode for the image."""
         try:
             path = safe_join(self.images, file)
-            min_size = region = None
-            header = _header(path)
-            if header is not None:
-                (w, h), transposed, _ = header
-                mw, mh = min_decode_size(bboxes, w, h, size, self.margin)
-                min_size = (mh, mw) if transposed else (mw, mh)  # draft works on the stored (unrotated) image
-                region = region_needed(bboxes, w, h, size, self.margin)
-            window, _ = open_window(path, min_size=min_size, region=region)
-            return [Image.fromarray(crop_square(window, b, size, self.margin)) for b in bboxes]
         except ImageReadError as e:
             log.warning("review: %s", e)
-            return [Image.new("RGB", (size, size), _GREY) for _ in items]
+            return [Image.new("RGB", (size, size), GREY) for _ in items]
+        return cut_thumbnails(path, [it.bbox for it in items], size, self.margin)
 
     def frame(self, file: str, size: int) -> Image.Image:
         try:
-            img, _ = open_image(safe_join(self.images, file), min_size=(size, size))
+            return frame_image(safe_join(self.images, file), size)
         except ImageReadError as e:
             log.warning("review: %s", e)
-            return Image.new("RGB", (size, size * 3 // 4), _GREY)
-        img.thumbnail((size, size), Image.BILINEAR)
-        return img
+            return Image.new("RGB", (size, size * 3 // 4), GREY)
 
     def sequence(self, item: GridItem) -> list[str]:
         """Keys of every crop in the item's sequence: images of its folder within the gap (as `classify --smooth`)."""
@@ -312,37 +303,37 @@ class ReviewSource:
             return None
         from tqdm import tqdm
 
+        from trapkit.prepare import Preprocessing, prepare_image
+
         runtime = self._open_runtime()
-        spec = runtime.spec
+        prep = Preprocessing.from_spec(runtime.spec)
         by_file: dict[str, list[int]] = {}
         for n, it in enumerate(items):
             by_file.setdefault(it.file, []).append(n)
-        out = np.zeros((len(items), 0), np.float32)
-        crops, rows = [], []
-        batches = []
+        rows, crops, parts = [], [], []
+
+        def run() -> None:
+            parts.append((rows[:], runtime.embed(np.stack(crops))))  # (B, D)
+            rows.clear()
+            crops.clear()
+
         for file, members in tqdm(by_file.items(), desc="embedding crops", unit="img", disable=None, leave=False):
-            got = self._model_crops(file, [items[n] for n in members], spec.input_size)
-            crops.extend(got)
-            rows.extend(members)
-            while len(crops) >= _EMBED_BATCH:
-                batches.append((rows[:_EMBED_BATCH], runtime.embed(np.stack(crops[:_EMBED_BATCH]))))
-                crops, rows = crops[_EMBED_BATCH:], rows[_EMBED_BATCH:]
+            try:
+                got = prepare_image(safe_join(self.images, file), [items[n].bbox for n in members], prep).crops
+            except ImageReadError as e:
+                log.warning("review: %s", e)
+                got = np.full((len(members), prep.input_size, prep.input_size, 3), 128, np.uint8)
+            for n, crop in zip(members, got):
+                rows.append(n)
+                crops.append(crop)
+                if len(crops) == _EMBED_BATCH:
+                    run()
         if crops:
-            batches.append((rows, runtime.embed(np.stack(crops))))
-        for members, vectors in batches:
-            if out.shape[1] == 0:
-                out = np.zeros((len(items), vectors.shape[1]), np.float32)
+            run()
+        out = np.zeros((len(items), parts[0][1].shape[1]), np.float32)
+        for members, vectors in parts:
             out[members] = vectors
         return out
-
-    def _model_crops(self, file: str, items: list[GridItem], size: int) -> list[np.ndarray]:
-        try:
-            path = safe_join(self.images, file)
-            window, _ = open_window(path)
-            return [crop_square(window, it.bbox, size, self.margin) for it in items]
-        except ImageReadError as e:
-            log.warning("review: %s", e)
-            return [np.full((size, size, 3), 128, np.uint8) for _ in items]
 
     def _open_runtime(self):
         if self._runtime is None:
@@ -350,11 +341,6 @@ class ReviewSource:
 
             self._runtime = open_runtime(self.model)
         return self._runtime
-
-    def check_model(self) -> None:
-        """Load --model now, so a bad one fails before the page opens."""
-        if self.model is not None:
-            self._open_runtime().check_embedding()
 
     # -- EXIF times ----------------------------------------------------------------------
 
@@ -462,32 +448,17 @@ def _is_file(root: Path, file: str) -> bool:
         return False
 
 
-def _header(path: Path):
-    """((width, height) upright, rotated by 90 degrees?, EXIF time) from the header, or None if unreadable."""
-    try:
-        with Image.open(path) as img:
-            exif = img.getexif()
-            transposed = exif.get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-            taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
-            w, h = img.size
-    except Exception:  # noqa: BLE001 - the decode that follows reports the real problem
-        return None
-    return ((h, w) if transposed else (w, h)), transposed, (str(taken).strip("\x00 ") if taken else None)
-
-
 def _exif_time(root: Path, file: str) -> str | None:
     try:
-        header = _header(safe_join(root, file))
+        return read_header(safe_join(root, file)).time
     except ImageReadError:
         return None
-    return header[2] if header else None
 
 
 def open_review(results, images, answers, model=None, verified=None, gap_seconds=None) -> GridApp:
     """The review grid for RESULTS (not yet serving); every bad input fails here, in one line."""
     source = ReviewSource(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds)
     try:
-        source.check_model()
         return GridApp(source)
     except BaseException:
         source.close()

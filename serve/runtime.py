@@ -9,6 +9,8 @@ onnxruntime for a local model or Triton for a server.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -16,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.export.onnx_export import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES, read_spec, spec_from_metadata
+from trapkit.graph import EMBEDDING, INPUT_NAME, ONNX_FILENAME, PROBS, read_spec, spec_from_metadata
 
 log = logging.getLogger(__name__)
 
-PROBS, EMBEDDING = OUTPUT_NAMES
 # GPU providers first; each is tried and dropped when it cannot start here.
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -89,12 +90,17 @@ class OnnxRuntime:
         self.spec = spec_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
         self.identity = _file_digest(self.path)  # which weights: a resumed run must use the same ones
-        inputs = [i.name for i in self.session.get_inputs()]
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if INPUT_NAME not in inputs or PROBS not in outputs:
             raise TrapkitError(
-                f"{self.path} has inputs {inputs} and outputs {outputs}, not a trapkit model; re-export it"
+                f"{self.path} has inputs {list(inputs)} and outputs {outputs}, not a trapkit model; re-export it"
             )
+        size = self.spec.input_size
+        shape = inputs[INPUT_NAME]  # ['batch', S, S, 3]: names for dynamic axes, numbers for fixed ones
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (size, size, 3))):
+            raise TrapkitError(f"{self.path} takes images of shape {shape[1:]} but its spec says {size} x {size} x 3; "
+                               "the graph and its metadata disagree: re-export the model")
 
     def _session(self, ort, options, providers):
         available = ort.get_available_providers()
@@ -106,7 +112,7 @@ class OnnxRuntime:
                 continue
             chain = wanted[i:]
             try:
-                with _quiet_onnxruntime(ort):
+                with _quiet_onnxruntime():
                     session = ort.InferenceSession(str(self.path), sess_options=options, providers=chain)
             except Exception as e:  # noqa: BLE001 - a provider that cannot start on this machine
                 if provider == "CPUExecutionProvider":
@@ -123,7 +129,12 @@ class OnnxRuntime:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, C) float32 probabilities."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
+        try:
+            (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types (Fail, RuntimeException, ...)
+            reason = " ".join(str(e).split())[:200]
+            raise TrapkitError(f"the model failed on a batch of {len(batch)} images ({reason}); if it ran out of "
+                               "memory, lower --batch-size or --concurrency, else re-export the model") from None
         return probs.astype(np.float32, copy=False)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
@@ -170,23 +181,12 @@ def _provider_library_loads(ort, provider: str) -> bool:
     return False
 
 
-class _quiet_onnxruntime:
-    """Silence onnxruntime's own stderr/stdout chatter while a provider is tried (we log at debug instead)."""
-
-    def __init__(self, ort):
-        self.ort = ort
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self.ort.set_default_logger_severity(4)
-        self._stdout = contextlib.redirect_stdout(io.StringIO())  # "EP Error ... Falling back" is a print()
-        self._stdout.__enter__()
-
-    def __exit__(self, *exc):
-        self._stdout.__exit__(*exc)
-        self.ort.set_default_logger_severity(2)
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """Keep onnxruntime's own "EP Error ... Falling back" print off stdout while a provider is tried (we log it
+    at debug instead). Its process-wide logger is left alone: it has no getter, so it could not be restored."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _file_digest(path: Path) -> str:

@@ -55,6 +55,8 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from trapkit.errors import TrapkitError
+from trapkit.images import ImageReadError, open_image
+from trapkit.web import WILDCARD_HOSTS, allowed_host_names, host_allowed
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,10 @@ PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 THUMB_SIZE = 224  # px; shown at about 150 CSS px, sharp on 1.5x screens
 FRAME_SIZE = 1600  # longest side of the large view
+GREY = (128, 128, 128)  # tiles of images that cannot be read
 THUMB_CACHE_BYTES = 256 << 20  # ~30,000 thumbnails of ~8 kB
 DEFAULT_PORT = 7860  # the first port tried when none is given, as Gradio does
 PORT_TRIES = 100
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 MAX_BODY = 4 << 20  # a POST of 500 changes is ~60 kB
 ORDERS = ("low", "high", "similar")
 # Every key the page handles, in the order the page lists them; the page shows this list.
@@ -331,6 +332,45 @@ class GridApp:
 _ANY = object()  # no `expect`: the change applies whatever the answer is now
 
 
+def cut_thumbnails(path: Path, boxes: list, size: int, margin: float) -> list:
+    """(size, size) PIL thumbnails of one image: per normalised [x, y, w, h] box, the square crop of the crop
+    policy (trapkit.prepare: one region decode for all boxes); per None, the whole image padded to a square.
+    An image that cannot be read gives grey tiles (and a warning in the log)."""
+    from PIL import Image, ImageOps
+
+    from trapkit.prepare import Preprocessing, prepare_image
+
+    out = [None] * len(boxes)
+    try:
+        boxed = [n for n, b in enumerate(boxes) if b is not None]
+        if boxed:
+            prep = Preprocessing(input_size=size, margin=margin)
+            crops = prepare_image(path, [boxes[n] for n in boxed], prep).crops  # (k, size, size, 3) uint8
+            for n, crop in zip(boxed, crops):
+                out[n] = Image.fromarray(crop)
+        if len(boxed) < len(boxes):
+            img, _ = open_image(path, min_size=(size, size))
+            whole = ImageOps.pad(img, (size, size), Image.BILINEAR, color=GREY)
+            out = [whole if o is None else o for o in out]
+    except ImageReadError as e:
+        log.warning("grid: %s", e)
+        return [Image.new("RGB", (size, size), GREY) for _ in boxes]
+    return out
+
+
+def frame_image(path: Path, size: int):
+    """The whole image upright, longest side <= size; a grey frame when it cannot be read."""
+    from PIL import Image
+
+    try:
+        img, _ = open_image(path, min_size=(size, size))
+    except ImageReadError as e:
+        log.warning("grid: %s", e)
+        return Image.new("RGB", (size, size * 3 // 4), GREY)
+    img.thumbnail((size, size), Image.BILINEAR)
+    return img
+
+
 def _jpeg(img, quality: int = 85) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=quality)
@@ -408,21 +448,6 @@ class ThumbCache:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-
-
-def allowed_hosts(host: str) -> frozenset[str] | None:
-    """Host header names the server answers; None: any (the page was exposed with a wildcard --host)."""
-    if host in WILDCARD_HOSTS:
-        return None
-    return LOOPBACK_NAMES | {host.strip("[]").lower()}
-
-
-def _host_name(header: str) -> str:
-    """'127.0.0.1:7860' -> '127.0.0.1'; '[::1]:7860' -> '::1'."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -514,8 +539,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Replies --------------------------------------------------------------------------------
 
     def _host_ok(self) -> bool:
-        allowed = self.server.allowed_hosts
-        if allowed is None or _host_name(self.headers.get("Host", "")) in allowed:
+        if host_allowed(self.headers.get("Host"), self.server.allowed_hosts):
             return True
         self._error(HTTPStatus.FORBIDDEN, "unknown Host header; open the page through 127.0.0.1 or localhost")
         return False
@@ -553,7 +577,7 @@ class GridHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False  # a second server on a busy port must fail, not share it
 
-    def __init__(self, address, app: GridApp, allowed: frozenset[str] | None, family: int):
+    def __init__(self, address, app: GridApp, allowed: list[str], family: int):
         self.address_family = family
         self.app = app
         self.allowed_hosts = allowed
@@ -597,7 +621,7 @@ def start(app: GridApp, host: str = "127.0.0.1", port: int | None = None) -> Gri
     last = None
     for p in ports:
         try:
-            httpd = GridHTTPServer((address[0], p), app, allowed_hosts(host), family)
+            httpd = GridHTTPServer((address[0], p), app, allowed_host_names(host), family)
             break
         except OSError as e:
             last = e
