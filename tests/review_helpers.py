@@ -45,8 +45,12 @@ def _shrunk_copy(src: Path, dst: Path, taken: str | None = None) -> None:
     img.save(dst, quality=88, exif=exif)
 
 
-def make_review_case(root: Path, onnx: Path) -> dict:
-    """images/, detections.json, results.json (real `trapkit classify` output) under `root`."""
+def make_review_case(root: Path, onnx: Path, one_per_image: bool = False) -> dict:
+    """images/, detections.json, results.json (real `trapkit classify` output) under `root`.
+
+    `one_per_image`: keep only each image's most confident detection (so image-level and per-detection
+    answers say the same thing).
+    """
     images = root / "images"
     md = json.loads((SAMPLES / "md_v5a_detections.json").read_text())
     by_file = {im["file"]: im for im in md["images"]}
@@ -57,6 +61,8 @@ def make_review_case(root: Path, onnx: Path) -> dict:
     for name, taken in zip(BURST, BURST_TIMES):
         _shrunk_copy(SAMPLES / "domestic_cattle.jpg", images / "cam_b" / name, taken)
         entries.append({"file": f"cam_b/{name}", "detections": by_file["domestic_cattle.jpg"]["detections"][:2]})
+    if one_per_image:
+        entries = [{**e, "detections": sorted(e["detections"], key=lambda d: -d["conf"])[:1]} for e in entries]
     md["images"] = entries
     detections = root / "detections.json"
     detections.write_text(json.dumps(md))

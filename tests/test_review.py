@@ -344,3 +344,41 @@ def test_resume_at_the_first_page_with_work_left_and_two_tabs(case, tmp_path):
 
 def _first_page_n(app, n, size):
     return [it["key"] for it in app.page(None, "high", None, n, size)["items"]]
+
+
+@pytest.mark.slow
+def test_al_next_ingests_what_the_review_page_saved(tiny_onnx_path, tmp_path):
+    """The answers file a person fills on the page is an answers CSV `al next --labels` takes as it is.
+
+    The pool of an `al` run is the reviewed images folder; each image has one classified detection.
+    """
+    from train_helpers import FAST, make_trees
+
+    from trapkit.train.run import Run
+
+    case = make_review_case(tmp_path / "case", tiny_onnx_path, one_per_image=True)
+    trees = make_trees(tmp_path / "trees", classes=("bear", "cattle", "dog"))
+    run = tmp_path / "run"
+    assert main(["al", "init", str(run), "--labelled", str(trees["labelled"]), "--unlabelled", str(case["images"]),
+                 "--validation", str(trees["validation"]), "--batch", "2", *FAST]) == 0
+    answers = tmp_path / "answers.csv"
+    app = _app(case, answers)
+    server = grid.start(app)
+    try:
+        keys = _first_page(app)
+        with browser() as (new_page, left_machine):
+            page = new_page(server.url)
+            press(page, "/")
+            page.keyboard.type("bear")
+            press(page, "Enter")  # the first crop: a bear, whatever the model said
+            press(page, "a")  # the rest as the model says
+            assert left_machine == []
+    finally:
+        server.close()
+    rows = read_rows(answers)
+    assert len(rows) == len(keys) == 8 and rows[row_key(keys[0])] == "bear"
+    assert main(["al", "next", str(run), "--labels", str(answers), "--allow-new-classes", *FAST[-4:]]) == 0
+    df = Run(run).load_manifest()
+    labelled = {p: l for p, l in zip(df["path"], df["label"]) if l}
+    assert {p: labelled.get(p) for p in (k.rpartition("#")[0] for k in keys)} == {
+        k.rpartition("#")[0]: rows[row_key(k)] for k in keys}

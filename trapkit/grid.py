@@ -112,6 +112,7 @@ class GridSource(Protocol):
 
     def classes(self) -> list[str]: ...  # every class `/` searches
     def items(self) -> list[GridItem]: ...  # in a stable order; read once per reload
+    # Optional: `stale() -> bool` (the items changed: reload), `close()` (stop background work).
     def answers(self) -> dict[str, str]: ...  # {item key: species}, re-read from disk
     def save(self, changes: dict[str, str | None]) -> dict[str, str]: ...  # merged; None removes; returns all
     def crops(self, file: str, items: list[GridItem], size: int) -> list: ...  # PIL images, one per item
@@ -151,6 +152,9 @@ class GridApp:
     # -- reading -------------------------------------------------------------------------
 
     def state(self) -> dict:
+        stale = getattr(self.source, "stale", None)
+        if stale is not None and stale():  # e.g. `al next` started a new round under the labelling page
+            self.reload()
         with self.lock:
             done = Counter(self.items[i].species or "" for k, i in self.by_key.items() if k in self.answers)
             return {

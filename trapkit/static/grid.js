@@ -161,6 +161,7 @@ async function loadPage(page, t0 = performance.now(), cursor = 0) {
   S.serial = (S.serial || 0) + 1;
   S.page = data.page; S.pages = data.pages; S.total = data.total; S.items = data.items;
   S.selected.clear();
+  if (page < 0) cursor = Math.max(0, S.items.findIndex((it) => !it.answer));  // where the person stopped
   S.cursor = Math.max(0, Math.min(cursor, S.items.length - 1));
   renderGrid();
   renderSidebar();
