@@ -382,3 +382,30 @@ def test_al_next_ingests_what_the_review_page_saved(tiny_onnx_path, tmp_path):
     labelled = {p: l for p, l in zip(df["path"], df["label"]) if l}
     assert {p: labelled.get(p) for p in (k.rpartition("#")[0] for k in keys)} == {
         k.rpartition("#")[0]: rows[row_key(k)] for k in keys}
+
+
+@pytest.mark.slow
+def test_similar_order_and_the_whole_image_from_the_keyboard(case, tmp_path, tiny_onnx_path):
+    app = _app(case, tmp_path / "answers.csv", model=tiny_onnx_path)
+    server = grid.start(app)
+    try:
+        with browser() as (new_page, left_machine):
+            page = new_page(server.url)
+            first = page.get_attribute("#grid .tile.cursor", "data-key")
+            press(page, "ArrowRight", "ArrowRight")
+            ref = page.get_attribute("#grid .tile.cursor", "data-key")
+            press(page, "s")  # most similar to the crop under the cursor first: the crop itself
+            assert page.get_attribute("#grid .tile:first-child", "data-key") == ref
+            assert "Most similar first" in page.inner_text("#order")
+            press(page, "o")  # back to confidence order
+            assert page.get_attribute("#grid .tile:first-child", "data-key") == first
+            assert "Highest first" in page.inner_text("#order")
+            press(page, "Enter")  # the whole photo with the box drawn where the crop is
+            page.wait_for_function("document.querySelector('#frame-img').complete")
+            assert page.is_visible("#frame") and page.is_visible("#frame-box")
+            assert page.evaluate("document.querySelector('#frame-img').naturalWidth") > 0
+            press(page, "Enter")
+            assert not page.is_visible("#frame")
+            assert left_machine == []
+    finally:
+        server.close()

@@ -41,6 +41,8 @@ def item_key(path: str, detection: int | None) -> str:
 class LabelSource:
     """The current round's request as a grid source (see trapkit.grid.GridSource)."""
 
+    done_word = "answered"
+
     def __init__(self, run_dir: str | Path, allow_new_classes: bool = False):
         self.run_dir = Path(run_dir)
         self.run = Run(self.run_dir)

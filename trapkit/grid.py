@@ -71,6 +71,7 @@ DEFAULT_PORT = 7860  # the first port tried when none is given, as Gradio does
 PORT_TRIES = 100
 MAX_BODY = 4 << 20  # a POST of 500 changes is ~60 kB
 ORDERS = ("low", "high", "similar")
+DEFAULT_ORDER = "high"  # confident pages first: they go fastest with `a`; `o` turns it round
 # Every key the page handles, in the order the page lists them; the page shows this list.
 KEYS = (
     ("← ↑ → ↓", "move"),
@@ -112,7 +113,8 @@ class GridSource(Protocol):
 
     def classes(self) -> list[str]: ...  # every class `/` searches
     def items(self) -> list[GridItem]: ...  # in a stable order; read once per reload
-    # Optional: `stale() -> bool` (the items changed: reload), `close()` (stop background work).
+    # Optional: `stale() -> bool` (the items changed: reload), `close()` (stop background work),
+    # `done_word` (the progress line's "N of M verified").
     def answers(self) -> dict[str, str]: ...  # {item key: species}, re-read from disk
     def save(self, changes: dict[str, str | None]) -> dict[str, str]: ...  # merged; None removes; returns all
     def crops(self, file: str, items: list[GridItem], size: int) -> list: ...  # PIL images, one per item
@@ -134,6 +136,8 @@ class GridApp:
         self._vectors: dict[str, np.ndarray] = {}
         self._embed_lock = threading.Lock()
         self.reload()
+        # The page a fresh tab opens on (all species, where the person stopped) is cut before anyone asks.
+        self.page(None, DEFAULT_ORDER, None, -1)
 
     def reload(self) -> None:
         """Read items and answers again (a new round, or answers changed on disk)."""
@@ -143,8 +147,11 @@ class GridApp:
             self.by_key = {it.key: i for i, it in enumerate(items)}
             self.answers = self.source.answers()
             counts = Counter(it.species or "" for it in items)
-            # Sidebar: most crops first, so 1-9 reach the commonest species.
+            # Sidebar: most crops first, so 1-9 reach the commonest species; classes no crop shows come
+            # after, while there are number keys left for them.
             self.groups = sorted(counts, key=lambda s: (-counts[s], s))
+            spare = [c for c in self.source.classes() if c not in counts]
+            self.groups += spare[:max(0, 9 - sum(1 for g in self.groups if g))]
             self.counts = counts
             self._views.clear()
             self.version += 1
@@ -159,6 +166,7 @@ class GridApp:
             done = Counter(self.items[i].species or "" for k, i in self.by_key.items() if k in self.answers)
             return {
                 "title": self.source.title,
+                "done_word": getattr(self.source, "done_word", "verified"),
                 "answers_path": str(self.source.answers_path),
                 "classes": self.source.classes(),
                 "allow_new_classes": self.source.allow_new_classes,
@@ -167,6 +175,7 @@ class GridApp:
                 "done": sum(done.values()),
                 "version": self.version,
                 "wrong_box": WRONG_BOX,
+                "default_order": DEFAULT_ORDER,
                 "keys": [list(k) for k in KEYS],
             }
 

@@ -5,7 +5,7 @@
 "use strict";
 
 const S = {
-  state: null, view: { group: "", order: "high", ref: null }, page: 0, pages: 1, total: 0,
+  state: null, view: { group: "", order: "high", ref: null },  // the server's default_order replaces it page: 0, pages: 1, total: 0,
   items: [], cursor: 0, selected: new Set(), undo: [], version: 0, chain: Promise.resolve(), pending: 0,
   shown: 0, searchHits: [], searchActive: 0,
 };
@@ -50,7 +50,7 @@ function renderSidebar() {
   const st = S.state;
   $("#title").textContent = st.title;
   document.title = st.title;
-  $("#progress").textContent = `${st.done.toLocaleString()} of ${st.total.toLocaleString()} verified`;
+  $("#progress").textContent = `${st.done.toLocaleString()} of ${st.total.toLocaleString()} ${st.done_word}`;
   $("#answers-path").textContent = `Answers are saved as you go to ${st.answers_path}`;
   const nums = numbered();
   const rows = [{ name: "", label: "All species", count: st.total, done: st.done, all: true }]
@@ -92,7 +92,7 @@ function captionHtml(it) {
 }
 
 function renderGrid() {
-  $("#grid").innerHTML = S.items.map((it, i) => `<figure class="${tileClass(it, i)}" data-i="${i}" role="gridcell"`
+  $("#grid").innerHTML = S.items.map((it, i) => `<figure class="${tileClass(it, i)}" data-i="${i}" data-key="${esc(it.key)}" role="gridcell"`
     + ` title="${esc(it.file)}${it.detection == null ? "" : " #" + it.detection}">`
     + `<img loading="lazy" decoding="async" alt="" src="/thumb?key=${encodeURIComponent(it.key)}">`
     + `<figcaption>${captionHtml(it)}</figcaption></figure>`).join("");
@@ -153,34 +153,40 @@ function whenShown(t0, serial) {
   });
 }
 
-async function loadPage(page, t0 = performance.now(), cursor = 0) {
+function pageQuery(page) {
   const q = new URLSearchParams({ group: S.view.group, order: S.view.order, page: String(page) });
   if (S.view.ref) q.set("ref", S.view.ref);
   if (PAGE_SIZE) q.set("size", PAGE_SIZE);
-  const data = await api("/api/page?" + q.toString());
+  return "/api/page?" + q.toString();
+}
+
+function showPage(data, t0, resume = false, cursor = 0) {
   S.serial = (S.serial || 0) + 1;
   S.page = data.page; S.pages = data.pages; S.total = data.total; S.items = data.items;
   S.selected.clear();
-  if (page < 0) cursor = Math.max(0, S.items.findIndex((it) => !it.answer));  // where the person stopped
+  if (resume) cursor = Math.max(0, S.items.findIndex((it) => !it.answer));  // where the person stopped
   S.cursor = Math.max(0, Math.min(cursor, S.items.length - 1));
   renderGrid();
   renderSidebar();
   saveHash();
   window.scrollTo(0, 0);
   whenShown(t0, S.serial);
-  prefetch(page + 1);
+  prefetch(S.page + 1);
 }
 
-// The next page's items and thumbnails, into the browser's cache while the person works on this one.
+async function loadPage(page, t0 = performance.now(), cursor = 0) {
+  showPage(await api(pageQuery(page)), t0, page < 0, cursor);
+}
+
+// The next page's thumbnails, into the browser's cache while the person works on this one
+// (the server cuts them meanwhile; the Image objects are kept so their loads are not dropped).
 function prefetch(next) {
+  S.prefetched = [];
   if (next >= S.pages) return;
-  const q = new URLSearchParams({ group: S.view.group, order: S.view.order, page: String(next) });
-  if (S.view.ref) q.set("ref", S.view.ref);
-  if (PAGE_SIZE) q.set("size", PAGE_SIZE);
   const view = JSON.stringify(S.view);
-  api("/api/page?" + q.toString()).then((data) => {
+  api(pageQuery(next)).then((data) => {
     if (JSON.stringify(S.view) !== view) return;
-    for (const it of data.items) { const img = new Image(); img.src = "/thumb?key=" + encodeURIComponent(it.key); }
+    S.prefetched = data.items.map((it) => { const img = new Image(); img.src = "/thumb?key=" + encodeURIComponent(it.key); return img; });
   }).catch(() => {});
 }
 
@@ -233,19 +239,27 @@ function acceptPage() {
   const t0 = performance.now();
   return act(async () => {
     const changes = S.items.filter((it) => !it.answer && it.species).map((it) => ({ key: it.key, species: it.species, expect: null }));
-    const result = changes.length ? await api("/api/decide", { changes }) : { applied: [], skipped: [], version: S.version };
+    const saving = changes.length ? api("/api/decide", { changes }) : Promise.resolve({ applied: [], skipped: [], version: S.version });
+    // The next page is fetched while the answers are saved; it is shown once both are done.
+    const next = S.page + 1 < S.pages ? api(pageQuery(S.page + 1)) : null;
+    const [result, data] = await Promise.all([saving, next]);
     applied(result);
     let note = `accepted ${result.applied.length}`;
     if (result.skipped.length) note += `; ${result.skipped.length} answered in another tab meanwhile (kept)`;
-    await refreshState();
-    if (S.page + 1 < S.pages) {
-      await loadPage(S.page + 1, t0);
+    if (data) {
+      showPage(data, t0);
+      await refreshState();
     } else if (S.view.group !== "" && S.view.order !== "similar") {
+      await refreshState();
       const names = S.state.groups.map((g) => g.name);
-      const next = S.state.groups.slice(names.indexOf(S.view.group) + 1).find((g) => g.done < g.count);
-      if (next) { S.view = { ...S.view, group: next.name, ref: null }; await loadPage(-1, t0); note += `; now ${next.name || "(no guess)"}`; }
-      else note += "; every group is done";
+      const following = S.state.groups.slice(names.indexOf(S.view.group) + 1).find((g) => g.done < g.count);
+      if (following) {
+        S.view = { ...S.view, group: following.name, ref: null };
+        await loadPage(-1, t0);
+        note += `; now ${following.name || "(no guess)"}`;
+      } else note += "; every group is done";
     } else {
+      await refreshState();
       note += "; that was the last page";
     }
     say(note);
@@ -433,10 +447,11 @@ async function start() {
   $("#search-list").addEventListener("click", (ev) => { const li = ev.target.closest("li"); if (li) pickSearch(Number(li.dataset.n)); });
   $("#search").addEventListener("click", (ev) => { if (ev.target.id === "search") closeSearch(); });
   const h = new URLSearchParams(location.hash.slice(1));
-  if (h.has("o")) S.view = { group: h.get("g") || "", order: h.get("o"), ref: h.get("r") };
   const page = h.has("p") ? Number(h.get("p")) - 1 : -1;  // no page given: where the person stopped
   await act(async () => {
     await refreshState();
+    S.view = h.has("o") ? { group: h.get("g") || "", order: h.get("o"), ref: h.get("r") }
+      : { group: "", order: S.state.default_order, ref: null };
     S.version = S.state.version;
     await loadPage(page, 0);
   });
