@@ -30,6 +30,11 @@ from trapkit.train.run import Run
 
 log = logging.getLogger(__name__)
 
+try:  # the run's answers record "[wrong box]" once trapkit.answers (the shared answers CSV) is in the core
+    from trapkit.answers import WRONG_BOX as RUN_WRONG_BOX
+except ImportError:  # before that, a run would take it for a class name: refused below
+    RUN_WRONG_BOX = None
+
 SEQUENCE_GAP_SECONDS = 60.0  # as `classify --smooth` and `al` group bursts by default
 
 
@@ -90,6 +95,9 @@ class LabelSource:
         unknown = [k for k in changes if k not in self._label_keys]
         if unknown:
             raise TrapkitError(f"not in the current request: {unknown[0]}; reload the labelling page")
+        if grid.WRONG_BOX in changes.values() and RUN_WRONG_BOX != grid.WRONG_BOX:
+            raise TrapkitError("this version of 'trapkit al' cannot record a wrong box yet; leave the crop "
+                               "unanswered")
         label_api.save_answers(self.run_dir, {self._label_keys[k]: s or "" for k, s in changes.items()},
                                allow_new_classes=self.allow_new_classes)
         return self.answers()
