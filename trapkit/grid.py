@@ -40,6 +40,7 @@ import errno
 import io
 import json
 import logging
+import signal
 import socket
 import threading
 from collections import Counter, OrderedDict
@@ -664,9 +665,19 @@ def serve(app: GridApp, host: str = "127.0.0.1", port: int | None = None) -> Non
             closer()
         raise
     log.info("%s: open %s (Ctrl+C to stop)", app.source.title, server.url)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # A service manager's SIGTERM stops the page as Ctrl+C does (the verified copy is written last).
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.thread.join()
     except KeyboardInterrupt:  # the way to stop a page: every answer is already on disk
         log.info("stopped; answers are in %s", app.source.answers_path)
     finally:
         server.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
