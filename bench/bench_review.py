@@ -226,7 +226,8 @@ def main() -> int:
                 first_wall = time.perf_counter() - t
                 first_page = page.evaluate("performance.getEntriesByName('trapkit-page')[0].duration") / 1000
                 visible = page.eval_on_selector_all(
-                    "#grid .tile", "ts => ts.filter(t => t.getBoundingClientRect().top < innerHeight).map(t => t.dataset.key)")
+                    "#grid .tile",
+                    "ts => ts.filter(t => t.getBoundingClientRect().top < innerHeight).map(t => t.dataset.key)")
                 state = json.loads(urllib.request.urlopen(url + "api/state").read())
                 numbers = {g["name"]: str(n + 1) for n, g in enumerate(g for g in state["groups"] if g["name"])}
                 assert len(numbers) <= 9, "every species must have a number key"
@@ -279,8 +280,10 @@ def main() -> int:
     print(f"keystrokes per verified crop, mouse + keys: {strokes['mouse'] / crops['mouse']:.3f} "
           f"(+ {clicks / crops['mouse']:.3f} clicks) over {crops['mouse']} crops; target <= 0.1")
     if crops["keys"]:
-        print(f"keystrokes per verified crop, keys only: {strokes['keys'] / crops['keys']:.3f} over {crops['keys']} crops")
-    print(f"answers: {len(saved)} rows, {correct} of {len(truth)} equal the truth; requests off the machine: {len(outside)}")
+        print(f"keystrokes per verified crop, keys only: {strokes['keys'] / crops['keys']:.3f} "
+              f"over {crops['keys']} crops")
+    print(f"answers: {len(saved)} rows, {correct} of {len(truth)} equal the truth; "
+          f"requests off the machine: {len(outside)}")
     return 0 if correct == len(truth) and not outside else 1
 
 

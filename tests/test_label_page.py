@@ -166,4 +166,5 @@ def test_unreadable_or_escaping_images_show_a_grey_tile(run_dir):
 
 
 def _tiles(page) -> list[tuple[str, str]]:
-    return page.eval_on_selector_all("#grid .tile", "ts => ts.map(t => [t.className, t.querySelector('.sp').textContent])")
+    return page.eval_on_selector_all("#grid .tile",
+                                     "ts => ts.map(t => [t.className, t.querySelector('.sp').textContent])")

@@ -10,8 +10,6 @@ import json
 import os
 import socket
 import urllib.request
-from pathlib import Path
-
 import pytest
 from classify_helpers import megadetector_validate
 from review_helpers import browser, make_review_case, press, read_rows, row_key
@@ -146,7 +144,8 @@ def test_verified_copy_passes_megadetectors_validator(case, tmp_path):
         return original[file]["detections"][int(j)]["classifications"]
 
     assert det(keys[0])["classifications_before_review"] == model_said(keys[0])
-    assert det(keys[3])["classifications"] == model_said(keys[3]) and "classifications_before_review" not in det(keys[3])
+    assert det(keys[3])["classifications"] == model_said(keys[3])
+    assert "classifications_before_review" not in det(keys[3])
 
 
 def _get(url: str, host: str | None = None, data: bytes | None = None, content_type: str | None = None,
@@ -235,7 +234,8 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, samples_dir):
 
 def _tiles(page) -> list[tuple[str, str]]:
     """(class, caption species) of each tile on screen."""
-    return page.eval_on_selector_all("#grid .tile", "ts => ts.map(t => [t.className, t.querySelector('.sp').textContent])")
+    return page.eval_on_selector_all("#grid .tile",
+                                     "ts => ts.map(t => [t.className, t.querySelector('.sp').textContent])")
 
 
 @pytest.mark.slow

@@ -233,7 +233,7 @@ class GridApp:
                 self._vectors.update(zip((it.key for it in todo), np.asarray(got, np.float32)))
             return np.stack([self._vectors[it.key] for it in items])
 
-    def page(self, group: str | None, order: str = "low", ref: str | None = None, page: int = 0,
+    def page(self, group: str | None, order: str = DEFAULT_ORDER, ref: str | None = None, page: int = 0,
              size: int = PAGE_SIZE) -> dict:
         """One page of a view. `page=-1`: the first page holding an unanswered item (where the person stopped)."""
         size = min(max(int(size), 1), MAX_PAGE_SIZE)
@@ -487,8 +487,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif url.path == "/api/state":
                 self._json(app.state())
             elif url.path == "/api/page":
-                self._json(app.page(query.get("group") or None, query.get("order", "low"), query.get("ref") or None,
-                                    int(query.get("page", 0)), int(query.get("size", PAGE_SIZE))))
+                self._json(app.page(query.get("group") or None, query.get("order", DEFAULT_ORDER),
+                                    query.get("ref") or None, int(query.get("page", 0)),
+                                    int(query.get("size", PAGE_SIZE))))
             elif url.path == "/api/answers":
                 keys = [k for k in query.get("keys", "").split("\n") if k]
                 self._json({"answers": app.answers_of(keys), "version": app.version})

@@ -449,11 +449,16 @@ async function start() {
   const h = new URLSearchParams(location.hash.slice(1));
   const page = h.has("p") ? Number(h.get("p")) - 1 : -1;  // no page given: where the person stopped
   await act(async () => {
-    await refreshState();
-    S.view = h.has("o") ? { group: h.get("g") || "", order: h.get("o"), ref: h.get("r") }
-      : { group: "", order: S.state.default_order, ref: null };
-    S.version = S.state.version;
-    await loadPage(page, 0);
+    // State and the first page in parallel; with no order in the address the server's default applies.
+    const q = new URLSearchParams({ group: h.get("g") || "", page: String(page) });
+    if (h.has("o")) q.set("order", h.get("o"));
+    if (h.get("r")) q.set("ref", h.get("r"));
+    if (PAGE_SIZE) q.set("size", PAGE_SIZE);
+    const [state, data] = await Promise.all([api("/api/state"), api("/api/page?" + q.toString())]);
+    S.state = state;
+    S.version = state.version;
+    S.view = { group: data.group, order: data.order, ref: data.ref };
+    showPage(data, 0, page < 0);
   });
   setInterval(poll, 3000);
   window.addEventListener("focus", poll);
