@@ -40,6 +40,7 @@ import errno
 import io
 import json
 import logging
+import os
 import signal
 import socket
 import threading
@@ -127,9 +128,11 @@ class GridSource(Protocol):
 class GridApp:
     """The grid's logic over a source, without HTTP: views, pages, decisions, thumbnails."""
 
-    def __init__(self, source: GridSource, workers: int = 2, thumb_size: int = THUMB_SIZE,
+    def __init__(self, source: GridSource, workers: int | None = None, thumb_size: int = THUMB_SIZE,
                  thumb_cache_bytes: int = THUMB_CACHE_BYTES):
         self.source = source
+        workers = workers or max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 2)  # one thumbnail cutter per core
         self.lock = threading.Lock()  # one writer of the answers file; guards answers and version
         self.version = 0  # bumped on every saved change: tabs poll it
         self.thumbs = ThumbCache(source, thumb_size, thumb_cache_bytes, workers)
