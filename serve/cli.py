@@ -31,6 +31,9 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--detections", type=Path, help="MegaDetector batch output JSON (format 1.3 or later)")
     p.add_argument("--out", type=Path, required=True, help="output JSON (MegaDetector format 1.6 with classifications)")
     p.add_argument("--csv", type=Path, help="also write a tidy CSV, one row per detection and rank")
+    p.add_argument("--features", type=Path, metavar="FILE",
+                   help="also write every classified detection's embedding, one row each (.parquet, or .csv for R "
+                   "and spreadsheets); analyse it with trapkit features")
     p.add_argument("--threshold", type=float, default=None,
                    help="minimum detection confidence to classify (default: the model's, usually 0.1)")
     p.add_argument("--categories", nargs="+", default=None, metavar="NAME",
@@ -77,7 +80,7 @@ def _classify(args) -> int:
         margin=args.margin, smooth=smooth, batch_size=args.batch_size, workers=par.workers,
         concurrency=par.concurrency, checkpoint_every=args.checkpoint_every))
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
-                          sort_into=args.sort_into, link=args.link)
+                          sort_into=args.sort_into, link=args.link, features=args.features)
     runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
                            threads=par.threads, concurrency=par.concurrency)
     try:
@@ -85,5 +88,5 @@ def _classify(args) -> int:
     finally:
         runtime.close()
     print(summary.table())
-    print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv else ""))
+    print(f"wrote {args.out}" + "".join(f" and {p}" for p in (args.csv, args.features) if p))
     return 0
