@@ -18,10 +18,14 @@ offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
 Both are measured with trapkit's default parallelism and with one batch at a
 time on every core; (b) and the pipeline alternate, best of `--repeats` each,
 and CPU time per crop is printed too (wall clock on a shared machine varies).
+`--features` times the pipeline with and without `--features FILE.parquet`
+(the embedding of every crop written as a table), alternating, best of
+`--repeats` each, and prints the throughput ratio.
 
-Targets: pipeline >= 4x (a) and >= 70% of (b).
+Targets: pipeline >= 4x (a) and >= 70% of (b); --features costs < 5% of throughput.
 
-    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR] [--fallbacks]
+    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR]
+        [--fallbacks] [--features] [--features-only]
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ def lite0_onnx(workdir: Path) -> Path:
 
 
 def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
-                   repeats: int = 1) -> tuple[float, float, int]:
-    """(best wall seconds, CPU seconds of that run, crops classified) over `repeats` runs."""
+                   repeats: int = 1, features: bool = False) -> tuple[float, float, int]:
+    """(best wall seconds, CPU seconds of that run, crops classified) over `repeats` runs; `features`: with
+    `--features workdir/features.parquet`."""
     from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
     from trapkit.serve.runtime import open_runtime
 
@@ -93,7 +98,9 @@ def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
         best, cpu = float("inf"), 0.0
         for _ in range(repeats):
             start, cpu_start = time.perf_counter(), time.process_time()
-            summary = classify_images(ClassifyPaths(workdir / "images", out, md_path), runtime, settings)
+            paths = ClassifyPaths(workdir / "images", out, md_path,
+                                  features=workdir / "features.parquet" if features else None)
+            summary = classify_images(paths, runtime, settings)
             if time.perf_counter() - start < best:
                 best, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return best, cpu, summary.classified_detections
@@ -101,13 +108,12 @@ def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
 
 def premade_crops(workdir: Path, md_path: Path) -> np.ndarray:
     """(N, 224, 224, 3) uint8, every crop of the folder, cut by the pipeline's own stage 1."""
-    from trapkit.serve.classify import prepare_image
-    from trapkit.spec import ModelSpec
+    from trapkit.prepare import Preprocessing, prepare_image
 
-    spec = ModelSpec(arch="x", labels=("a",), input_size=224)
+    prep = Preprocessing(224)
     doc = json.loads(md_path.read_text())
-    crops = [prepare_image(workdir / "images", im, i, list(range(len(im["detections"]))), spec, 0.1, False).crops
-             for i, im in enumerate(doc["images"])]
+    crops = [prepare_image(workdir / "images" / im["file"], [d["bbox"] for d in im["detections"]], prep).crops
+             for im in doc["images"]]
     return np.concatenate(crops)
 
 
@@ -160,6 +166,10 @@ def main() -> None:
     ap.add_argument("--naive-crops", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for the pipeline and (b)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
+    ap.add_argument("--features", action="store_true",
+                    help="also time the pipeline with --features (embeddings written as a Parquet table)")
+    ap.add_argument("--features-only", action="store_true",
+                    help="time only the pipeline with and without --features (skip the baselines)")
     ap.add_argument("--fallbacks", action="store_true",
                     help="also time the pipeline with Pillow's crop resize, then Pillow's whole-image decode "
                          "(trapkit built without its compiled parts)")
@@ -183,6 +193,10 @@ def main() -> None:
         "trapkit defaults": Parallelism.for_cpus(cpus),
         "one batch at a time on all cores": Parallelism(workers=cpus, concurrency=1, threads=cpus),
     }
+    if args.features or args.features_only:
+        compare_features(workdir, md_path, model, configs["trapkit defaults"], args.batch_size, args.repeats)
+        if args.features_only:
+            return
     crops = premade_crops(workdir, md_path)
     naive, naive_median = bench_naive(workdir, md_path, args.naive_crops)
     print(f"(a) naive, full decode per crop, PyTorch batch 1, {args.naive_crops} crops spread over the folder: "
@@ -203,8 +217,8 @@ def main() -> None:
         print(f"  (b) inference alone on pre-made crops: {rate_b:7.1f} crops/s, {1000 * cpu_b:.1f} CPU ms per crop")
         report("pipeline end to end", pipeline[name], naive, rate_b, best_b)
     if args.fallbacks:
+        from trapkit import crops as crop_module
         from trapkit import images
-        from trapkit.serve import crops as crop_module
 
         # Each compiled part switched off in turn, as in a trapkit built without it.
         for what, module, name in (("Pillow crop resize", crop_module, "_resample"),
@@ -217,6 +231,26 @@ def main() -> None:
             finally:
                 setattr(module, name, compiled)
             report(f"trapkit defaults, {what}", fallback, naive, inference["trapkit defaults"][0], best_b)
+
+
+def compare_features(workdir: Path, md_path: Path, model: Path, par, batch: int, repeats: int) -> None:
+    """The pipeline with and without --features, alternating (both see the same quiet spells), best of each."""
+    runs = {False: [], True: []}
+    for _ in range(repeats):
+        for features in (False, True):
+            runs[features].append(bench_pipeline(workdir, md_path, model, par, batch, 1, features=features))
+    (plain, _, n), (with_features, _, _) = (min(runs[f]) for f in (False, True))
+    cpu_plain, cpu_features = (min(runs[f])[1] for f in (False, True))
+    rate_plain, rate_features = n / plain, n / with_features
+    print(f"--features (trapkit defaults, {par.workers} decoders, {par.concurrency} x {par.threads} threads), "
+          f"best of {repeats} alternating runs:")
+    print(f"  without: {n} crops in {plain:.2f} s = {rate_plain:7.1f} crops/s, {1000 * cpu_plain / n:.1f} CPU ms/crop")
+    print(f"  with:    {n} crops in {with_features:.2f} s = {rate_features:7.1f} crops/s, "
+          f"{1000 * cpu_features / n:.1f} CPU ms/crop")
+    print(f"  throughput with / without --features: {rate_features / rate_plain:.3f} "
+          f"({100 * (1 - rate_features / rate_plain):+.1f}% cost; target < 5%); "
+          f"all runs without: {' '.join(f'{s:.2f}' for s, _, _ in runs[False])} s, "
+          f"with: {' '.join(f'{s:.2f}' for s, _, _ in runs[True])} s")
 
 
 def report(what: str, run: tuple[float, float, int], naive: float, rate_b: float, best_b: float) -> None:
