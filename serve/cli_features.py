@@ -32,7 +32,8 @@ def register(subparsers, common) -> None:
                    help=f"diversity per folder (camera, site) or per day of EXIF time "
                    f"(default {default_of(FeatureSettings, 'by')})")
     p.add_argument("--map", choices=FEATURE_MAPS, default=None,
-                   help="2-D map method (default auto: UMAP when umap-learn is installed, else PCA)")
+                   help="2-D map method (default auto: UMAP when umap-learn is installed and there are 50 or more "
+                   "detections, else PCA)")
     p.add_argument("--images", type=Path, metavar="DIR",
                    help="the IMAGES_DIR given to classify: crops nearest each morph centre go into morphs.png "
                    "(without it, morph_examples.csv lists them and no montage is drawn)")

@@ -191,8 +191,8 @@ class FeatureParts:
             else:  # written, but its chunk's checkpoint was not: those images are classified again
                 path.unlink()
         if not done.keys() <= covered:
-            raise TrapkitError(f"the interrupted run did not write features (no --features, or another file); "
-                               f"resume it as it was started, or delete {checkpoint} to start over")
+            raise TrapkitError(f"the interrupted run did not write features (it was started without --features); "
+                               f"resume it without --features, or delete {checkpoint} to start over")
         return parts
 
     def _files(self) -> list[Path]:
@@ -230,12 +230,10 @@ class FeatureParts:
 
     def write(self, path: str | Path, result: dict, done: dict) -> int:
         """The table at `path` (.parquet or .csv, atomically) from the parts and the final JSON; returns rows."""
-        import pyarrow as pa
-
         path, schema = Path(path), _schema(self.meta)
         csv = path.suffix.lower() == ".csv"
         if csv:
-            atomic_write_text(sidecar(path), json.dumps(json.loads(self.meta.to_json()), indent=1) + "\n")
+            atomic_write_text(sidecar(path), json.dumps(asdict(self.meta), indent=1, sort_keys=True) + "\n")
         rows = 0
         with atomic_path(path) as tmp:
             writer = _csv_writer(tmp, schema) if csv else _parquet_writer(tmp, schema)

@@ -10,7 +10,8 @@ must agree: `trapkit.serve.feature_table`):
    `--morphs` or the K in 2..`--max-morphs` (below the number of rows) with
    the best silhouette score; morph 0 is the largest.
 3. `map.png`: the space in two dimensions (PCA's first two components, or UMAP
-   when umap-learn is installed), coloured by predicted species and by morph.
+   when umap-learn is installed and there are at least `UMAP_AUTO_MIN` rows),
+   coloured by predicted species and by morph.
 4. `morphs.csv`: every row's morph, distance to its centre and map position;
    `morph_examples.csv`: the rows nearest each centre. With `--images`,
    `morphs.png` shows their crops, cut again from the photos by the table's own
@@ -27,6 +28,7 @@ scikit-learn, pandas and matplotlib are imported inside the functions.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
+from trapkit.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from trapkit.errors import TrapkitError
 from trapkit.figures import figure_png, new_figure
 from trapkit.images import ImageReadError, safe_join
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 SPACE_DIMS = 50
 SILHOUETTE_SAMPLE = 5000  # silhouette is O(n^2): scored on a seeded sample of this many rows
 NO_TIME = "no time"
+UMAP_AUTO_MIN = 50  # --map auto: below this many detections UMAP's neighbourhoods mean little; PCA instead
 _MAX_COLOURS = 10  # species beyond the 9 most frequent are drawn as "other"
 
 
@@ -86,38 +89,35 @@ def analyse_features(tables: list[str | Path], out: str | Path, settings: Featur
     morph, distance, _ = _kmeans(space, k, settings.seed)
     xy, map_method = _map(space, settings)
     frame["morph"], frame["distance"], frame["map_x"], frame["map_y"] = morph, distance, xy[:, 0], xy[:, 1]
-    log.info("%d detections, %d morphs (%s), map by %s", n, k, "--morphs" if settings.morphs else "silhouette",
-             map_method)
+    log.debug("%d detections, %d morphs (%s), map by %s", n, k, "--morphs" if settings.morphs else "silhouette",
+              map_method)
 
-    report = FeatureReport(n, k, "--morphs" if settings.morphs else "silhouette", scores, map_method, out)
     meta = loaded[0].meta
-
-    def write(name: str, data: bytes | str) -> None:
-        path = out / name
-        (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(path, data)
-        report.written.append(path)
-
-    write("map.png", _map_png(frame, k, map_method))
+    # Everything is made in memory first: a failure (a wrong --images) leaves no half-written folder.
+    files: dict[str, bytes | str] = {"map.png": _map_png(frame, k, map_method)}
     columns = ["table", "file", "detection_index", "label", "conf", "time", "morph", "distance", "map_x", "map_y"]
-    write("morphs.csv", frame[columns].to_csv(index=False, float_format="%.6g", date_format="%Y-%m-%d %H:%M:%S"))
+    files["morphs.csv"] = frame[columns].to_csv(index=False, float_format="%.6g", date_format="%Y-%m-%d %H:%M:%S")
     examples = _examples(frame, k, settings.examples)
-    write("morph_examples.csv", examples[["morph", "rank", "table", "file", "detection_index", "label", "distance"]]
-          .to_csv(index=False, float_format="%.6g"))
+    files["morph_examples.csv"] = examples[["morph", "rank", "table", "file", "detection_index", "label",
+                                            "distance"]].to_csv(index=False, float_format="%.6g")
     if images is not None:
-        write("morphs.png", _montage_png(examples, frame, k, Path(images), meta))
+        files["morphs.png"] = _montage_png(examples, frame, k, Path(images), meta)
     else:
         log.info("no --images: no montage (morph_examples.csv lists the detections nearest each morph centre)")
     diversity = _diversity(frame, k, settings.by)
-    write(f"diversity_by_{settings.by}.csv", diversity.to_csv(index=False, float_format="%.6g"))
-    write(f"diversity_by_{settings.by}.png", _diversity_png(diversity, k, settings.by))
-    summary = {
-        "tables": [str(t.path) for t in loaded], "rows": n, "feature_size": meta.feature_size,
+    files[f"diversity_by_{settings.by}.csv"] = diversity.to_csv(index=False, float_format="%.6g")
+    files[f"diversity_by_{settings.by}.png"] = _diversity_png(diversity, k, settings.by)
+    chosen_by = "--morphs" if settings.morphs else "silhouette"
+    files["summary.json"] = json.dumps({
+        "tables": [t.path.name for t in loaded], "rows": n, "feature_size": meta.feature_size,
         "model": meta.model, "model_digest": meta.model_digest, "space_dims": int(space.shape[1]),
-        "morphs": k, "chosen_by": report.chosen_by, "silhouette": {str(a): b for a, b in scores.items()},
+        "morphs": k, "chosen_by": chosen_by, "silhouette": {str(a): b for a, b in scores.items()},
         "map": map_method, "by": settings.by, "morph_sizes": np.bincount(morph, minlength=k).tolist(),
-    }
-    atomic_write_json(out / "summary.json", summary, indent=1)
-    report.written.append(out / "summary.json")
+    }, indent=1) + "\n"
+    report = FeatureReport(n, k, chosen_by, scores, map_method, out)
+    for name, data in files.items():
+        (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(out / name, data)
+        report.written.append(out / name)
     return report
 
 
@@ -208,18 +208,21 @@ def _kmeans(space: np.ndarray, k: int, seed: int):
 
 def _map(space: np.ndarray, settings: FeatureSettings) -> tuple[np.ndarray, str]:
     """(n, 2) map coordinates and the method's name."""
-    want = settings.map
-    if want in ("auto", "umap"):
-        try:
-            import umap  # optional: pip install umap-learn
-        except ImportError:
-            if want == "umap":
-                raise TrapkitError("--map umap needs umap-learn; pip install umap-learn, or use --map pca") from None
-        else:
-            if len(space) >= 5:
-                reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(space) - 1), random_state=settings.seed)
-                return np.asarray(reducer.fit_transform(space), np.float64), "UMAP"
-            log.info("UMAP needs at least 5 detections; the map is PCA")
+    import importlib.util
+
+    n = len(space)
+    installed = importlib.util.find_spec("umap") is not None  # optional: pip install umap-learn
+    if settings.map == "umap" and not installed:
+        raise TrapkitError("--map umap needs umap-learn; pip install umap-learn, or use --map pca")
+    wanted = settings.map == "umap" or (settings.map == "auto" and installed and n >= UMAP_AUTO_MIN)
+    if wanted and n >= 5:
+        import umap
+
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=settings.seed,
+                            n_jobs=1)  # a seed makes UMAP single-threaded anyway
+        return np.asarray(reducer.fit_transform(space), np.float64), "UMAP"
+    if wanted:
+        log.info("UMAP needs at least 5 detections; the map is PCA")
     xy = space[:, :2]
     if xy.shape[1] < 2:
         xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
@@ -272,10 +275,11 @@ def _short(label: str, width: int = 22) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _colours(n: int):
+def _colours(n: int, morphs: bool = False):
+    """`n` distinct colours: species and morphs from different palettes, so the two panels are not confused."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    cmap = colormaps[("Dark2" if n <= 8 else "tab20b") if morphs else ("tab10" if n <= 10 else "tab20")]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -293,13 +297,17 @@ def _map_png(frame, k: int, method: str) -> bytes:
                                label=f"{_short(label)} ({len(rows)})")
     by_species.set_title(f"predicted species ({len(frame)} detections)")
     by_species.legend(fontsize=7, loc="best", markerscale=max(1.0, 20 / size))
-    colours = _colours(k)
+    colours = _colours(k, morphs=True)
     for m in range(k):
         rows = frame[frame["morph"] == m]
+        if rows.empty:  # --morphs above the number of distinct rows leaves a morph empty
+            continue
         by_morph.scatter(rows["map_x"], rows["map_y"], s=size, color=colours[m], alpha=0.8, linewidths=0)
-        by_morph.annotate(str(m), (rows["map_x"].mean(), rows["map_y"].mean()), fontsize=11, weight="bold",
-                          ha="center", va="center", color="black",
-                          bbox={"boxstyle": "circle,pad=0.2", "fc": "white", "ec": colours[m], "alpha": 0.85})
+        # The morph's number beside its members' mean, offset so a morph of one keeps its point visible.
+        by_morph.annotate(str(m), (rows["map_x"].mean(), rows["map_y"].mean()), xytext=(9, 9),
+                          textcoords="offset points", fontsize=10, weight="bold", ha="center", va="center",
+                          color="black", bbox={"boxstyle": "circle,pad=0.2", "fc": "white", "ec": colours[m],
+                                               "alpha": 0.85})
     by_morph.set_title(f"{k} morphs (k-means)")
     for ax in (by_species, by_morph):
         ax.set_xlabel(f"{method} 1")
@@ -349,7 +357,8 @@ def _montage_png(examples, frame, k: int, images: Path, meta) -> bytes:
             else:  # the morph has fewer members than columns
                 ax.set_frame_on(False)
             if c == 0:
-                ax.set_ylabel(f"morph {m}\n{sizes[m]} det.\n{_short(labels.index[0], 14)}", fontsize=7)
+                top = _short(labels.index[0], 14) if len(labels) else "-"
+                ax.set_ylabel(f"morph {m}\n{sizes[m]} det.\n{top}", fontsize=7)
     return figure_png(fig, dpi=80)
 
 
@@ -359,7 +368,7 @@ def _diversity_png(table, k: int, by: str) -> bytes:
     counts_ax, index_ax = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(groups))
     bottom = np.zeros(len(groups))
-    for m, colour in zip(range(k), _colours(k)):
+    for m, colour in zip(range(k), _colours(k, morphs=True)):
         values = table[f"morph_{m}"].to_numpy()
         counts_ax.bar(x, values, bottom=bottom, color=colour, label=f"morph {m}", width=0.8)
         bottom += values

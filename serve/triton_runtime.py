@@ -3,8 +3,9 @@
 Same interface as the local onnxruntime runtime (`.spec`, `.name`,
 `.predict(batch) -> probs`, `.predict(batch, embedding=True) -> (probs,
 embedding)` when the model has the `embedding` output, `.embedding_size`,
-`close()`), so the batch classifier does not care where the model runs. The model spec comes from the server: `trapkit export
---triton` writes the spec JSON into `config.pbtxt` as the model parameter
+`close()`), so the batch classifier does not care where the model runs.
+The model spec comes from the server: `trapkit export --triton` writes the
+spec JSON into `config.pbtxt` as the model parameter
 `trapkit.spec`, which Triton returns with the model config. Models that lack
 it fall back to the labels Triton serves through its classification extension
 (`labels.txt`), with the input size read from the config and default

@@ -402,6 +402,7 @@ def test_unwritable_out_is_refused(tiny_tables, tmp_path, capsys, out, fragment)
 def test_montage_from_the_wrong_images_folder_is_refused(tiny_tables, tmp_path, capsys):
     assert main(["features", str(tiny_tables[0]), "--out", str(tmp_path / "x"), "--images", str(tmp_path)]) == 1
     _one_line_error(capsys, "holds none of the montage's photos")
+    assert not (tmp_path / "x").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("features, fragment", [
