@@ -50,7 +50,7 @@ from trapkit.errors import TrapkitError
 from trapkit.images import FAILURE_UNREADABLE, ImageReadError, is_image_file, iter_images, safe_join
 from trapkit.prepare import prepare_image
 from trapkit.serve import feature_table, outputs
-from trapkit.serve.settings import ClassifySettings, Parallelism  # noqa: F401 - re-exported
+from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import smooth_sequences
 from trapkit.typed_json import read_versioned
 

@@ -97,12 +97,17 @@ class OnnxRuntime:
         self.spec = spec_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
         self.identity = _file_digest(self.path)  # which weights: a resumed run must use the same ones
-        inputs = [i.name for i in self.session.get_inputs()]
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         if INPUT_NAME not in inputs or PROBS not in outputs:
             raise TrapkitError(
-                f"{self.path} has inputs {inputs} and outputs {list(outputs)}, not a trapkit model; re-export it"
+                f"{self.path} has inputs {list(inputs)} and outputs {list(outputs)}, not a trapkit model; re-export it"
             )
+        size = self.spec.input_size
+        shape = inputs[INPUT_NAME]  # ['batch', S, S, 3]: names for dynamic axes, numbers for fixed ones
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (size, size, 3))):
+            raise TrapkitError(f"{self.path} takes images of shape {shape[1:]} but its spec says {size} x {size} x 3; "
+                               "the graph and its metadata disagree: re-export the model")
         width = outputs.get(EMBEDDING, [None])[-1]
         self.embedding_size = width if isinstance(width, int) else None  # D, or None: no embedding output
 
@@ -134,13 +139,17 @@ class OnnxRuntime:
         """(N, S, S, 3) uint8 -> (N, C) float32 probabilities; with `embedding`, (probs, (N, D) float32 embedding)
         from the same run of the graph (the embedding is computed anyway: fetching it costs a copy)."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        if not embedding:
-            (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
-            return probs.astype(np.float32, copy=False)
-        if self.embedding_size is None:
+        if embedding and self.embedding_size is None:
             raise TrapkitError(f"{self.path} has no '{EMBEDDING}' output; re-export it with 'trapkit export'")
-        probs, emb = self.session.run([PROBS, EMBEDDING], {INPUT_NAME: batch})
-        return probs.astype(np.float32, copy=False), emb.astype(np.float32, copy=False)
+        names = [PROBS, EMBEDDING] if embedding else [PROBS]
+        try:
+            outputs = self.session.run(names, {INPUT_NAME: batch})
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types (Fail, RuntimeException, ...)
+            reason = " ".join(str(e).split())[:200]
+            raise TrapkitError(f"the model failed on a batch of {len(batch)} images ({reason}); if it ran out of "
+                               "memory, lower --batch-size or --concurrency, else re-export the model") from None
+        probs, *rest = (o.astype(np.float32, copy=False) for o in outputs)  # (N, C) [, (N, D)]
+        return (probs, rest[0]) if embedding else probs
 
     def close(self) -> None:
         self.session = None
