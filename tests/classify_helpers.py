@@ -53,3 +53,32 @@ def onnx_with_taxonomy(src: Path, dst: Path, taxonomy: tuple[str, ...]) -> Path:
             prop.value = ModelSpec.from_json(prop.value).replace(taxonomy=taxonomy).to_json()
     onnx.save(proto, str(dst))
     return dst
+
+
+def megadetector_module(name: str):
+    """Import `megadetector.<name>` without leaving Pillow's partial decoding switched on (see above)."""
+    import importlib
+
+    from PIL import ImageFile
+
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    module = importlib.import_module(f"megadetector.{name}")
+    ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return module
+
+
+def megadetector_smoothing_options(options):
+    """MegaDetector's ClassificationSmoothingOptions with the fields of trapkit's `SmoothingOptions`."""
+    import dataclasses
+
+    md = megadetector_module("postprocessing.classification_postprocessing")
+    theirs = md.ClassificationSmoothingOptions()
+    for key, value in dataclasses.asdict(options).items():
+        assert hasattr(theirs, key), key  # same names
+        setattr(theirs, key, list(value) if isinstance(value, tuple) else value)
+    return theirs
+
+
+def top1(doc: dict) -> list:
+    """Top-1 class id of every detection, None where unclassified, in file order."""
+    return [[(d.get("classifications") or [[None]])[0][0] for d in im.get("detections") or ()] for im in doc["images"]]

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from classify_helpers import megadetector_module
 from trapkit.errors import TrapkitError
 from trapkit.serve.postprocess import (
     ANIMAL_TAXON, PostSettings, build_plan, classify, make_plan, plain_plan, read_allow_list, used_categories,
@@ -137,7 +138,7 @@ def test_allow_list_by_label_common_name_and_renamed_taxa(tmp_path):
 
 def test_allow_list_matches_megadetectors_restrict_to_taxa_list(tmp_path):
     """Each class's destination equals MegaDetector's mapping of a detection of that class."""
-    from megadetector.postprocessing.classification_postprocessing import restrict_to_taxa_list
+    restrict_to_taxa_list = megadetector_module("postprocessing.classification_postprocessing").restrict_to_taxa_list
 
     rows = ["canis lupus,gray wolf", "lynx rufus,bobcat", "meleagris gallopavo,wild turkey", "cervidae,deer"]
     allow = _allow_csv(tmp_path, rows)
