@@ -46,7 +46,7 @@ from trapkit.images import (
 from trapkit.serve import megadetector as md
 from trapkit.serve import outputs
 from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size, region_needed
-from trapkit.serve.smoothing import SmoothSettings, smooth_sequences
+from trapkit.serve.smoothing import SmoothSettings, sequences, smooth
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
 
     result = _assemble(doc, done, runtime, settings, whole)
     if settings.smooth is not None:
-        smooth_sequences(result, {int(i): r.get("time") for i, r in done.items()}, settings.smooth)
+        times = {i: done.get(str(i), {}).get("time") for i in range(len(result["images"]))}
+        smooth(result, settings.smooth, sequences(result["images"], times, settings.smooth.gap_seconds))
     atomic_write_json(paths.out, result)
     summary = outputs.summarize(result, done)
     if paths.csv:

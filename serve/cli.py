@@ -43,8 +43,9 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500, help="images between checkpoints (default 500)")
     p.add_argument("--sort-into", type=Path, metavar="DIR", help="copy images into DIR/<top species>/")
     p.add_argument("--link", action="store_true", help="with --sort-into: symlink instead of copying")
-    p.add_argument("--smooth", action="store_true",
-                   help="let each sequence's majority fix unsure classifications (sequences by EXIF time and folder)")
+    p.add_argument("--smooth", nargs="?", const="sequence", choices=("image", "sequence", "both"),
+                   help="MegaDetector's classification smoothing within each image, each sequence (EXIF time and "
+                   "folder, or one video), or both; --smooth alone means sequence")
     p.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
                    help="with --smooth: most seconds between photos of one sequence (default 60)")
     p.add_argument("--triton-url", help="classify on a Triton server (host:port or http://host:port)")
@@ -71,7 +72,7 @@ def _classify(args) -> int:
         categories=tuple(args.categories),
         top_k=args.top_k,
         margin=args.margin,
-        smooth=SmoothSettings(gap_seconds=gap) if args.smooth else None,
+        smooth=SmoothSettings(args.smooth, gap_seconds=gap) if args.smooth else None,
         batch_size=args.batch_size,
         workers=par.workers,
         concurrency=par.concurrency,
