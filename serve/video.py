@@ -188,7 +188,7 @@ def video_results(frames_doc: dict, frame_rates: dict[str, float | None] | None 
     for im in frames_doc["images"]:
         frame = split_frame(im["file"])
         if frame is not None:
-            videos.setdefault(frame[0], []).append(frame[::-1])
+            videos.setdefault(frame[0], []).append((frame[1], im))
         elif is_video_file(im["file"]):
             videos.setdefault(im["file"], []).append((-1, im))  # already video-level (a failed video)
         else:
