@@ -23,6 +23,8 @@ from trapkit.export.onnx_export import (
 )
 from trapkit.export.quantize import AgreementReport, VariantSettings, make_variant
 from trapkit.export.triton import TritonSettings, write_triton_model
+from trapkit.spec import ModelSpec
+from trapkit.taxonomy import read_taxonomy_csv
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +42,23 @@ class ExportResult:
 
 def export_model(source: str | Path, out: str | Path, *, variant: VariantSettings = VariantSettings(),
                  triton: TritonSettings | None = None, hub: HubSettings | None = None,
-                 tolerance: float = 1e-4) -> ExportResult:
-    """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies."""
+                 tolerance: float = 1e-4, taxonomy: str | Path | None = None) -> ExportResult:
+    """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies.
+
+    `taxonomy`: a `label,taxonomy` CSV (`trapkit.taxonomy`) whose strings go into the exported spec,
+    replacing any the source carries.
+    """
     check_tolerance(tolerance)
     out = Path(out)
     model_dir = resolve_source_dir(source)
     for directory in (out, triton and Path(triton.repo), hub and Path(hub.folder)):
         if directory:
             ensure_writable_dir(directory)
+    if taxonomy is not None and model_dir is not None:
+        read_taxonomy_csv(taxonomy, ModelSpec.load(model_dir).labels)  # bad rows fail before the slow load
     model = load_source(source)
+    if taxonomy is not None:
+        model.spec = model.spec.replace(taxonomy=read_taxonomy_csv(taxonomy, model.spec.labels))
     spec = model.spec
     if triton:
         triton.model_name(spec)  # a bad name fails before the slow part

@@ -125,11 +125,12 @@ def check_taxonomy(taxonomy, labels) -> tuple[str, ...]:
     return tuple(out)
 
 
-def read_taxonomy_csv(path: str | Path, labels) -> tuple[str, ...]:
+def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -> tuple[str, ...]:
     """The taxonomy strings for `labels` (in label order) from a `label,taxonomy` CSV.
 
-    Every label needs exactly one row and every row a known label; the first kind of
-    problem found is one `TrapkitError` line naming the rows (1-based, the header is row 1).
+    Every label needs exactly one row and every row a known label (unless `other_labels_ok`);
+    the first kind of problem found is one `TrapkitError` line naming the rows (1-based, the
+    header is row 1).
     """
     path = Path(path)
     rows = _read_rows(path)
@@ -141,7 +142,7 @@ def read_taxonomy_csv(path: str | Path, labels) -> tuple[str, ...]:
         label, text = (row.get("label") or "").strip(), row.get("taxonomy") or ""
         if not label and not text.strip():
             continue  # a blank line
-        if label not in known:
+        if label not in known and not (other_labels_ok and label):
             problems["unknown"].append(f"row {n} ({label or 'no label'})")
             continue
         if label in by_label:
