@@ -133,7 +133,7 @@ def bench_naive(workdir: Path, md_path: Path, n_crops: int) -> float:
     import torch
 
     from trapkit.images import open_image
-    from trapkit.serve.crops import crop_square
+    from trapkit.crops import crop_square
     from trapkit.train.model import imagenet_lite0
 
     model = imagenet_lite0()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trapkit.flags import only_with
+
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
@@ -49,22 +51,17 @@ def register(subparsers, common) -> None:
 
 
 def _run(args) -> int:
-    from trapkit.errors import TrapkitError
     from trapkit.export.hub_folder import HubSettings
     from trapkit.export.pipeline import export_model
     from trapkit.export.quantize import VariantSettings
     from trapkit.export.triton import TritonSettings
 
-    triton_only = [flag for flag, used in (("--name", args.name), ("--triton-gpu", args.triton_gpu),
-                                           ("--tensorrt", args.tensorrt), ("--openvino", args.openvino),
-                                           ("--triton-backend", args.triton_backend != "onnxruntime"))
-                   if used]
-    if triton_only and args.triton is None:
-        raise TrapkitError(f"{', '.join(triton_only)} only apply with --triton REPO; add --triton")
-    if args.min_agreement is not None and args.quantize is None:
-        raise TrapkitError("--min-agreement only applies with --quantize int8; add --quantize int8")
-    if args.calibration is not None and args.quantize is None and args.precision == "fp32":
-        raise TrapkitError("--calibration only applies with --quantize int8 or --precision fp16; add one of them")
+    only_with("--triton REPO", args.triton is not None, {
+        "--name": args.name is not None, "--triton-gpu": args.triton_gpu, "--tensorrt": args.tensorrt,
+        "--openvino": args.openvino, "--triton-backend": args.triton_backend != "onnxruntime"})
+    only_with("--quantize int8", args.quantize is not None, {"--min-agreement": args.min_agreement is not None})
+    only_with("--quantize int8 or --precision fp16", args.quantize is not None or args.precision != "fp32",
+              {"--calibration": args.calibration is not None})
     min_agreement = VariantSettings.min_agreement if args.min_agreement is None else args.min_agreement
     variant = VariantSettings(precision=args.precision, quantize=args.quantize, calibration=args.calibration,
                               min_agreement=min_agreement)

@@ -18,13 +18,10 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.export.onnx_export import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
+from trapkit.graph import CARD_FILENAME, CONFIG_FILENAME, HUB_FILES, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import display_names, parse_taxon
 
-CONFIG_FILENAME = "config.json"
-CARD_FILENAME = "README.md"
-HUB_FILES = (ONNX_FILENAME, CONFIG_FILENAME, CARD_FILENAME)  # the first two are required to load a model
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ def hub_config(spec: ModelSpec, embedding_dim: int) -> dict:
             "input_size": [3, spec.input_size, spec.input_size],
             "mean": list(spec.mean),
             "std": list(spec.std),
-            "interpolation": "bilinear",
+            "interpolation": spec.interpolation,
             "crop_pct": 1.0,
             "crop_mode": "center" if spec.resize_mode == "center_crop" else "squash",
             "num_classes": spec.num_classes,
@@ -149,8 +146,9 @@ def _round_note(metrics: dict) -> str:
 
 def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None) -> str:
     s = spec.input_size
-    prepare = (f"ImageOps.fit(img, ({s}, {s}), Image.BILINEAR)" if spec.resize_mode == "center_crop"
-               else f"img.resize(({s}, {s}), Image.BILINEAR)")
+    resample = f"Image.{spec.interpolation.upper()}"
+    prepare = (f"ImageOps.fit(img, ({s}, {s}), {resample})" if spec.resize_mode == "center_crop"
+               else f"img.resize(({s}, {s}), {resample})")
     resize = ("stretched to a square" if spec.resize_mode == "squash"
               else "short side scaled, centre square cropped")
     recall = (metrics or {}).get("per_class_recall") or {}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.graph import TRITON_SPEC_PARAMETER
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import display_names
 
@@ -47,7 +48,6 @@ TRITON_MODEL_FILE = "model.onnx"  # in each version folder; the python backend's
 # Shipped as package data, not as a module: it imports Triton's stub utilities, which only exist inside Triton.
 PYTHON_MODEL_TEMPLATE = Path(__file__).resolve().parent / "templates" / "triton_python_model.py.tmpl"
 MAX_QUEUE_DELAY_US = 1000
-SPEC_PARAMETER = "trapkit.spec"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64"}
 
@@ -142,7 +142,7 @@ def config_text(name: str, onnx_path: str | Path, settings: TritonSettings, prob
         "  }",
         "]",
         # Triton returns parameters with the model config, so a client learns labels and input policy from the server.
-        f'parameters {{ key: "{SPEC_PARAMETER}" value {{ string_value: "{pbtxt_escape(spec_json(spec))}" }} }}',
+        f'parameters {{ key: "{TRITON_SPEC_PARAMETER}" value {{ string_value: "{pbtxt_escape(spec_json(spec))}" }} }}',
     ]
     if settings.tensorrt:
         lines += [

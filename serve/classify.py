@@ -2,10 +2,11 @@
 
 Pipeline (one pass, three overlapping stages):
 
-1. Worker threads each take one image, read its header (size, EXIF orientation
-   and time), decode it ONCE for all its crops, at a reduced JPEG DCT scale when
-   every crop keeps at least the model's input size, and cut the crops
-   (`trapkit.serve.crops`). Pillow releases the GIL while decoding.
+1. Worker threads each take one image and prepare its model inputs through the
+   core's one preparation path (`trapkit.prepare.prepare_image`): header read
+   once (size, EXIF orientation and time), decoded ONCE for all its crops, only
+   the rectangle they read, at a reduced JPEG DCT scale when every crop keeps
+   at least the model's input size. The decoders release the GIL.
 2. The main thread gathers crops in image order into batches of `batch_size`
    across images.
 3. Up to `concurrency` batches run on the runtime at once (onnxruntime or
@@ -14,8 +15,11 @@ Pipeline (one pass, three overlapping stages):
 Work is checkpointed (atomically) every `checkpoint_every` images. Batches
 never straddle a checkpoint boundary, so a resumed run feeds the model exactly
 the same batches as an uninterrupted one and writes the same output.
-Images that cannot be read keep the detector's boxes, unclassified, with a
-`classification_failure` string, and the run goes on.
+Which detections are classified, and how they are cropped, is the model's
+own crop policy (`trapkit.prepare.Preprocessing.from_spec`), unless flags
+say otherwise. Images that cannot be read keep the detector's boxes,
+unclassified, with a `classification_failure` code (`trapkit.images.FAILURE_*`;
+details go to the log), and the run goes on.
 """
 
 from __future__ import annotations
@@ -34,77 +38,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from trapkit import __version__
+from trapkit import detections as md
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
-from trapkit.images import (
-    EXIF_ORIENTATION, ImageReadError, is_image_file, iter_images, open_image, open_window, safe_join,
-    to_model_input,
-)
-from trapkit.serve import megadetector as md
+from trapkit.images import FAILURE_UNREADABLE, ImageReadError, is_image_file, iter_images, safe_join
+from trapkit.prepare import prepare_image
 from trapkit.serve import outputs
-from trapkit.serve.crops import CropPolicy, crop_square, min_decode_size, region_needed
-from trapkit.serve.smoothing import SmoothSettings, sequences, smooth
+from trapkit.serve.settings import ClassifySettings, Parallelism  # noqa: F401 - re-exported
+from trapkit.serve.smoothing import sequences, smooth
+from trapkit.typed_json import read_versioned
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: failures are FAILURE_* codes
 CONF_DECIMALS = 4
 # Test hook (documented in tests/test_classify_resume.py): SIGKILL this process
 # after preparing that many images, to prove --resume recovers from a hard kill
 # (or send the signal named in KILL_SIGNAL_ENV: SIGINT is a Ctrl-C).
 KILL_AFTER_ENV = "TRAPKIT_TEST_KILL_AFTER_IMAGES"
 KILL_SIGNAL_ENV = "TRAPKIT_TEST_KILL_SIGNAL"
-_EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME, _EXIF_IFD = 36867, 306, 0x8769
-
-
-@dataclass(frozen=True)
-class ClassifySettings:
-    """What to classify and how. Changing any of the first four invalidates a checkpoint."""
-
-    threshold: float = 0.1
-    categories: tuple[str, ...] = ("animal",)
-    top_k: int = 5
-    margin: float = 0.1
-    smooth: SmoothSettings | None = None  # None: no sequence smoothing
-    batch_size: int = 32
-    workers: int = 2
-    concurrency: int = 1
-    checkpoint_every: int = 500
-
-    def __post_init__(self):
-        CropPolicy(self.margin)  # validates the margin
-        for name in ("top_k", "batch_size", "workers", "concurrency", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise TrapkitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise TrapkitError(f"threshold {self.threshold} is out of range; use a detection confidence in [0, 1]")
-
-
-@dataclass(frozen=True)
-class Parallelism:
-    """Decoding threads, batches in flight, and onnxruntime threads per batch."""
-
-    workers: int
-    concurrency: int
-    threads: int
-
-    @classmethod
-    def for_cpus(cls, cpus: int, workers: int | None = None, concurrency: int | None = None,
-                 threads: int | None = None) -> Parallelism:
-        """Defaults for `cpus` cores, any given value kept.
-
-        A few batches in flight with fewer threads each beat one batch on every
-        core: onnxruntime's threads then never wait on each other (single-thread
-        Lite0 costs ~20% less CPU per crop than two threads on one batch), and the
-        decoding threads fill the gaps (bench/bench_classify.py).
-        """
-        if any(v is not None and v < 0 for v in (workers, concurrency, threads)):
-            raise TrapkitError("--workers, --concurrency and --threads must be positive")
-        concurrency = concurrency or min(cpus, 4)
-        return cls(workers or cpus, concurrency, threads or max(1, cpus // concurrency))
 
 
 @dataclass(frozen=True)
@@ -165,13 +119,13 @@ def _check_writable(flag: str, path: Path, folder: Path) -> None:
 
 
 @dataclass
-class Prepared:
-    """One image after stage 1: its crops (k, S, S, 3) uint8 for detections `det_indices`, or a failure."""
+class Staged:
+    """One image after stage 1: its crops (k, S, S, 3) uint8 for detections `det_indices`, or a failure code."""
 
     index: int
     det_indices: list[int]
     crops: np.ndarray | None = None
-    failure: str | None = None
+    failure: str | None = None  # a trapkit.images.FAILURE_* code
     warnings: list[str] = field(default_factory=list)
     time: str | None = None  # EXIF "YYYY:MM:DD HH:MM:SS"
 
@@ -179,19 +133,16 @@ class Prepared:
 def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = ClassifySettings(),
                     resume: bool = False):
     """Classify, write `paths.out` (and CSV / sorted folders), return a `trapkit.serve.outputs.Summary`."""
-    whole = paths.detections is None
-    doc = _input_document(paths)
-    targets = _targets(doc, settings, whole)
-    if not whole:
-        _check_images_found(paths, doc, targets)
-    fingerprint = _fingerprint(doc, runtime, settings)
-    done = _load_checkpoint(paths.checkpoint, fingerprint, resume)
-    todo = [i for i in sorted(targets) if str(i) not in done]
+    job = _Job(paths, runtime, settings)
+    if paths.detections is not None:
+        job.check_images_found()
+    done = _load_checkpoint(paths.checkpoint, job.fingerprint, resume)
+    todo = [i for i in sorted(job.targets) if str(i) not in done]
     log.info("%d images to classify (%d detections), %d already done%s", len(todo),
-             sum(len(targets[i]) for i in todo), len(done), " (resumed)" if done else "")
-    _run(paths, runtime, settings, doc, targets, todo, done, fingerprint, whole)
+             sum(len(job.targets[i]) for i in todo), len(done), " (resumed)" if done else "")
+    job.run(todo, done)
 
-    result = _assemble(doc, done, runtime, settings, whole)
+    result = job.assemble(done)
     if settings.smooth is not None:
         times = {i: done.get(str(i), {}).get("time") for i in range(len(result["images"]))}
         smooth(result, settings.smooth, sequences(result["images"], times, settings.smooth.gap_seconds))
@@ -203,6 +154,141 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
         outputs.sort_into(result, paths.images_dir, paths.sort_into, link=paths.link)
     paths.checkpoint.unlink(missing_ok=True)  # the output now holds everything the checkpoint did
     return summary
+
+
+class _Job:
+    """One classify run: its input document, what to classify in it, and the stages over it."""
+
+    def __init__(self, paths: ClassifyPaths, runtime, settings: ClassifySettings):
+        self.paths, self.runtime, self.settings = paths, runtime, settings
+        self.whole = paths.detections is None  # no detector: each image is one full-frame item
+        self.prep = settings.preprocessing(runtime.spec)
+        self.doc = _input_document(paths)
+        self.targets = self._targets()
+        self.fingerprint = _fingerprint(self.doc, runtime, settings)
+
+    def _targets(self) -> dict[int, list[int]]:
+        """{image index: [detection indices to classify]} (`trapkit.detections.qualifying`), image files only."""
+        images = self.doc["images"]
+        if self.whole:
+            return {i: [0] for i in range(len(images))}
+        targets = md.qualifying(self.doc, self.prep.threshold, self.prep.categories)
+        not_images = [i for i in targets if not is_image_file(images[i]["file"])]
+        if not_images:
+            # Videos (MegaDetector frame results) and other files are carried through as they are.
+            log.warning("%d entries are not image files (videos?); left as they are", len(not_images))
+        return {i: dets for i, dets in targets.items() if i not in set(not_images)}
+
+    def check_images_found(self) -> None:
+        """Stop before any work when not one image to classify is under IMAGES_DIR: the folder is wrong."""
+        files = [self.doc["images"][i]["file"] for i in sorted(self.targets)]
+        if files and not any(_is_file(self.paths.images_dir, f) for f in files):
+            raise TrapkitError(
+                f"none of the {len(files)} images to classify in {self.paths.detections} is under "
+                f"{self.paths.images_dir} ({files[0]} is missing); IMAGES_DIR is probably the wrong folder: "
+                "give the one MegaDetector's file paths start from"
+            )
+
+    def prepare(self, i: int) -> Staged:
+        """Stage 1 for one image: decode once (reduced and cut to the crops' rectangle) and cut every crop."""
+        entry, det_indices = self.doc["images"][i], self.targets[i]
+        out = Staged(i, det_indices)
+        try:
+            path = safe_join(self.paths.images_dir, entry["file"])
+            boxes = None if self.whole else [entry["detections"][j]["bbox"] for j in det_indices]
+            prepared = prepare_image(path, boxes, self.prep)
+            out.crops, out.time, out.warnings = prepared.crops, prepared.time, prepared.warnings
+        except ImageReadError as e:
+            out.failure = e.code
+            log.warning("not classified: %s", e)
+        except Exception as e:  # noqa: BLE001 - one strange file must not end a 100k-image run; recorded, not hidden
+            out.failure = FAILURE_UNREADABLE
+            log.warning("not classified: %s could not be processed (%s: %s)", ascii(entry.get("file")),
+                        e.__class__.__name__, e)
+            log.debug("unexpected error on %s", ascii(entry.get("file")), exc_info=True)
+        return out
+
+    def run(self, todo: list[int], done: dict) -> None:
+        """Stages 1-3 over `todo`, recording each image into `done` and checkpointing every `checkpoint_every`."""
+        from tqdm import tqdm
+
+        settings = self.settings
+        kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        batcher = _Batcher(self.runtime, settings)
+        bar = tqdm(total=len(todo), unit="img", desc="classify", disable=None)
+        try:
+            with ThreadPoolExecutor(settings.workers, thread_name_prefix="decode") as pool:
+                chunk: list[Staged] = []
+                for n, item in enumerate(_ordered_map(pool, self.prepare, todo, lookahead=4 * settings.workers), 1):
+                    chunk.append(item)
+                    if item.crops is not None:
+                        batcher.add(item)
+                    if kill_after and n >= kill_after:
+                        # Raised in this (the main) thread, so a SIGINT is handled before the next line runs.
+                        signal.raise_signal(getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
+                    if len(chunk) == settings.checkpoint_every or n == len(todo):
+                        results = batcher.finish()
+                        for p in chunk:
+                            done[str(p.index)] = _record(p, results, settings.top_k)
+                        atomic_write_json(self.paths.checkpoint, {
+                            "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "done": done},
+                            indent=None)
+                        bar.update(len(chunk))
+                        chunk = []
+        finally:
+            bar.close()
+            batcher.close()
+
+    def assemble(self, done: dict) -> dict:
+        """The output document: the input upgraded to 1.6 with classifications merged in."""
+        out = md.upgrade_to_output(copy.deepcopy(self.doc))
+        stale = 0
+        for im in out["images"]:
+            im.pop(md.CLASSIFICATION_FAILURE, None)  # an earlier run's; this run's are set below
+            for d in im["detections"] or ():
+                # The model's categories replace any earlier ones, so no earlier class id may survive.
+                d.pop("classifications_before_smoothing", None)
+                stale += d.pop("classifications", None) is not None
+        if stale:
+            log.warning("replaced earlier classifications on %d detections", stale)
+        spec = self.runtime.spec
+        out["classification_categories"], descriptions = md.classification_categories(spec.labels, spec.taxonomy)
+        if descriptions:
+            out["classification_category_descriptions"] = descriptions
+        else:
+            out.pop("classification_category_descriptions", None)
+        for i, record in done.items():
+            im = out["images"][int(i)]
+            if record["failure"]:
+                if self.whole:  # a made-up full-frame box is no detection
+                    im["failure"], im["detections"] = record["failure"], None
+                else:  # the detector's boxes stay, unclassified
+                    im[md.CLASSIFICATION_FAILURE] = record["failure"]
+                continue
+            for j, classes in record["classifications"].items():
+                im["detections"][int(j)]["classifications"] = classes
+        info = out["info"]
+        info["classifier"] = self.runtime.name
+        info["classification_completion_time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        prep = self.prep
+        info["classifier_metadata"] = {
+            "trapkit_version": __version__, "threshold": prep.threshold, "categories": list(prep.categories),
+            "top_k": self.settings.top_k, "crop_margin": prep.margin, "input_size": prep.input_size,
+            "interpolation": prep.interpolation,
+            "smoothing": asdict(self.settings.smooth) if self.settings.smooth is not None else None,
+        }
+        return out
+
+
+def _fingerprint(doc: dict, runtime, settings: ClassifySettings) -> str:
+    """What the results depend on: the input, the model and the settings that change outputs."""
+    h = hashlib.sha256()
+    h.update(json.dumps(doc, sort_keys=True).encode())
+    h.update(runtime.spec.to_json().encode())
+    h.update(str(getattr(runtime, "identity", "")).encode())  # the weights, where the runtime knows them
+    prep = settings.preprocessing(runtime.spec)
+    h.update(json.dumps({"top_k": settings.top_k, **asdict(prep)}, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def _input_document(paths: ClassifyPaths) -> dict:
@@ -217,51 +303,11 @@ def _input_document(paths: ClassifyPaths) -> dict:
     return md.load_detections(paths.detections)
 
 
-def _targets(doc: dict, settings: ClassifySettings, whole: bool) -> dict[int, list[int]]:
-    """{image index: [detection indices to classify]} for readable images with matching detections."""
-    cats = md.category_ids(doc, settings.categories) if not whole else set(doc["detection_categories"])
-    targets, not_images = {}, 0
-    for i, im in enumerate(doc["images"]):
-        if im.get("failure") is not None or not im.get("detections"):
-            continue
-        if not is_image_file(im["file"]):
-            not_images += 1  # videos (MegaDetector frame results) and other files are carried through as they are
-            continue
-        dets = [j for j, d in enumerate(im["detections"]) if d["category"] in cats and d["conf"] >= settings.threshold]
-        if dets:
-            targets[i] = dets
-    if not_images:
-        log.warning("%d entries are not image files (videos?); left as they are", not_images)
-    return targets
-
-
-def _check_images_found(paths: ClassifyPaths, doc: dict, targets: dict) -> None:
-    """Stop before any work when not one image to classify is under IMAGES_DIR: the folder is wrong."""
-    files = [doc["images"][i]["file"] for i in sorted(targets)]
-    if files and not any(_is_file(paths.images_dir, f) for f in files):
-        raise TrapkitError(
-            f"none of the {len(files)} images to classify in {paths.detections} is under {paths.images_dir} "
-            f"({files[0]} is missing); IMAGES_DIR is probably the wrong folder: give the one MegaDetector's file "
-            "paths start from"
-        )
-
-
 def _is_file(root, file: str) -> bool:
     try:
         return safe_join(root, file).is_file()
     except ImageReadError:
         return False
-
-
-def _fingerprint(doc: dict, runtime, settings: ClassifySettings) -> str:
-    """What the results depend on: the input, the model and the settings that change outputs."""
-    h = hashlib.sha256()
-    h.update(json.dumps(doc, sort_keys=True).encode())
-    h.update(runtime.spec.to_json().encode())
-    h.update(str(getattr(runtime, "identity", "")).encode())  # the weights, where the runtime knows them
-    keep = {k: v for k, v in asdict(settings).items() if k in ("threshold", "categories", "top_k", "margin")}
-    h.update(json.dumps(keep, sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 def _load_checkpoint(path: Path, fingerprint: str, resume: bool) -> dict:
@@ -273,14 +319,13 @@ def _load_checkpoint(path: Path, fingerprint: str, resume: bool) -> dict:
         raise TrapkitError(
             f"{path} holds an interrupted run; add --resume to continue it, or delete it to start over"
         )
+    advice = "delete it to start over"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise TrapkitError(
-            f"checkpoint {path} is unreadable ({e.__class__.__name__}); delete it to start over"
-        ) from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "done" not in state:
-        raise TrapkitError(f"{path} is not a trapkit classify checkpoint; delete it to start over")
+        state = read_versioned(path, CHECKPOINT_VERSION, "checkpoint", advice)
+    except TrapkitError as e:
+        raise TrapkitError(f"{e} (the checkpoint is unreadable)") from None
+    if state.get("version") != CHECKPOINT_VERSION or not _is_checkpoint(state):
+        raise TrapkitError(f"{path} is not a trapkit classify checkpoint of this version; {advice}")
     if state.get("fingerprint") != fingerprint:
         raise TrapkitError(
             f"checkpoint {path} was made with other detections, model or settings; "
@@ -289,88 +334,17 @@ def _load_checkpoint(path: Path, fingerprint: str, resume: bool) -> dict:
     return state["done"]
 
 
-def _run(paths, runtime, settings, doc, targets, todo, done, fingerprint, whole) -> None:
-    from tqdm import tqdm
-
-    spec = runtime.spec
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
-    kill_signal = getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL"))
-    images = doc["images"]
-
-    def prepare(i: int) -> Prepared:
-        return prepare_image(paths.images_dir, images[i], i, targets[i], spec, settings.margin, whole)
-
-    def save() -> None:
-        atomic_write_json(paths.checkpoint, {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
-                                             "done": done}, indent=None)
-
-    batcher = _Batcher(runtime, settings)
-    bar = tqdm(total=len(todo), unit="img", desc="classify", disable=None)
-    try:
-        with ThreadPoolExecutor(settings.workers, thread_name_prefix="decode") as pool:
-            chunk: list[Prepared] = []
-            for n, item in enumerate(_ordered_map(pool, prepare, todo, lookahead=4 * settings.workers), 1):
-                chunk.append(item)
-                if item.crops is not None:
-                    batcher.add(item)
-                if kill_after and n >= kill_after:
-                    os.kill(os.getpid(), kill_signal)
-                if len(chunk) == settings.checkpoint_every or n == len(todo):
-                    results = batcher.finish()
-                    for p in chunk:
-                        done[str(p.index)] = _record(p, results, settings.top_k)
-                    save()
-                    bar.update(len(chunk))
-                    chunk = []
-    finally:
-        bar.close()
-        batcher.close()
-
-
-def prepare_image(root, entry: dict, index: int, det_indices: list[int], spec, margin: float,
-                  whole: bool) -> Prepared:
-    """Stage 1 for one image: decode once (reduced when crops allow) and cut every crop."""
-    out = Prepared(index, det_indices)
-    size = spec.input_size
-    try:
-        path = safe_join(root, entry["file"])
-        header = _probe(path)
-        bboxes = [entry["detections"][j]["bbox"] for j in det_indices]
-        if header is not None:
-            out.time = header[2]
-        if whole:
-            img, out.warnings = open_image(path, min_size=(size, size))
-            out.crops = to_model_input(img, size, spec.resize_mode)[None]
-        else:
-            min_size = region = None  # the whole image when the header is unreadable
-            if header is not None:
-                (w, h), transposed, _ = header
-                mw, mh = min_decode_size(bboxes, w, h, size, margin)
-                min_size = (mh, mw) if transposed else (mw, mh)  # draft works on the stored (unrotated) image
-                region = region_needed(bboxes, w, h, size, margin)
-            window, out.warnings = open_window(path, min_size=min_size, region=region)
-            out.crops = np.stack([crop_square(window, b, size, margin) for b in bboxes])
-    except ImageReadError as e:
-        out.failure = str(e)
-    except Exception as e:  # noqa: BLE001 - one strange file must not end a 100k-image run; recorded, not hidden
-        log.debug("unexpected error on %s", entry.get("file"), exc_info=True)
-        out.failure = f"{entry.get('file')} could not be processed ({e.__class__.__name__}: {e})"
-    if out.failure:
-        log.warning("%s", out.failure)
-    return out
-
-
-def _probe(path: Path):
-    """((width, height) upright, rotated by 90 degrees?, EXIF time) from the header, or None if unreadable."""
-    try:
-        with Image.open(path) as img:
-            exif = img.getexif()
-            transposed = exif.get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-            taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
-            w, h = img.size
-    except Exception:  # noqa: BLE001 - open_image reports the real problem next
-        return None
-    return ((h, w) if transposed else (w, h)), transposed, (str(taken).strip("\x00 ") if taken else None)
+def _is_checkpoint(state: dict) -> bool:
+    """The structure `_record` writes: {"done": {image index: {classifications, failure, warnings, time}}}."""
+    done = state.get("done")
+    if not isinstance(done, dict) or not isinstance(state.get("fingerprint"), str):
+        return False
+    for key, record in done.items():
+        if not (key.isdigit() and isinstance(record, dict) and isinstance(record.get("classifications"), dict)
+                and isinstance(record.get("warnings"), list)
+                and all(isinstance(record.get(k), (str, type(None))) for k in ("failure", "time"))):
+            return False
+    return True
 
 
 def _ordered_map(pool, fn, items, lookahead: int):
@@ -397,7 +371,7 @@ class _Batcher:
         self.results: dict[tuple[int, int], np.ndarray] = {}
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="infer")
 
-    def add(self, item: Prepared) -> None:
+    def add(self, item: Staged) -> None:
         for j, crop in zip(item.det_indices, item.crops):
             self.keys.append((item.index, j))
             self.crops.append(crop)
@@ -439,46 +413,7 @@ def top_k(probs: np.ndarray, k: int) -> list[list]:
     return [[str(int(c)), round(float(probs[c]), CONF_DECIMALS)] for c in order]
 
 
-def _record(p: Prepared, results: dict, k: int) -> dict:
+def _record(p: Staged, results: dict, k: int) -> dict:
     """The checkpointed result of one image (plain JSON)."""
     classifications = {} if p.failure else {str(j): top_k(results[(p.index, j)], k) for j in p.det_indices}
     return {"classifications": classifications, "failure": p.failure, "warnings": p.warnings, "time": p.time}
-
-
-def _assemble(doc: dict, done: dict, runtime, settings: ClassifySettings, whole: bool) -> dict:
-    """The output document: the input upgraded to 1.6 with classifications merged in."""
-    out = md.upgrade_to_output(copy.deepcopy(doc))
-    stale = 0
-    for im in out["images"]:
-        im.pop(md.CLASSIFICATION_FAILURE, None)  # an earlier run's; this run's are set below
-        for d in im["detections"] or ():
-            # The model's categories replace any earlier ones, so no earlier class id may survive.
-            d.pop("classifications_before_smoothing", None)
-            stale += d.pop("classifications", None) is not None
-    if stale:
-        log.warning("replaced earlier classifications on %d detections", stale)
-    spec = runtime.spec
-    out["classification_categories"], descriptions = md.classification_categories(spec.labels, spec.taxonomy)
-    if descriptions:
-        out["classification_category_descriptions"] = descriptions
-    else:
-        out.pop("classification_category_descriptions", None)
-    for i, record in done.items():
-        im = out["images"][int(i)]
-        if record["failure"]:
-            if whole:  # a made-up full-frame box is no detection
-                im["failure"], im["detections"] = record["failure"], None
-            else:  # the detector's boxes stay, unclassified
-                im[md.CLASSIFICATION_FAILURE] = record["failure"]
-            continue
-        for j, classes in record["classifications"].items():
-            im["detections"][int(j)]["classifications"] = classes
-    info = out["info"]
-    info["classifier"] = runtime.name
-    info["classification_completion_time"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    info["classifier_metadata"] = {
-        "trapkit_version": __version__, "threshold": settings.threshold, "categories": list(settings.categories),
-        "top_k": settings.top_k, "crop_margin": settings.margin, "input_size": spec.input_size,
-        "smoothing": asdict(settings.smooth) if settings.smooth is not None else None,
-    }
-    return out

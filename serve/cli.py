@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trapkit.flags import default_of, given, only_with
+from trapkit.serve.settings import ClassifySettings
+from trapkit.serve.smoothing import SmoothSettings
+
 
 def register(subparsers, common) -> None:
     _register_classify(subparsers, common)
@@ -27,27 +31,32 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--detections", type=Path, help="MegaDetector batch output JSON (format 1.3 or later)")
     p.add_argument("--out", type=Path, required=True, help="output JSON (MegaDetector format 1.6 with classifications)")
     p.add_argument("--csv", type=Path, help="also write a tidy CSV, one row per detection and rank")
-    p.add_argument("--threshold", type=float, default=0.1,
-                   help="minimum detection confidence to classify (default 0.1)")
-    p.add_argument("--categories", nargs="+", default=["animal"], metavar="NAME",
-                   help="detection categories to classify (default: animal)")
-    p.add_argument("--top-k", type=int, default=5, help="classifications kept per detection (default 5)")
-    p.add_argument("--margin", type=float, default=0.1,
-                   help="context around each box, as a fraction of its longer side (default 0.1)")
-    p.add_argument("--batch-size", type=int, default=32, help="crops per model call (default 32)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="minimum detection confidence to classify (default: the model's, usually 0.1)")
+    p.add_argument("--categories", nargs="+", default=None, metavar="NAME",
+                   help="detection categories to classify (default: the model's, usually animal)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help=f"classifications kept per detection (default {default_of(ClassifySettings, 'top_k')})")
+    p.add_argument("--margin", type=float, default=None,
+                   help="context around each box, as a fraction of its longer side (default: the model's, "
+                   "usually 0.1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"crops per model call (default {default_of(ClassifySettings, 'batch_size')})")
     p.add_argument("--workers", type=int, default=None,
                    help="image decoding threads (default: one per CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="onnxruntime threads per batch (default: CPUs / --concurrency)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="images between checkpoints (default 500)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help=f"images between checkpoints (default {default_of(ClassifySettings, 'checkpoint_every')})")
     p.add_argument("--sort-into", type=Path, metavar="DIR", help="copy images into DIR/<top species>/")
     p.add_argument("--link", action="store_true", help="with --sort-into: symlink instead of copying")
     p.add_argument("--smooth", nargs="?", const="sequence", choices=("image", "sequence", "both"),
                    help="MegaDetector's classification smoothing within each image, each sequence (EXIF time and "
                    "folder, or one video), or both; --smooth alone means sequence")
     p.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
-                   help="with --smooth: most seconds between photos of one sequence (default 60)")
+                   help=f"with --smooth: most seconds between photos of one sequence (default "
+                   f"{default_of(SmoothSettings, 'gap_seconds'):g})")
     p.add_argument("--triton-url", help="classify on a Triton server (host:port or http://host:port)")
     p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
     p.add_argument("--concurrency", type=int, default=None,
@@ -56,28 +65,18 @@ def _register_classify(subparsers, common) -> None:
 
 
 def _classify(args) -> int:
-    from trapkit.errors import TrapkitError
-    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, Parallelism, classify_images
+    from trapkit.serve.classify import ClassifyPaths, classify_images
     from trapkit.serve.runtime import available_cpus, open_runtime
-    from trapkit.serve.smoothing import SmoothSettings
+    from trapkit.serve.settings import Parallelism
 
-    if args.link and not args.sort_into:
-        raise TrapkitError("--link only applies with --sort-into DIR")
-    if args.sequence_gap is not None and not args.smooth:
-        raise TrapkitError("--sequence-gap only applies with --smooth")
-    gap = 60.0 if args.sequence_gap is None else args.sequence_gap
+    only_with("--sort-into DIR", args.sort_into is not None, {"--link": args.link})
+    only_with("--smooth", args.smooth, {"--sequence-gap": args.sequence_gap is not None})
     par = Parallelism.for_cpus(available_cpus(), args.workers, args.concurrency, args.threads)
-    settings = ClassifySettings(
-        threshold=args.threshold,
-        categories=tuple(args.categories),
-        top_k=args.top_k,
-        margin=args.margin,
-        smooth=SmoothSettings(args.smooth, gap_seconds=gap) if args.smooth else None,
-        batch_size=args.batch_size,
-        workers=par.workers,
-        concurrency=par.concurrency,
-        checkpoint_every=args.checkpoint_every,
-    )
+    smooth = SmoothSettings(args.smooth, **given(gap_seconds=args.sequence_gap)) if args.smooth else None
+    settings = ClassifySettings(**given(
+        threshold=args.threshold, categories=tuple(args.categories) if args.categories else None, top_k=args.top_k,
+        margin=args.margin, smooth=smooth, batch_size=args.batch_size, workers=par.workers,
+        concurrency=par.concurrency, checkpoint_every=args.checkpoint_every))
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
                           sort_into=args.sort_into, link=args.link)
     runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,

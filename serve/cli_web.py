@@ -1,18 +1,15 @@
-"""`trapkit demo` and `trapkit label`: the two Gradio pages (registered by trapkit.cli).
+"""`trapkit demo`: the Gradio demo page (registered by trapkit.cli).
 
 Gradio and the model load inside the adapters, so `trapkit --help` stays fast.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from trapkit.errors import TrapkitError
-
-log = logging.getLogger(__name__)
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+from trapkit.flags import default_of, given
+from trapkit.serve.settings import DemoSettings
+from trapkit.web import add_server_args, check_server_args
 
 
 def register(subparsers, common) -> None:
@@ -27,55 +24,21 @@ def register(subparsers, common) -> None:
     p.add_argument("--model", required=True, help="model.onnx, an export folder, or hf://owner/name[@rev]")
     p.add_argument("--detections", type=Path, default=None,
                    help="MegaDetector batch JSON; uploads are matched to it by file name")
-    p.add_argument("--top-k", type=int, default=5, help="species to show per photo or detection (default 5)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help=f"species to show per photo or detection (default {default_of(DemoSettings, 'top_k')})")
     p.add_argument("--threshold", type=float, default=None,
-                   help="detections below this confidence are not classified (default: as 'trapkit classify')")
-    p.add_argument("--max-batch", type=int, default=8,
-                   help="requests from concurrent users classified in one model call (default 8)")
-    _add_server_args(p)
+                   help="detections below this confidence are not classified (default: the model's, usually 0.1)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="requests from concurrent users classified in one model call "
+                   f"(default {default_of(DemoSettings, 'max_batch_size')})")
+    add_server_args(p)
     p.set_defaults(func=_demo)
-
-    p = subparsers.add_parser(
-        "label",
-        parents=[common],
-        help="web page: answer the current active-learning label request",
-        description="Serve a Gradio page showing the images the current round of RUN asks about, with the "
-        "model's guess; answers are saved into RUN as they are given (as an answers CSV that "
-        "'trapkit al next' ingests), so closing the page loses nothing.",
-    )
-    p.add_argument("run", type=Path, metavar="RUN", help="run folder made by 'trapkit al init'")
-    p.add_argument("--allow-new-classes", action="store_true",
-                   help="accept species names that are not classes yet ('al next' needs the same flag)")
-    _add_server_args(p)
-    p.set_defaults(func=_label)
-
-
-def _add_server_args(p) -> None:
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes the page, without login)")
-    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-
-
-def _check_server_args(host: str, port: int | None) -> None:
-    if port is not None and not 0 < port < 65536:
-        raise TrapkitError(f"--port {port} is not a port number; use 1-65535")
-    if host not in LOOPBACK:
-        log.warning("listening on %s: anyone who can reach this machine can use the page", host)
 
 
 def _demo(args) -> int:
-    _check_server_args(args.host, args.port)
-    from trapkit.serve.demo import DemoSettings, serve_demo
+    check_server_args(args.host, args.port)
+    from trapkit.serve.demo import serve_demo
 
-    chosen = {"top_k": args.top_k, "threshold": args.threshold, "max_batch_size": args.max_batch}
-    settings = DemoSettings(**{k: v for k, v in chosen.items() if v is not None})
+    settings = DemoSettings(**given(top_k=args.top_k, threshold=args.threshold, max_batch_size=args.max_batch))
     serve_demo(args.model, detections=args.detections, settings=settings, host=args.host, port=args.port)
-    return 0
-
-
-def _label(args) -> int:
-    _check_server_args(args.host, args.port)
-    from trapkit.serve.label_page import serve_label_page
-
-    serve_label_page(args.run, allow_new_classes=args.allow_new_classes, host=args.host, port=args.port)
     return 0

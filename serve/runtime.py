@@ -9,6 +9,8 @@ onnxruntime for a local model or Triton for a server.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -16,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.export.onnx_export import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES, read_spec, spec_from_metadata
+from trapkit.graph import INPUT_NAME, ONNX_FILENAME, PROBS, read_spec, spec_from_metadata
 
 log = logging.getLogger(__name__)
 
-PROBS = OUTPUT_NAMES[0]
 # GPU providers first; each is tried and dropped when it cannot start here.
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -106,7 +107,7 @@ class OnnxRuntime:
                 continue
             chain = wanted[i:]
             try:
-                with _quiet_onnxruntime(ort):
+                with _quiet_onnxruntime():
                     session = ort.InferenceSession(str(self.path), sess_options=options, providers=chain)
             except Exception as e:  # noqa: BLE001 - a provider that cannot start on this machine
                 if provider == "CPUExecutionProvider":
@@ -157,23 +158,12 @@ def _provider_library_loads(ort, provider: str) -> bool:
     return False
 
 
-class _quiet_onnxruntime:
-    """Silence onnxruntime's own stderr/stdout chatter while a provider is tried (we log at debug instead)."""
-
-    def __init__(self, ort):
-        self.ort = ort
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self.ort.set_default_logger_severity(4)
-        self._stdout = contextlib.redirect_stdout(io.StringIO())  # "EP Error ... Falling back" is a print()
-        self._stdout.__enter__()
-
-    def __exit__(self, *exc):
-        self._stdout.__exit__(*exc)
-        self.ort.set_default_logger_severity(2)
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """Keep onnxruntime's own "EP Error ... Falling back" print off stdout while a provider is tried (we log it
+    at debug instead). Its process-wide logger is left alone: it has no getter, so it could not be restored."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _file_digest(path: Path) -> str:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.export.triton import SPEC_PARAMETER
+from trapkit.graph import TRITON_SPEC_PARAMETER
 from trapkit.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -210,12 +210,12 @@ class TritonRuntime:
         return TritonModelIO(inp["name"], output, max_batch, image_dims[0], out_dims[-1] if out_dims else -1)
 
     def _spec_from_config(self, config: dict) -> ModelSpec:
-        param = config.get("parameters", {}).get(SPEC_PARAMETER, {})
+        param = config.get("parameters", {}).get(TRITON_SPEC_PARAMETER, {})
         text = param.get("string_value") if isinstance(param, dict) else None
         if text:
             return ModelSpec.from_json(text)
         log.warning("Triton model %s has no %s parameter; using the labels it serves and squash resizing",
-                    self.model_name, SPEC_PARAMETER)
+                    self.model_name, TRITON_SPEC_PARAMETER)
         probe = np.zeros((1, self.io.input_size, self.io.input_size, 3), np.uint8)
         n_classes = self._infer_chunk(probe).shape[1]
         labels = [None] * n_classes

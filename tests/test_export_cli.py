@@ -47,7 +47,7 @@ def test_variants_keep_the_interface(tiny_model_dir, tmp_path, samples_dir, flag
     onnx.checker.check_model(str(path), full_check=True)
     assert read_metadata(path)["trapkit.precision"] == precision
     report = json.loads((out / "export_report.json").read_text())
-    assert report["agreement"]["images"] == 25  # 10 bundled photos + 15 MegaDetector crops
+    assert report["agreement"]["images"] == 23  # 10 bundled photos + 13 MegaDetector animal crops
     assert report["agreement"]["agreement"] >= 0.99
     from trapkit.export.onnx_export import bundled_parity_images
 
@@ -68,7 +68,7 @@ def _error(argv, capsys) -> str:
     (lambda t, m: [str(t / "missing")], "does not exist"),
     (lambda t, m: [str(t)], "has no spec.json"),
     (lambda t, m: [str(m), "--precision", "fp16", "--quantize", "int8"], "exclude each other"),
-    (lambda t, m: [str(m), "--name", "x"], "only apply with --triton"),
+    (lambda t, m: [str(m), "--name", "x"], "--name only applies with --triton REPO"),
     (lambda t, m: [str(m), "--triton", str(t / "r"), "--tensorrt"], "add --triton-gpu"),
     (lambda t, m: [str(m), "--quantize", "int8", "--min-agreement", "1.5"], "not a fraction"),
     (lambda t, m: [str(m), "--quantize", "int8", "--calibration", str(t / "nope")], "calibration folder"),
@@ -100,7 +100,7 @@ def test_unwritable_out_error(tiny_model_dir, tmp_path, capsys):
 def test_imagenet_lite0_int8_refused_below_agreement(tmp_path, capsys):
     """The real Lite0: int8 loses top-1 agreement on the bundled photos, so the default threshold refuses it."""
     err = _error(["export", "imagenet-lite0", "--out", str(tmp_path / "out"), "--quantize", "int8"], capsys)
-    assert re.search(r"agrees with fp32 on only \d+\.\d% of 25 calibration inputs", err)
+    assert re.search(r"agrees with fp32 on only \d+\.\d% of 23 calibration inputs", err)
     assert not list((tmp_path / "out").iterdir())  # nothing written, no temp files left
 
 

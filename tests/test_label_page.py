@@ -47,7 +47,7 @@ def _ingest(run):
 def test_page_saves_answers_and_resumes_where_the_person_stopped(run_copy):
     from gradio_client.exceptions import AppError
 
-    from trapkit.serve.label_page import build_label_page
+    from trapkit.train.label_page import build_label_page
 
     items = labels.current_request(run_copy)
     assert len(items) == 6 and all(it.guess in CLASSES for it in items)
@@ -79,7 +79,7 @@ def test_page_saves_answers_and_resumes_where_the_person_stopped(run_copy):
 
 @pytest.mark.slow  # shares the run fixture (an `al init`)
 def test_new_class_names_only_when_allowed(run_copy):
-    from trapkit.serve.label_page import LabelPage
+    from trapkit.train.label_page import LabelPage
 
     first = labels.current_request(run_copy)[0].path
     with pytest.raises(TrapkitError, match="unknown class names"):
@@ -91,7 +91,7 @@ def test_new_class_names_only_when_allowed(run_copy):
 
 
 def test_next_unanswered_wraps_around():
-    from trapkit.serve.label_page import next_index
+    from trapkit.train.label_page import next_index
 
     items = [labels.RequestItem("", f"{i}.jpg", None, None, a) for i, a in enumerate([None, "dog", None, "dog"])]
     assert next_index(items) == 0
@@ -110,7 +110,7 @@ def test_label_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 @pytest.mark.slow  # shares the run fixture (an `al init`)
 def test_unreadable_or_escaping_images_show_a_grey_tile(run_dir):
-    from trapkit.serve.label_page import THUMB_SIZE, LabelPage
+    from trapkit.train.label_page import THUMB_SIZE, LabelPage
 
     page = LabelPage(run_dir)
     for bad in ("cam_a/missing.jpg", "../labelled/bear/bear_0.jpg"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from trapkit.errors import TrapkitError
-from trapkit.images import load_model_input
+from trapkit.prepare import Preprocessing, prepare_image
 from trapkit.serve.runtime import OnnxRuntime, open_runtime
 
 
@@ -24,7 +24,8 @@ def test_open_file_or_export_folder(tiny_onnx_path, tmp_path):
 
 
 def test_predict_gives_probabilities_and_batches_agree(tiny_onnx_path, samples_dir):
-    batch = np.stack([load_model_input(p, 32) for p in sorted(samples_dir.glob("*.jpg"))])  # (10, 32, 32, 3) uint8
+    prep = Preprocessing(32)
+    batch = np.concatenate([prepare_image(p, None, prep).crops for p in sorted(samples_dir.glob("*.jpg"))])  # (10, 32, 32, 3)
     with open_runtime(tiny_onnx_path) as rt:
         probs = rt.predict(batch)
         single = np.concatenate([rt.predict(batch[i:i + 1]) for i in range(len(batch))])

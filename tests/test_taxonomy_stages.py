@@ -9,7 +9,7 @@ import pytest
 from train_helpers import FAST, make_trees
 
 from trapkit.cli import main
-from trapkit.export.onnx_export import read_spec
+from trapkit.graph import read_spec
 from trapkit.spec import ModelSpec
 from trapkit.train.run import Run
 

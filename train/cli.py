@@ -1,4 +1,4 @@
-"""`trapkit al init | next | status | simulate`: thin adapters over trapkit.train.loop.
+"""`trapkit al init | next | status | simulate` and `trapkit label`: thin adapters over trapkit.train.
 
 Nothing heavy is imported here; torch loads inside the commands.
 """
@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from trapkit.web import add_server_args, check_server_args
 
 
 def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
@@ -80,6 +83,20 @@ def register(subparsers, common) -> None:
     _init_options(p, required=True)
     p.set_defaults(func=_simulate)
 
+    p = subparsers.add_parser(
+        "label",
+        parents=[common],
+        help="web page: answer the current active-learning label request",
+        description="Serve a page showing the images the current round of RUN asks about, with the "
+        "model's guess; answers are saved into RUN as they are given (as an answers CSV that "
+        "'trapkit al next' ingests), so closing the page loses nothing.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder made by 'trapkit al init'")
+    p.add_argument("--allow-new-classes", action="store_true",
+                   help="accept species names that are not classes yet ('al next' needs the same flag)")
+    add_server_args(p)
+    p.set_defaults(func=_label)
+
 
 def _report(result) -> None:
     from trapkit.train.metrics import shown
@@ -145,4 +162,12 @@ def _simulate(args) -> int:
     for r in curve:
         print(f"{r['labels']:>6}  {shown(r['accuracy'], 4):>8}  {shown(r['macro_recall'], 4):>12}")
     print(f"curve: {args.out}/curve.csv")
+    return 0
+
+
+def _label(args) -> int:
+    check_server_args(args.host, args.port)
+    from trapkit.train.label_page import serve_label_page
+
+    serve_label_page(args.run, allow_new_classes=args.allow_new_classes, host=args.host, port=args.port)
     return 0

@@ -19,7 +19,7 @@ from PIL import Image
 
 from trapkit.errors import TrapkitError
 from trapkit.images import open_image, safe_join
-from trapkit.serve.web import BLOCKS_OPTIONS, launch
+from trapkit.web import BLOCKS_OPTIONS, launch
 from trapkit.train import labels as label_api
 from trapkit.train.run import Run
 

@@ -1,0 +1,98 @@
+"""The settings of the batch classifier and the demo: light dataclasses, the one source of their defaults.
+
+Kept apart from `trapkit.serve.classify` (NumPy, the decoders) and
+`trapkit.serve.demo` (Gradio) so that the command line can state their
+defaults in `--help` without importing anything heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trapkit.errors import TrapkitError
+from trapkit.serve.smoothing import SmoothSettings
+
+
+@dataclass(frozen=True)
+class ClassifySettings:
+    """What to classify and how. `threshold`, `categories`, `margin`: None takes the model's own crop policy.
+
+    Changing any of the first four invalidates a checkpoint.
+    """
+
+    threshold: float | None = None
+    categories: tuple[str, ...] | None = None
+    top_k: int = 5
+    margin: float | None = None
+    smooth: SmoothSettings | None = None  # None: no sequence smoothing
+    batch_size: int = 32
+    workers: int = 2
+    concurrency: int = 1
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        for name in ("top_k", "batch_size", "workers", "concurrency", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise TrapkitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise TrapkitError(f"threshold {self.threshold} is out of range; use a detection confidence in [0, 1]")
+        if self.margin is not None and not 0.0 <= self.margin <= 2.0:
+            raise TrapkitError(f"crop margin {self.margin} is out of range; use a fraction between 0 and 2")
+
+    def preprocessing(self, spec):
+        """The model's `trapkit.prepare.Preprocessing` and crop policy, with these settings on top."""
+        from trapkit.prepare import Preprocessing
+
+        return Preprocessing.from_spec(spec, threshold=self.threshold, categories=self.categories, margin=self.margin)
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """Decoding threads, batches in flight, and onnxruntime threads per batch."""
+
+    workers: int
+    concurrency: int
+    threads: int
+
+    @classmethod
+    def for_cpus(cls, cpus: int, workers: int | None = None, concurrency: int | None = None,
+                 threads: int | None = None) -> Parallelism:
+        """Defaults for `cpus` cores, any given value kept.
+
+        A few batches in flight with fewer threads each beat one batch on every
+        core: onnxruntime's threads then never wait on each other (single-thread
+        Lite0 costs ~20% less CPU per crop than two threads on one batch), and the
+        decoding threads fill the gaps (bench/bench_classify.py).
+        """
+        if any(v is not None and v < 0 for v in (workers, concurrency, threads)):
+            raise TrapkitError("--workers, --concurrency and --threads must be positive")
+        concurrency = concurrency or min(cpus, 4)
+        return cls(workers or cpus, concurrency, threads or max(1, cpus // concurrency))
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """`threshold`, `categories`, `margin`: which detections are classified and how, as in `trapkit classify`
+    (None: the model's own crop policy). `max_batch_size`: requests Gradio groups into one call.
+    `display_size`: longest side of the shown photos."""
+
+    top_k: int = 5
+    threshold: float | None = None
+    categories: tuple[str, ...] | None = None
+    margin: float | None = None
+    max_batch_size: int = 8
+    display_size: int = 1024
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise TrapkitError(f"--top-k {self.top_k} must be at least 1")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise TrapkitError(f"detection threshold {self.threshold} must be between 0 and 1")
+        if self.max_batch_size < 1:
+            raise TrapkitError(f"--max-batch {self.max_batch_size} must be at least 1")
+
+    def preprocessing(self, spec):
+        """The model's `trapkit.prepare.Preprocessing` and crop policy, with these settings on top."""
+        from trapkit.prepare import Preprocessing
+
+        return Preprocessing.from_spec(spec, threshold=self.threshold, categories=self.categories, margin=self.margin)
