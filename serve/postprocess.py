@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
+from trapkit.serve.settings import PostSettings
 from trapkit.taxonomy import RANKS, Taxon, ancestor, parse_taxon
 
 log = logging.getLogger(__name__)
@@ -71,23 +72,6 @@ class AllowList:
 
     rows: tuple[tuple[str, str, str], ...]
     source: str = "allow-list"
-
-
-@dataclass(frozen=True)
-class PostSettings:
-    """What the user asked for. All None: classifications are the plain top-k."""
-
-    rollup: float | None = None
-    allow_list: Path | None = None
-    class_thresholds: Path | None = None
-
-    def __post_init__(self):
-        if self.rollup is not None and not (isinstance(self.rollup, (int, float)) and 0.0 <= self.rollup <= 1.0):
-            raise TrapkitError(f"--rollup {self.rollup} is out of range; give a confidence in [0, 1], e.g. 0.65")
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.rollup, self.allow_list, self.class_thresholds))
 
 
 @dataclass
@@ -141,6 +125,9 @@ def make_plan(labels, taxonomy=None, rollup: float | None = None, allow: AllowLi
     if allow is not None:
         target = _allow(table, allow)
     bars_wanted = rollup is not None or bool(thresholds)
+    if bars_wanted and not table.taxa:
+        log.warning("the model has no taxonomy: detections below their bar become %r (export it with --taxonomy "
+                    "to roll up instead)", UNKNOWN)
     ancestors = _levels(table, np.unique(target)) if bars_wanted and table.taxa else []
     unknown = table.unknown() if bars_wanted else -1
     n = len(table.categories)  # final: nothing is added below

@@ -72,17 +72,18 @@ class SmoothingOptions:
 
 @dataclass(frozen=True)
 class SmoothSettings:
-    """`mode`: image, sequence or both; `gap_seconds`: the most time between photos of one sequence."""
+    """`mode`: image, sequence or both (the sequences themselves come from `sequences`)."""
 
     mode: str = "sequence"
-    gap_seconds: float = 60.0
     options: SmoothingOptions = field(default_factory=SmoothingOptions)
 
     def __post_init__(self):
         if self.mode not in SMOOTH_MODES:
             raise TrapkitError(f"--smooth {self.mode!r} is not a smoothing mode; use one of {', '.join(SMOOTH_MODES)}")
-        if not self.gap_seconds >= 0:
-            raise TrapkitError(f"--sequence-gap {self.gap_seconds} must be 0 seconds or more")
+
+    @property
+    def sequences(self) -> bool:
+        return self.mode in ("sequence", "both")
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,7 @@ def test_rerun_on_a_smoothed_output_drops_stale_classifications(samples_copy, ti
 def test_smooth_flag_runs_end_to_end(samples_dir, tiny_onnx_path, tmp_path):
     code, out = _classify(samples_dir, tiny_onnx_path, tmp_path, "--smooth", "--sequence-gap", "30")
     assert code == 0
-    assert out["info"]["classifier_metadata"]["smoothing"]["gap_seconds"] == 30
+    assert out["info"]["classifier_metadata"]["sequence_gap"] == 30
     assert out["info"]["classifier_metadata"]["smoothing"]["mode"] == "sequence"  # --smooth alone
     megadetector_validate(tmp_path / "out.json")
 

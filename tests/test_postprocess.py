@@ -13,8 +13,9 @@ import pytest
 from classify_helpers import megadetector_module
 from trapkit.errors import TrapkitError
 from trapkit.serve.postprocess import (
-    ANIMAL_TAXON, PostSettings, build_plan, classify, make_plan, plain_plan, read_allow_list, used_categories,
+    ANIMAL_TAXON, build_plan, classify, make_plan, plain_plan, read_allow_list, used_categories,
 )
+from trapkit.serve.settings import PostSettings
 
 HUMAN = "990ae9dd-7a59-4344-afcb-1b7b21368000;mammalia;primates;hominidae;homo;sapiens;human"  # SpeciesNet's
 CLASSES = {

@@ -16,6 +16,7 @@ import pytest
 
 from classify_helpers import megadetector_module, megadetector_smoothing_options, top1
 from trapkit.errors import TrapkitError
+from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import SmoothingOptions, SmoothSettings, cct_document, sequences, smooth
 
 NAMES = {"0": "deer", "1": "elk", "2": "cow", "3": "unknown", "4": "fox"}
@@ -59,9 +60,9 @@ def _theirs(doc, settings: SmoothSettings, cct: dict | None) -> dict:
     return d
 
 
-def _ours(doc, settings: SmoothSettings, times: dict):
+def _ours(doc, settings: SmoothSettings, times: dict, gap: float = 60):
     d = copy.deepcopy(doc)
-    groups = sequences(d["images"], times, settings.gap_seconds)
+    groups = sequences(d["images"], times, gap)
     report = smooth(d, settings, groups)
     return d, report, cct_document(d["images"], groups, times)
 
@@ -90,8 +91,8 @@ def test_a_sequence_is_smoothed_across_its_images_and_only_within_it():
              3: "2024:05:01 10:00:40", 4: "2024:05:01 10:10:40", 5: None}
     assert sequences(images, times, 60) == [[0, 1, 2, 3], [4], [5]]
     doc = _doc(images)
-    settings = SmoothSettings("sequence", gap_seconds=60)
-    ours, report, cct = _ours(doc, settings, times)
+    settings = SmoothSettings("sequence")
+    ours, report, cct = _ours(doc, settings, times, gap=60)
     assert top1(ours) == [["0", "0"], ["0", "0"], ["0", "0", "0"], ["0", "0"], ["1"], ["1"]]
     assert report.changed == 1
     assert top1(ours) == top1(_theirs(doc, settings, cct))
@@ -145,8 +146,8 @@ def test_same_top1_as_megadetector_on_random_sequences(mode, options, taxonomy):
         names, descriptions, weights = NAMES, None, np.array([5, 1, 3, 1, 1], float)
     images, times = _random_images(rng, 240, list(names), weights / weights.sum())
     doc = _doc(images, names, descriptions)
-    settings = SmoothSettings(mode, gap_seconds=30, options=options)
-    ours, report, cct = _ours(doc, settings, times)
+    settings = SmoothSettings(mode, options=options)
+    ours, report, cct = _ours(doc, settings, times, gap=30)
     theirs = _theirs(doc, settings, json.loads(json.dumps(cct)))
     assert top1(ours) == top1(theirs)
     assert report.changed > 5  # the rules did fire
@@ -181,7 +182,7 @@ def test_bad_smoothing_settings_are_user_errors():
     with pytest.raises(TrapkitError, match="'sequences' is not a smoothing mode; use one of image, sequence, both"):
         SmoothSettings("sequences")
     with pytest.raises(TrapkitError, match="--sequence-gap -1 must be 0 seconds or more"):
-        SmoothSettings("sequence", gap_seconds=-1)
+        ClassifySettings(sequence_gap=-1)
 
 
 def test_options_mirror_megadetectors_defaults():

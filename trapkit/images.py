@@ -151,6 +151,11 @@ def iter_images(root: str | Path) -> list[Path]:
     Linked folders are followed (a subset of a pool made of links, `classify --sort-into --link`),
     each real folder once, so a link that loops back is not walked forever.
     """
+    return iter_files(root, is_image_file)
+
+
+def iter_files(root: str | Path, accept) -> list[Path]:
+    """Every file under `root` whose name `accept(name)` takes, walked as `iter_images` walks (videos, say)."""
     root = Path(root)
     if not root.is_dir():
         raise TrapkitError(f"image folder {root} does not exist; check the path")
@@ -162,7 +167,7 @@ def iter_images(root: str | Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(folder) / f for f in files if not f.startswith(".") and is_image_file(f)
+        found += [Path(folder) / f for f in files if not f.startswith(".") and accept(f)
                   and os.path.isfile(os.path.join(folder, f))]
     return sorted(found)
 
