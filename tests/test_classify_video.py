@@ -192,3 +192,16 @@ def test_a_killed_video_run_resumes_to_the_same_output(videos, samples_dir, tiny
         return doc
 
     assert comparable(out) == comparable(reference)
+
+
+def test_frames_already_extracted_to_a_folder_are_read_as_images(samples_dir, tiny_onnx_path, tmp_path):
+    (tmp_path / "clip.mp4").mkdir()
+    shutil.copy(samples_dir / "ocelot.jpg", tmp_path / "clip.mp4" / "frame000003.jpg")
+    source = json.loads((samples_dir / "md_v5a_detections.json").read_text())
+    ocelot = next(im for im in source["images"] if im["file"] == "ocelot.jpg")
+    md = tmp_path / "md.json"
+    md.write_text(json.dumps({**source, "images": [{**ocelot, "file": "clip.mp4/frame000003.jpg"}]}))
+    out = tmp_path / "out.json"
+    assert main(["classify", str(tmp_path), "--model", str(tiny_onnx_path), "--detections", str(md), "--out",
+                 str(out)]) == 0
+    assert "classifications" in json.loads(out.read_text())["images"][0]["detections"][0]
