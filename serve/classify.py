@@ -197,6 +197,7 @@ class _Job:
                            else plain_plan(spec.labels, spec.taxonomy))
         self.doc = _input_document(paths, settings.frame_sample)
         self.frames = self._frames()
+        self.videos = self._videos()
         self.targets = self._targets()
         self.fingerprint = _fingerprint(self.doc, runtime, settings, self.plan)
 
@@ -219,16 +220,22 @@ class _Job:
                 out[i] = frame
         return out
 
+    def _videos(self) -> set[int]:
+        """Indices of MegaDetector's video-level entries (`clip.mp4`, each detection with its `frame_number`)."""
+        return {i for i, im in enumerate(self.doc["images"])
+                if vid.is_video_file(im["file"]) and im.get("failure") is None and im.get("detections")
+                and all(isinstance(d.get("frame_number"), int) and d["frame_number"] >= 0 for d in im["detections"])}
+
     def _targets(self) -> dict[int, list[int]]:
         """{image index: [detection indices to classify]} (`trapkit.detections.qualifying`), images and frames."""
         images = self.doc["images"]
         if self.whole:
             return {i: [0] for i, im in enumerate(images) if im.get("failure") is None}
         targets = md.qualifying(self.doc, self.prep.threshold, self.prep.categories)
-        other = {i for i in targets if i not in self.frames and not is_image_file(images[i]["file"])}
+        other = {i for i in targets if i not in self.frames and i not in self.videos
+                 and not is_image_file(images[i]["file"])}
         if other:
-            # MegaDetector's video-level entries and other files are carried through as they are.
-            log.warning("%d entries are neither images nor video frames; left as they are", len(other))
+            log.warning("%d entries are neither images nor videos; left as they are", len(other))
         return {i: dets for i, dets in targets.items() if i not in other}
 
     def check_images_found(self) -> None:
@@ -256,7 +263,46 @@ class _Job:
         return [sorted(u, key=lambda i: self.frames[i][1]) if u[0] in self.frames else u for u in units]
 
     def prepare_unit(self, unit: list[int]) -> list[Staged]:
-        return self.prepare_frames(unit) if unit[0] in self.frames else [self.prepare(unit[0])]
+        if unit[0] in self.frames:
+            return self.prepare_frames(unit)
+        if unit[0] in self.videos:
+            return [self.prepare_video(unit[0])]
+        return [self.prepare(unit[0])]
+
+    def prepare_video(self, i: int) -> Staged:
+        """Stage 1 for a video-level entry: its detections' frames decoded in one pass, each box cut from its
+        own frame. Detections on frames the video cannot give stay unclassified (noted in the warnings);
+        the entry fails only when none can be classified."""
+        im = self.doc["images"][i]
+        out = Staged(i, [])
+        by_number: dict[int, list[int]] = {}
+        for j in self.targets[i]:
+            by_number.setdefault(im["detections"][j]["frame_number"], []).append(j)
+        crops, failures = {}, {}
+        try:
+            for number, img, failure in vid.read_frames(safe_join(self.paths.images_dir, im["file"]), by_number):
+                if failure is not None:
+                    failures[number] = failure
+                    continue
+                for j, crop in zip(by_number[number], crops_from_image(
+                        img, [im["detections"][j]["bbox"] for j in by_number[number]], self.prep)):
+                    crops[j] = crop
+        except (vid.VideoReadError, ImageReadError) as e:
+            out.failure = e.code
+            log.warning("not classified: %s", e)
+            return out
+        except Exception as e:  # noqa: BLE001 - as for images: recorded, the run goes on
+            out.failure = vid.FAILURE_UNREADABLE
+            log.warning("not classified: %s could not be decoded (%s: %s)", ascii(im["file"]), e.__class__.__name__, e)
+            return out
+        for code in sorted(set(failures.values())):
+            out.warnings.append(f"{code}: frames {', '.join(str(n) for n in sorted(failures) if failures[n] == code)}")
+        if not crops:
+            out.failure = next(iter(failures.values()), vid.FAILURE_NO_FRAMES)
+            return out
+        out.det_indices = sorted(crops)
+        out.crops = np.stack([crops[j] for j in out.det_indices])
+        return out
 
     def prepare_frames(self, unit: list[int]) -> list[Staged]:
         """Stage 1 for the wanted frames of one video: one decoding pass, each frame cut like a photo."""

@@ -177,7 +177,8 @@ def video_results(frames_doc: dict, frame_rates: dict[str, float | None] | None 
     """MegaDetector's video-level file from a frame-level one (module docstring); the input is not changed.
 
     Entries that are neither video frames nor videos are left out (MegaDetector's
-    `skip_with_warning`). A video none of whose frames was read gets `failure` and
+    `skip_with_warning`); video-level entries are kept as they are. A video none of
+    whose frames was read gets `failure` and
     `detections: null` with `frame_rate` -1, as MegaDetector writes failed videos; an
     unknown frame rate is 0, as OpenCV reports it.
     """
@@ -190,13 +191,16 @@ def video_results(frames_doc: dict, frame_rates: dict[str, float | None] | None 
         if frame is not None:
             videos.setdefault(frame[0], []).append((frame[1], im))
         elif is_video_file(im["file"]):
-            videos.setdefault(im["file"], []).append((-1, im))  # already video-level (a failed video)
+            videos.setdefault(im["file"], []).append((-1, im))  # already video-level
         else:
             skipped += 1
     if skipped:
         log.warning("%d entries are not video frames; left out of the video-level file", skipped)
     out = []
     for video, frames in videos.items():
+        if len(frames) == 1 and frames[0][0] < 0:
+            out.append(copy.deepcopy(frames[0][1]))  # MegaDetector's own video-level entry: kept as it is
+            continue
         processed, detections, failures = [], [], []
         for number, im in frames:  # input order, as MegaDetector collects them
             if number < 0 or im.get("detections") is None:

@@ -205,3 +205,45 @@ def test_frames_already_extracted_to_a_folder_are_read_as_images(samples_dir, ti
     assert main(["classify", str(tmp_path), "--model", str(tiny_onnx_path), "--detections", str(md), "--out",
                  str(out)]) == 0
     assert "classifications" in json.loads(out.read_text())["images"][0]["detections"][0]
+
+
+def test_video_level_results_are_classified_frame_by_frame(videos, samples_dir, tiny_onnx_path, tmp_path):
+    """MegaDetector's current video output: one entry per video, each detection with its `frame_number`."""
+    root, _ = videos
+    source = {im["file"]: im["detections"] for im in
+              json.loads((samples_dir / "md_v5a_detections.json").read_text())["images"]}
+
+    def dets(number):
+        return [{**d, "frame_number": number} for d in source[PHOTOS[number % 10]]]
+
+    images = [
+        {"file": "site/clip.mp4", "frame_rate": 10.0, "frames_processed": [0, 5, 25], "detections":
+         dets(0) + dets(5) + [{"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.2, 0.2], "frame_number": 25}]},
+        {"file": "site/junk.mp4", "frame_rate": 10.0, "frames_processed": [0], "detections": dets(8)},
+        {"file": "site/broken.mp4", "frame_rate": -1, "frames_processed": [], "failure": "Failure processing video",
+         "detections": None},
+    ]
+    md = tmp_path / "videos.json"
+    md.write_text(json.dumps({"info": {"format_version": "1.5", "detector": "md_v5a.0.0.pt"},
+                              "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+                              "images": images}))
+    megadetector_validate(md)
+    out = tmp_path / "out.json"
+    assert main(["classify", str(root), "--model", str(tiny_onnx_path), "--detections", str(md), "--out", str(out),
+                 "--video-out", str(tmp_path / "again.json"), "--csv", str(tmp_path / "out.csv")]) == 0
+    megadetector_validate(out)
+    clip, junk, broken = json.loads(out.read_text())["images"]
+    classified = [(d["frame_number"], "classifications" in d) for d in clip["detections"] if d["conf"] >= 0.1]
+    assert classified == [(0, True)] * 7 + [(5, True)] * 3 + [(25, False)]  # frame 25 is past the end
+    assert "classification_failure" not in clip
+    assert "frame past end of video: frames 25" in (tmp_path / "out.csv").read_text()
+    assert junk["classification_failure"] == FAILURE_UNREADABLE and broken["failure"] == "Failure processing video"
+    # Frame 5's boxes are cut from frame 5.
+    with open_runtime(tiny_onnx_path) as runtime:
+        (_, frame, _), = read_frames(root / "site" / "clip.mp4", [5])
+        five = [d for d in clip["detections"] if d["frame_number"] == 5]
+        probs = runtime.predict(crops_from_image(frame, [d["bbox"] for d in five],
+                                                 ClassifySettings().preprocessing(runtime.spec)))
+        assert [d["classifications"] for d in five] == [classify(p, plain_plan(runtime.spec.labels), 5) for p in probs]
+    # Already video-level: --video-out keeps the entries as they are.
+    assert json.loads((tmp_path / "again.json").read_text())["images"] == json.loads(out.read_text())["images"]
