@@ -6,11 +6,17 @@ Adapters turn argparse namespaces into plain keyword arguments; heavy imports
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from trapkit import __version__
 from trapkit.flags import default_of, given, only_with
+from trapkit.logfile import debug_log
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import SMOOTH_MODES, SmoothSettings
+
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers, common) -> None:
@@ -83,8 +89,8 @@ def _register_classify(subparsers, common) -> None:
 
 def _classify(args) -> int:
     from trapkit.serve.classify import ClassifyPaths, classify_images
-    from trapkit.serve.runtime import available_cpus, open_runtime
     from trapkit.errors import TrapkitError
+    from trapkit.serve.runtime import available_cpus, open_runtime
     from trapkit.serve.settings import Parallelism, PostSettings
 
     only_with("--sort-into DIR", args.sort_into is not None, {"--link": args.link})
@@ -102,13 +108,15 @@ def _classify(args) -> int:
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
                           sort_into=args.sort_into, link=args.link, sequences_out=args.sequences_out,
                           video_out=args.video_out)
-    runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
-                           threads=par.threads, concurrency=par.concurrency)
-    try:
-        summary = classify_images(paths, runtime, settings, resume=args.resume)
-    finally:
-        runtime.close()
+    with debug_log(args.out.with_name(args.out.name + ".log")):
+        log.debug("trapkit %s classify %s", __version__, vars(args))
+        runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
+                               threads=par.threads, concurrency=par.concurrency)
+        try:
+            summary = classify_images(paths, runtime, settings, resume=args.resume)
+        finally:
+            runtime.close()
     print(summary.table())
     written = [args.out, args.csv, args.sequences_out, args.video_out]
-    print("wrote " + ", ".join(str(w) for w in written if w))
+    print("wrote " + ", ".join(str(w) for w in written if w) + f"; debug log in {args.out}.log")
     return 0
