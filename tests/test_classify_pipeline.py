@@ -118,7 +118,7 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     names = ["ocelot.jpg", "missing.jpg", "empty.jpg", "corrupt.jpg", "text.jpg", "truncated.jpg",
              str(tmp_path / "outside.jpg"), "../outside.jpg"]
     video = {"file": "clip.mp4", "frame_rate": 30.0, "frames_processed": [0],
-             "detections": [{**animal(), "frame_number": 0}]}  # MegaDetector video results: not ours to touch
+             "detections": [{**animal(), "frame_number": 0}]}  # MegaDetector video results, for a video not there
     md = write_detections(tmp_path / "md.json", [{"file": n, "detections": [animal()]} for n in names] + [video])
     out, table = tmp_path / "out.json", tmp_path / "out.csv"
     code = main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
@@ -127,7 +127,7 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     doc = json.loads(out.read_text())
     megadetector_validate(out)
     by_file = {im["file"]: im for im in doc["images"]}
-    assert by_file["clip.mp4"] == video
+    assert by_file["clip.mp4"] == {**video, "classification_failure": "video missing"}  # boxes kept
     for name in ("ocelot.jpg", "truncated.jpg"):
         assert by_file[name].get("failure") is None and by_file[name]["detections"][0]["classifications"]
     # Short fixed codes, countable, with no local path in them; the details went to the log.
@@ -141,9 +141,9 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     assert str(samples_copy) not in out.read_text()
     rows = list(csv.DictReader(table.open()))
     assert any(r["file"] == "truncated.jpg" and "truncated" in r["warning"] for r in rows)
-    assert sum(1 for r in rows if r["failure"]) == 6
+    assert sum(1 for r in rows if r["failure"]) == 7
     printed = capsys.readouterr().out
-    assert "6 images failed; 1 classified with warnings" in printed
+    assert "7 images failed; 1 classified with warnings" in printed
 
 
 def test_sort_into_copies_or_links_by_top_species(samples_dir, tiny_onnx_path, tmp_path):
@@ -162,18 +162,24 @@ def test_sort_into_copies_or_links_by_top_species(samples_dir, tiny_onnx_path, t
     assert len(links) == 10 and all(p.is_symlink() for p in links)
 
 
-def test_sort_into_puts_non_images_in_not_classified(samples_copy, tiny_onnx_path, tmp_path):
-    (samples_copy / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42")  # never decoded: not an image
-    video = {"file": "clip.mp4", "frame_rate": 30.0, "frames_processed": [0],
-             "detections": [{**animal(), "frame_number": 0}]}
+def test_sort_into_puts_videos_by_species_and_other_files_in_not_classified(samples_copy, tiny_onnx_path, tmp_path):
+    from video_helpers import encode, photo_frames
+
+    encode(samples_copy / "clip.mp4", photo_frames(3))
+    (samples_copy / "junk.mp4").write_bytes(b"\0\0\0\x18ftypmp42")  # cannot be decoded: failed, left out
+    (samples_copy / "call.wav").write_bytes(b"RIFF")  # neither image nor video: never classified
+    entries = [{"file": name, "frame_rate": 30.0, "frames_processed": [0],
+                "detections": [{**animal(), "frame_number": 0}]} for name in ("clip.mp4", "junk.mp4")]
     md = write_detections(tmp_path / "md.json", [{"file": "ocelot.jpg", "detections": [animal()]},
-                                                 {"file": "blank.jpg", "detections": []}, video])
+                                                 {"file": "blank.jpg", "detections": []},
+                                                 {"file": "call.wav", "detections": [animal()]}, *entries])
     sorted_dir = tmp_path / "sorted"
     assert main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
                  "--out", str(tmp_path / "out.json"), "--sort-into", str(sorted_dir)]) == 0
     placed = sorted(p.relative_to(sorted_dir).as_posix() for p in sorted_dir.rglob("*") if p.is_file())
-    assert "_not_classified/clip.mp4" in placed and "_empty/blank.jpg" in placed
-    assert len(placed) == 3 and not (sorted_dir / "_empty" / "clip.mp4").exists()
+    assert "_not_classified/call.wav" in placed and "_empty/blank.jpg" in placed
+    assert [p for p in placed if p.endswith(".mp4")] == [p for p in placed if p.endswith("/clip.mp4")]
+    assert len(placed) == 4 and not any(p.startswith("_") and p.endswith("clip.mp4") for p in placed)
 
 
 def test_wrong_images_dir_stops_before_any_work(samples_dir, tiny_onnx_path, tmp_path, capsys):
