@@ -199,6 +199,8 @@ class _Job:
         self.frames = self._frames()
         self.videos = self._videos()
         self.targets = self._targets()
+        if any(i in self.frames or i in self.videos for i in self.targets):
+            vid.require_av()
         self.fingerprint = _fingerprint(self.doc, runtime, settings, self.plan)
 
     def _frames(self) -> dict[int, tuple[str, int]]:
@@ -468,6 +470,8 @@ def _input_document(paths: ClassifyPaths, frame_sample: int | None = None) -> di
         root = Path(paths.images_dir)
         files = [p.relative_to(root).as_posix() for p in iter_images(root)]
         videos = [p.relative_to(root).as_posix() for p in iter_files(root, vid.is_video_file)] if frame_sample else []
+        if videos:
+            vid.require_av()
         if not files and not videos:
             raise TrapkitError(f"no images{' or videos' if frame_sample else ''} found under {root}; check the folder")
         doc = md.whole_image_results(files)

@@ -62,6 +62,14 @@ class VideoInfo:
     frame_rate: float | None
 
 
+def require_av() -> None:
+    """A one-line error, before any work, when PyAV is not installed."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        raise TrapkitError("reading video needs PyAV; install it with: pip install 'trapkit[video]'") from None
+
+
 def is_video_file(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in VIDEO_EXTENSIONS
 

@@ -247,3 +247,16 @@ def test_video_level_results_are_classified_frame_by_frame(videos, samples_dir, 
         assert [d["classifications"] for d in five] == [classify(p, plain_plan(runtime.spec.labels), 5) for p in probs]
     # Already video-level: --video-out keeps the entries as they are.
     assert json.loads((tmp_path / "again.json").read_text())["images"] == json.loads(out.read_text())["images"]
+
+
+def test_without_pyav_videos_stop_with_one_line(videos, samples_dir, tiny_onnx_path, tmp_path, capsys, monkeypatch):
+    root, _ = videos
+    md = tmp_path / "frames.json"
+    _frame_results(samples_dir, md)
+    monkeypatch.setitem(sys.modules, "av", None)  # as on a machine without trapkit[video]: `import av` fails
+    for source in (["--detections", str(md)], ["--frame-sample", "5"]):
+        assert main(["classify", str(root), "--model", str(tiny_onnx_path), *source, "--out",
+                     str(tmp_path / "out.json")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("reading video needs PyAV; install it with: pip install 'trapkit[video]'")
+        assert "\n" not in err and not (tmp_path / "out.json").exists()
