@@ -200,9 +200,9 @@ def bench_video(args) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from trapkit.prepare import crops_from_image
-    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve.classify import ClassifyPaths, classify_images
     from trapkit.serve.runtime import available_cpus, open_runtime
-    from trapkit.serve.settings import Parallelism
+    from trapkit.serve.settings import ClassifySettings, Parallelism
     from trapkit.serve.video import read_frames, split_frame
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-video-"))
@@ -281,7 +281,7 @@ def main() -> None:
         bench_video(args)
         return
 
-    from trapkit.serve.classify import Parallelism
+    from trapkit.serve.settings import Parallelism
     from trapkit.serve.runtime import available_cpus
 
     logging.basicConfig(level=logging.WARNING)

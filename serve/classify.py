@@ -60,7 +60,7 @@ from trapkit.prepare import crops_from_image, prepare_image
 from trapkit.serve import outputs
 from trapkit.serve import video as vid
 from trapkit.serve.postprocess import Plan, build_plan, classify, plain_plan, used_categories
-from trapkit.serve.settings import ClassifySettings, Parallelism  # noqa: F401 - re-exported
+from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import cct_document, sequences, smooth
 from trapkit.typed_json import read_versioned
 
