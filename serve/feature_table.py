@@ -3,12 +3,15 @@
 Columns, in this order (`FIXED_COLUMNS`, then the features):
 
     file                             the image, relative to IMAGES_DIR, as in the MegaDetector JSON
+    frame                            the video frame (MegaDetector's clip.mp4/frame000123.jpg entries, or a
+                                     video-level detection's frame_number); empty for photos
     detection_index                  index into that image's `detections` (0 for a whole image)
     detection_conf                   the detector's confidence
     bbox_x, bbox_y, bbox_w, bbox_h   MegaDetector's normalised [x, y, w, h] box
     time                             EXIF capture time, no time zone (Parquet: timestamp; CSV:
                                      `YYYY-MM-DD HH:MM:SS`); empty when the photo has none
-    label, conf                      the top class and its confidence, as in the JSON (after --smooth)
+    label, conf                      the top class and its confidence, as in the JSON (after post-processing
+                                     and --smooth; empty when they left the detection without a class)
     f000 ... f{D-1}                  the graph's `embedding` output for the crop, float32 (at least 3 digits,
                                      more when D > 1000: f0000 ... f1279)
 
@@ -43,6 +46,7 @@ import numpy as np
 from trapkit import __version__
 from trapkit.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.serve.video import split_frame
 from trapkit.typed_json import checked, refuse_newer
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "trapkit.features"
 SIDECAR_SUFFIX = ".meta.json"  # features.csv -> features.csv.meta.json
 SUFFIXES = (".parquet", ".csv")
-FIXED_COLUMNS = ("file", "detection_index", "detection_conf", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "time",
-                 "label", "conf")
+FIXED_COLUMNS = ("file", "frame", "detection_index", "detection_conf", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
+                 "time", "label", "conf")
 _EXIF_TIME = "%Y:%m:%d %H:%M:%S"
 _MAKE_ONE = "make one with trapkit classify ... --features FILE.parquet"
 
@@ -146,7 +150,8 @@ class FeatureMeta:
 def _schema(meta: FeatureMeta):
     import pyarrow as pa
 
-    fixed = [("file", pa.string()), ("detection_index", pa.int32()), ("detection_conf", pa.float64()),
+    fixed = [("file", pa.string()), ("frame", pa.int32()), ("detection_index", pa.int32()),
+             ("detection_conf", pa.float64()),
              ("bbox_x", pa.float64()), ("bbox_y", pa.float64()), ("bbox_w", pa.float64()), ("bbox_h", pa.float64()),
              ("time", pa.timestamp("s")), ("label", pa.string()), ("conf", pa.float64())]
     return pa.schema(fixed + [(name, pa.float32()) for name in feature_columns(meta.feature_size)],
@@ -275,21 +280,23 @@ def _batch(schema, keys: np.ndarray, emb: np.ndarray, result: dict, done: dict):
 
     labels = result["classification_categories"]
     fixed = {name: [] for name in FIXED_COLUMNS}
-    keep = []
-    for row, (i, j) in enumerate(keys.tolist()):
+    for i, j in keys.tolist():  # every key is a crop that ran through the graph
         im = result["images"][i]
-        det = (im.get("detections") or [])[j] if j < len(im.get("detections") or []) else {}
-        classes = det.get("classifications")
-        if not classes:
-            continue  # not classified after all (cannot happen for a crop that ran; kept safe)
-        keep.append(row)
+        det = im["detections"][j]
+        # Post-processing (an allow-list, class thresholds) may leave a detection without a class: empty label.
+        top = (det.get("classifications") or [[None, None]])[0]
         x, y, w, h = det["bbox"]
-        for name, value in (("file", im["file"]), ("detection_index", j), ("detection_conf", det.get("conf")),
+        frame = (split_frame(im["file"]) or (None, None))[1]  # a frame entry, clip.mp4/frame000123.jpg
+        number = det.get("frame_number")
+        if isinstance(number, int) and not isinstance(number, bool):  # a video-level entry's detection
+            frame = number
+        for name, value in (("file", im["file"]), ("frame", frame), ("detection_index", j),
+                            ("detection_conf", det.get("conf")),
                             ("bbox_x", x), ("bbox_y", y), ("bbox_w", w), ("bbox_h", h),
-                            ("time", _parse_time(done[str(i)].get("time"))), ("label", labels[classes[0][0]]),
-                            ("conf", classes[0][1])):
+                            ("time", _parse_time(done[str(i)].get("time"))),
+                            ("label", labels.get(top[0]) if top[0] is not None else None), ("conf", top[1])):
             fixed[name].append(value)
-    feats = np.asfortranarray(emb[keep], dtype=np.float32)  # (n, D): each column contiguous for Arrow
+    feats = np.asfortranarray(emb, dtype=np.float32)  # (n, D): each column contiguous for Arrow
     arrays = [pa.array(fixed[f.name], f.type) for f in schema if f.name in fixed]
     arrays += [pa.array(feats[:, k]) for k in range(feats.shape[1])]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -355,7 +362,8 @@ def _read_csv(path: Path):
         meta = FeatureMeta.from_json(meta_path.read_text(encoding="utf-8"), str(meta_path))
     except (OSError, UnicodeDecodeError) as e:
         raise TrapkitError(f"cannot read {meta_path} ({e.__class__.__name__}); {_MAKE_ONE}") from None
-    types = {"file": pa.string(), "label": pa.string(), "time": pa.timestamp("s"), "detection_index": pa.int32()}
+    types = {"file": pa.string(), "label": pa.string(), "time": pa.timestamp("s"), "detection_index": pa.int32(),
+             "frame": pa.int32()}
     types |= {name: pa.float32() for name in feature_columns(meta.feature_size)}
     try:
         table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=types))

@@ -316,29 +316,66 @@ def _map_png(frame, k: int, method: str) -> bytes:
     return figure_png(fig, dpi=80)
 
 
-def _montage_png(examples, frame, k: int, images: Path, meta) -> bytes:
-    """K rows of the crops nearest each morph centre, cut again from the photos by the table's crop policy."""
-    from trapkit.prepare import prepare_image
+def _example_crops(examples, images: Path, meta) -> dict[tuple[int, int], np.ndarray]:
+    """{(morph, rank): (S, S, 3) uint8} for the example rows, cut again by the table's crop policy: photos
+    through `trapkit.prepare.prepare_image`, video frames from the video itself (one decoding pass each)."""
+    from trapkit.prepare import crops_from_image, prepare_image
+    from trapkit.serve import video as vid
 
     prep = meta.preprocessing()
-    wanted = defaultdict(list)  # file -> [(morph, rank, detection index, bbox)]
+    photos = defaultdict(list)  # file -> [(morph, rank, box)]
+    videos = defaultdict(lambda: defaultdict(list))  # video -> frame number -> [(morph, rank, box)]
     for row in examples.itertuples(index=False):
-        wanted[row.file].append((row.morph, row.rank, [row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h]))
+        item = (row.morph, row.rank, [row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h])
+        frame = vid.split_frame(row.file)
+        if frame is not None and _is_file(images, frame[0]):  # MegaDetector's clip.mp4/frame000123.jpg
+            videos[frame[0]][frame[1]].append(item)
+        elif vid.is_video_file(row.file) and row.frame == row.frame and row.frame is not None:  # not NaN or None
+            videos[row.file][int(row.frame)].append(item)  # a detection of a video-level entry
+        else:
+            photos[row.file].append(item)
+
     crops, missing = {}, []
-    for file, items in wanted.items():
+
+    def keep(items, cut):
+        """`cut(boxes or None)` -> (k, S, S, 3): one crop per item's box, or the whole frame for every item."""
+        made = cut(None if meta.whole_images else [box for _, _, box in items])
+        for n, (m, rank, _) in enumerate(items):
+            crops[(m, rank)] = made[0 if meta.whole_images else n]
+
+    for file, items in photos.items():
         try:
-            boxes = None if meta.whole_images else [box for _, _, box in items]
-            prepared = prepare_image(safe_join(images, file), boxes, prep)
+            keep(items, lambda boxes: prepare_image(safe_join(images, file), boxes, prep).crops)
         except ImageReadError as e:
             missing.append(file)
             log.warning("montage: %s", e)
-            continue
-        for (m, rank, _), crop in zip(items, prepared.crops if boxes else [prepared.crops[0]] * len(items)):
-            # (S, S, 3) uint8, the pixels the model saw
-            crops[(m, rank)] = crop
-    if missing and len(missing) == len(wanted):
+    for video, frames in videos.items():
+        try:
+            vid.require_av()
+            for number, img, failure in vid.read_frames(safe_join(images, video), frames):
+                if failure is not None:
+                    log.warning("montage: %s frame %d: %s", video, number, failure)
+                    continue
+                keep(frames[number], lambda boxes: crops_from_image(img, boxes, prep))
+        except TrapkitError as e:  # a missing or unreadable video, or no PyAV: its tiles stay grey
+            missing.append(video)
+            log.warning("montage: %s", e)
+    if missing and len(missing) == len(photos) + len(videos):
         raise TrapkitError(f"--images {images} holds none of the montage's photos ({missing[0]} is missing); "
                            "give the IMAGES_DIR given to trapkit classify")
+    return crops
+
+
+def _is_file(root: Path, file: str) -> bool:
+    try:
+        return safe_join(root, file).is_file()
+    except ImageReadError:
+        return False
+
+
+def _montage_png(examples, frame, k: int, images: Path, meta) -> bytes:
+    """K rows of the crops nearest each morph centre (`_example_crops`); grey tiles for any not found."""
+    crops = _example_crops(examples, images, meta)
     cols = int(examples["rank"].max()) + 1
     fig = new_figure(1.25 * cols + 0.3, 1.45 * k + 0.2)
     axes = np.atleast_2d(fig.subplots(k, cols, squeeze=False))

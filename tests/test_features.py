@@ -22,7 +22,8 @@ from trapkit.cli import main
 from trapkit.errors import TrapkitError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIXED = ["file", "detection_index", "detection_conf", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "time", "label", "conf"]
+FIXED = ["file", "frame", "detection_index", "detection_conf", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "time", "label",
+         "conf"]
 ELEPHANT_CLASSES = ("tusker", "African elephant, Loxodonta africana", "Indian elephant, Elephas maximus")
 
 
@@ -124,10 +125,10 @@ def test_csv_opens_with_the_csv_module_and_equals_the_parquet(tiny_tables):
     assert len(rows) == 14
     reference = pd.read_parquet(parquet)
     for row, (_, ref) in zip(rows[1:], reference.iterrows()):
-        assert row[0] == ref.file and int(row[1]) == ref.detection_index and row[8] == ref.label
+        assert row[0] == ref.file and row[1] == "" and int(row[2]) == ref.detection_index and row[9] == ref.label
         # float32 written as its shortest round-trip text: exactly the same number back
-        assert np.array_equal(np.asarray(row[10:], np.float32), ref.iloc[10:].to_numpy(np.float32))
-    assert rows[1][7] == "2010-08-04 08:43:15"
+        assert np.array_equal(np.asarray(row[11:], np.float32), ref.iloc[11:].to_numpy(np.float32))
+    assert rows[1][8] == "2010-08-04 08:43:15"
     import pyarrow.parquet as pq
 
     sidecar = json.loads(table_csv.with_name("features.csv.meta.json").read_text())
@@ -162,6 +163,47 @@ def test_whole_images_give_one_row_each(samples_copy, tiny_onnx_path, tmp_path):
     assert main(["features", str(tmp_path / "whole.parquet"), "--out", str(report_dir), "--images",
                  str(samples_copy), "--morphs", "3", "--examples", "2"]) == 0
     _png(report_dir / "morphs.png")
+
+
+def test_video_frames_have_rows_and_montage_crops(tiny_onnx_path, tmp_path, caplog):
+    """Frame entries (clip.mp4/frame000003.jpg) and a video-level entry (detections with frame_number)."""
+    import logging
+
+    import onnxruntime as ort
+    import pandas as pd
+
+    from trapkit.graph import read_spec
+    from trapkit.prepare import Preprocessing, crops_from_image
+    from trapkit.serve.video import read_frames
+    from video_helpers import encode, photo_frames
+
+    folder = tmp_path / "videos"
+    encode(folder / "a.mp4", photo_frames(6))
+    encode(folder / "b.mp4", photo_frames(6))
+    box = animal(bbox=(0.1, 0.1, 0.5, 0.6))
+    md = write_detections(tmp_path / "md.json", [
+        {"file": "a.mp4/frame000000.jpg", "detections": [box]},
+        {"file": "a.mp4/frame000003.jpg", "detections": [box]},
+        {"file": "b.mp4", "frame_rate": 10.0, "detections": [{**box, "frame_number": 4}, {**box, "frame_number": 1}]},
+    ])
+    assert main(["classify", str(folder), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(tmp_path / "out.json"), "--features", str(tmp_path / "f.parquet")]) == 0
+    table = pd.read_parquet(tmp_path / "f.parquet")
+    assert table.file.tolist() == ["a.mp4/frame000000.jpg", "a.mp4/frame000003.jpg", "b.mp4", "b.mp4"]
+    assert table.frame.tolist() == [0, 3, 4, 1] and table.detection_index.tolist() == [0, 0, 0, 1]
+    # The features are the graph's embedding of each box cut from its own frame.
+    prep = Preprocessing.from_spec(read_spec(tiny_onnx_path))
+    frames = {n: img for n, img, _ in read_frames(folder / "b.mp4", [1, 4])}
+    session = ort.InferenceSession(str(tiny_onnx_path), providers=["CPUExecutionProvider"])
+    for row in table[table.file == "b.mp4"].itertuples(index=False):
+        crop = crops_from_image(frames[row.frame], [box["bbox"]], prep)
+        (embedding,) = session.run(["embedding"], {"images": crop})
+        np.testing.assert_allclose(np.asarray(row[len(FIXED):], np.float32), embedding[0], atol=1e-5, rtol=0)
+    with caplog.at_level(logging.WARNING, logger="trapkit.serve.features"):
+        assert main(["features", str(tmp_path / "f.parquet"), "--out", str(tmp_path / "space"), "--images",
+                     str(folder), "--morphs", "2", "--examples", "2"]) == 0
+    assert "montage:" not in caplog.text  # every example crop was cut again from its video
+    _png(tmp_path / "space" / "morphs.png")
 
 
 # -- resume ------------------------------------------------------------------------------------------------------
