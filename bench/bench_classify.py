@@ -19,8 +19,9 @@ Both are measured with trapkit's default parallelism and with one batch at a
 time on every core; (b) and the pipeline alternate, best of `--repeats` each,
 and CPU time per crop is printed too (wall clock on a shared machine varies).
 `--features` times the pipeline with and without `--features FILE.parquet`
-(the embedding of every crop written as a table), alternating, best of
-`--repeats` each, and prints the throughput ratio.
+(the embedding of every crop written as a table), alternating, after one
+untimed run of each, and prints the throughput ratio (best and median run)
+and the ratio of CPU time summed over all runs.
 
 Targets: pipeline >= 4x (a) and >= 70% of (b); --features costs < 5% of throughput.
 
@@ -350,23 +351,33 @@ def main() -> None:
 
 
 def compare_features(workdir: Path, md_path: Path, model: Path, par, batch: int, repeats: int) -> None:
-    """The pipeline with and without --features, alternating (both see the same quiet spells), best of each."""
+    """The pipeline with and without --features, alternating (both see the same quiet spells), after one untimed
+    run of each (imports, first allocations). Wall clock: best and median of each; CPU time (all threads): summed
+    over every run, the steadier figure on a shared machine."""
+    import statistics
+
+    for features in (False, True):
+        bench_pipeline(workdir, md_path, model, par, batch, 1, features=features)  # warm-up, not timed
     runs = {False: [], True: []}
     for _ in range(repeats):
         for features in (False, True):
             runs[features].append(bench_pipeline(workdir, md_path, model, par, batch, 1, features=features))
-    (plain, _, n), (with_features, _, _) = (min(runs[f]) for f in (False, True))
-    cpu_plain, cpu_features = (min(runs[f])[1] for f in (False, True))
-    rate_plain, rate_features = n / plain, n / with_features
+    n = runs[False][0][2]
     print(f"--features (trapkit defaults, {par.workers} decoders, {par.concurrency} x {par.threads} threads), "
-          f"best of {repeats} alternating runs:")
-    print(f"  without: {n} crops in {plain:.2f} s = {rate_plain:7.1f} crops/s, {1000 * cpu_plain / n:.1f} CPU ms/crop")
-    print(f"  with:    {n} crops in {with_features:.2f} s = {rate_features:7.1f} crops/s, "
-          f"{1000 * cpu_features / n:.1f} CPU ms/crop")
-    print(f"  throughput with / without --features: {rate_features / rate_plain:.3f} "
-          f"({100 * (1 - rate_features / rate_plain):+.1f}% cost; target < 5%); "
-          f"all runs without: {' '.join(f'{s:.2f}' for s, _, _ in runs[False])} s, "
-          f"with: {' '.join(f'{s:.2f}' for s, _, _ in runs[True])} s")
+          f"{repeats} alternating runs each:")
+    ratios = {}
+    for features, name in ((False, "without"), (True, "with")):
+        best, cpu, _ = min(runs[features])
+        median = statistics.median(s for s, _, _ in runs[features])
+        total_cpu = sum(c for _, c, _ in runs[features])
+        ratios[features] = (n / best, n / median, total_cpu)
+        print(f"  {name + ':':8} best {best:.2f} s = {n / best:6.1f} crops/s, median {median:.2f} s = "
+              f"{n / median:6.1f} crops/s; {1000 * total_cpu / (n * repeats):.1f} CPU ms/crop over all runs; "
+              f"runs {' '.join(f'{s:.2f}' for s, _, _ in runs[features])} s")
+    (best0, med0, cpu0), (best1, med1, cpu1) = ratios[False], ratios[True]
+    print(f"  throughput with / without --features: best {best1 / best0:.3f} ({100 * (1 - best1 / best0):+.1f}% cost), "
+          f"median {med1 / med0:.3f} ({100 * (1 - med1 / med0):+.1f}%); CPU time with / without {cpu1 / cpu0:.3f} "
+          f"({100 * (cpu1 / cpu0 - 1):+.1f}%); target < 5%")
 
 
 def report(what: str, run: tuple[float, float, int], naive: float, rate_b: float, best_b: float) -> None:
