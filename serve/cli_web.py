@@ -56,8 +56,8 @@ def register(subparsers, common) -> None:
     p.add_argument("--write-verified", type=Path, default=None, metavar="OUT.json",
                    help="also keep a copy of RESULTS with the verified species at confidence 1.0")
     p.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
-                   help="most seconds between photos of one sequence for 'e' (default: RESULTS' smoothing gap, "
-                   "else 60)")
+                   help="most seconds between photos of one sequence for 'e' (default: the gap RESULTS was "
+                   "classified with, else 60)")
     add_server_args(p)
     p.set_defaults(func=_review)
 

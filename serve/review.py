@@ -38,7 +38,8 @@ from trapkit.atomic import atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.grid import GREY, WRONG_BOX, GridApp, GridItem, cut_thumbnails, frame_image
 from trapkit.images import ImageReadError, read_header, safe_join
-from trapkit.serve.smoothing import SmoothSettings, sequences
+from trapkit.serve.settings import ClassifySettings
+from trapkit.serve.smoothing import sequences
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +185,10 @@ class ReviewSource:
         self.categories = self.doc.get("classification_categories") or {}
         meta = self.doc["info"].get("classifier_metadata") or {}
         self.margin = float(meta.get("crop_margin", DEFAULT_MARGIN))
-        smoothing = meta.get("smoothing") or {}
+        # The gap the result was classified (and smoothed) with, else classify's default.
+        recorded = meta.get("sequence_gap")
         self.gap_seconds = gap_seconds if gap_seconds is not None else \
-            float(smoothing.get("gap_seconds", SmoothSettings.gap_seconds))
+            float(recorded) if isinstance(recorded, (int, float)) else ClassifySettings.sequence_gap
         if self.gap_seconds < 0:
             raise TrapkitError(f"--sequence-gap {self.gap_seconds} must be at least 0 seconds")
         self._items, self._image_of = self._read_items()
@@ -201,7 +203,9 @@ class ReviewSource:
         self._runtime = None
         if model is not None:  # loaded now, so a bad model fails before the page opens
             runtime = self._open_runtime()
-            runtime.check_embedding()
+            if runtime.embedding_size is None:
+                raise TrapkitError(f"--model {model} has no 'embedding' output to compare crops with; re-export it "
+                                   "with 'trapkit export'")
             self.margin = runtime.spec.crop_margin  # the model's crop policy wins over the result's record
         self._times: dict[int, str | None] = {}
         self._sequence_of: dict[int, tuple[int, ...]] = {}
@@ -313,7 +317,7 @@ class ReviewSource:
         rows, crops, parts = [], [], []
 
         def run() -> None:
-            parts.append((rows[:], runtime.embed(np.stack(crops))))  # (B, D)
+            parts.append((rows[:], runtime.predict(np.stack(crops), embedding=True)[1]))  # (B, D)
             rows.clear()
             crops.clear()
 
