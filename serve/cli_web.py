@@ -53,6 +53,9 @@ def register(subparsers, common) -> None:
                    help="where decisions are saved (created, or continued when it exists)")
     p.add_argument("--model", default=None,
                    help="model.onnx or export folder: 'similar' (s) sorts crops by its embedding")
+    p.add_argument("--features", type=Path, default=None, metavar="TABLE",
+                   help="the table 'trapkit classify --features' wrote with RESULTS: 'similar' (s) sorts by its "
+                   "stored embeddings (no model needed)")
     p.add_argument("--write-verified", type=Path, default=None, metavar="OUT.json",
                    help="also keep a copy of RESULTS with the verified species at confidence 1.0")
     p.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
@@ -76,5 +79,5 @@ def _review(args) -> int:
     from trapkit.serve.review import serve_review
 
     serve_review(args.results, args.images, args.answers, model=args.model, verified=args.write_verified,
-                 gap_seconds=args.sequence_gap, host=args.host, port=args.port)
+                 gap_seconds=args.sequence_gap, features=args.features, host=args.host, port=args.port)
     return 0

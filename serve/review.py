@@ -178,7 +178,8 @@ class ReviewSource:
     allow_new_classes = False
 
     def __init__(self, results: str | Path, images: str | Path, answers: str | Path, model: str | Path | None = None,
-                 verified: str | Path | None = None, gap_seconds: float | None = None):
+                 verified: str | Path | None = None, gap_seconds: float | None = None,
+                 features: str | Path | None = None):
         self.results = Path(results)
         self.images = Path(images)
         self.doc = md.load_detections(self.results)
@@ -201,6 +202,7 @@ class ReviewSource:
         self.title = f"trapkit review: {self.results.name}"
         self.model = model
         self._runtime = None
+        self._stored = self._read_features(features) if features is not None else None
         if model is not None:  # loaded now, so a bad model fails before the page opens
             runtime = self._open_runtime()
             if runtime.embedding_size is None:
@@ -302,7 +304,15 @@ class ReviewSource:
         return [it.key for it in self._items if self._image_of[it.key] in chosen]
 
     def embeddings(self, items: list[GridItem]) -> np.ndarray | None:
-        """(n, D) float32: the fused graph's `embedding` output on each crop, cut as the model's crops are."""
+        """(n, D) float32: the fused graph's `embedding` output on each crop: stored (`--features`), else computed
+        with `--model` on crops cut as the model's crops are."""
+        if self._stored is not None:
+            table, row_of = self._stored
+            missing = [it.key for it in items if it.key not in row_of]
+            if missing:
+                raise TrapkitError(f"the features table has no row for {missing[0]}; give the table 'trapkit "
+                                   "classify --features' wrote with this result")
+            return table[[row_of[it.key] for it in items]]
         if self.model is None:
             return None
         from tqdm import tqdm
@@ -338,6 +348,19 @@ class ReviewSource:
         for members, vectors in parts:
             out[members] = vectors
         return out
+
+    def _read_features(self, path) -> tuple[np.ndarray, dict[str, int]]:
+        """The (N, D) embeddings of a `classify --features` table and {item key: row}, checked against RESULTS."""
+        from trapkit.serve.feature_table import read_features
+
+        table = read_features(path)
+        keys = [item_key(str(f).replace("\\", "/"), int(d))
+                for f, d in zip(table.frame["file"], table.frame["detection_index"])]
+        row_of = {k: i for i, k in enumerate(keys)}
+        if not any(it.key in row_of for it in self._items):
+            raise TrapkitError(f"--features {path} holds none of the detections of {self.results.name}; give the "
+                               "table 'trapkit classify --features' wrote with this result")
+        return table.features, row_of
 
     def _open_runtime(self):
         if self._runtime is None:
@@ -459,9 +482,10 @@ def _exif_time(root: Path, file: str) -> str | None:
         return None
 
 
-def open_review(results, images, answers, model=None, verified=None, gap_seconds=None) -> GridApp:
+def open_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None) -> GridApp:
     """The review grid for RESULTS (not yet serving); every bad input fails here, in one line."""
-    source = ReviewSource(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds)
+    source = ReviewSource(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds,
+                          features=features)
     try:
         return GridApp(source)
     except BaseException:
@@ -469,11 +493,12 @@ def open_review(results, images, answers, model=None, verified=None, gap_seconds
         raise
 
 
-def serve_review(results, images, answers, model=None, verified=None, gap_seconds=None, host="127.0.0.1",
-                 port=None) -> None:
+def serve_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None,
+                 host="127.0.0.1", port=None) -> None:
     """Serve the review page until Ctrl+C."""
     from trapkit import grid
 
-    app = open_review(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds)
+    app = open_review(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds,
+                      features=features)
     log.info("%d crops to review in %s; answers go to %s", len(app.items), results, answers)
     grid.serve(app, host, port)

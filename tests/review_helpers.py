@@ -46,7 +46,7 @@ def _shrunk_copy(src: Path, dst: Path, taken: str | None = None) -> None:
 
 
 def make_review_case(root: Path, onnx: Path, one_per_image: bool = False) -> dict:
-    """images/, detections.json, results.json (real `trapkit classify` output) under `root`.
+    """images/, detections.json, results.json and features.parquet (real `trapkit classify` output) under `root`.
 
     `one_per_image`: keep only each image's most confident detection (so image-level and per-detection
     answers say the same thing).
@@ -66,9 +66,9 @@ def make_review_case(root: Path, onnx: Path, one_per_image: bool = False) -> dic
     md["images"] = entries
     detections = root / "detections.json"
     detections.write_text(json.dumps(md))
-    results = root / "results.json"
+    results, features = root / "results.json", root / "features.parquet"
     assert main(["classify", str(images), "--model", str(onnx), "--detections", str(detections),
-                 "--out", str(results), "--workers", "1"]) == 0
+                 "--out", str(results), "--features", str(features), "--workers", "1"]) == 0
     doc = json.loads(results.read_text())
     n = 0
     for im in doc["images"]:
@@ -79,7 +79,7 @@ def make_review_case(root: Path, onnx: Path, one_per_image: bool = False) -> dic
                 det["classifications"] = [pick, *(c for c in top if c is not pick)]
                 n += 1
     results.write_text(json.dumps(doc))
-    return {"images": images, "detections": detections, "results": results}
+    return {"images": images, "detections": detections, "results": results, "features": features}
 
 
 def read_rows(path: Path) -> dict[tuple[str, str, str], str]:

@@ -92,8 +92,10 @@ def test_decisions_undo_by_expectation_and_the_sequence_majority(case, tmp_path)
         app.close()
 
 
-def test_similar_sorts_by_the_models_embedding(case, tmp_path, tiny_onnx_path):
-    app = _app(case, tmp_path / "answers.csv", model=tiny_onnx_path)
+@pytest.mark.parametrize("stored", [False, True], ids=["model", "features-table"])
+def test_similar_sorts_by_the_models_embedding(case, tmp_path, tiny_onnx_path, stored):
+    given = {"features": case["features"]} if stored else {"model": tiny_onnx_path}
+    app = _app(case, tmp_path / "answers.csv", **given)
     try:
         ref = app.items[3].key
         order = app.view(None, "similar", ref)
@@ -213,6 +215,8 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, samples_dir):
         locked.write_text("File,RelativePath,Detection,Species\r\n")
         locked.chmod(0o444)
         assert "the file is read-only" in _review(capsys, results, "--images", images, "--answers", locked)
+    assert "features table" in _review(capsys, results, "--images", images, "--answers", answers,
+                                       "--features", tmp_path / "none.parquet")
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("name,value\na,1\n")
     assert "is not an answers CSV" in _review(capsys, results, "--images", images, "--answers", foreign)

@@ -217,7 +217,8 @@ class GridApp:
         ref_item = self.items[self.by_key[ref]]
         vectors = self._embed([ref_item, *wanted])
         if vectors is None:
-            raise TrapkitError("no embeddings to compare crops with; start the page with --model")
+            raise TrapkitError("no embeddings to compare crops with; start the page with --model (or, for review, "
+                               "--features)")
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         distance = 1.0 - unit[1:] @ unit[0]  # cosine distance to the reference crop
         ref_index = self.by_key[ref]
