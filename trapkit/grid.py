@@ -115,14 +115,14 @@ class GridSource(Protocol):
 
     def classes(self) -> list[str]: ...  # every class `/` searches
     def items(self) -> list[GridItem]: ...  # in a stable order; read once per reload
-    # Optional: `stale() -> bool` (the items changed: reload), `close()` (stop background work),
-    # `done_word` (the progress line's "N of M verified").
     def answers(self) -> dict[str, str]: ...  # {item key: species}, re-read from disk
     def save(self, changes: dict[str, str | None]) -> dict[str, str]: ...  # merged; None removes; returns all
     def crops(self, file: str, items: list[GridItem], size: int) -> list: ...  # PIL images, one per item
     def frame(self, file: str, size: int): ...  # the whole image (PIL), longest side <= size
     def sequence(self, item: GridItem) -> list[str]: ...  # keys of the item's sequence (at least its own)
     def embeddings(self, items: list[GridItem]) -> np.ndarray | None: ...  # (n, D), or None: not available
+    # Optional: `stale() -> bool` (the items changed: reload), `close()` (stop background work),
+    # `done_word` (the progress line's "N of M verified").
 
 
 class GridApp:
@@ -137,7 +137,7 @@ class GridApp:
         self.version = 0  # bumped on every saved change: tabs poll it
         self.thumbs = ThumbCache(source, thumb_size, thumb_cache_bytes, workers)
         self._views: OrderedDict[tuple, list[int]] = OrderedDict()
-        self._vectors: dict[str, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}  # item key -> (D,) embedding, each computed once
         self._embed_lock = threading.Lock()
         self.reload()
         # The page a fresh tab opens on (all species, where the person stopped) is cut before anyone asks.
@@ -158,6 +158,7 @@ class GridApp:
             self.groups += spare[:max(0, 9 - sum(1 for g in self.groups if g))]
             self.counts = counts
             self._views.clear()
+            self._vectors = {}  # a new round may come with a new embedder
             self.version += 1
 
     # -- reading -------------------------------------------------------------------------
