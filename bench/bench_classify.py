@@ -18,10 +18,23 @@ offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
 Both are measured with trapkit's default parallelism and with one batch at a
 time on every core; (b) and the pipeline alternate, best of `--repeats` each,
 and CPU time per crop is printed too (wall clock on a shared machine varies).
+`--features` times the pipeline with and without `--features FILE.parquet`
+(the embedding of every crop written as a table), alternating, after one
+untimed run of each, and prints the throughput ratio (best and median run)
+and the ratio of CPU time summed over all runs.
 
-Targets: pipeline >= 4x (a) and >= 70% of (b).
+Targets: pipeline >= 4x (a) and >= 70% of (b); --features costs < 5% of throughput.
 
-    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR] [--fallbacks]
+`--video`: camera-trap video instead (`trapkit[video]`). H.264 MP4s at 1280x720,
+10 fps, encoded from the bundled photos, with MegaDetector frame-level results
+for every 5th frame (each frame carries its photo's boxes). Timed in the same
+run, best of `--repeats`: decoding alone (`trapkit.serve.video.read_frames`, the
+wanted frames converted to RGB), inference alone on the same crops pre-made,
+and `classify_images` end to end; frames per second decoded and classified.
+
+    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR]
+        [--fallbacks] [--features] [--features-only]
+    .venv/bin/python bench/bench_classify.py --video [--videos 8] [--frames 60] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -80,8 +93,9 @@ def lite0_onnx(workdir: Path) -> Path:
 
 
 def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
-                   repeats: int = 1) -> tuple[float, float, int]:
-    """(best wall seconds, CPU seconds of that run, crops classified) over `repeats` runs."""
+                   repeats: int = 1, features: bool = False) -> tuple[float, float, int]:
+    """(best wall seconds, CPU seconds of that run, crops classified) over `repeats` runs; `features`: with
+    `--features workdir/features.parquet`."""
     from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
     from trapkit.serve.runtime import open_runtime
 
@@ -93,7 +107,9 @@ def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
         best, cpu = float("inf"), 0.0
         for _ in range(repeats):
             start, cpu_start = time.perf_counter(), time.process_time()
-            summary = classify_images(ClassifyPaths(workdir / "images", out, md_path), runtime, settings)
+            paths = ClassifyPaths(workdir / "images", out, md_path,
+                                  features=workdir / "features.parquet" if features else None)
+            summary = classify_images(paths, runtime, settings)
             if time.perf_counter() - start < best:
                 best, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return best, cpu, summary.classified_detections
@@ -101,13 +117,12 @@ def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
 
 def premade_crops(workdir: Path, md_path: Path) -> np.ndarray:
     """(N, 224, 224, 3) uint8, every crop of the folder, cut by the pipeline's own stage 1."""
-    from trapkit.serve.classify import prepare_image
-    from trapkit.spec import ModelSpec
+    from trapkit.prepare import Preprocessing, prepare_image
 
-    spec = ModelSpec(arch="x", labels=("a",), input_size=224)
+    prep = Preprocessing(224)
     doc = json.loads(md_path.read_text())
-    crops = [prepare_image(workdir / "images", im, i, list(range(len(im["detections"]))), spec, 0.1, False).crops
-             for i, im in enumerate(doc["images"])]
+    crops = [prepare_image(workdir / "images" / im["file"], [d["bbox"] for d in im["detections"]], prep).crops
+             for im in doc["images"]]
     return np.concatenate(crops)
 
 
@@ -133,7 +148,7 @@ def bench_naive(workdir: Path, md_path: Path, n_crops: int) -> float:
     import torch
 
     from trapkit.images import open_image
-    from trapkit.serve.crops import crop_square
+    from trapkit.crops import crop_square
     from trapkit.train.model import imagenet_lite0
 
     model = imagenet_lite0()
@@ -153,6 +168,106 @@ def bench_naive(workdir: Path, md_path: Path, n_crops: int) -> float:
     return len(jobs) / sum(seconds), 1.0 / float(np.median(seconds))
 
 
+def build_videos(dst: Path, n_videos: int, frames: int, every: int = 5, size=(1280, 720)) -> Path:
+    """`n_videos` H.264 MP4s under dst/videos and MegaDetector frame-level results for every `every`-th
+    frame (the photo a frame shows gives its boxes; blanks get one made-up box); reused when built."""
+    import av
+
+    md_path = dst / "frames.json"
+    if md_path.exists() and json.loads(md_path.read_text())["info"].get("bench") == [n_videos, frames, every]:
+        return md_path
+    source = json.loads((SAMPLES / "md_v5a_detections.json").read_text())["images"]
+    photos = [np.asarray(Image.open(SAMPLES / im["file"]).convert("RGB").resize(size, Image.BILINEAR))
+              for im in source]
+    boxes = [[d for d in im["detections"] if d["category"] == "1" and d["conf"] >= 0.1][:5]
+             or [{"category": "1", "conf": 0.9, "bbox": [0.3, 0.3, 0.25, 0.3]}] for im in source]
+    (dst / "videos").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for v in range(n_videos):
+        name = f"cam{v % 2}/clip{v:02d}.mp4"
+        (dst / "videos" / name).parent.mkdir(exist_ok=True)
+        with av.open(str(dst / "videos" / name), "w") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+            for n in range(frames):
+                photo = (n // 7 + v) % len(photos)  # a scene holds for 7 frames, as a trap's burst would
+                for packet in stream.encode(av.VideoFrame.from_ndarray(photos[photo], format="rgb24")):
+                    container.mux(packet)
+                if n % every == 0:
+                    entries.append({"file": f"{name}/frame{n:06d}.jpg", "detections": boxes[photo]})
+            for packet in stream.encode():
+                container.mux(packet)
+    doc = {"info": {"format_version": "1.6", "detector": "md_v5a.0.0.pt", "bench": [n_videos, frames, every]},
+           "detection_categories": {"1": "animal"}, "images": entries}
+    md_path.write_text(json.dumps(doc))
+    return md_path
+
+
+def bench_video(args) -> None:
+    """--video: frames/s decoded alone, inference alone, and `classify_images` end to end, in one run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trapkit.prepare import crops_from_image
+    from trapkit.serve.classify import ClassifyPaths, classify_images
+    from trapkit.serve.runtime import available_cpus, open_runtime
+    from trapkit.serve.settings import ClassifySettings, Parallelism
+    from trapkit.serve.video import read_frames, split_frame
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-video-"))
+    md_path = build_videos(workdir, args.videos, args.frames)
+    model = lite0_onnx(workdir)
+    doc = json.loads(md_path.read_text())
+    wanted: dict[str, list] = {}
+    for im in doc["images"]:
+        video, n = split_frame(im["file"])
+        wanted.setdefault(video, []).append((n, [d["bbox"] for d in im["detections"]]))
+    n_frames, n_crops = len(doc["images"]), sum(len(im["detections"]) for im in doc["images"])
+    decoded = sum(max(n for n, _ in frames) + 1 for frames in wanted.values())  # a decoder cannot skip frames
+    cpus = available_cpus()
+    par = Parallelism.for_cpus(cpus)
+    print(f"{args.videos} H.264 videos, 1280x720, {args.frames} frames each; {n_frames} frames wanted (every 5th), "
+          f"{n_crops} crops; EfficientNet-Lite0 224 px ONNX; {cpus} CPUs; {par.workers} decoders, "
+          f"{par.concurrency} batches in flight x {par.threads} threads; workdir {workdir}")
+
+    def decode_video(item):
+        video, frames = item
+        return [np.asarray(img) for _, img, _ in read_frames(workdir / "videos" / video, [n for n, _ in frames])]
+
+    with open_runtime(model, threads=par.threads) as runtime:
+        settings = ClassifySettings(workers=par.workers, concurrency=par.concurrency, batch_size=args.batch_size,
+                                    checkpoint_every=10_000)
+        prep = settings.preprocessing(runtime.spec)
+        crops = []
+        for video, frames in wanted.items():
+            for (n, bboxes), (_, img, _) in zip(frames, read_frames(workdir / "videos" / video, [n for n, _ in frames])):
+                crops.append(crops_from_image(img, bboxes, prep))
+        crops = np.concatenate(crops)
+        runtime.predict(crops[:args.batch_size])  # warm-up
+        batches = [crops[i:i + args.batch_size] for i in range(0, len(crops), args.batch_size)]
+        best = {"decode": float("inf"), "inference": float("inf"), "pipeline": float("inf")}
+        with ThreadPoolExecutor(par.workers) as decoders, ThreadPoolExecutor(par.concurrency) as infer:
+            for _ in range(args.repeats):  # alternated: on a shared machine all three see the same quiet spells
+                start = time.perf_counter()
+                list(decoders.map(decode_video, wanted.items()))
+                best["decode"] = min(best["decode"], time.perf_counter() - start)
+                start = time.perf_counter()
+                list(infer.map(runtime.predict, batches))
+                best["inference"] = min(best["inference"], time.perf_counter() - start)
+                start = time.perf_counter()
+                summary = classify_images(ClassifyPaths(workdir / "videos", workdir / "out.json", md_path), runtime,
+                                          settings)
+                best["pipeline"] = min(best["pipeline"], time.perf_counter() - start)
+    assert summary.classified_detections == n_crops, summary.table()
+    print(f"best of {args.repeats}:")
+    print(f"  decoding alone ({par.workers} videos at a time): {decoded / best['decode']:7.1f} frames/s decoded "
+          f"({n_frames / best['decode']:.1f} wanted frames/s)")
+    print(f"  inference alone on pre-made crops: {n_crops / best['inference']:7.1f} crops/s")
+    rate = n_frames / best["pipeline"]
+    print(f"  trapkit classify end to end: {decoded / best['pipeline']:7.1f} frames/s decoded, {rate:.1f} frames/s "
+          f"classified, {n_crops / best['pipeline']:.1f} crops/s; {100 * best['decode'] / best['pipeline']:.0f}% of "
+          f"decoding alone, {100 * best['inference'] / best['pipeline']:.0f}% of inference alone")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=96)
@@ -160,13 +275,25 @@ def main() -> None:
     ap.add_argument("--naive-crops", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for the pipeline and (b)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
+    ap.add_argument("--features", action="store_true",
+                    help="also time the pipeline with --features (embeddings written as a Parquet table)")
+    ap.add_argument("--features-only", action="store_true",
+                    help="time only the pipeline with and without --features (skip the baselines)")
+    ap.add_argument("--video", action="store_true", help="time camera-trap video instead (frames/s)")
+    ap.add_argument("--videos", type=int, default=8, help="with --video: how many videos")
+    ap.add_argument("--frames", type=int, default=60, help="with --video: frames per video")
     ap.add_argument("--fallbacks", action="store_true",
                     help="also time the pipeline with Pillow's crop resize, then Pillow's whole-image decode "
                          "(trapkit built without its compiled parts)")
     args = ap.parse_args()
     import logging
 
-    from trapkit.serve.classify import Parallelism
+    if args.video:
+        logging.basicConfig(level=logging.WARNING)
+        bench_video(args)
+        return
+
+    from trapkit.serve.settings import Parallelism
     from trapkit.serve.runtime import available_cpus
 
     logging.basicConfig(level=logging.WARNING)
@@ -183,6 +310,10 @@ def main() -> None:
         "trapkit defaults": Parallelism.for_cpus(cpus),
         "one batch at a time on all cores": Parallelism(workers=cpus, concurrency=1, threads=cpus),
     }
+    if args.features or args.features_only:
+        compare_features(workdir, md_path, model, configs["trapkit defaults"], args.batch_size, args.repeats)
+        if args.features_only:
+            return
     crops = premade_crops(workdir, md_path)
     naive, naive_median = bench_naive(workdir, md_path, args.naive_crops)
     print(f"(a) naive, full decode per crop, PyTorch batch 1, {args.naive_crops} crops spread over the folder: "
@@ -203,8 +334,8 @@ def main() -> None:
         print(f"  (b) inference alone on pre-made crops: {rate_b:7.1f} crops/s, {1000 * cpu_b:.1f} CPU ms per crop")
         report("pipeline end to end", pipeline[name], naive, rate_b, best_b)
     if args.fallbacks:
+        from trapkit import crops as crop_module
         from trapkit import images
-        from trapkit.serve import crops as crop_module
 
         # Each compiled part switched off in turn, as in a trapkit built without it.
         for what, module, name in (("Pillow crop resize", crop_module, "_resample"),
@@ -217,6 +348,36 @@ def main() -> None:
             finally:
                 setattr(module, name, compiled)
             report(f"trapkit defaults, {what}", fallback, naive, inference["trapkit defaults"][0], best_b)
+
+
+def compare_features(workdir: Path, md_path: Path, model: Path, par, batch: int, repeats: int) -> None:
+    """The pipeline with and without --features, alternating (both see the same quiet spells), after one untimed
+    run of each (imports, first allocations). Wall clock: best and median of each; CPU time (all threads): summed
+    over every run, the steadier figure on a shared machine."""
+    import statistics
+
+    for features in (False, True):
+        bench_pipeline(workdir, md_path, model, par, batch, 1, features=features)  # warm-up, not timed
+    runs = {False: [], True: []}
+    for _ in range(repeats):
+        for features in (False, True):
+            runs[features].append(bench_pipeline(workdir, md_path, model, par, batch, 1, features=features))
+    n = runs[False][0][2]
+    print(f"--features (trapkit defaults, {par.workers} decoders, {par.concurrency} x {par.threads} threads), "
+          f"{repeats} alternating runs each:")
+    ratios = {}
+    for features, name in ((False, "without"), (True, "with")):
+        best, cpu, _ = min(runs[features])
+        median = statistics.median(s for s, _, _ in runs[features])
+        total_cpu = sum(c for _, c, _ in runs[features])
+        ratios[features] = (n / best, n / median, total_cpu)
+        print(f"  {name + ':':8} best {best:.2f} s = {n / best:6.1f} crops/s, median {median:.2f} s = "
+              f"{n / median:6.1f} crops/s; {1000 * total_cpu / (n * repeats):.1f} CPU ms/crop over all runs; "
+              f"runs {' '.join(f'{s:.2f}' for s, _, _ in runs[features])} s")
+    (best0, med0, cpu0), (best1, med1, cpu1) = ratios[False], ratios[True]
+    print(f"  throughput with / without --features: best {best1 / best0:.3f} ({100 * (1 - best1 / best0):+.1f}% cost), "
+          f"median {med1 / med0:.3f} ({100 * (1 - med1 / med0):+.1f}%); CPU time with / without {cpu1 / cpu0:.3f} "
+          f"({100 * (cpu1 / cpu0 - 1):+.1f}%); target < 5%")
 
 
 def report(what: str, run: tuple[float, float, int], naive: float, rate_b: float, best_b: float) -> None:

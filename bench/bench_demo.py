@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 def serve(model: Path, max_batch: int, port: int) -> subprocess.Popen:
-    from trapkit.quickstart import SAMPLE_DETECTIONS
+    from trapkit.samples import SAMPLE_DETECTIONS
 
     cmd = [sys.executable, "-m", "trapkit.cli", "demo", "--model", str(model), "--detections",
            str(SAMPLE_DETECTIONS), "--max-batch", str(max_batch), "--port", str(port)]
@@ -64,7 +64,7 @@ def run(url: str, clients: int, requests: int) -> tuple[float, float]:
     """(requests per second, median seconds per request) for `clients` concurrent users."""
     from gradio_client import Client, handle_file
 
-    from trapkit.quickstart import SAMPLES
+    from trapkit.samples import SAMPLES_DIR
 
     users = [Client(url, verbose=False, download_files=False, analytics_enabled=False) for _ in range(clients)]
     latencies: list[float] = []
@@ -72,13 +72,13 @@ def run(url: str, clients: int, requests: int) -> tuple[float, float]:
 
     def user(i: int) -> None:
         for j in range(requests):
-            photo = handle_file(str(SAMPLES / PHOTOS[(i + j) % len(PHOTOS)]))
+            photo = handle_file(str(SAMPLES_DIR / PHOTOS[(i + j) % len(PHOTOS)]))
             t = time.perf_counter()
             users[i].predict([photo], None, api_name="/classify")
             with lock:
                 latencies.append(time.perf_counter() - t)
 
-    users[0].predict([handle_file(str(SAMPLES / PHOTOS[0]))], None, api_name="/classify")  # warm-up
+    users[0].predict([handle_file(str(SAMPLES_DIR / PHOTOS[0]))], None, api_name="/classify")  # warm-up
     threads = [threading.Thread(target=user, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
     for t in threads:

@@ -81,12 +81,12 @@ def random_crops(spec, n: int, seed: int = 0) -> np.ndarray:
     """(n, S, S, 3) uint8 square crops at seeded random boxes on the bundled photos: a larger sample
     for top-1 agreement than their 15 MegaDetector crops (near-ties among 1,000 ImageNet classes flip
     one way or the other, so a handful of inputs moves the figure by 7 points each)."""
-    from trapkit.export.onnx_export import BUNDLED_PHOTOS
+    from trapkit.samples import SAMPLES_DIR
     from trapkit.images import iter_images, open_image
-    from trapkit.serve.crops import crop_square
+    from trapkit.crops import crop_square
 
     rng = np.random.default_rng(seed)
-    photos = [open_image(p)[0] for p in iter_images(BUNDLED_PHOTOS)]
+    photos = [open_image(p)[0] for p in iter_images(SAMPLES_DIR)]
     out = []
     for k in range(n):
         w, h = rng.uniform(0.08, 0.5, size=2)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trapkit.flags import given, only_with
+
 
 # Kept in step with trapkit.export.quantize (not imported: --help stays instant); a test compares them.
 INT8_TARGETS = ("avx2", "vnni", "gpu")
@@ -26,6 +28,9 @@ def register(subparsers, common) -> None:
     )
     p.add_argument("source", metavar="SOURCE", help="run folder, model folder, or imagenet-lite0")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for model.onnx and export_report.json")
+    p.add_argument("--taxonomy", type=Path, metavar="CSV",
+                   help="label,taxonomy CSV: a SpeciesNet-style 'id;class;order;family;genus;species;common name' "
+                   "per class, stored in the model (rollup, allow-lists, smoothing, common names)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest |probs| difference from PyTorch accepted (default 1e-4)")
     v = p.add_argument_group("precision")
@@ -60,40 +65,29 @@ def register(subparsers, common) -> None:
 
 
 def _run(args) -> int:
-    from trapkit.errors import TrapkitError
     from trapkit.export.hub_folder import HubSettings
-    from trapkit.export.onnx_export import ONNX_FILENAME
     from trapkit.export.pipeline import export_model
     from trapkit.export.quantize import VariantSettings
     from trapkit.export.triton import TritonSettings
+    from trapkit.graph import ONNX_FILENAME
 
-    triton_only = [flag for flag, used in (("--name", args.name), ("--triton-gpu", args.triton_gpu),
-                                           ("--tensorrt", args.tensorrt), ("--openvino", args.openvino),
-                                           ("--triton-backend", args.triton_backend != "onnxruntime"))
-                   if used]
-    if triton_only and args.triton is None:
-        raise TrapkitError(f"{', '.join(triton_only)} only apply with --triton REPO; add --triton")
-    int8_only = [flag for flag, used in (("--min-agreement", args.min_agreement is not None),
-                                         ("--int8-target", args.int8_target is not None),
-                                         ("--calibration-method", args.calibration_method is not None)) if used]
-    if int8_only and args.quantize is None:
-        verb = "apply" if len(int8_only) > 1 else "applies"
-        raise TrapkitError(f"{', '.join(int8_only)} only {verb} with --quantize int8; add --quantize int8")
-    if args.calibration is not None and args.quantize is None and args.precision == "fp32":
-        raise TrapkitError("--calibration only applies with --quantize int8 or --precision fp16; add one of them")
-    defaults = VariantSettings()
-    variant = VariantSettings(
-        precision=args.precision, quantize=args.quantize, calibration=args.calibration,
-        min_agreement=defaults.min_agreement if args.min_agreement is None else args.min_agreement,
-        int8_target=args.int8_target,
-        calibration_method=args.calibration_method or defaults.calibration_method,
-    )
+    only_with("--triton REPO", args.triton is not None, {
+        "--name": args.name is not None, "--triton-gpu": args.triton_gpu, "--tensorrt": args.tensorrt,
+        "--openvino": args.openvino, "--triton-backend": args.triton_backend != "onnxruntime"})
+    only_with("--quantize int8", args.quantize is not None, {
+        "--min-agreement": args.min_agreement is not None, "--int8-target": args.int8_target is not None,
+        "--calibration-method": args.calibration_method is not None})
+    only_with("--quantize int8 or --precision fp16", args.quantize is not None or args.precision != "fp32",
+              {"--calibration": args.calibration is not None})
+    variant = VariantSettings(precision=args.precision, quantize=args.quantize, calibration=args.calibration,
+                              **given(min_agreement=args.min_agreement, int8_target=args.int8_target,
+                                      calibration_method=args.calibration_method))
     triton = TritonSettings(repo=args.triton, name=args.name, backend=args.triton_backend, gpu=args.triton_gpu,
                             tensorrt=args.tensorrt, openvino=args.openvino,
                             max_batch_size=args.max_batch_size) if args.triton else None
     hub = HubSettings(folder=args.hub_folder, license=args.license) if args.hub_folder else None
     result = export_model(args.source, args.out, variant=variant, triton=triton, hub=hub,
-                          tolerance=args.tolerance)
+                          tolerance=args.tolerance, taxonomy=args.taxonomy)
     fp32 = result.onnx_path.with_name(ONNX_FILENAME)
     print(f"wrote {fp32}" + (f" and {result.onnx_path}" if result.onnx_path != fp32 else ""))
     print(f"  parity with PyTorch: max |probs diff| {result.parity.max_prob_diff:.2e} "

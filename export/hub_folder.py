@@ -18,12 +18,10 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.export.onnx_export import INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
+from trapkit.graph import CARD_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
 from trapkit.spec import ModelSpec
+from trapkit.taxonomy import display_names, parse_taxon
 
-CONFIG_FILENAME = "config.json"
-CARD_FILENAME = "README.md"
-HUB_FILES = (ONNX_FILENAME, CONFIG_FILENAME, CARD_FILENAME)  # the first two are required to load a model
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def hub_config(spec: ModelSpec, embedding_dim: int) -> dict:
             "input_size": [3, spec.input_size, spec.input_size],
             "mean": list(spec.mean),
             "std": list(spec.std),
-            "interpolation": "bilinear",
+            "interpolation": spec.interpolation,
             "crop_pct": 1.0,
             "crop_mode": "center" if spec.resize_mode == "center_crop" else "squash",
             "num_classes": spec.num_classes,
@@ -73,6 +71,7 @@ def hub_config(spec: ModelSpec, embedding_dim: int) -> dict:
     }
     if spec.taxonomy:
         config["label_descriptions"] = dict(zip(spec.labels, spec.taxonomy))
+        config["common_names"] = display_names(spec.labels, spec.taxonomy)
     return config
 
 
@@ -147,18 +146,25 @@ def _round_note(metrics: dict) -> str:
 
 def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None) -> str:
     s = spec.input_size
-    prepare = (f"ImageOps.fit(img, ({s}, {s}), Image.BILINEAR)" if spec.resize_mode == "center_crop"
-               else f"img.resize(({s}, {s}), Image.BILINEAR)")
+    resample = f"Image.{spec.interpolation.upper()}"
+    prepare = (f"ImageOps.fit(img, ({s}, {s}), {resample})" if spec.resize_mode == "center_crop"
+               else f"img.resize(({s}, {s}), {resample})")
     resize = ("stretched to a square" if spec.resize_mode == "squash"
               else "short side scaled, centre square cropped")
     recall = (metrics or {}).get("per_class_recall") or {}
     if isinstance(recall, list):
         recall = dict(zip(spec.labels, recall))
+    # With a taxonomy the table shows each class's common name and scientific name too.
+    names = display_names(spec.labels, spec.taxonomy)
+    latin = [parse_taxon(t).latin for t in spec.taxonomy] if spec.taxonomy else None
     rows = "\n".join(
-        f"| {i} | {_cell(label)} | {recall[label]:.3f} |" if isinstance(recall.get(label), (int, float))
-        else f"| {i} | {_cell(label)} | n/a |"
+        f"| {i} | {_cell(label)} |"
+        + (f" {_cell(names[i])} | {_cell(latin[i]) if latin[i] else ''} |" if latin else "")
+        + (f" {recall[label]:.3f} |" if isinstance(recall.get(label), (int, float)) else " n/a |")
         for i, label in enumerate(spec.labels)
     )
+    header = ("| index | class | common name | scientific name | recall |\n| --- | --- | --- | --- | --- |" if latin
+              else "| index | class | recall |\n| --- | --- | --- |")
     summary = ""
     if metrics and isinstance(metrics.get("accuracy"), (int, float)):
         summary = (f"\nOn the held-out validation set{_round_note(metrics)}: accuracy {metrics['accuracy']:.3f}"
@@ -212,7 +218,6 @@ configuration instead (dynamic batching, labels for Triton's classification exte
 
 ## Classes and per-class recall
 
-| index | class | recall |
-| --- | --- | --- |
+{header}
 {rows}
 """

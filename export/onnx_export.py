@@ -26,27 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-import trapkit
 from trapkit import __version__
 from trapkit.atomic import atomic_write_bytes
 from trapkit.errors import TrapkitError
+from trapkit.graph import INPUT_NAME, OUTPUT_NAMES, PRECISION_PROP, SPEC_PROP
+from trapkit.samples import SAMPLES_DIR
 from trapkit.spec import SPEC_FILENAME, ModelSpec
 
 log = logging.getLogger(__name__)
 
-ONNX_FILENAME = "model.onnx"  # the graph in every export folder and Hub folder
-# The graphs an export folder holds, by precision (serving contract: `trapkit classify --precision`).
-# model.onnx is always the fp32 graph; `export --quantize int8` / `--precision fp16` add their graph beside it.
-GRAPH_FILENAMES = {"fp32": ONNX_FILENAME, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("probs", "embedding")
-SPEC_PROP = "trapkit.spec"
-PRECISION_PROP = "trapkit.precision"
 IMAGENET_LITE0 = "imagenet-lite0"
 # Opset 18: onnxruntime >= 1.14, Triton's onnxruntime backend from 23.02 on.
 OPSET = 18
-# Located through the trapkit package so it holds in a source checkout and in an installed wheel alike.
-BUNDLED_PHOTOS = Path(trapkit.__file__).resolve().parent / "data" / "camera-traps"
 
 
 @dataclass(frozen=True)
@@ -99,10 +90,12 @@ def load_source(ref: str | Path):
 
 
 def bundled_parity_images(spec: ModelSpec) -> np.ndarray:
-    """(N, S, S, 3) uint8: the bundled camera-trap photos prepared by the spec's resize policy."""
-    from trapkit.images import iter_images, load_model_input
+    """(N, S, S, 3) uint8: the bundled camera-trap photos prepared whole by the spec's preprocessing."""
+    from trapkit.images import iter_images
+    from trapkit.prepare import Preprocessing, prepare_image
 
-    return np.stack([load_model_input(p, spec.input_size, spec.resize_mode) for p in iter_images(BUNDLED_PHOTOS)])
+    prep = Preprocessing.from_spec(spec)
+    return np.concatenate([prepare_image(p, None, prep).crops for p in iter_images(SAMPLES_DIR)])
 
 
 def export_onnx(model, path: str | Path, *, parity_images: list[np.ndarray] | np.ndarray | None = None,
@@ -205,32 +198,6 @@ def check_model(proto) -> None:
         raise TrapkitError(f"exported graph fails the ONNX checker ({first}); nothing written") from None
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """All `metadata_props` of an ONNX file, without loading its weights."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise TrapkitError(f"ONNX model {path} does not exist; export one with 'trapkit export'")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise TrapkitError(f"{path} is not a readable ONNX model ({e.__class__.__name__}); re-export it") from None
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def read_spec(path: str | Path) -> ModelSpec:
-    """The `ModelSpec` stored in an exported graph."""
-    return spec_from_metadata(read_metadata(path), path)
-
-
-def spec_from_metadata(meta: dict[str, str], path: str | Path) -> ModelSpec:
-    """The spec in a graph's metadata props (from onnx or an onnxruntime session)."""
-    if SPEC_PROP not in meta:
-        raise TrapkitError(f"{path} has no '{SPEC_PROP}' metadata; export it with 'trapkit export'")
-    return ModelSpec.from_json(meta[SPEC_PROP])
-
-
 def ort_session(model: str | Path | bytes, threads: int = 0):
     """A CPU onnxruntime session (`threads=0`: onnxruntime's default)."""
     import onnxruntime as ort
@@ -278,7 +245,7 @@ def _as_batch(images, spec: ModelSpec) -> np.ndarray:
     if batch.ndim != 4 or batch.shape[1:] != (size, size, 3) or batch.dtype != np.uint8 or not len(batch):
         raise TrapkitError(
             f"parity images must be uint8 (N, {size}, {size}, 3) with N >= 1, got {batch.dtype} {batch.shape}; "
-            "prepare them with trapkit.images.load_model_input"
+            "prepare them with trapkit.prepare.prepare_image"
         )
     return batch
 

@@ -12,6 +12,7 @@ nothing lands in OUT unless the parity and agreement checks pass.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -21,11 +22,12 @@ from trapkit import __version__
 from trapkit.atomic import atomic_write_bytes, atomic_write_json
 from trapkit.errors import TrapkitError
 from trapkit.export.hub_folder import HubSettings, read_metrics, write_hub_folder
-from trapkit.export.onnx_export import (
-    GRAPH_FILENAMES, ONNX_FILENAME, ExportReport, ensure_writable_dir, export_onnx, load_source, resolve_source_dir,
-)
+from trapkit.export.onnx_export import ExportReport, ensure_writable_dir, export_onnx, load_source, resolve_source_dir
 from trapkit.export.quantize import AgreementReport, VariantSettings, make_variant
 from trapkit.export.triton import TritonSettings, write_triton_model
+from trapkit.graph import GRAPH_FILENAMES, ONNX_FILENAME
+from trapkit.spec import ModelSpec
+from trapkit.taxonomy import read_taxonomy_csv
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,41 @@ class ExportResult:
 
 def export_model(source: str | Path, out: str | Path, *, variant: VariantSettings = VariantSettings(),
                  triton: TritonSettings | None = None, hub: HubSettings | None = None,
-                 tolerance: float = 1e-4) -> ExportResult:
-    """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies."""
+                 tolerance: float = 1e-4, taxonomy: str | Path | None = None) -> ExportResult:
+    """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies.
+
+    `taxonomy`: a `label,taxonomy` CSV (`trapkit.taxonomy`) whose strings go into the exported spec,
+    replacing any the source carries.
+    """
     check_tolerance(tolerance)
     out = Path(out)
     model_dir = resolve_source_dir(source)
-    for directory in (out, triton and Path(triton.repo), hub and Path(hub.folder)):
-        if directory:
+    folders = [Path(d) for d in (out, triton and triton.repo, hub and hub.folder) if d]
+    with removed_if_failed(folders):
+        for directory in folders:
             ensure_writable_dir(directory)
+        if taxonomy is not None and model_dir is not None:
+            read_taxonomy_csv(taxonomy, ModelSpec.load(model_dir).labels)  # bad rows fail before the slow load
+        return _export(source, out, model_dir, variant, triton, hub, tolerance, taxonomy)
+
+
+@contextlib.contextmanager
+def removed_if_failed(folders: list[Path]):
+    """Folders this export creates are removed again, while empty, if it fails: no empty --out is left behind."""
+    new = [f for f in folders if not f.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: never anything the export did write
+        raise
+
+
+def _export(source, out: Path, model_dir, variant, triton, hub, tolerance, taxonomy) -> ExportResult:
     model = load_source(source)
+    if taxonomy is not None:
+        model.spec = model.spec.replace(taxonomy=read_taxonomy_csv(taxonomy, model.spec.labels))
     spec = model.spec
     if triton:
         triton.model_name(spec)  # a bad name fails before the slow part

@@ -40,6 +40,7 @@ import numpy as np
 
 from trapkit.errors import TrapkitError
 from trapkit.export.raw_pixels import fold_normalisation_into_stem, pixel_quant_override, read_pixels_directly
+from trapkit.graph import INT8_TARGET_PROP
 from trapkit.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ HOLDOUT_FRACTION = 0.3
 # at most this many of its validation images measure agreement and accuracy.
 RUN_CALIBRATION_IMAGES = 256
 RUN_HELDOUT_IMAGES = 2000
-INT8_TARGET_PROP = "trapkit.int8_target"
 CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx2")
 
 
@@ -232,11 +232,12 @@ def _load_rows(run, df, rows, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """(images (n, S, S, 3) uint8, kept positions) of manifest `rows`, prepared as the embedding saw them."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from trapkit.prepare import Preprocessing
     from trapkit.train.embed import load_batch
 
     paths = run.image_paths(df.loc[rows])
     with ThreadPoolExecutor(2) as pool:
-        images, ok, _ = load_batch(paths, spec.input_size, spec.resize_mode, pool)
+        images, ok, _ = load_batch(paths, Preprocessing.from_spec(spec), pool)
     return images, np.flatnonzero(ok)
 
 
@@ -316,7 +317,8 @@ def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray, target: str | None
         CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
     )
 
-    from trapkit.export.onnx_export import INPUT_NAME, check_model, quiet_third_party, set_metadata
+    from trapkit.export.onnx_export import check_model, quiet_third_party, set_metadata
+    from trapkit.graph import INPUT_NAME
 
     target = target or machine_int8_target()
     batches = [images[i:i + CALIBRATION_BATCH] for i in range(0, len(images), CALIBRATION_BATCH)]
@@ -446,7 +448,8 @@ def _channel_means(proto, tensors: list[str], images: np.ndarray) -> dict[str, n
     """{tensor: (C,) float64 mean over images and positions} of (N, C, H, W) tensors of a float graph."""
     import onnx
 
-    from trapkit.export.onnx_export import INPUT_NAME, ort_session
+    from trapkit.export.onnx_export import ort_session
+    from trapkit.graph import INPUT_NAME
 
     probe = onnx.load_from_string(proto.SerializeToString())
     graph_outputs = {o.name for o in probe.graph.output}

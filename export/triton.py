@@ -3,7 +3,8 @@
 Layout (https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/user_guide/model_repository.html):
 
     REPO/NAME/config.pbtxt
-    REPO/NAME/labels.txt          class names in index order, for the classification extension
+    REPO/NAME/labels.txt          class names in index order (common names with a taxonomy), for the
+                                  classification extension
     REPO/NAME/<version>/model.onnx
     REPO/NAME/<version>/model.py  (Python backend only)
 
@@ -35,7 +36,9 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.graph import TRITON_SPEC_PARAMETER
 from trapkit.spec import ModelSpec
+from trapkit.taxonomy import display_names
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,6 @@ TRITON_MODEL_FILE = "model.onnx"  # in each version folder; the python backend's
 # Shipped as package data, not as a module: it imports Triton's stub utilities, which only exist inside Triton.
 PYTHON_MODEL_TEMPLATE = Path(__file__).resolve().parent / "templates" / "triton_python_model.py.tmpl"
 MAX_QUEUE_DELAY_US = 1000
-SPEC_PARAMETER = "trapkit.spec"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64"}
 
@@ -140,7 +142,7 @@ def config_text(name: str, onnx_path: str | Path, settings: TritonSettings, prob
         "  }",
         "]",
         # Triton returns parameters with the model config, so a client learns labels and input policy from the server.
-        f'parameters {{ key: "{SPEC_PARAMETER}" value {{ string_value: "{pbtxt_escape(spec_json(spec))}" }} }}',
+        f'parameters {{ key: "{TRITON_SPEC_PARAMETER}" value {{ string_value: "{pbtxt_escape(spec_json(spec))}" }} }}',
     ]
     if settings.tensorrt:
         lines += [
@@ -201,7 +203,9 @@ def write_triton_model(onnx_path: str | Path, spec: ModelSpec, settings: TritonS
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        atomic_write_text(model_dir / LABELS_FILENAME, "".join(f"{label}\n" for label in spec.labels))
+        # What Triton's classification extension returns: common names where the taxonomy gives them.
+        names = display_names(spec.labels, spec.taxonomy)
+        atomic_write_text(model_dir / LABELS_FILENAME, "".join(f"{name}\n" for name in names))
         atomic_write_text(model_dir / "config.pbtxt", config_text(name, onnx_path, settings, spec=spec))
     except OSError as e:
         raise TrapkitError(f"cannot write Triton model into {model_dir} ({e.strerror or e}); check --triton") from None

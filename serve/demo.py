@@ -4,7 +4,8 @@ Without detections each photo is classified whole, by the spec's resize
 policy. With MegaDetector output (`--detections`, or a JSON uploaded on the
 page) uploads are matched to its `images[].file` by file name, every animal
 box above the threshold is cropped exactly as the batch classifier crops it
-(`trapkit.serve.crops`), and each crop's species is drawn on the photo.
+(the core's one preparation path, `trapkit.prepare`, with the model's own crop
+policy unless settings say otherwise), and each crop's species is drawn on the photo.
 
 Gradio groups concurrent requests (`batch=True`): `classify_requests` turns
 a list of requests into one model batch and splits the answer back. A bad
@@ -23,13 +24,13 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from trapkit.detections import load_detections, qualifying
 from trapkit.errors import TrapkitError
-from trapkit.images import open_image, to_model_input
-from trapkit.quickstart import SAMPLES
-from trapkit.serve.classify import ClassifySettings
-from trapkit.serve.crops import CropPolicy, crop_square
-from trapkit.serve.megadetector import load_detections
-from trapkit.serve.web import BLOCKS_OPTIONS, launch
+from trapkit.images import open_image
+from trapkit.prepare import Preprocessing, crops_from_image
+from trapkit.samples import SAMPLES_DIR
+from trapkit.serve.settings import DemoSettings
+from trapkit.web import BLOCKS_OPTIONS, launch
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +42,11 @@ _LISTED_CLASSES = 20  # class names listed in the page header
 _PREDICT_CHUNK = 32  # images per runtime.predict call: bounds memory on big uploads
 
 
-@dataclass(frozen=True)
-class DemoSettings:
-    """`threshold`, `classify_categories`, `crop`: which detections are classified and how, as in `trapkit classify`.
-    `max_batch_size`: requests Gradio groups into one call. `display_size`: longest side of the shown photos."""
-
-    top_k: int = 5
-    threshold: float = ClassifySettings.threshold
-    crop: CropPolicy = field(default_factory=lambda: CropPolicy(ClassifySettings.margin))
-    classify_categories: tuple[str, ...] = ClassifySettings.categories
-    max_batch_size: int = 8
-    display_size: int = 1024
-
-    def __post_init__(self):
-        if self.top_k < 1:
-            raise TrapkitError(f"--top-k {self.top_k} must be at least 1")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise TrapkitError(f"detection threshold {self.threshold} must be between 0 and 1")
-        if self.max_batch_size < 1:
-            raise TrapkitError(f"--max-batch {self.max_batch_size} must be at least 1")
-
-
 class DetectionIndex:
     """MegaDetector detections by file name, to match uploads (which keep only their name)."""
 
     def __init__(self, doc: dict):
+        self.doc = doc
         self.categories = dict(doc["detection_categories"])
         self._by_name: dict[str, dict | None] = {}
         for im in doc["images"]:
@@ -83,6 +64,11 @@ class DetectionIndex:
         if im is None or im.get("detections") is None:
             return False, []
         return True, im["detections"]
+
+    def items(self, detections: list[dict], prep: Preprocessing) -> list[int]:
+        """Indices of `detections` that are items by the one rule of `trapkit.detections.qualifying`."""
+        one = {"detection_categories": self.categories, "images": [{"file": "upload", "detections": detections}]}
+        return qualifying(one, prep.threshold, prep.categories).get(0, [])
 
 
 @dataclass
@@ -115,7 +101,7 @@ class RequestResult:
 def classify_requests(runtime, requests: list[tuple[list[str], DetectionIndex | None]],
                       settings: DemoSettings) -> list[RequestResult]:
     """Classify every photo of every request in one model batch. Bad files become `failures`."""
-    spec = runtime.spec
+    prep = settings.preprocessing(runtime.spec)
     start = time.perf_counter()
     results: list[RequestResult] = []
     inputs: list[np.ndarray] = []  # (S, S, 3) uint8, one per region, in request/photo/region order
@@ -128,12 +114,12 @@ def classify_requests(runtime, requests: list[tuple[list[str], DetectionIndex | 
             continue
         for path in paths:
             try:
-                photo, crops = _prepare(Path(path), index, spec, settings)
+                photo, crops = _prepare(Path(path), index, prep, settings)
             except TrapkitError as e:
                 result.failures.append(str(e).replace(str(path), Path(path).name))
                 continue
             result.photos.append(photo)
-            inputs.extend(crops)
+            inputs.extend(crops)  # (R, S, S, 3): one row per region
             regions.extend(photo.regions)
     if inputs:
         probs = _predict(runtime, np.stack(inputs))  # (R, C)
@@ -146,28 +132,28 @@ def classify_requests(runtime, requests: list[tuple[list[str], DetectionIndex | 
     return results
 
 
-def _prepare(path: Path, index: DetectionIndex | None, spec, settings: DemoSettings):
-    """(PhotoResult without probabilities, [(S, S, 3) uint8 model input per region])."""
+def _prepare(path: Path, index: DetectionIndex | None, prep: Preprocessing, settings: DemoSettings):
+    """(PhotoResult without probabilities, (R, S, S, 3) uint8 model inputs, one per region)."""
     img, _notes = open_image(path)
     shown = img.copy()
     shown.thumbnail((settings.display_size, settings.display_size), Image.BILINEAR)
     known, detections = index.lookup(path.name) if index is not None else (False, [])
-    size, regions, crops, others = spec.input_size, [], [], []
     if not known:
-        regions.append(Region(None, "whole image"))
-        crops.append(to_model_input(img, size, spec.resize_mode))
-    else:
-        for det in sorted(detections, key=lambda d: -float(d["conf"])):
-            if float(det["conf"]) < settings.threshold:
-                continue
-            category = index.categories.get(str(det["category"]), str(det["category"]))
-            what = f"{category} {float(det['conf']):.2f}"
-            if category in settings.classify_categories:
-                regions.append(Region(list(det["bbox"]), what))
-                crops.append(crop_square(img, det["bbox"], size, settings.crop.margin))
-            else:
-                others.append((list(det["bbox"]), what))
-    note = "" if regions else f"no {' or '.join(settings.classify_categories)} detected above {settings.threshold:g}"
+        return PhotoResult(path.name, shown, [Region(None, "whole image")], []), crops_from_image(img, None, prep)
+    items = set(index.items(detections, prep))
+    regions, others = [], []
+    for j in sorted(range(len(detections)), key=lambda j: -float(detections[j]["conf"])):
+        det = detections[j]
+        if float(det["conf"]) < prep.threshold:
+            continue
+        category = index.categories.get(str(det["category"]), str(det["category"]))
+        what = f"{category} {float(det['conf']):.2f}"
+        if j in items:
+            regions.append(Region(list(det["bbox"]), what))
+        else:
+            others.append((list(det["bbox"]), what))
+    crops = crops_from_image(img, [r.bbox for r in regions], prep)
+    note = "" if regions else f"no {' or '.join(prep.categories)} detected above {prep.threshold:g}"
     return PhotoResult(path.name, shown, regions, others, note), crops
 
 
@@ -254,7 +240,7 @@ def table_rows(result: RequestResult, labels, k: int) -> list[list]:
 # -- the page --------------------------------------------------------------------------------
 
 def example_photos() -> list[Path]:
-    return [SAMPLES / name for name in EXAMPLE_PHOTOS if (SAMPLES / name).is_file()]
+    return [SAMPLES_DIR / name for name in EXAMPLE_PHOTOS if (SAMPLES_DIR / name).is_file()]
 
 
 def build_demo(runtime, detections: DetectionIndex | str | Path | None = None, top_k: int = 5,
@@ -338,5 +324,5 @@ def serve_demo(model: str, detections: str | Path | None = None, settings: DemoS
     runtime = open_runtime(model)
     app = build_demo(runtime, index, settings=settings)
     log.info("demo of %s (%d classes)", runtime.spec.name, runtime.spec.num_classes)
-    url = launch(app, host, port, block=block, allowed_paths=[SAMPLES])
+    url = launch(app, host, port, block=block, allowed_paths=[SAMPLES_DIR])
     return app, url

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
-from trapkit.export.hub_folder import HUB_FILES
-from trapkit.export.onnx_export import ONNX_FILENAME
+from trapkit.graph import HUB_FILES, ONNX_FILENAME
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The cropping policy of trapkit.serve.crops, and stage 1 of the pipeline (decode once, crop, draft)."""
+"""The cropping policy of trapkit.crops, and stage 1 of the pipeline (decode once, crop, draft)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ import pytest
 from PIL import Image
 
 from trapkit.images import EXIF_ORIENTATION, open_image
-from trapkit.serve.classify import prepare_image
-from trapkit.serve.crops import crop_square, decode_scale, min_decode_size, region_needed, square_region
+from trapkit.prepare import Preprocessing, prepare_image
+from trapkit.crops import crop_square, decode_scale, min_decode_size, region_needed, square_region
 from trapkit.spec import ModelSpec
 
+
+
+def _prepared(root, entry, dets, spec, margin):
+    """Stage 1 of classify for one entry: the core's one preparation path on its boxes."""
+    boxes = [entry["detections"][j]["bbox"] for j in dets]
+    return prepare_image(root / entry["file"], boxes, Preprocessing.from_spec(spec, margin=margin))
 
 def _spec(size: int) -> ModelSpec:
     return ModelSpec(arch="test", labels=("a", "b"), input_size=size)
@@ -69,8 +75,7 @@ def test_exif_orientation_is_applied_before_boxes(tmp_path):
     img, _ = open_image(path)
     assert img.size == (300, 200)
     entry = {"file": "rotated.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.2, 0.3]}]}
-    item = prepare_image(tmp_path, entry, 0, [0], _spec(32), margin=0.0, whole=False)
-    assert item.failure is None
+    item = _prepared(tmp_path, entry, [0], _spec(32), 0.0)
     red = item.crops[0].astype(int)
     assert red[..., 0].mean() > 200 and red[..., 1].mean() < 60  # the box found the red block upright
 
@@ -82,8 +87,8 @@ def test_any_mode_becomes_rgb_crops(tmp_path, mode):
     name = f"img.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
     img.save(tmp_path / name)
     entry = {"file": name, "detections": [{"category": "1", "conf": 0.9, "bbox": [0.2, 0.2, 0.5, 0.5]}]}
-    item = prepare_image(tmp_path, entry, 0, [0], _spec(32), margin=0.1, whole=False)
-    assert item.failure is None and item.crops.shape == (1, 32, 32, 3) and item.crops.dtype == np.uint8
+    item = _prepared(tmp_path, entry, [0], _spec(32), 0.1)
+    assert item.crops.shape == (1, 32, 32, 3) and item.crops.dtype == np.uint8
 
 
 def test_decode_scale_keeps_every_crop_at_input_size():
@@ -102,7 +107,7 @@ def test_reduced_decode_matches_full_decode(tmp_path):
     Image.fromarray(arr).save(tmp_path / "big.jpg", quality=92)
     bbox = [0.3, 0.3, 0.5, 0.5]
     entry = {"file": "big.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": bbox}]}
-    reduced = prepare_image(tmp_path, entry, 0, [0], _spec(224), margin=0.1, whole=False).crops[0]
+    reduced = _prepared(tmp_path, entry, [0], _spec(224), 0.1).crops[0]
     w, h = min_decode_size([bbox], 2048, 1536, 224, 0.1)
     assert open_image(tmp_path / "big.jpg", min_size=(w, h))[0].width == 512  # 1/4 scale
     full, _ = open_image(tmp_path / "big.jpg")
@@ -156,7 +161,7 @@ def test_decoding_stops_below_the_lowest_crop_and_crops_are_unchanged(tmp_path, 
     assert np.array_equal(np.asarray(partial)[:rows], np.asarray(full)[:rows])
     assert np.asarray(partial)[-200:].max() == 0  # the bottom was never decoded
     entry = {"file": "top.jpg", "detections": [{"category": "1", "conf": 0.9, "bbox": b} for b in TOP_BOXES]}
-    crops = prepare_image(tmp_path, entry, 0, [0, 1], _spec(224), margin=0.1, whole=False).crops
+    crops = _prepared(tmp_path, entry, [0, 1], _spec(224), 0.1).crops
     for crop, bbox in zip(crops, TOP_BOXES):
         assert_same_crop(crop, crop_square(full, bbox, 224, 0.1))
 
@@ -170,7 +175,7 @@ def test_reduced_scale_decode_also_stops_below_the_lowest_crop(tmp_path):
     reduced, _ = open_image(tmp_path / "big.jpg", min_size=(w, h))
     both, _ = open_image(tmp_path / "big.jpg", min_size=(w, h), rows=_bottom_row([bbox]))
     assert both.width == reduced.width < 2048 and np.asarray(both)[-100:].max() == 0
-    crop = prepare_image(tmp_path, entry, 0, [0], _spec(224), margin=0.1, whole=False).crops[0]
+    crop = _prepared(tmp_path, entry, [0], _spec(224), 0.1).crops[0]
     assert_same_crop(crop, crop_square(reduced, bbox, 224, 0.1))
 
 

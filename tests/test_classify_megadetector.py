@@ -9,7 +9,7 @@ import pytest
 
 from trapkit.cli import main
 from trapkit.errors import TrapkitError
-from trapkit.serve.megadetector import first_problem, load_detections, upgrade_to_output
+from trapkit.detections import first_problem, load_detections, upgrade_to_output
 
 
 @pytest.fixture
@@ -42,8 +42,11 @@ BROKEN = [
     (lambda d: d["images"][3]["detections"][1].update(category="9"),
      "images[3] (african_elephants.jpg) detections[1] has category '9'"),
     (lambda d: d["images"][3]["detections"][0].update(bbox=[0.1, 0.2]), "'bbox' must be four numbers"),
-    (lambda d: d["images"][3]["detections"][0].update(conf="high"), "no numeric 'conf'"),
-    (lambda d: d["images"][3]["detections"][0].update(conf=float("nan")), "no numeric 'conf'"),
+    (lambda d: d["images"][3]["detections"][0].update(conf="high"), "expected a confidence between 0 and 1"),
+    (lambda d: d["images"][3]["detections"][0].update(conf=float("nan")), "expected a confidence between 0 and 1"),
+    (lambda d: d["images"][3]["detections"][0].update(conf=1.5), "has 'conf' 1.5, expected a confidence"),
+    (lambda d: d["info"].update(format_version="NaN"), "info.format_version is 'NaN'"),
+    (lambda d: d["info"].update(format_version="inf"), "info.format_version is 'inf'"),
     (lambda d: d["images"][3]["detections"][1].update(category=["1"]),
      "images[3] (african_elephants.jpg) detections[1] has category ['1']"),
     (lambda d: d["images"][3]["detections"][1].update(category=1), "detections[1] has category 1,"),
@@ -75,6 +78,43 @@ def test_malformed_json_is_a_one_line_cli_error(tmp_path, samples_dir, tiny_onnx
     assert code == 1
     assert err.startswith("trapkit: error:") and "is not valid JSON (line 1" in err and "\n" not in err
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),  # json's recursion limit
+    (b'{"info": {"format_version": ' + b"9" * 5000 + b"}}", "holds a value that cannot be read"),  # int digit limit
+    (b'{"info": "\xed\xb3\xbf"}', "cannot read detections file"),  # not UTF-8
+])
+def test_hostile_json_is_a_one_line_error_not_a_traceback(tmp_path, samples_dir, tiny_onnx_path, capsys, data,
+                                                           message):
+    path = tmp_path / "md.json"
+    path.write_bytes(data)
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections", str(path),
+                 "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("trapkit: error:") and message in err and "\n" not in err
+
+
+def test_terminal_escape_codes_in_file_names_are_printed_escaped(tmp_path, samples_dir, tiny_onnx_path, capsys):
+    from classify_helpers import animal, write_detections
+
+    md = write_detections(tmp_path / "md.json", [{"file": "\x1b[2J\x1b]0;pwned\x07cam.jpg", "detections": [animal()]}])
+    code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and "\x1b" not in err and "\x07" not in err and "\\x1b[2J" in err
+
+
+def test_degenerate_boxes_are_left_out_with_a_warning(tmp_path, samples_dir, caplog):
+    from trapkit.detections import qualifying
+
+    doc = load_detections(samples_dir / "md_v5a_detections.json")
+    dets = doc["images"][3]["detections"]
+    dets[0]["bbox"] = [0.5, 0.5, 0.0, 0.2]  # no width
+    dets[1]["bbox"] = [1.2, 0.1, 0.2, 0.2]  # wholly right of the frame
+    items = qualifying(doc, 0.1, ["ANIMAL"])  # category names match without regard to case
+    assert 0 not in items.get(3, []) and 1 not in items.get(3, [])
+    assert "2 detection box(es) with no area inside their image were left out" in caplog.text
 
 
 def test_top_level_list_is_rejected(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 from classify_helpers import animal, write_detections
 from trapkit.cli import main
-from trapkit.serve.classify import KILL_AFTER_ENV, KILL_SIGNAL_ENV
+from trapkit.serve.classify import CHECKPOINT_VERSION, KILL_AFTER_ENV, KILL_SIGNAL_ENV
 
 
 @pytest.fixture
@@ -94,12 +94,18 @@ def test_resume_refuses_a_checkpoint_from_other_settings(burst, tiny_onnx_path, 
     images, md = burst
     out = tmp_path / "out.json"
     checkpoint = tmp_path / "out.json.checkpoint.json"
-    checkpoint.write_text(json.dumps({"version": 1, "fingerprint": "0" * 64, "done": {}}))
+    checkpoint.write_text(json.dumps({"version": CHECKPOINT_VERSION, "fingerprint": "0" * 64, "done": {}}))
     assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 1
     assert "was made with other detections, model or settings" in capsys.readouterr().err
     checkpoint.write_text("{not json")
     assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 1
     assert "is unreadable" in capsys.readouterr().err
+    for damaged in ({"version": CHECKPOINT_VERSION, "fingerprint": "0" * 64, "done": {"0": "oops"}},
+                    {"version": CHECKPOINT_VERSION, "fingerprint": 7, "done": {}}, [1, 2]):
+        checkpoint.write_text(json.dumps(damaged))  # valid JSON, wrong structure: one line, not a traceback
+        assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 1
+        err = capsys.readouterr().err
+        assert "delete it to start over" in err and "Traceback" not in err
     checkpoint.unlink()
     assert main(_argv(images, md, tiny_onnx_path, out, "--resume")) == 0  # nothing to resume: a fresh run
 
@@ -110,7 +116,7 @@ def test_checkpoints_tell_models_with_the_same_spec_apart(tiny_onnx_path, tmp_pa
     from onnx import numpy_helper
 
     from trapkit.serve.classify import ClassifySettings, _fingerprint
-    from trapkit.serve.megadetector import load_detections
+    from trapkit.detections import load_detections
     from trapkit.serve.runtime import open_runtime
 
     proto = onnx.load(str(tiny_onnx_path))

@@ -11,7 +11,8 @@ import onnx
 import pytest
 
 from trapkit.cli import main
-from trapkit.export.onnx_export import ort_session, read_metadata, read_spec, run_session
+from trapkit.export.onnx_export import ort_session, run_session
+from trapkit.graph import read_metadata, read_spec
 from trapkit.spec import ModelSpec
 
 
@@ -49,8 +50,8 @@ def test_variants_keep_the_interface(tiny_model_dir, tmp_path, samples_dir, flag
     assert read_metadata(path)["trapkit.precision"] == precision
     assert read_metadata(out / "model.onnx")["trapkit.precision"] == "fp32"
     report = json.loads((out / "export_report.json").read_text())
-    # 30% of the 10 bundled photos + 15 MegaDetector crops, held out from calibration
-    assert report["agreement"]["images"] == 8 and "held-out" in report["agreement"]["measured_on"]
+    # 30% of the 10 bundled photos + 13 MegaDetector animal crops, held out from calibration
+    assert report["agreement"]["images"] == 7 and "held-out" in report["agreement"]["measured_on"]
     from trapkit.export.onnx_export import bundled_parity_images
 
     images = bundled_parity_images(ModelSpec.load(tiny_model_dir))
@@ -70,7 +71,7 @@ def _error(argv, capsys) -> str:
     (lambda t, m: [str(t / "missing")], "does not exist"),
     (lambda t, m: [str(t)], "has no spec.json"),
     (lambda t, m: [str(m), "--precision", "fp16", "--quantize", "int8"], "exclude each other"),
-    (lambda t, m: [str(m), "--name", "x"], "only apply with --triton"),
+    (lambda t, m: [str(m), "--name", "x"], "--name only applies with --triton REPO"),
     (lambda t, m: [str(m), "--triton", str(t / "r"), "--tensorrt"], "add --triton-gpu"),
     (lambda t, m: [str(m), "--quantize", "int8", "--min-agreement", "1.5"], "not a fraction"),
     (lambda t, m: [str(m), "--quantize", "int8", "--calibration", str(t / "nope")], "calibration folder"),
@@ -89,7 +90,9 @@ def test_one_line_errors(tmp_path, tiny_model_dir, capsys, make_args, message):
 def test_damaged_weights_error(tiny_model_dir, tmp_path, capsys):
     damaged = shutil.copytree(tiny_model_dir, tmp_path / "damaged")
     (damaged / "model.safetensors").write_bytes(b"\0" * 64)
-    assert "damaged" in _error(["export", str(damaged), "--out", str(tmp_path / "out")], capsys)
+    assert "damaged" in _error(["export", str(damaged), "--out", str(tmp_path / "out"), "--hub-folder",
+                                str(tmp_path / "hub")], capsys)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hub").exists()  # no empty folders left behind
 
 
 def test_unwritable_out_error(tiny_model_dir, tmp_path, capsys):
@@ -102,8 +105,8 @@ def test_unwritable_out_error(tiny_model_dir, tmp_path, capsys):
 def test_imagenet_lite0_int8_refused_below_agreement(tmp_path, capsys):
     """The real Lite0: int8 loses top-1 agreement on the bundled photos, so the default threshold refuses it."""
     err = _error(["export", "imagenet-lite0", "--out", str(tmp_path / "out"), "--quantize", "int8"], capsys)
-    assert re.search(r"agrees with fp32 on only \d+\.\d% of 8 held-out images", err)
-    assert not list((tmp_path / "out").iterdir())  # nothing written, no temp files left
+    assert re.search(r"agrees with fp32 on only \d+\.\d% of 7 held-out images", err)
+    assert not (tmp_path / "out").exists()  # nothing written, no temp files, no empty folder left
 
 
 def test_a_failed_triton_copy_leaves_the_previous_export_whole(run_dir, tiny_model_dir, tmp_path, capsys):

@@ -75,9 +75,10 @@ def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, c
     monkeypatch.chdir(folder)
     runpy.run_path("snippet.py")
     label, confidence = capsys.readouterr().out.rsplit(" ", 1)
-    from trapkit.images import load_model_input
+    from trapkit.prepare import Preprocessing, prepare_image
 
-    probs, _ = run_session(ort_session(tiny_onnx_path), load_model_input(folder / "photo.jpg", 32, resize_mode)[None])
+    inputs = prepare_image(folder / "photo.jpg", None, Preprocessing.from_spec(spec)).crops  # (1, 32, 32, 3)
+    probs, _ = run_session(ort_session(tiny_onnx_path), inputs)
     assert label == spec.labels[int(probs[0].argmax())]
     assert float(confidence) == pytest.approx(float(probs[0].max()), abs=1e-2)  # plain resize vs draft decode
     assert np.isfinite(float(confidence))

@@ -13,14 +13,15 @@ from trapkit.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.export import quantize
 from trapkit.export.calibration import calibration_images
-from trapkit.export.onnx_export import INPUT_NAME, ort_session, read_metadata, read_spec, run_session
+from trapkit.export.onnx_export import ort_session, run_session
 from trapkit.export.quantize import INT8_TARGETS, VariantSettings, to_int8
+from trapkit.graph import INPUT_NAME, read_metadata, read_spec
 
 
 @pytest.fixture(scope="module")
 def int8_inputs(tiny_onnx_path):
     spec = read_spec(tiny_onnx_path)
-    return tiny_onnx_path.read_bytes(), spec, calibration_images(spec)  # (25, 32, 32, 3) uint8
+    return tiny_onnx_path.read_bytes(), spec, calibration_images(spec)  # (23, 32, 32, 3) uint8
 
 
 def _producers(proto):
@@ -115,9 +116,9 @@ def test_int8_export_holds_both_graphs_and_says_where_agreement_was_measured(tin
     report = json.loads((out / "export_report.json").read_text())
     assert report["graphs"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     agreement = report["agreement"]
-    # Not a run folder: 30% of the 25 bundled calibration inputs are held out, the rest calibrate.
-    assert agreement["images"] == 8 and agreement["calibration"]["inputs"] == 17
-    assert agreement["measured_on"] == "held-out 8 of 25 calibration inputs from the bundled photos"
+    # Not a run folder: 30% of the 23 bundled calibration inputs are held out, the rest calibrate.
+    assert agreement["images"] == 7 and agreement["calibration"]["inputs"] == 16
+    assert agreement["measured_on"] == "held-out 7 of 23 calibration inputs from the bundled photos"
     assert agreement["accuracy"] is None and agreement["int8_target"] == "avx2"
     assert agreement["cpu_flags"] == list(quantize.cpu_flags())
     # A later fp32 export into the same folder removes the int8 graph: it would not match model.onnx.
@@ -156,7 +157,7 @@ def test_a_calibration_folder_with_a_run_still_measures_on_validation(trained_ru
                  "--calibration", str(samples_dir)]) == 0
     agreement = json.loads((out / "export_report.json").read_text())["agreement"]
     assert agreement["measured_on"].startswith("the run's validation images")
-    assert agreement["calibration"] == {"inputs": 25, "method": "minmax", "source": f"--calibration {samples_dir}"}
+    assert agreement["calibration"] == {"inputs": 23, "method": "minmax", "source": f"--calibration {samples_dir}"}
 
 
 def _error(argv, capsys) -> str:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trapkit.images import ImageReadError, iter_images, load_model_input, open_image, safe_join, to_model_input
+from trapkit.images import ImageReadError, iter_images, open_image, safe_join, to_model_input
 
 
 def save(img, path, **kw):
@@ -77,10 +77,29 @@ def test_float_tiff_is_scaled_not_black(tmp_path):
     assert out.mode == "RGB" and arr[:, -1].min() == 255 and arr[:, 0].max() == 0  # brightest pixel -> 255
 
 
-def test_decompression_bombs_are_refused(tmp_path):
+def test_decompression_bombs_are_refused_as_too_large(tmp_path):
+    from trapkit.images import FAILURE_TOO_LARGE, read_header
+
     path = save(Image.new("1", (14_000, 14_000)), tmp_path / "bomb.png")  # 196 MP, a few KB on disk
-    with pytest.raises(ImageReadError, match="safety limit|not a readable"):
+    with pytest.raises(ImageReadError, match="over trapkit's limit of 179 megapixels per image") as e:
         open_image(path)
+    assert e.value.code == FAILURE_TOO_LARGE
+    # Between Pillow's warning level (~89 MP) and the limit: an image like any other.
+    assert read_header(save(Image.new("1", (10_000, 10_000)), tmp_path / "big.png")).size == (10_000, 10_000)
+
+
+def test_pipes_and_devices_named_like_images_are_refused_without_blocking(tmp_path):
+    import os
+
+    from trapkit.images import FAILURE_NOT_FILE, read_header
+
+    fifo = tmp_path / "camera.jpg"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(ImageReadError, match="not a regular file") as e:
+        read_header(fifo)
+    assert e.value.code == FAILURE_NOT_FILE
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        open_image("/dev/zero")
 
 
 def test_draft_decodes_smaller_but_never_below_the_requested_size(samples_dir):
@@ -108,7 +127,11 @@ def test_iter_images_sorted_recursive_skips_hidden_and_non_images(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in iter_images(tmp_path)] == ["a/1.PNG", "b/2.jpg", "c.jpeg"]
 
 
-def test_load_model_input_matches_open_then_resize(samples_dir):
-    a = load_model_input(samples_dir / "ocelot.jpg", 96)
-    img, _ = open_image(samples_dir / "ocelot.jpg", min_size=(96, 96))
-    assert np.array_equal(a, to_model_input(img, 96))
+def test_iter_images_follows_linked_folders_once(tmp_path):
+    (tmp_path / "real" / "cam1").mkdir(parents=True)
+    (tmp_path / "real" / "cam1" / "a.jpg").write_bytes(b"x")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "subset").symlink_to(tmp_path / "real" / "cam1", target_is_directory=True)  # a pool made of links
+    (pool / "loop").symlink_to(pool, target_is_directory=True)  # a link back up must not be walked forever
+    assert [p.relative_to(pool).as_posix() for p in iter_images(pool)] == ["subset/a.jpg"]

@@ -12,14 +12,20 @@ from PIL import Image
 
 from trapkit import images
 from trapkit.images import EXIF_ORIENTATION, ImageReadError, Window, open_image, open_window
-from trapkit.serve.classify import prepare_image
-from trapkit.serve.crops import crop_square, min_decode_size, region_needed
+from trapkit.prepare import Preprocessing, prepare_image
+from trapkit.crops import crop_square, min_decode_size, region_needed
 from trapkit.spec import ModelSpec
 
 from test_classify_crops import TOP_BOXES, _noisy_jpeg, assert_same_crop
 
 REACH = images._UPSAMPLING_REACH
 
+
+
+def _prepared(root, entry, dets, spec, margin):
+    """Stage 1 of classify for one entry: the core's one preparation path on its boxes."""
+    boxes = [entry["detections"][j]["bbox"] for j in dets]
+    return prepare_image(root / entry["file"], boxes, Preprocessing.from_spec(spec, margin=margin))
 
 def test_trapkit_is_built_with_region_decoding():
     assert images._jpeg_region is not None, (
@@ -77,8 +83,8 @@ def test_crops_of_the_bundled_photos_match_a_full_decode(samples_dir):
         dets = [j for j, d in enumerate(entry["detections"] or []) if d["conf"] >= 0.1]
         if not dets:
             continue
-        item = prepare_image(samples_dir, entry, 0, dets, spec, margin=0.1, whole=False)
-        assert item.failure is None and not item.warnings
+        item = _prepared(samples_dir, entry, dets, spec, 0.1)
+        assert not item.warnings
         bboxes = [entry["detections"][j]["bbox"] for j in dets]
         with Image.open(samples_dir / entry["file"]) as header:
             w, h = header.size

@@ -31,6 +31,7 @@ def test_every_module_imports_from_the_installed_wheel(wheel, tmp_path):
     assert {"trapkit.cli", "trapkit.train.model", "trapkit.export.cli", "trapkit.serve.cli"} <= set(modules)
     assert "trapkit/data/camera-traps/md_v5a_detections.json" in names
     assert sum(n.startswith("trapkit/data/camera-traps/") and n.endswith(".jpg") for n in names) == 10
+    assert {f"trapkit/static/grid.{x}" for x in ("html", "js", "css")} <= set(names)  # the review and label page
     # Import from the unpacked wheel only: the repo is not on the path (cwd is tmp_path, PYTHONPATH first).
     code = (
         "import importlib, sys, pathlib\n"
@@ -60,7 +61,7 @@ def test_dockerfile_installs_the_checked_out_code():
                     assert (REPO / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
     installs = [v for i, v in steps if i == "RUN" and "pip install" in v]
     assert installs and all("trapkit==" not in v for v in installs)  # never a registry copy
-    assert any('".[serve,triton,demo,hub]"' in v or "'.[serve,triton,demo,hub]'" in v for v in installs)
+    assert any('".[serve,video,triton,demo,hub]"' in v or "'.[serve,video,triton,demo,hub]'" in v for v in installs)
     users = [v for i, v in steps if i == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert [v for i, v in steps if i == "ENTRYPOINT"][-1].replace(" ", "") == '["trapkit"]'

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from trapkit.images import Window
-from trapkit.quickstart import SAMPLES
-from trapkit.serve import crops
-from trapkit.serve.crops import crop_square
+from trapkit.samples import SAMPLES_DIR
+from trapkit import crops
+from trapkit.crops import crop_square
 
 
 def test_trapkit_is_built_with_the_resampler():
@@ -22,7 +22,7 @@ def test_trapkit_is_built_with_the_resampler():
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
     """A real camera-trap photo, shrunk, with an odd width so rows are not aligned to anything."""
-    path = sorted(SAMPLES.glob("*.jpg"))[0]
+    path = sorted(SAMPLES_DIR.glob("*.jpg"))[0]
     with Image.open(path) as img:
         return img.convert("RGB").resize((1021, 767), Image.BILINEAR)
 

@@ -9,12 +9,12 @@ import sys
 import zlib
 from pathlib import Path
 
-from trapkit.quickstart import SAMPLES
-from trapkit.serve.web import launch
+from trapkit.samples import SAMPLES_DIR
+from trapkit.web import launch
 
 
 @contextlib.contextmanager
-def launched(app, allowed_paths=(SAMPLES,)):
+def launched(app, allowed_paths=(SAMPLES_DIR,)):
     """Serve a gr.Blocks on 127.0.0.1 in a thread; yield its URL; close it."""
     url = launch(app, "127.0.0.1", None, block=False, allowed_paths=list(allowed_paths))
     try:

@@ -1,4 +1,4 @@
-"""`trapkit al init | next | status | simulate`: thin adapters over trapkit.train.loop.
+"""`trapkit al init | next | status | simulate` and `trapkit label`: thin adapters over trapkit.train.
 
 Nothing heavy is imported here; torch loads inside the commands.
 """
@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from trapkit.web import add_server_args, check_server_args
 
 
 def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
@@ -53,6 +56,9 @@ def register(subparsers, common) -> None:
     p = sub.add_parser("init", parents=[common], help="start a run: scan, finetune, fit, first label request")
     p.add_argument("run", help="run folder to create")
     _init_options(p, required=True)
+    p.add_argument("--taxonomy", metavar="CSV",
+                   help="label,taxonomy CSV, one SpeciesNet-style 'id;class;order;family;genus;species;common name' "
+                   "per class; copied to RUN/taxonomy.csv and carried by every model of the run")
     p.set_defaults(func=_init)
 
     p = sub.add_parser("next", parents=[common], help="ingest answers, retrain, write the next request")
@@ -77,6 +83,21 @@ def register(subparsers, common) -> None:
     _init_options(p, required=True)
     p.set_defaults(func=_simulate)
 
+    p = subparsers.add_parser(
+        "label",
+        parents=[common],
+        help="web page: answer the current active-learning label request",
+        description="Serve a page showing what the current round of RUN asks about as a grid of crops, each "
+        "with the model's guess, with the keys of 'trapkit review' (all listed on the page: arrows, space, 1-9, /, "
+        "a, e, x, u). Answers are saved into RUN as they are given (as an answers CSV that 'trapkit al next' "
+        "ingests), so closing the page loses nothing.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder made by 'trapkit al init'")
+    p.add_argument("--allow-new-classes", action="store_true",
+                   help="accept species names that are not classes yet ('al next' needs the same flag)")
+    add_server_args(p)
+    p.set_defaults(func=_label)
+
 
 def _report(result) -> None:
     from trapkit.train.metrics import shown
@@ -95,7 +116,7 @@ def _init(args) -> int:
     from trapkit.train.loop import init_run
     from trapkit.train.settings import resolve
 
-    _report(init_run(args.run, resolve(args.config, _flags(args))))
+    _report(init_run(args.run, resolve(args.config, _flags(args)), taxonomy=args.taxonomy))
     return 0
 
 
@@ -142,4 +163,12 @@ def _simulate(args) -> int:
     for r in curve:
         print(f"{r['labels']:>6}  {shown(r['accuracy'], 4):>8}  {shown(r['macro_recall'], 4):>12}")
     print(f"curve: {args.out}/curve.csv")
+    return 0
+
+
+def _label(args) -> int:
+    check_server_args(args.host, args.port)
+    from trapkit.train.label_page import serve_label_page
+
+    serve_label_page(args.run, allow_new_classes=args.allow_new_classes, host=args.host, port=args.port)
     return 0

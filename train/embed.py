@@ -17,17 +17,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trapkit.images import ImageReadError, load_model_input
+from trapkit.images import ImageReadError
+from trapkit.prepare import Preprocessing, prepare_image
 
 log = logging.getLogger(__name__)
 
 
-def load_batch(paths: list[Path], size: int, resize_mode: str, pool: ThreadPoolExecutor):
-    """(stacked (n_ok, S, S, 3) uint8, ok flags, failure reasons) for `paths`, decoded in threads."""
+def load_batch(paths: list[Path], prep: Preprocessing, pool: ThreadPoolExecutor):
+    """(stacked (n_ok, S, S, 3) uint8, ok flags, failure reasons) for `paths`, decoded in threads
+    through the core's one preparation path, exactly as `classify` prepares them."""
+    size = prep.input_size
 
     def one(p):
         try:
-            return load_model_input(p, size, resize_mode), None
+            return prepare_image(p, None, prep).crops[0], None
         except ImageReadError as e:
             return None, str(e)
 
@@ -47,7 +50,7 @@ def extract(model, paths: list[Path], out: Path, skip: np.ndarray | None = None,
     flagged in `skip` (known unreadable) are left as zeros; the first
     len(reuse) rows are copied from `reuse` (same embedder, images added later).
     """
-    spec = model.spec
+    prep = Preprocessing.from_spec(model.spec)
     model.eval()
     n, dim = len(paths), model.embedder.out_dim
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -63,7 +66,7 @@ def extract(model, paths: list[Path], out: Path, skip: np.ndarray | None = None,
         for start in tqdm(range(0, len(todo), batch_size), desc="embedding", unit="batch",
                           disable=None, leave=False):
             rows = todo[start:start + batch_size]
-            images, ok, reasons = load_batch([paths[i] for i in rows], spec.input_size, spec.resize_mode, pool)
+            images, ok, reasons = load_batch([paths[i] for i in rows], prep, pool)
             for i, reason in zip(rows, reasons):
                 if reason is not None:
                     failures[int(i)] = reason

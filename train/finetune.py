@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from trapkit.errors import TrapkitError
+from trapkit.prepare import Preprocessing
 from trapkit.train.embed import load_batch
 from trapkit.train.settings import FinetuneSettings
 
@@ -93,8 +94,8 @@ def finetune(model, paths: list[Path], labels: np.ndarray, num_classes: int, set
         raise TrapkitError("fine-tuning needs at least two classes with labelled images; label more classes")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    spec = model.spec
-    augment = augmentations(spec.input_size)
+    prep = Preprocessing.from_spec(model.spec)
+    augment = augmentations(prep.input_size)
     embedder = model.embedder
     classifier = nn.Linear(embedder.out_dim, num_classes, bias=False) if settings.loss == "softmax" else None
     params = list(embedder.parameters()) + (list(classifier.parameters()) if classifier is not None else [])
@@ -106,7 +107,7 @@ def finetune(model, paths: list[Path], labels: np.ndarray, num_classes: int, set
     with ThreadPoolExecutor(workers) as pool:
         batches = balanced_batches(labels, settings.batch_size, settings.classes_per_batch, steps, rng)
         for idx in tqdm(batches, total=steps, desc="fine-tuning", unit="step", disable=None, leave=False):
-            images, ok, _ = load_batch([paths[i] for i in idx], spec.input_size, spec.resize_mode, pool)
+            images, ok, _ = load_batch([paths[i] for i in idx], prep, pool)
             if len(images) < 2:
                 continue
             y = torch.from_numpy(labels[idx][np.array(ok)].astype(np.int64))

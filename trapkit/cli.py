@@ -6,6 +6,8 @@ keyword arguments for a library function. Those modules import nothing heavy
 at import time (torch, onnxruntime, gradio load inside the command), so
 `trapkit --help` answers at once. User errors (`TrapkitError`) are caught
 here, and only here: one line on stderr, exit code 1, traceback with `-v`.
+Everything trapkit prints to the terminal has control characters escaped: a
+file name in a detections file or a CSV cell can hold terminal escape codes.
 """
 
 from __future__ import annotations
@@ -13,12 +15,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from trapkit import __version__
 from trapkit.errors import TrapkitError
 
 log = logging.getLogger("trapkit")
+# C0 and C1 control characters but tab and newline: what a terminal could act on.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with terminal control characters shown as escapes (ESC as \\x1b), never acted on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class _PrintableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 # Order is the order in `trapkit --help`.
 COMMAND_MODULES = (
@@ -26,6 +41,7 @@ COMMAND_MODULES = (
     "trapkit.train.cli",
     "trapkit.export.cli",
     "trapkit.serve.cli",
+    "trapkit.serve.cli_features",
     "trapkit.serve.cli_web",
     "trapkit.serve.cli_hub",
 )
@@ -50,11 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)  # a command's log file may take DEBUG records too
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     if not verbose:
         # Third-party libraries chatter at INFO; users want trapkit's own progress.
         for noisy in ("httpx", "urllib3", "PIL", "matplotlib", "gradio", "huggingface_hub", "timm"):
@@ -74,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrapkitError as e:
         if verbose:
             log.exception("user error")
-        print(f"trapkit: error: {e}", file=sys.stderr)
+        print(f"trapkit: error: {printable(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("trapkit: interrupted; work finished so far is kept: rerun the command to go on "

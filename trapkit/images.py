@@ -1,9 +1,14 @@
 """Reading images the way every trapkit stage must agree on.
 
-Training, export parity checks and serving all go through `open_image` and
-`to_model_input`, so a model sees the same pixels in every stage: EXIF
-orientation applied, any mode converted to RGB, then resized by the spec's
-policy into a (H, W, 3) uint8 array.
+Training, export parity checks and serving all go through `read_header`,
+`open_image`/`open_window` and `to_model_input` (through `trapkit.prepare`),
+so a model sees the same pixels in every stage: EXIF orientation applied, any
+mode converted to RGB, then resized by the spec's policy into a (H, W, 3)
+uint8 array.
+
+An image that cannot be read raises `ImageReadError`, whose `code` is one of
+the short fixed `FAILURE_*` strings (what batch results record and count)
+and whose message gives the details (what the log shows).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
@@ -30,10 +36,20 @@ except ImportError:  # pragma: no cover - depends on how trapkit was built
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
-# Pillow's default bomb limit (~89 MP) warns; twice it raises. Camera traps top
-# out near 50 MP, so refuse anything past 2x the default outright.
+# Camera traps top out near 50 MP; anything past ~179 MP (twice Pillow's warning
+# level, where Pillow itself refuses) is refused as too large, with that said.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 EXIF_ORIENTATION = 0x0112
+_EXIF_IFD, _EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME = 0x8769, 36867, 306
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+REDUCING_GAP = 3.0  # Pillow pre-shrinks by whole factors first when downscaling more than this
+# Per-image failure codes: short, fixed, countable (MegaDetector's habit); details go to the log.
+FAILURE_MISSING = "image missing"
+FAILURE_NOT_FILE = "not a regular file"
+FAILURE_EMPTY = "image empty"
+FAILURE_TOO_LARGE = "image too large"
+FAILURE_UNREADABLE = "image unreadable"
+FAILURE_PATH = "path outside image folder"
 # Pixels a region decode adds on each side: where libjpeg cuts a row, chroma
 # upsampling has no neighbour to read, so the outermost pixels differ from a full decode.
 _UPSAMPLING_REACH = 2
@@ -87,7 +103,42 @@ _truncated_lock = _SharedExclusiveLock()
 
 
 class ImageReadError(TrapkitError):
-    """An image that cannot be read: missing, empty, corrupt, or too large."""
+    """An image that cannot be read: missing, empty, corrupt, or too large. `code`: a `FAILURE_*` string."""
+
+    def __init__(self, message: str, code: str = FAILURE_UNREADABLE):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image's header says, read once: upright size, how it is stored, when it was taken."""
+
+    size: tuple[int, int]  # (width, height) upright, EXIF orientation applied
+    transposed: bool  # stored rotated by 90 degrees (EXIF orientation 5-8)
+    orientation: int
+    format: str | None
+    mode: str
+    time: str | None  # EXIF capture time "YYYY:MM:DD HH:MM:SS"
+
+    @property
+    def upright_jpeg(self) -> bool:
+        """An RGB or grayscale JPEG stored upright: what the region decoder reads."""
+        return self.format == "JPEG" and self.mode in ("RGB", "L") and self.orientation == 1
+
+
+def read_header(path: str | Path) -> Header:
+    """The image's `Header`, from one open of the file; `ImageReadError` when it is no readable image."""
+    path = Path(path)
+    with _reading(path), _open_header(path) as img:
+        exif = img.getexif()
+        orientation = exif.get(EXIF_ORIENTATION, 1)
+        orientation = orientation if isinstance(orientation, int) else 1
+        taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
+        transposed = orientation in (5, 6, 7, 8)
+        w, h = img.size
+        return Header((h, w) if transposed else (w, h), transposed, orientation, img.format, img.mode,
+                      str(taken).strip("\x00 ") if taken else None)
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -95,14 +146,46 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def iter_images(root: str | Path) -> list[Path]:
-    """Every image file under `root`, sorted, hidden folders skipped."""
+    """Every image file under `root`, sorted, hidden files and folders skipped.
+
+    Linked folders are followed (a subset of a pool made of links, `classify --sort-into --link`),
+    each real folder once, so a link that loops back is not walked forever. A file name that is not
+    valid UTF-8 (a camera or an old copy tool's Latin-1, say) stops the scan with one line naming it:
+    results, CSVs and Timelapse all need names as text, so it is renamed once rather than mangled.
+    """
+    return iter_files(root, is_image_file)
+
+
+def iter_files(root: str | Path, accept) -> list[Path]:
+    """Every file under `root` whose name `accept(name)` takes, walked as `iter_images` walks (videos, say)."""
     root = Path(root)
     if not root.is_dir():
         raise TrapkitError(f"image folder {root} does not exist; check the path")
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / f for f in files if not f.startswith(".") and accept(f)
+                  and os.path.isfile(os.path.join(folder, f))]
+    bad = [p for p in found if not is_text(str(p.relative_to(root)))]
+    if bad:
+        raise TrapkitError(
+            f"{len(bad)} file name(s) under {root} are not valid UTF-8 (e.g. {ascii(str(bad[0].relative_to(root)))}); "
+            "rename them, for example with 'convmv -f latin1 -t utf-8 -r --notest FOLDER', then run again")
+    return sorted(found)
+
+
+def is_text(name: str) -> bool:
+    """Whether a name is valid Unicode text (a name read from non-UTF-8 bytes holds lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def safe_join(root: str | Path, relative: str) -> Path:
@@ -113,10 +196,10 @@ def safe_join(root: str | Path, relative: str) -> Path:
     """
     rel = str(relative).replace("\\", "/")
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
-        raise ImageReadError(f"path {relative!r} is absolute; give it relative to the image folder")
+        raise ImageReadError(f"path {relative!r} is absolute; give it relative to the image folder", FAILURE_PATH)
     normal = os.path.normpath(rel)
     if normal == ".." or normal.startswith("../"):
-        raise ImageReadError(f"path {relative!r} escapes the image folder; refusing to read it")
+        raise ImageReadError(f"path {relative!r} escapes the image folder; refusing to read it", FAILURE_PATH)
     return Path(root).resolve() / normal
 
 
@@ -178,7 +261,8 @@ class Window:
 
 
 def open_window(path: str | Path, min_size: tuple[int, int] | None = None,
-                region: tuple[float, float, float, float] | None = None) -> tuple[Window, list[str]]:
+                region: tuple[float, float, float, float] | None = None,
+                header: Header | None = None) -> tuple[Window, list[str]]:
     """Decode only `region` of an image, as `open_image(path, min_size)` would. Returns (window, warnings).
 
     `region` is (left, top, right, bottom) in pixels of the full-size upright
@@ -188,16 +272,13 @@ def open_window(path: str | Path, min_size: tuple[int, int] | None = None,
     full decode, for about 0.65x the time on camera-trap photos. Anything else,
     or a trapkit built without its compiled part, decodes with Pillow down to
     the region's bottom row, and the window is then the whole image.
+    `header`: the image's `Header` when the caller has read it already.
     """
     path = Path(path)
     if _jpeg_region is not None:
-        with _reading(path):
-            with _open_header(path) as header:
-                upright_jpeg = (header.format == "JPEG" and header.mode in ("RGB", "L")
-                                and header.getexif().get(EXIF_ORIENTATION, 1) == 1)
-                size = header.size
-            if upright_jpeg:
-                return _decode_window(path, size, min_size, region)
+        header = header or read_header(path)
+        if header.upright_jpeg:
+            return _decode_window(path, header.size, min_size, region)
     img, notes = open_image(path, min_size=min_size, rows=None if region is None else math.ceil(region[3]))
     return Window.whole(img), notes
 
@@ -233,30 +314,40 @@ def _reading(path: Path):
     """Whatever Pillow or libjpeg raise on a bad file becomes one ImageReadError naming it."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from ~89 MP; trapkit's own limit (MAX_IMAGE_PIXELS) is checked in _open_header.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             yield
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{path} is over trapkit's limit of {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels per image; "
+                             "downscale or split it", FAILURE_TOO_LARGE) from None
+    except UnidentifiedImageError as e:
         raise ImageReadError(f"{path} is not a readable image ({e.__class__.__name__})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path} could not be decoded ({e})") from None
 
 
 def _open_header(path: Path) -> Image.Image:
-    """The lazily opened image, after the checks no decode should start without."""
+    """The lazily opened image, after the checks no decode should start without.
+
+    Only regular files are opened: a FIFO or device named like an image would block the read forever.
+    """
     try:
-        if path.stat().st_size == 0:
-            raise ImageReadError(f"{path} is an empty file (0 bytes)")
-    except FileNotFoundError:
-        raise ImageReadError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"{path} is a folder, not an image") from None
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageReadError(f"{path} does not exist", FAILURE_MISSING) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageReadError(f"{path} is a folder, not an image", FAILURE_NOT_FILE)
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(f"{path} is not a regular file (a pipe or device?), not an image", FAILURE_NOT_FILE)
+    if info.st_size == 0:
+        raise ImageReadError(f"{path} is an empty file (0 bytes)", FAILURE_EMPTY)
     img = Image.open(path)
     if img.width * img.height > MAX_IMAGE_PIXELS:
         raise ImageReadError(
-            f"{path} is {img.width}x{img.height} pixels, over the {MAX_IMAGE_PIXELS:,} pixel safety limit"
-        )
+            f"{path} is {img.width}x{img.height} pixels ({img.width * img.height / 1e6:.0f} MP), over trapkit's limit "
+            f"of {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels per image; downscale or split it", FAILURE_TOO_LARGE)
     return img
 
 
@@ -331,25 +422,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def to_model_input(img: Image.Image, size: int, resize_mode: str = "squash") -> np.ndarray:
+def to_model_input(img: Image.Image, size: int, resize_mode: str = "squash",
+                   interpolation: str = "bilinear") -> np.ndarray:
     """(H, W, 3) uint8 at `size` x `size`, by the spec's resize policy.
 
     squash: stretch to a square (crops from detector boxes are already square).
     center_crop: scale the short side to `size`, cut the centre square.
     """
     img = to_rgb(img)
+    resample = INTERPOLATIONS[interpolation]
     if resize_mode == "center_crop":
         scale = size / min(img.width, img.height)
         w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-        img = img.resize((w, h), Image.BILINEAR, reducing_gap=3.0)
+        img = img.resize((w, h), resample, reducing_gap=REDUCING_GAP)
         left, top = (w - size) // 2, (h - size) // 2
         img = img.crop((left, top, left + size, top + size))
     else:
-        img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+        img = img.resize((size, size), resample, reducing_gap=REDUCING_GAP)
     return np.asarray(img, dtype=np.uint8)
-
-
-def load_model_input(path: str | Path, size: int, resize_mode: str = "squash") -> np.ndarray:
-    """Open `path` and return its (size, size, 3) uint8 model input."""
-    img, _ = open_image(path, min_size=(size, size))
-    return to_model_input(img, size, resize_mode)

@@ -15,11 +15,10 @@ import logging
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
+from trapkit.samples import SAMPLE_DETECTIONS, SAMPLES_DIR
 
 log = logging.getLogger(__name__)
 
-SAMPLES = Path(__file__).resolve().parent / "data" / "camera-traps"
-SAMPLE_DETECTIONS = SAMPLES / "md_v5a_detections.json"
 
 
 def register(subparsers, common) -> None:
@@ -30,7 +29,7 @@ def register(subparsers, common) -> None:
         description="Build the offline ImageNet EfficientNet-Lite0 and classify the bundled camera-trap photos "
         "(or your own folder), printing a table. Needs no internet.",
     )
-    p.add_argument("--images", type=Path, default=SAMPLES, help="folder of images (default: the bundled photos)")
+    p.add_argument("--images", type=Path, default=SAMPLES_DIR, help="folder of images (default: the bundled photos)")
     p.add_argument("--detections", type=Path, default=None,
                    help="MegaDetector JSON for --images (default: the bundled one when --images is the bundled folder)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
@@ -45,7 +44,7 @@ def register(subparsers, common) -> None:
 
 def _run(args) -> int:
     detections = args.detections
-    if detections is None and args.images.resolve() == SAMPLES:
+    if detections is None and args.images.resolve() == SAMPLES_DIR:
         detections = SAMPLE_DETECTIONS
     return quickstart(images=args.images, detections=detections, backbone=args.backbone, weights=args.weights,
                       out=args.out, model_repository=args.model_repository, top_k=args.top_k)
@@ -112,7 +111,7 @@ def _print_table(result_path: Path, top_k: int) -> list[str]:
     """One row per classified detection; returns the failures."""
     import json
 
-    from trapkit.serve.megadetector import CLASSIFICATION_FAILURE
+    from trapkit.detections import CLASSIFICATION_FAILURE
 
     result = json.loads(result_path.read_text(encoding="utf-8"))
     names = result["classification_categories"]

@@ -1,10 +1,16 @@
 """The model spec: everything that must travel with a model's weights.
 
 One frozen dataclass (timm's `PretrainedCfg` habit): architecture, feature
-size, input size, resize policy, mean/std, class names in index order and
-optional taxonomy strings. It is written as JSON beside every checkpoint, into
-the ONNX graph's metadata, into the Hub `config.json` and Triton's
-`labels.txt`, so nobody retypes labels or constants.
+size, input size, resize policy and interpolation, mean/std, the crop policy
+the model was trained with (margin, detection threshold and categories),
+class names in index order and optional taxonomy strings. It is written as
+JSON beside every checkpoint, into the ONNX graph's metadata, into the Hub
+`config.json` and Triton's `labels.txt`, so nobody retypes labels or
+constants. `trapkit.prepare.Preprocessing.from_spec` turns it into the pixels
+every stage feeds the model.
+
+Format 2 added `interpolation` and the crop policy: fields that change pixels,
+which format 1 readers would ignore, so they refuse format 2 instead.
 """
 
 from __future__ import annotations
@@ -18,17 +24,23 @@ from pathlib import Path
 from trapkit import __version__
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.typed_json import checked
+from trapkit.taxonomy import check_taxonomy
+from trapkit.typed_json import checked, read_json, refuse_newer
 
-SPEC_FORMAT_VERSION = 1
+SPEC_FORMAT_VERSION = 2
 SPEC_FILENAME = "spec.json"
 RESIZE_MODES = ("squash", "center_crop")
+INTERPOLATIONS = ("bilinear", "bicubic")
+# What a file may ask for: past these a spec is damaged or hostile, not a model (an input_size of
+# 100,000 asks export for tens of GB).
+MAX_INPUT_SIZE = 2048
+MAX_WIDTH = 65536  # feat_dim and each hidden layer
+MAX_HIDDEN_LAYERS = 8
+MAX_LABELS = 100_000
 
 
 def _refuse_newer(format_version: int) -> None:
-    if format_version > SPEC_FORMAT_VERSION:
-        raise TrapkitError(f"model spec format {format_version} is newer than this trapkit understands "
-                           f"({SPEC_FORMAT_VERSION}); upgrade trapkit")
+    refuse_newer(format_version, SPEC_FORMAT_VERSION, "model spec")
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,10 @@ class ModelSpec:
 
     `mean`/`std` apply to pixels scaled to [0, 1]. `feat_dim=None` means the
     backbone's pooled features are the embedding (no projection).
-    `head_hidden=()` means the head is a single linear layer.
+    `head_hidden=()` means the head is a single linear layer. `crop_margin`,
+    `detection_threshold`, `detection_categories`: which MegaDetector
+    detections the model was trained on and how they were cropped, the
+    defaults of `classify`, the demo and calibration.
     """
 
     arch: str
@@ -47,6 +62,10 @@ class ModelSpec:
     head_hidden: tuple[int, ...] = (230, 100)
     input_size: int = 224
     resize_mode: str = "squash"
+    interpolation: str = "bilinear"
+    crop_margin: float = 0.1
+    detection_threshold: float = 0.1
+    detection_categories: tuple[str, ...] = ("animal",)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     taxonomy: tuple[str, ...] | None = None
@@ -57,29 +76,42 @@ class ModelSpec:
 
     def __post_init__(self):
         # Normalise lists from JSON into tuples so specs compare and hash.
-        for name in ("labels", "head_hidden", "mean", "std"):
+        for name in ("labels", "head_hidden", "mean", "std", "detection_categories"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.taxonomy is not None:
-            object.__setattr__(self, "taxonomy", tuple(self.taxonomy))
         self.validate()
+        if self.taxonomy is not None:
+            # Lowercase and stripped: MegaDetector's tools read these strings too.
+            object.__setattr__(self, "taxonomy", check_taxonomy(self.taxonomy, self.labels))
 
     def validate(self) -> None:
+        _refuse_newer(self.format_version)
         if not self.labels:
             raise TrapkitError("model spec has no class labels; a model needs at least one class")
         if len(set(self.labels)) != len(self.labels):
             dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
             raise TrapkitError(f"model spec has duplicate class labels {dupes}; make every class name unique")
-        if self.taxonomy is not None and len(self.taxonomy) != len(self.labels):
-            raise TrapkitError(
-                f"model spec has {len(self.taxonomy)} taxonomy strings for {len(self.labels)} labels; give one per class"
-            )
+        if self.taxonomy is not None:
+            check_taxonomy(self.taxonomy, self.labels)
         if self.resize_mode not in RESIZE_MODES:
             raise TrapkitError(f"unknown resize_mode {self.resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise TrapkitError("model spec mean and std need three values each, std > 0")
-        if self.input_size < 16:
-            raise TrapkitError(f"input_size {self.input_size} is too small; use at least 16 pixels")
-        _refuse_newer(self.format_version)
+        if self.interpolation not in INTERPOLATIONS:
+            raise TrapkitError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+        if not 16 <= self.input_size <= MAX_INPUT_SIZE:
+            raise TrapkitError(f"input_size {self.input_size} is out of range; use 16 to {MAX_INPUT_SIZE} pixels")
+        widths = [self.feat_dim] if self.feat_dim is not None else []
+        if any(not 1 <= w <= MAX_WIDTH for w in [*widths, *self.head_hidden]) or \
+                len(self.head_hidden) > MAX_HIDDEN_LAYERS:
+            raise TrapkitError(f"feat_dim {self.feat_dim} or head_hidden {list(self.head_hidden)} is out of range "
+                               f"(1 to {MAX_WIDTH} each, at most {MAX_HIDDEN_LAYERS} hidden layers); re-export the model")
+        if len(self.labels) > MAX_LABELS:
+            raise TrapkitError(f"model spec has {len(self.labels)} labels, over the limit of {MAX_LABELS}")
+        if not 0.0 <= self.crop_margin <= 2.0 or not 0.0 <= self.detection_threshold <= 1.0:
+            raise TrapkitError(f"crop_margin {self.crop_margin} must be in [0, 2] and detection_threshold "
+                               f"{self.detection_threshold} in [0, 1]")
+        if not self.detection_categories or not all(self.detection_categories):
+            raise TrapkitError("detection_categories must name at least one MegaDetector category, such as animal")
 
     @property
     def num_classes(self) -> int:
@@ -101,12 +133,11 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
         # A newer format first: its fields may mean things this trapkit cannot check.
-        version = d.get("format_version", SPEC_FORMAT_VERSION)
-        if isinstance(version, int):
-            _refuse_newer(version)
+        _refuse_newer(d.get("format_version", SPEC_FORMAT_VERSION))
         hints = typing.get_type_hints(cls)
         advice = "re-export the model"
         d = {k: checked(v, hints[k], f"model spec field {k}", advice) if k in hints else v for k, v in d.items()}
+        d["format_version"] = SPEC_FORMAT_VERSION  # an older spec read here is a current one: new fields take defaults
         unknown = sorted(set(d) - set(hints))
         if unknown:
             # Written by a newer trapkit: keep the fields we know, carry the rest.
@@ -120,8 +151,9 @@ class ModelSpec:
     def from_json(cls, text: str) -> ModelSpec:
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise TrapkitError(f"model spec is not valid JSON ({e}); re-export the model") from None
+        except (ValueError, RecursionError) as e:  # invalid, nested too deep, a number too long
+            raise TrapkitError(f"model spec is not valid JSON ({e.__class__.__name__}: {str(e)[:80]}); "
+                               "re-export the model") from None
         if not isinstance(d, dict):
             raise TrapkitError("model spec JSON must be an object; re-export the model")
         return cls.from_dict(d)
@@ -140,4 +172,7 @@ class ModelSpec:
             path = path / SPEC_FILENAME
         if not path.is_file():
             raise TrapkitError(f"no model spec at {path}; point at a run, export or model folder")
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        d = read_json(path, "model spec", "re-export the model")
+        if not isinstance(d, dict):
+            raise TrapkitError("model spec JSON must be an object; re-export the model")
+        return cls.from_dict(d)

@@ -1,8 +1,12 @@
-"""Values read from JSON files checked against a dataclass field's type.
+"""JSON files read safely, versioned files refused when newer, values checked against field types.
 
 JSON written by hand (a `--config` file) or damaged (a model's `spec.json`)
 can hold "5" where 5 belongs; the dataclasses would take it and fail much
 later, deep inside torch. `checked` turns such a value into a one-line error.
+`read_json` turns every way a file can fail to parse (missing, not UTF-8,
+invalid, nested 200,000 deep, a 5,000-digit number) into one line, and
+`read_versioned` adds the one rule for every versioned trapkit file: an
+object whose `format_version` is not newer than this trapkit understands.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from pathlib import Path
 
 from trapkit.errors import TrapkitError
 
@@ -51,3 +56,42 @@ def _described(hint) -> str:
         count = "" if args[-1] is Ellipsis else f"{len(args)} "
         return f"a list of {count}{_NAMES[args[0]][1]}"
     return _NAMES[hint][0]
+
+
+def read_json(path: str | Path, what: str, advice: str):
+    """The parsed JSON in `path`; a one-line `TrapkitError` naming `what` the file is, ending with `advice`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TrapkitError(f"{what} {path} does not exist; {advice}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrapkitError(f"cannot read {what} {path} ({e.__class__.__name__}); {advice}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TrapkitError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                           f"{advice}") from None
+    except RecursionError:
+        raise TrapkitError(f"{what} {path} is nested too deeply to be a trapkit or MegaDetector file; {advice}") from None
+    except ValueError as e:  # e.g. an integer of thousands of digits
+        raise TrapkitError(f"{what} {path} holds a value that cannot be read ({e}); {advice}") from None
+
+
+def refuse_newer(version, current: int, what: str) -> None:
+    """The one refusal of a file written by a newer trapkit (its fields may mean things this one cannot check)."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > current:
+        raise TrapkitError(f"{what} has format {version}, newer than this trapkit understands ({current}); "
+                           "upgrade trapkit")
+
+
+def read_versioned(path: str | Path, current: int, what: str, advice: str) -> dict:
+    """A versioned trapkit JSON file: an object, `format_version` not newer than `current` (absent: 1)."""
+    d = read_json(path, what, advice)
+    if not isinstance(d, dict):
+        raise TrapkitError(f"{what} {path} is not a JSON object; {advice}")
+    version = d.get("format_version", 1)
+    refuse_newer(version, current, f"{what} {path}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TrapkitError(f"{what} {path} has format_version {json.dumps(version)}, not a version; {advice}")
+    return d

@@ -7,20 +7,33 @@ Boxes are normalised to the upright image. trapkit adds `classification_categori
 `classification_category_descriptions`, per-detection `classifications` and
 `info.classifier` / `info.classification_completion_time`; everything else in the
 input is carried through untouched. An image trapkit cannot read keeps the
-detector's `detections` and gets `classification_failure` (the format's own
-`failure` means the detector failed and requires `detections: null`).
+detector's `detections` and gets `classification_failure`, a short fixed code
+(`trapkit.images.FAILURE_*`; the format's own `failure` means the detector
+failed and requires `detections: null`).
+
+Which detections are items (classified, or trained on) is decided in one
+place, `qualifying`: at or above a confidence threshold, in the given
+categories (names matched without regard to case), with a usable box.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import numbers
 from pathlib import Path
 
+from trapkit.crops import usable_box
 from trapkit.errors import TrapkitError
+from trapkit.images import is_text
+from trapkit.typed_json import read_json
+
+log = logging.getLogger(__name__)
 
 MIN_FORMAT_VERSION = 1.3
+# Items one image may yield: MegaDetector writes at most a few hundred boxes; a file asking for 10,000
+# crops of one photo would take gigabytes. Past this, the most confident are items, the rest stay unclassified.
+MAX_ITEMS_PER_IMAGE = 500
 OUTPUT_FORMAT_VERSION = "1.6"
 WHOLE_IMAGE_DETECTOR = "none (whole images classified)"
 CLASSIFICATION_FAILURE = "classification_failure"
@@ -29,18 +42,9 @@ CLASSIFICATION_FAILURE = "classification_failure"
 def load_detections(path: str | Path) -> dict:
     """Read and validate a MegaDetector batch output file. One-line `TrapkitError` naming the first problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrapkitError(f"detections file {path} does not exist; pass MegaDetector's output JSON") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TrapkitError(f"cannot read detections file {path} ({e.__class__.__name__}); is it a JSON file?") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TrapkitError(
-            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); is the file complete?"
-        ) from None
+    if path.is_dir():
+        raise TrapkitError(f"detections file {path} is a folder; pass MegaDetector's output JSON file")
+    doc = read_json(path, "detections file", "pass MegaDetector's complete output JSON")
     problem = first_problem(doc)
     if problem:
         raise TrapkitError(f"{path} is not MegaDetector batch output: {problem}")
@@ -58,7 +62,9 @@ def first_problem(doc) -> str | None:
     try:
         number = float(version)
     except (TypeError, ValueError):
-        return f"info.format_version is {version!r}, expected a version such as \"1.6\""
+        number = math.nan
+    if isinstance(version, bool) or not math.isfinite(number):
+        return f"info.format_version is {_shown(version)}, expected a version such as \"1.6\""
     if number < MIN_FORMAT_VERSION:
         return f"format_version {version} is older than {MIN_FORMAT_VERSION}; rerun MegaDetector or convert the file"
     cats = doc.get("detection_categories")
@@ -82,6 +88,8 @@ def _image_problem(im, cats: dict) -> str | None:
         return "is not an object"
     if not isinstance(im.get("file"), str) or not im["file"]:
         return "has no 'file' string"
+    if not is_text(im["file"]):
+        return f"has a file name that is not valid Unicode text ({ascii(im['file'])})"
     failure = im.get("failure")
     if failure is not None and not isinstance(failure, str):
         return f"({im['file']}) has a non-string failure {failure!r}"
@@ -96,12 +104,17 @@ def _image_problem(im, cats: dict) -> str | None:
             return f"{where} is not an object"
         if not isinstance(det.get("category"), str) or det["category"] not in cats:
             return f"{where} has category {det.get('category')!r}, not in detection_categories"
-        if not _is_number(det.get("conf")):
-            return f"{where} has no numeric 'conf'"
+        if not _is_number(det.get("conf")) or not 0.0 <= det["conf"] <= 1.0:
+            return f"{where} has 'conf' {_shown(det.get('conf'))}, expected a confidence between 0 and 1"
         bbox = det.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             return f"{where} 'bbox' must be four numbers [x, y, w, h], got {bbox!r}"
     return None
+
+
+def _shown(value) -> str:
+    """A value for an error message: short, and printable (no terminal escape codes)."""
+    return ascii(value)[:60]
 
 
 def _is_number(v) -> bool:
@@ -117,6 +130,40 @@ def whole_image_results(files: list[str]) -> dict:
         "images": [{"file": f, "detections": [{"category": "1", "conf": 1.0, "bbox": [0.0, 0.0, 1.0, 1.0]}]}
                    for f in files],
     }
+
+
+def qualifying(doc: dict, threshold: float, categories) -> dict[int, list[int]]:
+    """{image index: [indices of its detections that are items]}: the ONE rule every stage uses.
+
+    An item is a detection in `categories` (names, any case) at or above `threshold`
+    with a box that has area inside the frame. Images the detector failed on, and
+    images with no such detection, are left out. Unusable boxes are counted in a warning,
+    and so are images with more than `MAX_ITEMS_PER_IMAGE` items (their most confident are kept).
+    """
+    cats = category_ids(doc, categories)
+    items, unusable, crowded = {}, [], []
+    for i, im in enumerate(doc["images"]):
+        if im.get("failure") is not None:
+            continue
+        keep = []
+        for j, d in enumerate(im.get("detections") or ()):
+            if d["category"] in cats and d["conf"] >= threshold:
+                if usable_box(d["bbox"]):
+                    keep.append(j)
+                else:
+                    unusable.append(im["file"])
+        if len(keep) > MAX_ITEMS_PER_IMAGE:
+            crowded.append(im["file"])
+            keep = sorted(sorted(keep, key=lambda j: -im["detections"][j]["conf"])[:MAX_ITEMS_PER_IMAGE])
+        if keep:
+            items[i] = keep
+    if crowded:
+        log.warning("%d image(s) have more than %d detections to classify (e.g. %s); only the %d most confident of "
+                    "each are", len(crowded), MAX_ITEMS_PER_IMAGE, ascii(crowded[0]), MAX_ITEMS_PER_IMAGE)
+    if unusable:
+        log.warning("%d detection box(es) with no area inside their image were left out (e.g. in %s)",
+                    len(unusable), ascii(unusable[0]))
+    return items
 
 
 def category_ids(doc: dict, names) -> set[str]:

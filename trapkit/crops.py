@@ -16,10 +16,11 @@ into a model input like this:
    larger than the image in a dimension does it run off the edge: it then
    covers that whole dimension, as close to centred on the box as it can, and
    the part outside the image is padded black (`PAD_VALUE`).
-4. The square is resized to the model's `input_size` with the same bilinear
-   resampling training uses (`trapkit.images.to_model_input`): Pillow's, or,
-   on the region decoder's pixels, `trapkit/_resample.c`, which computes
-   Pillow's result bit for bit without copying the pixels into a Pillow image.
+4. The square is resized to the model's `input_size` with the spec's
+   interpolation, the resampling training uses (`trapkit.images.to_model_input`):
+   Pillow's, or, for bilinear on the region decoder's pixels,
+   `trapkit/_resample.c`, which computes Pillow's result bit for bit without
+   copying the pixels into a Pillow image.
 
 Whole images (no detector) skip steps 2-3 and use the spec's own
 `resize_mode`, exactly as in training. Because a crop only needs
@@ -27,6 +28,10 @@ Whole images (no detector) skip steps 2-3 and use the spec's own
 (`draft`) whenever every crop of the image keeps at least that many pixels:
 `decode_scale` works out how far, and since the crops read nothing outside
 the rectangle around them (`region_needed`), only that rectangle is decoded.
+
+A box with no area inside the frame (zero or negative size, or wholly
+outside) is not a detection anything can be cut from: `usable_box` says so,
+and `trapkit.detections.qualifying` leaves such boxes out.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from trapkit.errors import TrapkitError
-from trapkit.images import Window
+from trapkit.images import INTERPOLATIONS, REDUCING_GAP, Window
 
 try:
     from trapkit import _resample  # compiled at install, beside the region decoder
@@ -46,9 +51,6 @@ except ImportError:  # pragma: no cover - depends on how trapkit was built
     _resample = None
 
 PAD_VALUE = 0
-# Same resampling as trapkit.images.to_model_input, so crops match training pixels.
-_RESAMPLE = Image.BILINEAR
-_REDUCING_GAP = 3.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ class CropPolicy:
     def __post_init__(self):
         if not 0.0 <= self.margin <= 2.0:
             raise TrapkitError(f"crop margin {self.margin} is out of range; use a fraction between 0 and 2")
+
+
+def usable_box(bbox) -> bool:
+    """Whether a normalised [x, y, w, h] box has area inside the frame (a crop can show something)."""
+    x, y, w, h = (float(v) for v in bbox)
+    return w > 0 and h > 0 and min(x + w, 1.0) > max(x, 0.0) and min(y + h, 1.0) > max(y, 0.0)
 
 
 def square_region(bbox, width: int, height: int, margin: float) -> tuple[float, float, float]:
@@ -84,29 +92,31 @@ def _clamp(start: float, side: float, extent: int) -> float:
     return min(max(start, lo), hi)
 
 
-def crop_square(image: Image.Image | Window, bbox, size: int, margin: float) -> np.ndarray:
+def crop_square(image: Image.Image | Window, bbox, size: int, margin: float,
+                interpolation: str = "bilinear") -> np.ndarray:
     """(size, size, 3) uint8 model input for one normalised box on a decoded upright RGB image.
 
     A `Window` (part of an image) must hold every pixel the crop reads (`region_needed`).
     """
+    resample = INTERPOLATIONS[interpolation]
     window = image if isinstance(image, Window) else Window.whole(image)
     left, top, side = square_region(bbox, window.width, window.height, margin)
     box = (left, top, left + side, top + side)
     if left >= 0 and top >= 0 and box[2] <= window.width + 1e-6 and box[3] <= window.height + 1e-6:
         # Resample straight from the region: no intermediate copy of a large crop.
         box = _shift((left, top, min(box[2], window.width), min(box[3], window.height)), -window.left, -window.top)
-        if _can_resample_in_place(window, box, size):
+        if interpolation == "bilinear" and _can_resample_in_place(window, box, size):
             # Pillow's arithmetic bit for bit, on the decoder's own buffer (trapkit/_resample.c).
             rgb = _resample.resize(window.rgb, *window.rgb_size, *box, size)
             return np.frombuffer(rgb, np.uint8).reshape(size, size, 3)
-        out = window.image.resize((size, size), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+        out = window.image.resize((size, size), resample, box=box, reducing_gap=REDUCING_GAP)
     else:
         # Runs off the edge: paste the part inside the image onto a padded square.
         l, t, s = int(round(left)), int(round(top)), max(1, int(round(side)))
         canvas = Image.new("RGB", (s, s), (PAD_VALUE,) * 3)
         inside = (max(l, 0), max(t, 0), min(l + s, window.width), min(t + s, window.height))
         canvas.paste(window.image.crop(_shift(inside, -window.left, -window.top)), (inside[0] - l, inside[1] - t))
-        out = canvas.resize((size, size), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+        out = canvas.resize((size, size), resample, reducing_gap=REDUCING_GAP)
     return np.asarray(out, dtype=np.uint8)
 
 
@@ -116,7 +126,7 @@ def _can_resample_in_place(window: Window, box, size: int) -> bool:
     w, h = window.rgb_size
     return (_resample is not None and window.rgb is not None
             and 0 <= box[0] and 0 <= box[1] and box[2] <= w and box[3] <= h
-            and max(box[2] - box[0], box[3] - box[1]) < 2 * _REDUCING_GAP * size)
+            and max(box[2] - box[0], box[3] - box[1]) < 2 * REDUCING_GAP * size)
 
 
 def _shift(box, dx: int, dy: int) -> tuple:
