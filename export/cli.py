@@ -49,7 +49,7 @@ def register(subparsers, common) -> None:
                    "symmetric for TensorRT/CUDA. Default: this machine's CPU")
     v.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,
                    help="with --quantize int8: how activation ranges are set from the calibration images "
-                   "(default minmax)")
+                   "(default entropy)")
     t = p.add_argument_group("Triton")
     t.add_argument("--triton", type=Path, metavar="REPO", help="also add the model to this Triton model repository")
     t.add_argument("--name", help="Triton model name (default: the model spec's name)")

@@ -7,25 +7,33 @@ Both keep the graph's interface: uint8 `images` in, float32 `probs` and
 - fp16: weights and activations in half precision (`keep_io_types`), for GPUs;
   on a CPU onnxruntime runs most of it through casts and it is slower.
 - int8: static QDQ quantisation (onnxruntime.quantization) of the BACKBONE
-  only: its Conv, Clip and Add nodes (with Clip included the quantiser folds
+  only, its Conv, Clip and Add nodes (with Clip included the quantiser folds
   ReLU6 into the Conv output range). Pooling, projection, L2 normalisation,
-  head and softmax stay float32: they cost nothing and, quantised, the L2 norm
-  and the head's logits lose the levels the decision rests on. Per-channel
-  weight ranges; the normalisation is folded into the stem conv, which reads
-  the uint8 pixels as its int8 input (`trapkit.export.raw_pixels`).
-  Weights are 8-bit where the target multiplies them without overflow
-  (`--int8-target vnni`: AVX-512 VNNI, AVX-VNNI or AMX CPUs; `gpu`), 7-bit
-  (`reduce_range`) for `avx2`: x86 CPUs without VNNI multiply u8 x s8 pairs
-  into saturating int16. The default target is read from this machine's CPU
-  flags and written into the report. `gpu` quantises activations to int8
-  symmetrically (zero point 0, as TensorRT requires) and leaves the stem conv
-  on the normalised float pixels.
+  head and softmax stay float32: they cost nothing, and an embedding whose
+  images differ by a few hundredths per dimension has no levels to spare.
+  On top of per-channel weight ranges, each measure below was kept for its
+  figures on models trained through `al` (docs/model-quality.md, from
+  bench/bench_export.py --runs DIR --study):
+  - 8-bit weights where the target multiplies them without overflow
+    (`--int8-target vnni`: AVX-512 VNNI, AVX-VNNI or AMX CPUs; `gpu`), 7-bit
+    (`reduce_range`) for `avx2`: x86 CPUs without VNNI multiply u8 x s8 pairs
+    into saturating int16. The default target is read from this machine's
+    CPU flags and written into the report;
+  - the run's own images calibrate (not the bundled photos);
+  - bias correction (`correct_bias`): the mean error of the rounded weights
+    is given back through each conv's bias;
+  - the first `FLOAT_CONVS` convolutions stay float (the stem and Lite0's
+    first block: the most sensitive to weight rounding); the normalisation
+    is folded into the stem (`trapkit.export.raw_pixels`), so the float stem
+    reads the cast pixels with no Sub or Div;
+  - entropy calibration of the activation ranges.
+  `gpu` quantises activations to int8 symmetrically (zero point 0, as
+  TensorRT requires).
 
 Agreement with fp32 (and accuracy, where labels are known) is measured on
 images the calibration did not see: the run's validation images when the
-source is a run folder, else a held-out part of the calibration inputs. int8
-is refused when top-1 agreement falls below `min_agreement`. Figures and the
-measures each one settled: docs/export.md ("int8").
+source is a run folder, else a held-out 30% of the calibration inputs. int8
+is refused when top-1 agreement falls below `min_agreement`.
 """
 
 from __future__ import annotations
@@ -75,7 +83,7 @@ class VariantSettings:
     calibration: Path | None = None
     min_agreement: float = 0.99
     int8_target: str | None = None
-    calibration_method: str = "minmax"
+    calibration_method: str = "entropy"  # measured best of the three on trained models (docs/model-quality.md)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -125,6 +133,9 @@ class AgreementReport:
     measured_on: str = ""
     accuracy_fp32: float | None = None
     accuracy: float | None = None
+    # The widest fp32 lead (top-1 minus top-2 probability) among the images whose top-1 changed: int8 only
+    # flips answers fp32 itself was this unsure of. 0.0 when none changed.
+    flip_margin: float = 0.0
     calibration: dict = field(default_factory=dict)
     int8_target: str | None = None
     cpu_flags: tuple[str, ...] = ()
@@ -132,6 +143,8 @@ class AgreementReport:
     def summary(self) -> str:
         text = (f"{self.variant}: top-1 agreement with fp32 {self.agreement:.1%} on {self.images} held-out images "
                 f"({self.measured_on}), max |probs diff| {self.max_prob_diff:.3f}")
+        if self.agreement < 1.0:
+            text += f", changed only where fp32 led by <= {self.flip_margin:.3f}"
         if self.accuracy is not None:
             text += f"; accuracy {self.accuracy:.3f} (fp32 {self.accuracy_fp32:.3f})"
         if self.int8_target:
@@ -305,7 +318,7 @@ def backbone_nodes(proto) -> list[str] | None:
 
 
 def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray, target: str | None = None,
-            method: str = "minmax", exclude: tuple[str, ...] | None = None, bias_correction: bool = True) -> bytes:
+            method: str = "entropy", exclude: tuple[str, ...] | None = None, bias_correction: bool = True) -> bytes:
     """Static QDQ int8 of the backbone, calibrated on `images` (N, S, S, 3) uint8, for `target`.
 
     `exclude`: regular expressions of node or weight names left in float (None: the first
@@ -494,8 +507,12 @@ def compare(reference: bytes, variant: bytes, held_out: HeldOut, name: str) -> A
     accuracy = accuracy_fp32 = None
     if held_out.labels is not None:
         accuracy_fp32, accuracy = float(np.mean(ref_top == held_out.labels)), float(np.mean(top == held_out.labels))
-    return AgreementReport(name, float(np.mean(ref_top == top)), len(held_out.images),
-                           float(np.max(np.abs(ref_probs - probs))), held_out.source, accuracy_fp32, accuracy)
+    ranked = np.sort(ref_probs, axis=1)
+    lead = ranked[:, -1] - ranked[:, -2] if ranked.shape[1] > 1 else ranked[:, -1]  # (N,) fp32's top-1 margin
+    flipped = ref_top != top
+    return AgreementReport(name, float(np.mean(~flipped)), len(held_out.images),
+                           float(np.max(np.abs(ref_probs - probs))), held_out.source, accuracy_fp32, accuracy,
+                           float(lead[flipped].max()) if flipped.any() else 0.0)
 
 
 def top1_agreement(reference: bytes, variant: bytes, images: np.ndarray, name: str) -> AgreementReport:

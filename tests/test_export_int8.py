@@ -145,10 +145,15 @@ def test_a_run_folder_is_measured_on_its_validation_images(trained_run, tmp_path
     assert agreement["calibration"]["source"] == "the run's labelled and pool images"
     assert agreement["calibration"]["inputs"] == 12 + 24  # seed and pool images, never validation
     assert 0.0 <= agreement["accuracy"] <= 1.0 and 0.0 <= agreement["accuracy_fp32"] <= 1.0
+    assert 0.0 <= agreement["flip_margin"] <= 1.0 and (agreement["flip_margin"] == 0.0) == (agreement["agreement"] == 1)
     # Its own accuracy figures, recomputed: the graphs against the validation labels.
     held = quantize.run_validation_images(trained_run, read_spec(out / "model.onnx"))
     probs, _ = run_session(ort_session(out / "model.int8.onnx"), held.images)
+    ref, _ = run_session(ort_session(out / "model.onnx"), held.images)
     assert agreement["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == held.labels)))
+    flipped = ref.argmax(1) != probs.argmax(1)
+    lead = np.sort(ref, axis=1)[:, -1] - np.sort(ref, axis=1)[:, -2]
+    assert agreement["flip_margin"] == pytest.approx(float(lead[flipped].max()) if flipped.any() else 0.0)
 
 
 def test_a_calibration_folder_with_a_run_still_measures_on_validation(trained_run, tmp_path, samples_dir):
@@ -157,7 +162,7 @@ def test_a_calibration_folder_with_a_run_still_measures_on_validation(trained_ru
                  "--calibration", str(samples_dir)]) == 0
     agreement = json.loads((out / "export_report.json").read_text())["agreement"]
     assert agreement["measured_on"].startswith("the run's validation images")
-    assert agreement["calibration"] == {"inputs": 23, "method": "minmax", "source": f"--calibration {samples_dir}"}
+    assert agreement["calibration"] == {"inputs": 23, "method": "entropy", "source": f"--calibration {samples_dir}"}
 
 
 def _error(argv, capsys) -> str:
