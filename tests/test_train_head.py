@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -225,3 +226,21 @@ def test_head_settings_out_of_range_are_refused(tmp_path, key, value, message):
     config.write_text(json.dumps({"head": {key: value}}))
     with pytest.raises(TrapkitError, match=message):
         resolve(config)
+
+
+def test_weights_none_is_warned_at_init_with_figures(tmp_path, capsys):
+    from train_helpers import FAST, make_trees
+
+    from trapkit.cli import main
+    from trapkit.train.backbones import weight_warnings
+    from trapkit.train.run import Run
+
+    assert weight_warnings("lite0-offline") == [] and weight_warnings("hub") == []
+    trees = make_trees(tmp_path / "trees")
+    run = tmp_path / "run"
+    assert main(["al", "init", str(run), "--labelled", str(trees["labelled"]), "--unlabelled", str(trees["pool"]),
+                 "--validation", str(trees["validation"]), *FAST]) == 0  # FAST trains on --weights none
+    note = next(line for line in capsys.readouterr().out.splitlines() if "--weights none" in line)
+    assert note.startswith("note: --weights none trains on a RANDOM backbone") and "lite0-offline" in note
+    assert re.search(r"was 0\.\d\d against 0\.\d\d", note)  # the measured figures
+    assert Run(run).load_state().scan_problems[0] == note.removeprefix("note: ")  # `al status` says it again

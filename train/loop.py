@@ -61,7 +61,7 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     """
     import pandas as pd
 
-    from trapkit.train.backbones import backbone_preprocessing
+    from trapkit.train.backbones import backbone_preprocessing, weight_warnings
     from trapkit.train.scan import scan_labelled, scan_pool
 
     run = Run(run_dir)
@@ -73,7 +73,7 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     seed_tree = scan_labelled(settings.data.labelled)
     strings = read_taxonomy_csv(taxonomy, sorted(seed_tree.classes)) if taxonomy is not None else None
     pool_paths = scan_pool(settings.data.unlabelled)
-    problems = list(seed_tree.problems)
+    problems = [*weight_warnings(settings.model.weights), *seed_tree.problems]
     rows = []
     rng = np.random.default_rng(settings.select.seed)
     if settings.data.validation:
