@@ -41,7 +41,6 @@ from trapkit.train.run import (
     Run,
     RunState,
     format_box,
-    run_log,
 )
 from trapkit.train.settings import RunSettings
 
@@ -694,7 +693,7 @@ def status(run_dir: str | Path) -> dict:
 
     run = Run(run_dir)
     run.require()
-    with run_log(run.log_path, "al status"):
+    with run.logging("al status"):
         state = run.load_state()
         df = run.load_manifest()
         lab = df[_trained_mask(df)]

@@ -127,8 +127,17 @@ class Run:
         A second command on the same run stops at once with a one-line error naming the first.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        with run_log(self.log_path, what), _file_lock(self.root / ".lock", what, wait=False, run=self.root):
+        with self.logging(what), _file_lock(self.root / ".lock", what, wait=False, run=self.root):
             self._clean_stale_files()
+            yield
+
+    @contextlib.contextmanager
+    def logging(self, what: str):
+        """Append trapkit's DEBUG log to RUN/trapkit.log while the block runs (`trapkit.logfile`)."""
+        from trapkit.logfile import debug_log
+
+        with debug_log(self.log_path):
+            log.debug("trapkit %s: %s %s", __version__, what, self.root)
             yield
 
     @contextlib.contextmanager
@@ -270,37 +279,3 @@ else:
 
     def _unlock(f) -> None:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def run_log(path: Path, what: str):
-    """Append trapkit's DEBUG log to `path` for the duration (pipx's habit): a failure in hour five needs no
-    rerun with -v. The terminal shows what it showed before; a user error's traceback goes to the file only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root, ours = logging.getLogger(), logging.getLogger("trapkit")
-    # Terminal handlers without a level of their own keep the level they were showing.
-    shown = root.getEffectiveLevel() if ours.level == logging.NOTSET else ours.level
-    quiet = [h for h in root.handlers if h.level == logging.NOTSET]
-    for h in quiet:
-        h.setLevel(shown)
-    previous = ours.level
-    ours.setLevel(logging.DEBUG)
-    ours.addHandler(handler)
-    log.debug("trapkit %s: %s", __version__, what)
-    try:
-        yield
-    except TrapkitError as e:
-        log.debug("user error: %s", e, exc_info=True)
-        raise
-    except BaseException:
-        log.debug("stopped by an exception", exc_info=True)
-        raise
-    finally:
-        ours.removeHandler(handler)
-        ours.setLevel(previous)
-        for h in quiet:
-            h.setLevel(logging.NOTSET)
-        handler.close()

@@ -5,8 +5,9 @@ Nothing is silently dropped: images directly in a labelled root, class folders
 without images, seed images without a qualifying detection and detections
 files' entries that are not images come back as problems, which `al init`
 reports. What cannot be trained on honestly is refused with one line, before
-anything is written: file names that are not UTF-8 text, detections files
-whose paths do not resolve under their tree, boxes outside the image.
+anything is written: detections files whose paths do not resolve under their
+tree, boxes outside the image (and, in the core, file names that are not
+UTF-8 text: `trapkit.images.iter_images`, `trapkit.detections.load_detections`).
 """
 
 from __future__ import annotations
@@ -55,20 +56,6 @@ def _named(names: list[str]) -> str:
     return ", ".join(ascii(n)[1:-1] if not n.isprintable() else n for n in names[:MAX_NAMED]) + more
 
 
-def check_names(paths: list[str], where: str) -> None:
-    """Refuse file names that are not UTF-8 text (bytes a Linux file system allows, or lone surrogates in JSON):
-    trapkit writes every name into UTF-8 CSV and JSON files that Timelapse, Excel and other tools read."""
-    bad = []
-    for p in paths:
-        try:
-            p.encode("utf-8")
-        except UnicodeEncodeError:
-            bad.append(ascii(p))
-    if bad:
-        raise TrapkitError(f"{len(bad)} file name(s) in {where} are not valid UTF-8 text ({', '.join(bad[:MAX_NAMED])}"
-                           f"{' ...' if len(bad) > MAX_NAMED else ''}); rename them, then run the command again")
-
-
 def scan_labelled(root: str | Path, option: str = "--labelled") -> LabelledTree:
     root = Path(root)
     if not root.is_dir():
@@ -89,7 +76,6 @@ def scan_labelled(root: str | Path, option: str = "--labelled") -> LabelledTree:
             continue
         classes.append(folder.name)
         items += [(p.relative_to(root).as_posix(), folder.name) for p in images]
-    check_names([p for p, _ in items], f"{option} {root}")
     if not classes:
         raise TrapkitError(
             f"{option} folder {root} has no class folders with images; put each class's images in a sub-folder "
@@ -107,7 +93,6 @@ def scan_pool(root: str | Path, option: str = "--unlabelled") -> list[str]:
     paths = [p.relative_to(root).as_posix() for p in iter_images(root)]
     if not paths:
         raise TrapkitError(f"{option} folder {root} has no images (looked for {', '.join(('.jpg', '.png', '...'))})")
-    check_names(paths, f"{option} {root}")
     return paths
 
 
@@ -117,7 +102,7 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
     above `threshold` in `categories` (`trapkit.detections.qualifying`), with paths relative to `root`.
 
     Refused with one line: paths that do not resolve to files under `root` (the first few named), boxes
-    outside [0, 1], names that are not UTF-8 text.
+    outside [0, 1].
     """
     from trapkit import detections as md
 
@@ -126,7 +111,6 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
         raise TrapkitError(f"{tree_option} folder {root} does not exist; give the folder {option} paths start from")
     doc = md.load_detections(detections)
     images = doc["images"]
-    check_names([im["file"] for im in images], f"{option} {detections}")
     chosen = md.qualifying(doc, threshold, categories)
     problems = []
     not_images = [images[i]["file"] for i in chosen if not is_image_file(images[i]["file"])]
