@@ -297,6 +297,24 @@ def test_seasons_join_with_their_detections_and_bad_season_flags_are_one_line(ru
     refused(["--rescan"], "--rescan finds new image files, but this run's items are detections")
 
 
+def test_answers_that_do_not_fit_the_run_are_one_line_through_al_next(run, tmp_path, capsys):
+    r = Run(run)
+    before = r.manifest_path.read_bytes()
+    item = labels.current_request(run)[0]
+    for rows, message in (
+        ([["faint.jpg", "cam_a", "", "dog"]], "answers name images with no detection at or above the run's threshold "
+                                              "in its categories, so not in the pool (faint.csv line 2: cam_a/faint.jpg)"),
+        ([[item.file, item.relative_path, "9", "dog"]], f"faint.csv line 2: {item.path} Detection 9 (its items: "),
+    ):
+        path = tmp_path / "faint.csv"
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([["File", "RelativePath", "Detection", "Species"], *rows])
+        assert main(["al", "next", str(run), "--labels", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert r.manifest_path.read_bytes() == before and r.load_state().round == 1
+
+
 @pytest.mark.slow
 def test_a_season_from_classify_output_joins_with_its_classifications_as_first_guesses(run, trees, tmp_path):
     from trapkit.export.onnx_export import export_onnx, load_source

@@ -669,7 +669,7 @@ def _present(r: _Round, rows: np.ndarray) -> np.ndarray:
         r.df.at[i, "status"], r.df.at[i, "reason"] = UNREADABLE, f"{FAILURE_MISSING}: {r.items[i].path}"
     r.run.save_manifest(r.df)
     log.warning("%d pool image(s) were deleted since they were embedded; recorded as unreadable", len(missing))
-    return np.array([i for i in rows if i not in set(missing)], np.int64)
+    return np.setdiff1d(rows, missing)
 
 
 def _guess(r: _Round, i: int) -> labels_mod.Guess:
