@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import time
 from pathlib import Path
 
@@ -171,6 +172,7 @@ def add_detection_options(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("detections mode (--detections)")
     g.add_argument("--detections", action="store_true",
                    help="whole frames vs hand-cut crops vs 'al --detections', then 'trapkit classify' on held-out frames")
+    g.add_argument("--fashion-mnist", type=Path, default=DATA, help=f"the dataset's folder (default {DATA})")
     g.add_argument("--frames", type=Path, default=Path("/tmp/trapkit-bench/frames"),
                    help="where the frames, crops, MegaDetector files and runs are written")
     g.add_argument("--per-class", type=int, default=10, help="seed frames per class")
@@ -232,7 +234,8 @@ def _hand_cut(frame, box, margin: float = 0.1):
     return frame.crop((int(left), int(top), int(left + side), int(top + side)))
 
 
-def make_frames(root: Path, per_class: int, n_pool: int, n_val: int, n_test: int, seed: int = 1234) -> dict:
+def make_frames(root: Path, per_class: int, n_pool: int, n_val: int, n_test: int, seed: int = 1234,
+                data: Path = DATA) -> dict:
     """Frames, hand-cut crops, MegaDetector files and the pool's oracle, written once under `root`.
 
     root/frames/{seed,val}/<class>/*.jpg, frames/{pool,test}/cam_N/*.jpg, with {seed,val,pool,test}.json;
@@ -245,8 +248,8 @@ def make_frames(root: Path, per_class: int, n_pool: int, n_val: int, n_test: int
     if done.is_file() and json.loads(done.read_text()) == [per_class, n_pool, n_val, n_test, seed]:
         return json.loads((root / "truth.json").read_text())
     rng = np.random.default_rng(seed)
-    x, y = read_idx(DATA / "train-images-idx3-ubyte.gz"), read_idx(DATA / "train-labels-idx1-ubyte.gz")
-    tx, ty = read_idx(DATA / "t10k-images-idx3-ubyte.gz"), read_idx(DATA / "t10k-labels-idx1-ubyte.gz")
+    x, y = read_idx(data / "train-images-idx3-ubyte.gz"), read_idx(data / "train-labels-idx1-ubyte.gz")
+    tx, ty = read_idx(data / "t10k-images-idx3-ubyte.gz"), read_idx(data / "t10k-labels-idx1-ubyte.gz")
     order, torder = rng.permutation(len(y)), rng.permutation(len(ty))
     seed_idx = np.concatenate([order[y[order] == c][:per_class] for c in range(len(CLASSES))])
     rest = np.setdiff1d(order, seed_idx)
@@ -340,9 +343,10 @@ def detections_benchmark(args) -> None:
 
     from trapkit.cli import main as trapkit
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
-    truth = make_frames(args.frames, args.per_class, args.pool_frames, args.val_frames, args.test_frames)
+    truth = make_frames(args.frames, args.per_class, args.pool_frames, args.val_frames, args.test_frames,
+                        data=args.fashion_mnist)
     print(f"frames: {args.per_class} seed per class, pool {args.pool_frames}, validation {args.val_frames}, held-out "
           f"test {args.test_frames}, {FRAME_SIZE[0]}x{FRAME_SIZE[1]} px, the item 1-5% of the frame "
           f"({time.perf_counter() - t0:.0f} s); budget {args.det_budget} pool labels in batches of {args.det_batch}; "

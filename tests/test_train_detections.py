@@ -369,3 +369,30 @@ def test_simulate_on_detections_with_either_oracle_form_and_a_seed_of_crops(tree
         runs[form] = sorted(zip(labelled["path"], labelled["detection"]))
     assert runs["oracle"] == runs["oracle_detections"] and len(runs["oracle"]) == 6
     capsys.readouterr()
+
+
+def test_an_image_is_decoded_once_for_all_its_detections(samples_dir, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trapkit.prepare import Preprocessing, prepare_image
+    from trapkit.train import embed
+    from trapkit.train.run import Item
+
+    doc = json.loads((samples_dir / "md_v5a_detections.json").read_text())
+    cattle = next(im for im in doc["images"] if im["file"] == "domestic_cattle.jpg")
+    boxes = [tuple(d["bbox"]) for d in cattle["detections"]]
+    items = [Item(samples_dir / "domestic_cattle.jpg", b) for b in boxes] + [Item(samples_dir / "ocelot.jpg")]
+    calls = []
+
+    def counting(path, boxes, prep):  # the real preparation path, counted
+        calls.append(path.name)
+        return prepare_image(path, boxes, prep)
+
+    monkeypatch.setattr(embed, "prepare_image", counting)
+    prep = Preprocessing(input_size=48)
+    with ThreadPoolExecutor(2) as pool:
+        batch = embed.load_items(items, prep, pool)
+    assert sorted(calls) == ["domestic_cattle.jpg", "ocelot.jpg"] and batch.ok == [True] * 4
+    expected = np.concatenate([prepare_image(samples_dir / "domestic_cattle.jpg", [list(b) for b in boxes], prep).crops,
+                               prepare_image(samples_dir / "ocelot.jpg", None, prep).crops])
+    assert batch.images.tobytes() == expected.tobytes()
