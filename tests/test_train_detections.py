@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from train_helpers import FAST, detection_doc, detection_flags, make_detection_trees, make_trees, write_answers
+from train_helpers import FAST, detection_doc, detection_flags, make_detection_trees, make_trees
 
 from trapkit.answers import WRONG_BOX, read_answers
 from trapkit.cli import main

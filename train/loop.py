@@ -26,6 +26,7 @@ from trapkit.answers import WRONG_BOX, read_answers
 from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.spec import ModelSpec
+from trapkit.taxonomy import read_taxonomy_csv
 from trapkit.train import labels as labels_mod
 from trapkit.train.metrics import FORMAT_VERSION as METRICS_FORMAT_VERSION
 from trapkit.train.run import (
@@ -172,8 +173,12 @@ def _stratified_holdout(rows: list[dict], fraction: float, rng: np.random.Genera
 
 # -- init ---------------------------------------------------------------------------------
 
-def init_run(run_dir: str | Path, settings: RunSettings) -> RoundResult:
-    """Scan the trees (or read the detections files), write manifest and settings, and run round 1."""
+def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None) -> RoundResult:
+    """Scan the trees (or read the detections files), write manifest and settings, and run round 1.
+
+    `taxonomy`: a `label,taxonomy` CSV with one row per seed class (`trapkit.taxonomy`); it is
+    copied to RUN/taxonomy.csv and every round's model spec carries its strings.
+    """
     from trapkit.train.backbones import backbone_preprocessing
 
     run = Run(run_dir)
@@ -184,6 +189,7 @@ def init_run(run_dir: str | Path, settings: RunSettings) -> RoundResult:
         if not settings.data.labelled or not settings.data.unlabelled:
             raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
         seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT)
+        strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
         pool, without, pool_problems = _pool_rows(settings, settings.data.unlabelled, settings.data.detections,
                                                   "--unlabelled")
         problems = [*problems, *pool_problems]
@@ -211,6 +217,8 @@ def init_run(run_dir: str | Path, settings: RunSettings) -> RoundResult:
         if settings.model.input_size is None:
             settings.model.input_size = backbone_preprocessing(settings.model.backbone,
                                                                settings.model.weights).input_size
+        if strings is not None:
+            _write_taxonomy(run.taxonomy_path, sorted(seed_classes), strings)
         settings.save(run.settings_path)
         run.save_manifest(df)
         state = RunState(round=0, classes=tuple(sorted(seed_classes)), scan_problems=tuple(problems),
@@ -407,7 +415,7 @@ def _add_season(run: Run, settings: RunSettings, state: RunState, df, folder: Pa
 
 # -- one round ------------------------------------------------------------------------------
 
-def _spec(settings: RunSettings, classes) -> ModelSpec:
+def _spec(settings: RunSettings, classes, taxonomy: tuple[str, ...] | None = None) -> ModelSpec:
     """The round's model spec; the crop policy it was trained with travels in it (classify's defaults)."""
     from trapkit.train.backbones import backbone_preprocessing
 
@@ -417,7 +425,28 @@ def _spec(settings: RunSettings, classes) -> ModelSpec:
                      resize_mode=settings.model.resize_mode, interpolation=settings.model.interpolation,
                      crop_margin=settings.model.crop_margin, detection_threshold=settings.data.threshold,
                      detection_categories=settings.data.categories, mean=pre.mean, std=pre.std,
-                     name="trapkit-al-model")
+                     name="trapkit-al-model", taxonomy=taxonomy)
+
+
+def _write_taxonomy(path: Path, classes: list[str], strings) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("label", "taxonomy"))
+    writer.writerows(zip(classes, strings))
+    atomic_write_text(path, buf.getvalue())
+
+
+def _run_taxonomy(run: Run, classes) -> tuple[str, ...] | None:
+    """The run's taxonomy strings for `classes` (RUN/taxonomy.csv), None without one.
+
+    A class added by a later round needs a row there; rows for classes not seen yet are kept for later.
+    """
+    if not run.taxonomy_path.is_file():
+        return None
+    return read_taxonomy_csv(run.taxonomy_path, list(classes), other_labels_ok=True)
 
 
 # What an embedder's weights were trained as: stored in their safetensors metadata, checked on load.
@@ -491,7 +520,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> 
 
     classes = tuple(state.classes)
     torch.manual_seed(settings.select.seed)
-    model = build_model(_spec(settings, classes),
+    model = build_model(_spec(settings, classes, _run_taxonomy(run, classes)),
                         settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
     r = _Round(run, settings, state, df, n, run.items(df, settings), classes)

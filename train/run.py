@@ -15,6 +15,7 @@ RUN/
                            selected item (image, detection index, box) with the model's guess
   inbox/                   answer CSVs to ingest (the labelling page saves here); inbox/done/ after ingestion
   rounds/NNN/              settings.json, metrics.json, confusion.csv, confusion.png, request.json
+  taxonomy.csv             label,taxonomy strings given to `al init --taxonomy` (every round's spec carries them)
   trapkit.log              every `al` command's DEBUG log, appended
   .lock, .inbox.lock       OS file locks: one `al init/next` at a time; answers files read, written and moved
                            one at a time
@@ -103,6 +104,7 @@ class Run:
     requests_dir = property(lambda self: self.root / "requests")
     inbox_dir = property(lambda self: self.root / "inbox")
     log_path = property(lambda self: self.root / LOG_FILENAME)
+    taxonomy_path = property(lambda self: self.root / "taxonomy.csv")
 
     def round_dir(self, n: int) -> Path:
         return self.root / "rounds" / f"{n:03d}"
