@@ -244,7 +244,7 @@ def test_bad_detection_inputs_get_one_line_and_write_nothing(trees, tmp_path, ca
         assert main(["al", "init", str(run), *flags]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
-        assert not (run / "manifest.csv").exists()
+        assert not run.exists()  # refused before the run folder is made
 
     base = detection_flags(trees)
 

@@ -177,59 +177,80 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     """Scan the trees (or read the detections files), write manifest and settings, and run round 1.
 
     `taxonomy`: a `label,taxonomy` CSV with one row per seed class (`trapkit.taxonomy`); it is
-    copied to RUN/taxonomy.csv and every round's model spec carries its strings.
+    copied to RUN/taxonomy.csv and every round's model spec carries its strings. Bad inputs stop the
+    command before the run folder is made.
     """
-    from trapkit.train.backbones import backbone_preprocessing
-
     run = Run(run_dir)
+    _refuse_existing(run)
+    if not settings.data.labelled or not settings.data.unlabelled:
+        raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
+    start = _initial_manifest(settings, taxonomy)
     with run.command("al init"):
-        if run.state_path.is_file() and run.load_state().round > 0:
-            raise TrapkitError(f"{run.root} already holds a run; continue it with 'trapkit al next {run.root}', "
-                               "or pick a new folder")
-        if not settings.data.labelled or not settings.data.unlabelled:
-            raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
-        seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT)
-        strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
-        pool, without, pool_problems = _pool_rows(settings, settings.data.unlabelled, settings.data.detections,
-                                                  "--unlabelled")
-        problems = [*problems, *pool_problems]
-        rows, rng = [], np.random.default_rng(settings.select.seed)
-        if settings.data.validation:
-            val_rows, val_classes, val_problems = _labelled_rows(settings, VALIDATION_ROOT)
-            problems += val_problems
-            extra = sorted(set(val_classes) - set(seed_classes))
-            if extra:
-                raise TrapkitError(f"--validation has classes the seed lacks ({', '.join(extra)}); add seed images "
-                                   "for them or remove them from the validation folder")
-            held = set()
-            rows += val_rows
-        else:
-            held = _stratified_holdout(seed_rows, settings.data.validation_fraction, rng)
-            rows += [r | {"split": VALIDATION} for r in seed_rows if r["path"] in held]
-            if not held:
-                problems.append("no validation folder and the seed is too small to hold images out; "
-                                "metrics are not measured (give --validation)")
-        rows += [r for r in seed_rows if r["path"] not in held] + pool
-        df = _frame(rows, added_round=1)
-        if without:
-            problems.append(f"{len(without)} pool image(s) have no detection at or above the threshold and are left "
-                            "out of the pool")
-        if settings.model.input_size is None:
-            settings.model.input_size = backbone_preprocessing(settings.model.backbone,
-                                                               settings.model.weights).input_size
-        if strings is not None:
-            _write_taxonomy(run.taxonomy_path, sorted(seed_classes), strings)
+        _refuse_existing(run)  # again, under the lock: a run may have been started meanwhile
+        if start.taxonomy is not None:
+            _write_taxonomy(run.taxonomy_path, list(start.classes), start.taxonomy)
         settings.save(run.settings_path)
-        run.save_manifest(df)
-        state = RunState(round=0, classes=tuple(sorted(seed_classes)), scan_problems=tuple(problems),
-                         images_without_detections=len(without))
+        run.save_manifest(start.df)
+        state = RunState(round=0, classes=start.classes, scan_problems=tuple(start.problems),
+                         images_without_detections=start.without)
         run.save_state(state)
+        df = start.df
         log.info("run %s: %d seed items in %d classes, %d validation, %d in the pool", run.root,
                  int((df["split"] == SEED).sum()), len(state.classes), int((df["split"] == VALIDATION).sum()),
                  int((df["split"] == POOL).sum()))
         result = _run_round(run, settings, state, df, 1)
-        result.problems = problems
+        result.problems = list(start.problems)
         return result
+
+
+def _refuse_existing(run: Run) -> None:
+    if run.state_path.is_file() and run.load_state().round > 0:
+        raise TrapkitError(f"{run.root} already holds a run; continue it with 'trapkit al next {run.root}', "
+                           "or pick a new folder")
+
+
+@dataclass
+class _Start:
+    """What `al init` reads before it writes anything."""
+
+    df: object  # the manifest (pandas DataFrame)
+    classes: tuple[str, ...]  # sorted: the first head order
+    problems: list[str]
+    without: int  # pool images with no qualifying detection
+    taxonomy: tuple[str, ...] | None
+
+
+def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
+    from trapkit.train.backbones import backbone_preprocessing
+
+    seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT)
+    strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
+    pool, without, pool_problems = _pool_rows(settings, settings.data.unlabelled, settings.data.detections,
+                                              "--unlabelled")
+    problems = [*problems, *pool_problems]
+    rows, rng = [], np.random.default_rng(settings.select.seed)
+    if settings.data.validation:
+        val_rows, val_classes, val_problems = _labelled_rows(settings, VALIDATION_ROOT)
+        problems += val_problems
+        extra = sorted(set(val_classes) - set(seed_classes))
+        if extra:
+            raise TrapkitError(f"--validation has classes the seed lacks ({', '.join(extra)}); add seed images "
+                               "for them or remove them from the validation folder")
+        held = set()
+        rows += val_rows
+    else:
+        held = _stratified_holdout(seed_rows, settings.data.validation_fraction, rng)
+        rows += [r | {"split": VALIDATION} for r in seed_rows if r["path"] in held]
+        if not held:
+            problems.append("no validation folder and the seed is too small to hold images out; "
+                            "metrics are not measured (give --validation)")
+    rows += [r for r in seed_rows if r["path"] not in held] + pool
+    if without:
+        problems.append(f"{len(without)} pool image(s) have no detection at or above the threshold and are left "
+                        "out of the pool")
+    if settings.model.input_size is None:
+        settings.model.input_size = backbone_preprocessing(settings.model.backbone, settings.model.weights).input_size
+    return _Start(_frame(rows, added_round=1), tuple(sorted(seed_classes)), problems, len(without), strings)
 
 
 # -- next ---------------------------------------------------------------------------------
