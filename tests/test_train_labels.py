@@ -135,6 +135,7 @@ def test_page_api_lists_request_with_guesses_and_merges_answers(tmp_path):
     items = labels.current_request(run.root)
     assert [(i.relative_path, i.file, i.guess, i.confidence, i.answered) for i in items] == [
         ("cam_a", "img1.jpg", "dog", 0.51, None), ("cam_b/day 1", "img3.jpg", "bear", 0.7, None)]
+    assert all(i.detection is None and i.bbox is None and i.key == (i.path, None) for i in items)  # whole images
     saved = labels.save_answers(run.root, {"cam_a/img1.jpg": "bear"})
     assert saved.parent == run.inbox_dir
     labels.save_answers(run.root, {"cam_b\\day 1\\img3.jpg": "dog"})  # resume later: merged

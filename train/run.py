@@ -87,7 +87,9 @@ def format_box(bbox) -> str:
 
 
 def parse_box(text: str) -> tuple[float, float, float, float] | None:
-    return tuple(float(v) for v in text.split()) if text else None
+    """The box `format_box` wrote; None for an empty cell (a whole image)."""
+    values = text.split()
+    return tuple(float(v) for v in values) if values else None
 
 
 class Run:
