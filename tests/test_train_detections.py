@@ -159,10 +159,22 @@ def test_answers_that_do_not_fit_the_items_are_refused_in_one_line(tmp_path):
             labels.ingest(df, _answers(tmp_path, rows), ["bear", "dog"], {}, 2, without_items=without)
         assert (df["label"] == "").all()  # all or nothing
     whole = _manifest([("cam/a.jpg", None)])
-    with pytest.raises(TrapkitError, match="this run's items are whole images .*leave the Detection column empty"):
-        labels.ingest(whole, _answers(tmp_path, [["a.jpg", "cam", "0", "bear"]]), ["bear"], {}, 2)
+    with pytest.raises(TrapkitError, match="one item has two different answers"):
+        labels.ingest(whole, _answers(tmp_path, [["a.jpg", "cam", "0", "bear"], ["a.jpg", "cam", "1", "dog"]]),
+                      ["bear", "dog"], {}, 2)
     with pytest.raises(TrapkitError, match=r"a\.csv line 2: Detection 'first' is not a detection index"):
         _answers(tmp_path, [["a.jpg", "cam", "first", "bear"]])
+
+
+def test_a_whole_image_run_takes_its_images_from_detection_answers(tmp_path):
+    """The review page answers per detection; in a run on whole images each answer speaks for its image."""
+    df = _manifest([("cam/a.jpg", None), ("cam/b.jpg", None), ("cam/c.jpg", None), ("cam/d.jpg", None)])
+    answers = _answers(tmp_path, [["a.jpg", "cam", "0", WRONG_BOX], ["a.jpg", "cam", "1", "bear"],  # a species wins
+                                  ["b.jpg", "cam", "0", WRONG_BOX],  # nothing but wrong boxes: the image is empty
+                                  ["c.jpg", "cam", "2", "dog"], ["c.jpg", "cam", "", "bear"],  # the image's answer wins
+                                  ["d.jpg", "cam", "0", "dog"], ["d.jpg", "cam", "1", "dog"]])
+    labels.ingest(df, answers, ["bear", "dog"], {}, 2)
+    assert df["label"].tolist() == ["bear", WRONG_BOX, "bear", "dog"]
 
 
 def test_the_page_api_serves_detections_and_takes_per_detection_answers(run, trees):

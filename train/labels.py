@@ -229,6 +229,10 @@ def ingest(df, answers: list[Answer] | list[Answered], classes, requested: Selec
     detections files with no qualifying detection, to say so. Errors name the rows: unknown images, images
     without items, detection indices that are not items, unknown classes (unless allowed), one item given
     two different answers.
+
+    Which answer an item takes, most specific first: in a run on detections, the detection's own answer,
+    then its image's; in a run on whole images, the image's answer, then its detections' (the review page
+    answers per detection): a species beats WRONG_BOX there, since one wrong box does not empty the image.
     """
     def selection(given) -> Selection:
         return given if isinstance(given, Mapping) else {p: None for p in given}
@@ -242,8 +246,8 @@ def ingest(df, answers: list[Answer] | list[Answered], classes, requested: Selec
     for i, p, d in zip(pool, df.loc[pool, "path"], df.loc[pool, "detection"]):
         rows_of.setdefault(p, {})[int(d) if d else None] = i
     known = set(classes)
-    chosen: dict[int, tuple[Answer, bool, Selection]] = {}  # row -> (answer, about this detection alone, asked)
-    not_in_pool, no_items, not_items, wrong_unit, unknown, conflicts = [], [], [], [], [], []
+    chosen: dict[int, tuple[Answer, int, Selection]] = {}  # row -> (answer, how specific (higher wins), asked)
+    not_in_pool, no_items, not_items, unknown, conflicts = [], [], [], [], []
     new_classes: set[str] = set()
     for a, asked in pairs:
         rows = rows_of.get(a.path)
@@ -255,26 +259,25 @@ def ingest(df, answers: list[Answer] | list[Answered], classes, requested: Selec
             picked = asked.get(a.path)
             targets = [rows[d] for d in sorted(picked, key=_order) if d in rows] if picked else []
             targets = targets or list(rows.values())  # not selected: the answer is about every item of it
-        elif whole:
-            wrong_unit.append(f"{a.where}: {a.path} Detection {a.detection}")
-            continue
+            rank = 3 if whole else 2
+        elif whole:  # a detection's answer speaks for its image
+            targets, rank = [rows[None]], 0 if a.species == WRONG_BOX else 1
         elif a.detection not in rows:
             not_items.append(f"{a.where}: {a.path} Detection {a.detection} (its items: "
                              f"{', '.join(str(d) for d in sorted(rows))})")
             continue
         else:
-            targets = [rows[a.detection]]
+            targets, rank = [rows[a.detection]], 3
         if a.species not in known and a.species != WRONG_BOX:
             if not allow_new_classes:
                 unknown.append(f"{a.where}: {a.species!r}")
                 continue
             new_classes.add(a.species)
-        specific = a.detection is not None
         for i in targets:
             previous = chosen.get(i)
-            if previous is None or (specific and not previous[1]):
-                chosen[i] = (a, specific, asked)
-            elif previous[1] == specific and previous[0].species != a.species:
+            if previous is None or rank > previous[1]:
+                chosen[i] = (a, rank, asked)
+            elif rank == previous[1] and previous[0].species != a.species:
                 conflicts.append(f"{a.where}: {a.species!r} vs {previous[0].where}: {previous[0].species!r}")
     if not_in_pool:
         raise TrapkitError(f"answers name images that are not in the pool ({_listed(not_in_pool)}); "
@@ -285,9 +288,6 @@ def ingest(df, answers: list[Answer] | list[Answered], classes, requested: Selec
     if not_items:
         raise TrapkitError(f"answers give Detection indices that are not items of their image ({_listed(not_items)});"
                            " use the Detection index from the guesses file, or leave it empty for the whole image")
-    if wrong_unit:
-        raise TrapkitError(f"answers give a Detection, but this run's items are whole images "
-                           f"({_listed(wrong_unit)}); leave the Detection column empty")
     if unknown:
         raise TrapkitError(f"unknown class names ({_listed(unknown)}); known classes: {', '.join(classes)}. "
                            "Fix the spelling, or pass --allow-new-classes to add them")
