@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapkit.flags import default_of, given, only_with
+from trapkit.flags import default_of, given, not_with, only_with
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import SmoothSettings
 
@@ -60,6 +60,11 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="batches in flight at once (default: CPUs, at most 4; raise it for a big Triton server)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run on a Ray cluster: host:port, ray://host:port, auto, or local (a cluster inside this "
+                   "process); images must be on a path every node sees. Needs trapkit[ray]")
+    p.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="with --ray: most inference actors (default: one per GPU, or one per CPU without GPUs)")
     p.set_defaults(func=_classify)
 
 
@@ -70,6 +75,12 @@ def _classify(args) -> int:
 
     only_with("--sort-into DIR", args.sort_into is not None, {"--link": args.link})
     only_with("--smooth", args.smooth, {"--sequence-gap": args.sequence_gap is not None})
+    only_with("--ray ADDRESS", args.ray is not None, {"--ray-actors": args.ray_actors is not None})
+    not_with("--ray", args.ray is not None, {
+        "--workers": args.workers is not None, "--threads": args.threads is not None,
+        "--concurrency": args.concurrency is not None, "--triton-url": args.triton_url is not None},
+        "the cluster decodes and runs the model (onnxruntime in each actor); size it with --ray-actors")
+    cluster = _cluster(args.ray, args.ray_actors)
     par = Parallelism.for_cpus(available_cpus(), args.workers, args.concurrency, args.threads)
     smooth = SmoothSettings(**given(gap_seconds=args.sequence_gap)) if args.smooth else None
     settings = ClassifySettings(**given(
@@ -79,11 +90,30 @@ def _classify(args) -> int:
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
                           sort_into=args.sort_into, link=args.link)
     runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
-                           threads=par.threads, concurrency=par.concurrency)
+                           threads=1 if cluster else par.threads, concurrency=par.concurrency)
     try:
-        summary = classify_images(paths, runtime, settings, resume=args.resume)
+        summary = classify_images(paths, runtime, settings, resume=args.resume, executor=_executor(cluster))
     finally:
         runtime.close()
     print(summary.table())
     print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv else ""))
     return 0
+
+
+def _cluster(address: str | None, actors: int | None):
+    """`trapkit.cluster.ClusterSettings` for --ray (checked before the model loads), or None."""
+    if address is None:
+        return None
+    from trapkit.cluster import ClusterSettings, require_ray
+
+    settings = ClusterSettings(address, actors=actors)
+    require_ray(settings.address)
+    return settings
+
+
+def _executor(cluster):
+    if cluster is None:
+        return None
+    from trapkit.serve.ray_classify import RayExecutor
+
+    return RayExecutor(cluster)

@@ -23,6 +23,14 @@ def only_with(needed: str, present: bool, used: dict[str, bool]) -> None:
         raise TrapkitError(f"{', '.join(flags)} only {verb} with {needed}; add {needed}")
 
 
+def not_with(other: str, present: bool, used: dict[str, bool], instead: str) -> None:
+    """Refuse the flags in `used` that were given (True) together with `other`, saying what to do `instead`."""
+    flags = [name for name, on in used.items() if on]
+    if flags and present:
+        verb = "does" if len(flags) == 1 else "do"
+        raise TrapkitError(f"{', '.join(flags)} {verb} not apply with {other}; {instead}")
+
+
 def default_of(cls, name: str):
     """A dataclass field's default, for help texts that state it without restating it."""
     return cls.__dataclass_fields__[name].default
