@@ -101,13 +101,12 @@ def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
 
 def premade_crops(workdir: Path, md_path: Path) -> np.ndarray:
     """(N, 224, 224, 3) uint8, every crop of the folder, cut by the pipeline's own stage 1."""
-    from trapkit.serve.classify import prepare_image
-    from trapkit.spec import ModelSpec
+    from trapkit.prepare import Preprocessing, prepare_image
 
-    spec = ModelSpec(arch="x", labels=("a",), input_size=224)
+    prep = Preprocessing(224)
     doc = json.loads(md_path.read_text())
-    crops = [prepare_image(workdir / "images", im, i, list(range(len(im["detections"]))), spec, 0.1, False).crops
-             for i, im in enumerate(doc["images"])]
+    crops = [prepare_image(workdir / "images" / im["file"], [d["bbox"] for d in im["detections"]], prep).crops
+             for im in doc["images"]]
     return np.concatenate(crops)
 
 
@@ -204,7 +203,7 @@ def main() -> None:
         report("pipeline end to end", pipeline[name], naive, rate_b, best_b)
     if args.fallbacks:
         from trapkit import images
-        from trapkit.serve import crops as crop_module
+        from trapkit import crops as crop_module
 
         # Each compiled part switched off in turn, as in a trapkit built without it.
         for what, module, name in (("Pillow crop resize", crop_module, "_resample"),

@@ -9,6 +9,7 @@ nothing lands in OUT unless the parity and agreement checks pass.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -45,9 +46,27 @@ def export_model(source: str | Path, out: str | Path, *, variant: VariantSetting
     check_tolerance(tolerance)
     out = Path(out)
     model_dir = resolve_source_dir(source)
-    for directory in (out, triton and Path(triton.repo), hub and Path(hub.folder)):
-        if directory:
+    folders = [Path(d) for d in (out, triton and triton.repo, hub and hub.folder) if d]
+    with removed_if_failed(folders):
+        for directory in folders:
             ensure_writable_dir(directory)
+        return _export(source, out, model_dir, variant, triton, hub, tolerance)
+
+
+@contextlib.contextmanager
+def removed_if_failed(folders: list[Path]):
+    """Folders this export creates are removed again, while empty, if it fails: no empty --out is left behind."""
+    new = [f for f in folders if not f.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in new:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: never anything the export did write
+        raise
+
+
+def _export(source, out: Path, model_dir, variant, triton, hub, tolerance) -> ExportResult:
     model = load_source(source)
     spec = model.spec
     if triton:

@@ -6,11 +6,17 @@ Adapters turn argparse namespaces into plain keyword arguments; heavy imports
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from trapkit import __version__
 from trapkit.flags import default_of, given, not_with, only_with
+from trapkit.logfile import debug_log
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import SmoothSettings
+
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers, common) -> None:
@@ -89,14 +95,16 @@ def _classify(args) -> int:
         concurrency=par.concurrency, checkpoint_every=args.checkpoint_every))
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
                           sort_into=args.sort_into, link=args.link)
-    runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
-                           threads=1 if cluster else par.threads, concurrency=par.concurrency)
-    try:
-        summary = classify_images(paths, runtime, settings, resume=args.resume, executor=_executor(cluster))
-    finally:
-        runtime.close()
+    with debug_log(args.out.with_name(args.out.name + ".log")):
+        log.debug("trapkit %s classify %s", __version__, vars(args))
+        runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
+                               threads=1 if cluster else par.threads, concurrency=par.concurrency)
+        try:
+            summary = classify_images(paths, runtime, settings, resume=args.resume, executor=_executor(cluster))
+        finally:
+            runtime.close()
     print(summary.table())
-    print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv else ""))
+    print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv else "") + f"; debug log in {args.out}.log")
     return 0
 
 

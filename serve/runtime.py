@@ -90,12 +90,17 @@ class OnnxRuntime:
         self.spec = spec_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
         self.identity = _file_digest(self.path)  # which weights: a resumed run must use the same ones
-        inputs = [i.name for i in self.session.get_inputs()]
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         if INPUT_NAME not in inputs or PROBS not in outputs:
             raise TrapkitError(
-                f"{self.path} has inputs {inputs} and outputs {outputs}, not a trapkit model; re-export it"
+                f"{self.path} has inputs {list(inputs)} and outputs {outputs}, not a trapkit model; re-export it"
             )
+        size = self.spec.input_size
+        shape = inputs[INPUT_NAME]  # ['batch', S, S, 3]: names for dynamic axes, numbers for fixed ones
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (size, size, 3))):
+            raise TrapkitError(f"{self.path} takes images of shape {shape[1:]} but its spec says {size} x {size} x 3; "
+                               "the graph and its metadata disagree: re-export the model")
 
     def _session(self, ort, options, providers):
         available = ort.get_available_providers()
@@ -124,7 +129,12 @@ class OnnxRuntime:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, C) float32 probabilities."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
+        try:
+            (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types (Fail, RuntimeException, ...)
+            reason = " ".join(str(e).split())[:200]
+            raise TrapkitError(f"the model failed on a batch of {len(batch)} images ({reason}); if it ran out of "
+                               "memory, lower --batch-size or --concurrency, else re-export the model") from None
         return probs.astype(np.float32, copy=False)
 
     def close(self) -> None:

@@ -298,3 +298,52 @@ def test_parallelism_defaults_split_the_cores():
     assert Parallelism.for_cpus(2) == Parallelism(workers=2, concurrency=2, threads=1)
     assert Parallelism.for_cpus(16) == Parallelism(workers=16, concurrency=4, threads=4)
     assert Parallelism.for_cpus(16, workers=3, concurrency=1) == Parallelism(workers=3, concurrency=1, threads=16)
+
+
+def test_a_debug_log_is_left_beside_the_output(samples_copy, tiny_onnx_path, tmp_path, capsys):
+    (samples_copy / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 20)
+    md = write_detections(tmp_path / "md.json", [{"file": "corrupt.jpg", "detections": [animal()]},
+                                                 {"file": "ocelot.jpg", "detections": [animal()]}])
+    out = tmp_path / "out.json"
+    assert main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(out)]) == 0
+    log_text = (tmp_path / "out.json.log").read_text()
+    # The details a shared result leaves out (the local path, the decoder's words) are in the log.
+    assert "DEBUG" in log_text and str(samples_copy / "corrupt.jpg") in log_text
+    assert "DEBUG" not in capsys.readouterr().err  # the terminal stays as it was
+    # A run that fails leaves its traceback in the log, while the terminal gets one line.
+    assert main(["classify", str(samples_copy), "--model", str(tmp_path / "nope.onnx"), "--detections", str(md),
+                 "--out", str(out)]) == 1
+    assert "Traceback" in (tmp_path / "out.json.log").read_text()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_file_names_that_are_not_utf8_are_refused_naming_the_file(samples_copy, tiny_onnx_path, tmp_path, capsys):
+    import os
+
+    # A Latin-1 name ("café.jpg" from an old copy tool): bytes that are not UTF-8.
+    os.rename(samples_copy / "ocelot.jpg", os.path.join(os.fsencode(samples_copy), b"caf\xe9.jpg"))
+    out = tmp_path / "out.json"
+    code = main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--out", str(out), "--csv",
+                 str(tmp_path / "out.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "not valid UTF-8 (e.g. 'caf\\udce9.jpg')" in err and "convmv" in err and "\n" not in err
+    assert not out.exists() and not out.with_name("out.json.checkpoint.json").exists()  # refused before any work
+    # The same name inside a detections file (JSON may spell it as a lone surrogate) is refused too.
+    md = tmp_path / "md.json"
+    md.write_text('{"info": {"format_version": "1.6"}, "detection_categories": {"1": "animal"}, '
+                  '"images": [{"file": "caf\\udce9.jpg", "detections": []}]}')
+    assert main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
+                 "--out", str(out)]) == 1
+    assert "file name that is not valid Unicode text" in capsys.readouterr().err
+
+
+def test_an_image_with_thousands_of_boxes_is_bounded(samples_dir, tmp_path, caplog):
+    from trapkit.detections import MAX_ITEMS_PER_IMAGE, load_detections, qualifying
+
+    boxes = [animal((0.001 * (k % 900), 0.1, 0.05, 0.05), conf=0.2 + 0.7 * k / 10_000) for k in range(10_000)]
+    doc = load_detections(write_detections(tmp_path / "md.json", [{"file": "ocelot.jpg", "detections": boxes}]))
+    (kept,) = qualifying(doc, 0.1, ["animal"]).values()
+    assert len(kept) == MAX_ITEMS_PER_IMAGE and kept == sorted(kept)
+    assert min(boxes[j]["conf"] for j in kept) > max(b["conf"] for j, b in enumerate(boxes) if j not in set(kept))
+    assert "only the 500 most confident of each are" in caplog.text

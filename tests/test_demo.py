@@ -210,3 +210,35 @@ def test_demo_command_serves_the_page_until_stopped(tiny_onnx_path, samples_dir,
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_pages_answer_only_their_own_host_names(runtime):
+    # DNS rebinding: a page on another site that points its name at 127.0.0.1 must get nothing back.
+    import http.client
+    from urllib.parse import urlsplit
+
+    app = build_demo(runtime)
+    with launched(app) as url:
+        port = urlsplit(url).port
+
+        def status_for(host: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/config", headers={"Host": host})
+            try:
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        assert status_for(f"127.0.0.1:{port}") == 200 and status_for(f"localhost:{port}") == 200
+        assert status_for(f"evil.example:{port}") == 400 and status_for("evil.example") == 400
+
+
+def test_allowed_host_names_follow_the_listening_address():
+    from trapkit.web import allowed_host_names, host_allowed
+
+    local = allowed_host_names("127.0.0.1")
+    assert host_allowed("127.0.0.1:7860", local) and host_allowed("localhost", local) and host_allowed("[::1]:80", local)
+    assert not host_allowed("attacker.example:7860", local) and not host_allowed(None, local)
+    assert host_allowed("anything.lan:7860", allowed_host_names("0.0.0.0"))  # exposed on purpose with --host
+    assert host_allowed("192.168.1.5:7860", allowed_host_names("192.168.1.5"))

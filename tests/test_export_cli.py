@@ -87,7 +87,9 @@ def test_one_line_errors(tmp_path, tiny_model_dir, capsys, make_args, message):
 def test_damaged_weights_error(tiny_model_dir, tmp_path, capsys):
     damaged = shutil.copytree(tiny_model_dir, tmp_path / "damaged")
     (damaged / "model.safetensors").write_bytes(b"\0" * 64)
-    assert "damaged" in _error(["export", str(damaged), "--out", str(tmp_path / "out")], capsys)
+    assert "damaged" in _error(["export", str(damaged), "--out", str(tmp_path / "out"), "--hub-folder",
+                                str(tmp_path / "hub")], capsys)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hub").exists()  # no empty folders left behind
 
 
 def test_unwritable_out_error(tiny_model_dir, tmp_path, capsys):
@@ -101,7 +103,7 @@ def test_imagenet_lite0_int8_refused_below_agreement(tmp_path, capsys):
     """The real Lite0: int8 loses top-1 agreement on the bundled photos, so the default threshold refuses it."""
     err = _error(["export", "imagenet-lite0", "--out", str(tmp_path / "out"), "--quantize", "int8"], capsys)
     assert re.search(r"agrees with fp32 on only \d+\.\d% of 23 calibration inputs", err)
-    assert not list((tmp_path / "out").iterdir())  # nothing written, no temp files left
+    assert not (tmp_path / "out").exists()  # nothing written, no temp files, no empty folder left
 
 
 def test_a_failed_triton_copy_leaves_the_previous_export_whole(run_dir, tiny_model_dir, tmp_path, capsys):

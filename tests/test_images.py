@@ -125,3 +125,13 @@ def test_iter_images_sorted_recursive_skips_hidden_and_non_images(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in iter_images(tmp_path)] == ["a/1.PNG", "b/2.jpg", "c.jpeg"]
+
+
+def test_iter_images_follows_linked_folders_once(tmp_path):
+    (tmp_path / "real" / "cam1").mkdir(parents=True)
+    (tmp_path / "real" / "cam1" / "a.jpg").write_bytes(b"x")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "subset").symlink_to(tmp_path / "real" / "cam1", target_is_directory=True)  # a pool made of links
+    (pool / "loop").symlink_to(pool, target_is_directory=True)  # a link back up must not be walked forever
+    assert [p.relative_to(pool).as_posix() for p in iter_images(pool)] == ["subset/a.jpg"]

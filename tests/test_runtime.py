@@ -67,6 +67,41 @@ def test_model_without_trapkit_metadata_is_refused(tmp_path):
         open_runtime(path)
 
 
+def _graph_with_spec(path, nodes, spec_json: str, side: int = 32):
+    """A tiny ONNX graph `images` (N, side, side, 3) uint8 -> `probs`, carrying a trapkit spec in its metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("images", TensorProto.UINT8,
+                                                                           [None, side, side, 3])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, None)],
+                              initializer=[helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 7])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model.metadata_props.add(key="trapkit.spec", value=spec_json)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_graph_and_spec_that_disagree_or_fail_at_run_time_are_one_line_errors(tmp_path, tiny_onnx_path):
+    import numpy as np
+    from onnx import helper
+
+    from trapkit.graph import read_spec
+
+    spec = read_spec(tiny_onnx_path)  # 32 px
+    cast = helper.make_node("Cast", ["images"], ["f"], to=1)
+    # A spec that says 48 px on a graph that takes 32: caught when the model opens, not at the first batch.
+    with pytest.raises(TrapkitError, match="graph and its metadata disagree"):
+        open_runtime(_graph_with_spec(tmp_path / "a.onnx", [cast, helper.make_node("Identity", ["f"], ["probs"])],
+                                      spec.replace(input_size=48).to_json()))
+    # A graph that fails while it runs (a reshape that cannot fit; an allocation too big fails the same way).
+    runtime = open_runtime(_graph_with_spec(tmp_path / "b.onnx",
+                                            [cast, helper.make_node("Reshape", ["f", "shape"], ["probs"])],
+                                            spec.to_json()))
+    with pytest.raises(TrapkitError, match="the model failed on a batch of 2 images"):
+        runtime.predict(np.zeros((2, 32, 32, 3), np.uint8))
+
+
 def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp_path, capsys):
     from trapkit.cli import main
 

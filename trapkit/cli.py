@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)  # a command's log file may take DEBUG records too
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     if not verbose:

@@ -136,7 +136,7 @@ def connect(settings: ClusterSettings) -> Iterator[Cluster]:
 
 def _init(ray, settings: ClusterSettings) -> None:
     address = settings.address
-    quiet = dict(log_to_driver=log.isEnabledFor(logging.DEBUG), configure_logging=False)
+    quiet = dict(log_to_driver=_verbose(), configure_logging=False)
     if address == LOCAL:
         ray.init(address=LOCAL, num_cpus=settings.cpus or _available_cpus(), include_dashboard=False, **quiet)
         return
@@ -165,6 +165,11 @@ def _check_reachable(address: str) -> None:
         reason = e.strerror or e.__class__.__name__
         raise TrapkitError(f"cannot reach the Ray cluster at {address} ({reason}); start it with "
                            "'ray start --head' or check the host and port") from None
+
+
+def _verbose() -> bool:
+    """`-v`: the terminal gets DEBUG records (the root logger's level; trapkit's own may be DEBUG for a log file)."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def _available_cpus() -> int:
@@ -234,7 +239,7 @@ class Cluster:
             return
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the caller shows one bar, in images
-        if not log.isEnabledFor(logging.DEBUG):  # Ray Data's plan and timings at INFO; its warnings stay
+        if not _verbose():  # Ray Data's plan and timings at INFO; its warnings stay
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
         per_task = self.settings.images_per_task

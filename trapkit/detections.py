@@ -25,11 +25,15 @@ from pathlib import Path
 
 from trapkit.crops import usable_box
 from trapkit.errors import TrapkitError
+from trapkit.images import is_text
 from trapkit.typed_json import read_json
 
 log = logging.getLogger(__name__)
 
 MIN_FORMAT_VERSION = 1.3
+# Items one image may yield: MegaDetector writes at most a few hundred boxes; a file asking for 10,000
+# crops of one photo would take gigabytes. Past this, the most confident are items, the rest stay unclassified.
+MAX_ITEMS_PER_IMAGE = 500
 OUTPUT_FORMAT_VERSION = "1.6"
 WHOLE_IMAGE_DETECTOR = "none (whole images classified)"
 CLASSIFICATION_FAILURE = "classification_failure"
@@ -84,6 +88,8 @@ def _image_problem(im, cats: dict) -> str | None:
         return "is not an object"
     if not isinstance(im.get("file"), str) or not im["file"]:
         return "has no 'file' string"
+    if not is_text(im["file"]):
+        return f"has a file name that is not valid Unicode text ({ascii(im['file'])})"
     failure = im.get("failure")
     if failure is not None and not isinstance(failure, str):
         return f"({im['file']}) has a non-string failure {failure!r}"
@@ -131,10 +137,11 @@ def qualifying(doc: dict, threshold: float, categories) -> dict[int, list[int]]:
 
     An item is a detection in `categories` (names, any case) at or above `threshold`
     with a box that has area inside the frame. Images the detector failed on, and
-    images with no such detection, are left out. Unusable boxes are counted in a warning.
+    images with no such detection, are left out. Unusable boxes are counted in a warning,
+    and so are images with more than `MAX_ITEMS_PER_IMAGE` items (their most confident are kept).
     """
     cats = category_ids(doc, categories)
-    items, unusable = {}, []
+    items, unusable, crowded = {}, [], []
     for i, im in enumerate(doc["images"]):
         if im.get("failure") is not None:
             continue
@@ -145,8 +152,14 @@ def qualifying(doc: dict, threshold: float, categories) -> dict[int, list[int]]:
                     keep.append(j)
                 else:
                     unusable.append(im["file"])
+        if len(keep) > MAX_ITEMS_PER_IMAGE:
+            crowded.append(im["file"])
+            keep = sorted(sorted(keep, key=lambda j: -im["detections"][j]["conf"])[:MAX_ITEMS_PER_IMAGE])
         if keep:
             items[i] = keep
+    if crowded:
+        log.warning("%d image(s) have more than %d detections to classify (e.g. %s); only the %d most confident of "
+                    "each are", len(crowded), MAX_ITEMS_PER_IMAGE, ascii(crowded[0]), MAX_ITEMS_PER_IMAGE)
     if unusable:
         log.warning("%d detection box(es) with no area inside their image were left out (e.g. in %s)",
                     len(unusable), ascii(unusable[0]))

@@ -149,7 +149,9 @@ def iter_images(root: str | Path) -> list[Path]:
     """Every image file under `root`, sorted, hidden files and folders skipped.
 
     Linked folders are followed (a subset of a pool made of links, `classify --sort-into --link`),
-    each real folder once, so a link that loops back is not walked forever.
+    each real folder once, so a link that loops back is not walked forever. A file name that is not
+    valid UTF-8 (a camera or an old copy tool's Latin-1, say) stops the scan with one line naming it:
+    results, CSVs and Timelapse all need names as text, so it is renamed once rather than mangled.
     """
     root = Path(root)
     if not root.is_dir():
@@ -164,7 +166,21 @@ def iter_images(root: str | Path) -> list[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(folder) / f for f in files if not f.startswith(".") and is_image_file(f)
                   and os.path.isfile(os.path.join(folder, f))]
+    bad = [p for p in found if not is_text(str(p.relative_to(root)))]
+    if bad:
+        raise TrapkitError(
+            f"{len(bad)} file name(s) under {root} are not valid UTF-8 (e.g. {ascii(str(bad[0].relative_to(root)))}); "
+            "rename them, for example with 'convmv -f latin1 -t utf-8 -r --notest FOLDER', then run again")
     return sorted(found)
+
+
+def is_text(name: str) -> bool:
+    """Whether a name is valid Unicode text (a name read from non-UTF-8 bytes holds lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def safe_join(root: str | Path, relative: str) -> Path:
