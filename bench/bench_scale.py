@@ -1,24 +1,30 @@
 """`trapkit classify` throughput locally and on Ray: crops per second, and Ray's overhead on one node.
 
-Folder and model as in bench_classify.py: camera-trap-sized JPEGs (2048x1536, every
-third one 12 MP), 1-5 detections each, the real offline ImageNet EfficientNet-Lite0
-(224 px) in ONNX. Configurations, each in its own process, pinned to its cores
-(Ray's processes inherit the pinning, so "1 core" really is one core):
+Folder and model as in bench_classify.py: camera-trap-sized JPEGs (2048x1536, every third
+one 12 MP), 1-5 detections each; `--images-per-core` x cores entries in the detections
+file cycle over `--distinct` photos (a big run needs no big folder; the photos are then in
+the page cache, as on a warm NFS client). Model: EfficientNet-Lite0 224 px in ONNX (the
+real offline ImageNet weights, or `--random-weights`: the same graph, the same speed).
+For each core count in `--cpus`, each configuration runs in its own process, pinned to its
+cores (Ray's processes inherit the pinning, so "1 core" really is one core):
 
-- local, 1 core and 2 cores: `classify_images` with trapkit's default threads;
-- `--ray local` on 1 core (cluster of 1 CPU) and on 2 cores (2 CPUs): a Ray cluster inside
-  the process, Ray Data tasks decoding, onnxruntime actors classifying;
-- a head plus a worker node (`ray start`, 1 CPU each, pinned to core 0 and core 1), on 127.0.0.1.
+- local: `classify_images` with trapkit's default threads for that many cores;
+- `--ray local`: a Ray cluster inside the process with that many CPUs: Ray Data tasks
+  decoding, onnxruntime actors (one thread each) classifying;
+- once, a head plus a worker node (`ray start`, half the largest count each, pinned to
+  separate cores) on 127.0.0.1, the driver on all of them.
 
-Each configuration is timed on a small run (`--small` images) and the full run (`--images`):
-"end to end" is the full run's crops/s, pipeline start included (actors loading the model);
-"steady" removes that start: (crops_full - crops_small) / (t_full - t_small). Cluster start
-(`ray.init`, `ray start`) is not counted: a cluster is started once per season, not per job.
+"steady": crops/s over the second half of the run, between its 5th and 10th checkpoint (both
+executors write one every tenth of the images): neither the pipeline's start (Ray starting
+actors that load the model) counts, nor the backlog of crops decoded meanwhile, which the
+actors then clear in a burst (backpressure bounds it, so half a run is past it). "end to end": the whole
+`classify_images` call, start included. Starting the cluster itself (`ray.init`,
+`ray start`) is not counted: a cluster starts once for a season, not per job.
 Configurations alternate, best of `--repeats` each (the machine may be shared).
 
-Target: Ray on one node within 10% of local (steady, 2 cores).
+Target: Ray on one node within 10% of local (steady, at the largest core count).
 
-    .venv/bin/python bench/bench_scale.py [--images 144] [--small 12] [--repeats 3] [--workdir DIR]
+    .venv/bin/python bench/bench_scale.py [--cpus 1 2] [--images-per-core 300] [--repeats 3] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -35,25 +41,31 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))  # tests/ray_cluster.py: a real two-node cluster on loopback
+CHECKPOINTS = 10
 
-CONFIGS = {  # name: (cores, Ray address or None for local)
-    "local, 1 core": ({0}, None),
-    "local, 2 cores": ({0, 1}, None),
-    "--ray local, 1 CPU": ({0}, "local"),
-    "--ray local, 2 CPUs": ({0, 1}, "local"),
-    "head + worker node, 1 CPU each": ({0, 1}, "cluster"),
-}
+
+def configs(counts: list[int]) -> dict:
+    """name: (cores, Ray address: None for local, "local", or "cluster" for the two-node cluster)."""
+    out = {}
+    for n in counts:
+        cores = set(range(n))
+        out[f"local, {n} core(s)"] = (cores, None)
+        out[f"--ray local, {n} CPU(s)"] = (cores, "local")
+    top = max(counts)
+    if top >= 2:
+        out[f"head + worker node, {top // 2} CPU(s) each"] = (set(range(top)), "cluster")
+    return out
 
 
 def child(args) -> None:
-    """One configuration, in this (pinned) process: prints {"small": [s, crops], "full": [s, crops]}."""
+    """One configuration, in this (pinned) process: prints {"seconds", "crops", "marks": [[s, crops], ...]}."""
     os.sched_setaffinity(0, set(args.cores))
     import logging
 
     import numpy as np
 
     from trapkit.cluster import ClusterSettings, connect
-    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve import classify
     from trapkit.serve.ray_classify import RayExecutor
     from trapkit.serve.runtime import open_runtime
     from trapkit.serve.settings import Parallelism
@@ -61,26 +73,37 @@ def child(args) -> None:
     logging.basicConfig(level=logging.WARNING)
     cpus = len(args.cores)
     work = Path(args.workdir)
+    md = work / f"md-full-{cpus}.json"
+    entries = len(json.loads(md.read_text())["images"])
     par = Parallelism.for_cpus(cpus)
-    settings = ClassifySettings(workers=par.workers, concurrency=par.concurrency, batch_size=32,
-                                checkpoint_every=10_000)
-    cluster = None if args.address is None else ClusterSettings(args.address, cpus=cpus if args.address == "local"
-                                                                else None)
-    results = {}
+    settings = classify.ClassifySettings(workers=par.workers, concurrency=par.concurrency, batch_size=32,
+                                         checkpoint_every=max(1, entries // CHECKPOINTS))
+    cluster = None
+    if args.address:
+        cluster = ClusterSettings(args.address, cpus=cpus if args.address == "local" else None)
+
+    # Timestamps of the checkpoints, as both executors write them (instrumentation for this benchmark only).
+    marks, save = [], classify._Job.save_checkpoint
+
+    def timed_save(job, done):
+        save(job, done)
+        marks.append([time.perf_counter(), sum(len(r["classifications"]) for r in done.values())])
+
+    classify._Job.save_checkpoint = timed_save
     with open_runtime(work / "lite0.onnx", threads=1 if cluster else par.threads) as runtime, \
-            (connect(cluster) if cluster else _nothing()):
+            (connect(cluster) if cluster else _Nothing()):
         runtime.predict(np.zeros((32, 224, 224, 3), np.uint8))  # warm-up: first call allocates
-        for size in ("small", "full"):
-            out = work / f"out-{os.getpid()}.json"
-            start = time.perf_counter()
-            summary = classify_images(ClassifyPaths(work / "images", out, work / f"md-{size}.json"), runtime,
-                                      settings, executor=RayExecutor(cluster) if cluster else None)
-            results[size] = [time.perf_counter() - start, summary.classified_detections]
-            out.unlink()
-    print(json.dumps(results))
+        out = work / f"out-{os.getpid()}.json"
+        start = time.perf_counter()
+        summary = classify.classify_images(classify.ClassifyPaths(work / "images", out, md), runtime, settings,
+                                           executor=RayExecutor(cluster) if cluster else None)
+        seconds = time.perf_counter() - start
+        out.unlink()
+    print(json.dumps({"seconds": seconds, "crops": summary.classified_detections,
+                      "marks": [[t - start, n] for t, n in marks]}))
 
 
-class _nothing:
+class _Nothing:
     def __enter__(self):
         return self
 
@@ -92,19 +115,26 @@ def run_config(workdir: Path, cores: set[int], address: str | None, env: dict) -
     cmd = [sys.executable, __file__, "--child", "--workdir", str(workdir), "--cores", *map(str, sorted(cores))]
     if address:
         cmd += ["--address", address]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=1200)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    marks = r["marks"]
+    (t0, n0), (t1, n1) = marks[len(marks) // 2 - 1], marks[-1]
+    return {"steady": (n1 - n0) / (t1 - t0), "end_to_end": r["crops"] / r["seconds"], "crops": r["crops"],
+            "first_checkpoint": marks[0][0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=144)
-    ap.add_argument("--small", type=int, default=12)
+    ap.add_argument("--cpus", type=int, nargs="+", default=[1, 2], help="core counts to measure")
+    ap.add_argument("--images-per-core", type=int, default=300,
+                    help="entries in a configuration's run per core it has (each run takes about as long)")
+    ap.add_argument("--distinct", type=int, default=48, help="photos built; entries cycle over them")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
-    ap.add_argument("--only", nargs="+", default=None, help="configurations to run (names as printed)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="Lite0 with random weights (same graph and speed; no offline weights package needed)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cores", type=int, nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
@@ -112,61 +142,80 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from bench_classify import build_folder, lite0_onnx
+    from bench_classify import build_folder
     from ray_cluster import RayCluster
 
-    if len(os.sched_getaffinity(0)) < 2:
-        sys.exit("bench_scale needs 2 cores")
+    if len(os.sched_getaffinity(0)) < max(args.cpus):
+        sys.exit(f"bench_scale needs {max(args.cpus)} cores")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-scale-"))
-    md = build_folder(workdir, args.images)
-    lite0_onnx(workdir)
-    doc = json.loads(md.read_text())
-    for size, n in (("small", args.small), ("full", args.images)):
-        (workdir / f"md-{size}.json").write_text(json.dumps({**doc, "images": doc["images"][:n]}))
-    configs = {k: v for k, v in CONFIGS.items() if not args.only or k in args.only}
-    load = os.getloadavg()
-    print(f"{args.images} images ({sum(len(im['detections']) for im in doc['images'])} crops), small run "
-          f"{args.small}; EfficientNet-Lite0 224 px ONNX, batch 32; load average {load[0]:.2f} at start; "
-          f"workdir {workdir}")
+    doc = json.loads(build_folder(workdir, args.distinct).read_text())
+    model(workdir, args.random_weights)
+    for n in args.cpus:
+        entries = [doc["images"][k % len(doc["images"])] for k in range(args.images_per_core * n)]
+        (workdir / f"md-full-{n}.json").write_text(json.dumps({**doc, "images": entries}))
+    plan = configs(args.cpus)
+    print(f"{args.images_per_core} entries per core over {args.distinct} photos (a third 4000x3000, the rest "
+          f"2048x1536, 1-5 crops each); EfficientNet-Lite0 224 px ONNX, batch 32; {os.cpu_count()} CPUs here; "
+          f"load average {os.getloadavg()[0]:.2f} at start; workdir {workdir}")
     cluster = None
-    if any(address == "cluster" for _, address in configs.values()):
-        cluster = RayCluster(cpus=1, head_cores={0}, worker_cores={1})
     best: dict[str, dict] = {}
     try:
-        if cluster:
+        if any(address == "cluster" for _, address in plan.values()):
+            top = max(args.cpus)
+            cluster = RayCluster(cpus=top // 2, head_cores=set(range(top // 2)),
+                                 worker_cores=set(range(top // 2, top)), object_store=2**30)
             os.environ.update(cluster.driver_env)
             cluster.start()
-        env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        local_env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         for _ in range(args.repeats):
-            for name, (cores, address) in configs.items():
+            for name, (cores, address) in plan.items():
                 if address == "cluster":
                     r = run_config(workdir, cores, cluster.address, cluster.driver_env)
                 else:
-                    r = run_config(workdir, cores, address, env)
-                steady = (r["full"][1] - r["small"][1]) / (r["full"][0] - r["small"][0])
-                end_to_end = r["full"][1] / r["full"][0]
-                old = best.get(name)
-                if old is None or steady > old["steady"]:
-                    best[name] = {"steady": steady, "end_to_end": end_to_end, "start": r["small"][0],
-                                  "crops": r["full"][1]}
+                    r = run_config(workdir, cores, address, local_env)
+                if name not in best or r["steady"] > best[name]["steady"]:
+                    best[name] = r
     finally:
         if cluster:
             cluster.stop()
     print(f"best of {args.repeats}, load average {os.getloadavg()[0]:.2f} at the end:")
     for name, b in best.items():
-        print(f"  {name:<32} steady {b['steady']:6.1f} crops/s, end to end {b['end_to_end']:6.1f} crops/s "
-              f"({b['crops']} crops; a {args.small}-image run takes {b['start']:.1f} s)")
+        print(f"  {name:<34} steady {b['steady']:7.1f} crops/s, end to end {b['end_to_end']:7.1f} crops/s "
+              f"({b['crops']} crops; first checkpoint after {b['first_checkpoint']:.1f} s)")
 
     def ratio(a: str, b: str, what: str) -> None:
         if a in best and b in best:
             print(f"  {what}: {best[a]['steady'] / best[b]['steady']:.2f} "
                   f"(end to end {best[a]['end_to_end'] / best[b]['end_to_end']:.2f})")
 
-    ratio("--ray local, 2 CPUs", "local, 2 cores", "Ray on one node / local, 2 cores (target >= 0.90)")
-    ratio("--ray local, 1 CPU", "local, 1 core", "Ray on one node / local, 1 core")
-    ratio("--ray local, 2 CPUs", "--ray local, 1 CPU", "Ray, 2 workers / 1 worker")
-    ratio("local, 2 cores", "local, 1 core", "local, 2 cores / 1 core")
-    ratio("head + worker node, 1 CPU each", "--ray local, 2 CPUs", "head + worker node / one node of 2 CPUs")
+    for n in args.cpus:
+        target = " (target >= 0.90)" if n == max(args.cpus) else ""
+        ratio(f"--ray local, {n} CPU(s)", f"local, {n} core(s)", f"Ray on one node / local, {n} core(s){target}")
+    lo, hi = min(args.cpus), max(args.cpus)
+    if lo != hi:
+        ratio(f"--ray local, {hi} CPU(s)", f"--ray local, {lo} CPU(s)", f"Ray, {hi} CPUs / {lo}")
+        ratio(f"local, {hi} core(s)", f"local, {lo} core(s)", f"local, {hi} cores / {lo}")
+    if hi >= 2:
+        ratio(f"head + worker node, {hi // 2} CPU(s) each", f"--ray local, {hi} CPU(s)",
+              f"head + worker node / one node of {hi} CPUs")
+
+
+def model(workdir: Path, random_weights: bool) -> Path:
+    """lite0.onnx in `workdir`: the offline ImageNet weights (bench_classify), or random ones (same graph)."""
+    path = workdir / "lite0.onnx"
+    if path.exists():
+        return path
+    if not random_weights:
+        from bench_classify import lite0_onnx
+
+        return lite0_onnx(workdir)
+    from trapkit.export.onnx_export import export_onnx
+    from trapkit.spec import ModelSpec
+    from trapkit.train.model import build_model
+
+    spec = ModelSpec(arch="tf_efficientnet_lite0", labels=tuple(f"class{i}" for i in range(1000)), input_size=224,
+                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name="lite0-random")
+    return export_onnx(build_model(spec, "none").eval(), path).path
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ MARK = "TRAPKIT_TEST_RAY_NODE"
 # `ray start` with Ray's localhost rewriting off (see the module docstring).
 RAY_START = ("import ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
              "from ray.scripts.scripts import main; main()")
-OBJECT_STORE = str(80 * 2**20)
+OBJECT_STORE = 80 * 2**20  # bytes per node: the tests move a few MB of crops
 
 
 def free_port() -> int:
@@ -58,9 +58,10 @@ def _pids_marked(value: str) -> list[int]:
 class RayCluster:
     """`start()` a head and a worker node (`cpus` each); `driver_env` for processes that connect to it."""
 
-    def __init__(self, cpus: int = 1, head_cores: set[int] | None = None, worker_cores: set[int] | None = None):
+    def __init__(self, cpus: int = 1, head_cores: set[int] | None = None, worker_cores: set[int] | None = None,
+                 object_store: int = OBJECT_STORE):
         self.tmp = Path(tempfile.mkdtemp(prefix="tkray-", dir="/tmp"))  # short: Ray's socket paths are limited
-        self.cpus, self.port = cpus, free_port()
+        self.cpus, self.port, self.object_store = cpus, free_port(), object_store
         self.address = f"127.0.0.1:{self.port}"
         self.client_port = free_port()
         self.hidden = self.tmp / "hidden"
@@ -88,7 +89,7 @@ class RayCluster:
 
     def _ray_start(self, node: str, args: list[str], env: dict, prefix: tuple = ()) -> None:
         cmd = [*prefix, sys.executable, "-c", RAY_START, "start", "--node-ip-address=127.0.0.1",
-               f"--num-cpus={self.cpus}", f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats",
+               f"--num-cpus={self.cpus}", f"--object-store-memory={self.object_store}", "--disable-usage-stats",
                f"--temp-dir={self.tmp}", *args]
         cores = self.cores[node]
         pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # inherited by the node's processes

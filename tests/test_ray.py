@@ -147,6 +147,16 @@ def test_an_unreachable_cluster_is_one_line(season, tiny_onnx_path, tmp_path, ca
     _one_line_error(capsys, "cannot reach the Ray cluster at ray://")
 
 
+def test_auto_without_a_cluster_on_this_machine_is_one_line(season, tiny_onnx_path, tmp_path, capsys, cluster_env,
+                                                           monkeypatch):
+    if _ray_cluster_running():
+        pytest.skip("a Ray cluster runs on this machine: --ray auto would find it")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    images, md = season
+    assert main(_argv(images, md, tiny_onnx_path, tmp_path / "out.json", "--ray", "auto")) == 1
+    _one_line_error(capsys, "--ray auto found no running Ray cluster on this machine")
+
+
 def test_without_ray_installed_ray_says_how_to_install_it(season, tiny_onnx_path, tmp_path):
     images, md = season
     # A missing package, as Python sees one: its import fails.
@@ -253,6 +263,17 @@ def test_images_a_node_cannot_see_stop_the_run_in_one_line(cluster, samples_dir,
     line = _one_line_error(capsys, "Ray node 127.0.0.1")
     assert f"cannot see the image folder {images}" in line and "every node mounts" in line
     assert not out.exists()
+
+
+def _ray_cluster_running() -> bool:
+    """Whether any Ray head (its GCS server) runs on this machine, whoever started it."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"gcs_server" in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue  # exited meanwhile
+    return False
 
 
 def _alive(pid: int) -> bool:
