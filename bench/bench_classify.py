@@ -165,7 +165,7 @@ def main() -> None:
     args = ap.parse_args()
     import logging
 
-    from trapkit.serve.classify import Parallelism
+    from trapkit.serve.settings import Parallelism
     from trapkit.serve.runtime import available_cpus
 
     logging.basicConfig(level=logging.WARNING)

@@ -117,7 +117,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per row; the median is reported, with the range")
     args = ap.parse_args()
 
-    from trapkit.export.onnx_export import bundled_parity_images, read_spec
+    from trapkit.export.onnx_export import bundled_parity_images
+    from trapkit.graph import read_spec
 
     onnx = model_onnx(args.model)
     spec = read_spec(onnx)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.graph import CARD_FILENAME, CONFIG_FILENAME, HUB_FILES, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
+from trapkit.graph import CARD_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
 from trapkit.spec import ModelSpec
 
 

@@ -29,9 +29,7 @@ import numpy as np
 from trapkit import __version__
 from trapkit.atomic import atomic_write_bytes
 from trapkit.errors import TrapkitError
-from trapkit.graph import (  # noqa: F401 - the contract, re-exported for export's callers
-    INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES, PRECISION_PROP, SPEC_PROP, read_metadata, read_spec, spec_from_metadata,
-)
+from trapkit.graph import INPUT_NAME, OUTPUT_NAMES, PRECISION_PROP, SPEC_PROP
 from trapkit.samples import SAMPLES_DIR
 from trapkit.spec import SPEC_FILENAME, ModelSpec
 

@@ -19,11 +19,10 @@ from trapkit import __version__
 from trapkit.atomic import atomic_write_bytes, atomic_write_json
 from trapkit.errors import TrapkitError
 from trapkit.export.hub_folder import HubSettings, read_metrics, write_hub_folder
-from trapkit.export.onnx_export import (
-    ONNX_FILENAME, ExportReport, ensure_writable_dir, export_onnx, load_source, resolve_source_dir,
-)
+from trapkit.export.onnx_export import ExportReport, ensure_writable_dir, export_onnx, load_source, resolve_source_dir
 from trapkit.export.quantize import AgreementReport, VariantSettings, make_variant
 from trapkit.export.triton import TritonSettings, write_triton_model
+from trapkit.graph import ONNX_FILENAME
 
 log = logging.getLogger(__name__)
 

@@ -121,7 +121,8 @@ def to_int8(fp32: bytes, spec: ModelSpec, images: np.ndarray) -> bytes:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from trapkit.export.onnx_export import INPUT_NAME, check_model, quiet_third_party, set_metadata
+    from trapkit.export.onnx_export import check_model, quiet_third_party, set_metadata
+    from trapkit.graph import INPUT_NAME
 
     class Reader(CalibrationDataReader):
         def __init__(self):

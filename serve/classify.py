@@ -46,7 +46,7 @@ from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, is_image_file, iter_images, safe_join
 from trapkit.prepare import prepare_entry
 from trapkit.serve import outputs
-from trapkit.serve.settings import ClassifySettings, Parallelism  # noqa: F401 - re-exported
+from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import smooth_sequences
 from trapkit.typed_json import read_versioned
 

@@ -293,7 +293,7 @@ def test_bad_flags_are_one_line_errors(samples_dir, tiny_onnx_path, tmp_path, ca
 
 
 def test_parallelism_defaults_split_the_cores():
-    from trapkit.serve.classify import Parallelism
+    from trapkit.serve.settings import Parallelism
 
     assert Parallelism.for_cpus(2) == Parallelism(workers=2, concurrency=2, threads=1)
     assert Parallelism.for_cpus(16) == Parallelism(workers=16, concurrency=4, threads=4)

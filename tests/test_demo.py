@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 
 import numpy as np
@@ -20,6 +21,20 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def runtime(tiny_onnx_path):
     return open_runtime(tiny_onnx_path)
+
+
+class _Gated:
+    """A runtime whose calls wait at a gate while it is closed: the page's queue fills up deterministically."""
+
+    def __init__(self, runtime):
+        self.runtime, self.spec, self.name = runtime, runtime.spec, runtime.name
+        self.closed, self.opened, self.waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def predict(self, batch):
+        if self.closed.is_set():
+            self.waiting.set()
+            self.opened.wait(120)
+        return self.runtime.predict(batch)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +125,8 @@ def test_launched_demo_classifies_and_shows_errors(runtime, detections, samples_
     from gradio_client import handle_file
 
     labels = set(runtime.spec.labels)
-    app = build_demo(runtime, detections, top_k=3)
+    gated = _Gated(runtime)
+    app = build_demo(gated, detections, top_k=3)
     with outside_connections() as outside, launched(app) as url:
         c = client(url)
         photos = [handle_file(str(samples_dir / n)) for n in ("african_elephants.jpg", "ocelot.jpg", "blank.jpg")]
@@ -145,17 +161,22 @@ def test_launched_demo_classifies_and_shows_errors(runtime, detections, samples_
         everything = [handle_file(str(p)) for p in sorted(samples_dir.glob("*.jpg"))]
         names = ("domestic_dog.jpg", "domestic_cattle.jpg", "american_black_bear.jpg")
         waiting = [client(url) for _ in names]
+        gated.closed.set()
         busy = c.submit(everything * 2, None, api_name="/classify")
-        while busy.status().code.name != "PROCESSING":
-            time.sleep(0.01)
+        assert gated.waiting.wait(60)  # the busy request holds the model
         jobs = [w.submit([handle_file(str(samples_dir / n))], None, api_name="/classify") for w, n in zip(waiting, names)]
+        deadline = time.monotonic() + 60
+        while any(j.status().code.name != "IN_QUEUE" for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a condition with a deadline, not a race: all three are queued before the gate opens
+        gated.closed.clear()
+        gated.opened.set()
         assert busy.result(timeout=60)[3].startswith("Classified")
         batch_sizes = []
         for job, name in zip(jobs, names):
             gallery, _, _, status = job.result(timeout=60)
             assert gallery[0]["caption"].startswith(name)
             batch_sizes.append(int(re.search(r"for a batch of (\d+) request", status)[1]))
-        assert max(batch_sizes) > 1  # all three, unless the busy request ended before they had all joined
+        assert batch_sizes == [3, 3, 3]  # the three queued requests went to the model as one batch
     assert outside == []  # no analytics, version checks or CDN fetches from the app
 
 

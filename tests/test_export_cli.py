@@ -11,7 +11,8 @@ import onnx
 import pytest
 
 from trapkit.cli import main
-from trapkit.export.onnx_export import ort_session, read_metadata, read_spec, run_session
+from trapkit.export.onnx_export import ort_session, run_session
+from trapkit.graph import read_metadata, read_spec
 from trapkit.spec import ModelSpec
 
 

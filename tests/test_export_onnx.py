@@ -13,10 +13,9 @@ from trapkit.export.onnx_export import (
     load_source,
     ort_session,
     parity,
-    read_metadata,
-    read_spec,
     run_session,
 )
+from trapkit.graph import read_metadata, read_spec
 from trapkit.spec import ModelSpec
 
 

@@ -7,7 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trapkit.export.onnx_export import INPUT_NAME, ort_session, run_session
+from trapkit.export.onnx_export import ort_session, run_session
+from trapkit.graph import INPUT_NAME
 from trapkit.export.quantize import to_int8
 from trapkit.export.raw_pixels import fold_normalisation_into_stem
 
@@ -84,7 +85,7 @@ def test_int8_stem_reads_uint8_pixels(tiny_onnx_path, samples_dir):
     """The trapkit graph (per-channel ImageNet mean, padded stem): no Cast, Sub, Div or QuantizeLinear
     between the input and the stem; its DequantizeLinear reads the padded uint8 pixels."""
     from trapkit.export.calibration import calibration_images
-    from trapkit.export.onnx_export import read_spec
+    from trapkit.graph import read_spec
 
     spec = read_spec(tiny_onnx_path)
     images = calibration_images(spec)  # (25, 32, 32, 3) uint8

@@ -75,7 +75,8 @@ def own_triton(tiny_repo, tmp_path):
 
 @pytest.fixture(scope="module")
 def photos(onnx_path):
-    from trapkit.export.onnx_export import bundled_parity_images, read_spec
+    from trapkit.export.onnx_export import bundled_parity_images
+    from trapkit.graph import read_spec
 
     return bundled_parity_images(read_spec(onnx_path))  # (10, 32, 32, 3) uint8
 
@@ -87,7 +88,7 @@ def _runtime(server, **kw):
 
 
 def test_spec_comes_from_the_server(triton, onnx_path):
-    from trapkit.export.onnx_export import read_spec
+    from trapkit.graph import read_spec
 
     with _runtime(triton) as rt:
         assert rt.spec == read_spec(onnx_path)
@@ -95,7 +96,7 @@ def test_spec_comes_from_the_server(triton, onnx_path):
 
 
 def test_spec_falls_back_to_served_labels(triton, onnx_path, photos, caplog):
-    from trapkit.export.onnx_export import read_spec
+    from trapkit.graph import read_spec
     from trapkit.serve.triton_runtime import TritonRuntime
 
     spec = read_spec(onnx_path)
@@ -106,7 +107,7 @@ def test_spec_falls_back_to_served_labels(triton, onnx_path, photos, caplog):
 
 
 def test_local_spec_that_does_not_fit_the_server_is_refused(triton, onnx_path):
-    from trapkit.export.onnx_export import read_spec
+    from trapkit.graph import read_spec
     from trapkit.serve.triton_runtime import TritonRuntime
 
     other = read_spec(onnx_path).replace(labels=("cat", "dog"))
@@ -238,20 +239,24 @@ def test_server_dying_mid_run_loses_nothing_after_resume(own_triton, tiny_repo, 
     settings = ClassifySettings(batch_size=2, checkpoint_every=2, workers=1)
     paths = ClassifyPaths(images_dir=images, out=tmp_path / "triton.json")
 
-    def kill_after_first_checkpoint():
-        while not paths.checkpoint.exists():
-            time.sleep(0.002)
-        own_triton.stop(kill=True)
+    class KilledOnThirdBatch:
+        """The Triton runtime; the server is SIGKILLed just before the third batch, after two checkpoints."""
 
-    killer = threading.Thread(target=kill_after_first_checkpoint)
-    killer.start()
+        def __init__(self, runtime):
+            self.runtime, self.spec, self.name, self.calls = runtime, runtime.spec, runtime.name, 0
+
+        def predict(self, batch):
+            self.calls += 1
+            if self.calls == 3:
+                own_triton.stop(kill=True)
+            return self.runtime.predict(batch)
+
     with _runtime(own_triton, retries=1, backoff=0.1) as rt, \
             pytest.raises(TrapkitError, match="is not reachable; start it or check --triton-url"):
-        classify_images(paths, rt, settings)
-    killer.join()
+        classify_images(paths, KilledOnThirdBatch(rt), settings)
     done = json.loads(paths.checkpoint.read_text())
     assert not paths.out.exists()
-    assert 0 < len(done["done"]) < 60  # the outage hit mid-run, after some work was checkpointed
+    assert len(done["done"]) == 4  # two batches of two images were checkpointed before the outage
 
     again = TritonServer(tiny_repo, workdir=tmp_path / "again").start()
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 def python_repo(onnx_path: Path, repo: Path, name: str, *, max_batch_size: int = 16,
                 dynamic_batching: bool = True) -> Path:
     """Add `onnx_path` to `repo` as the Python-backend model `name`; returns the model folder."""
-    from trapkit.export.onnx_export import read_spec
+    from trapkit.graph import read_spec
     from trapkit.export.triton import TritonSettings, write_triton_model
 
     settings = TritonSettings(repo=Path(repo), name=name, backend="python", max_batch_size=max_batch_size)
