@@ -68,7 +68,7 @@ def child(args) -> None:
     from trapkit.serve import classify
     from trapkit.serve.ray_classify import RayExecutor
     from trapkit.serve.runtime import open_runtime
-    from trapkit.serve.settings import Parallelism
+    from trapkit.serve.settings import ClassifySettings, Parallelism
 
     logging.basicConfig(level=logging.WARNING)
     cpus = len(args.cores)
@@ -76,8 +76,8 @@ def child(args) -> None:
     md = work / f"md-full-{cpus}.json"
     entries = len(json.loads(md.read_text())["images"])
     par = Parallelism.for_cpus(cpus)
-    settings = classify.ClassifySettings(workers=par.workers, concurrency=par.concurrency, batch_size=32,
-                                         checkpoint_every=max(1, entries // CHECKPOINTS))
+    settings = ClassifySettings(workers=par.workers, concurrency=par.concurrency, batch_size=32,
+                                checkpoint_every=max(1, entries // CHECKPOINTS))
     cluster = None
     if args.address:
         cluster = ClusterSettings(args.address, cpus=cpus if args.address == "local" else None)

@@ -183,9 +183,10 @@ def test_classify_on_a_two_node_cluster_equals_the_local_run(cluster, season, re
 def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, season, reference, tiny_onnx_path,
                                                                    tmp_path):
     from trapkit.cluster import ClusterSettings
-    from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
+    from trapkit.serve.classify import ClassifyPaths, classify_images
     from trapkit.serve.ray_classify import RayExecutor
     from trapkit.serve.runtime import open_runtime
+    from trapkit.serve.settings import ClassifySettings
 
     images, md = season
     out = tmp_path / "out.json"
