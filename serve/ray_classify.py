@@ -47,10 +47,10 @@ class RayExecutor:
             raise TrapkitError("--ray runs the model on the cluster; give --model (a model.onnx), not --triton-url")
         root = Path(job.paths.images_dir).resolve()  # the same absolute path on every node
         work = [(i, *job.work(i)) for i in todo]
+        if not work:
+            return  # a resumed run that had finished everything: no cluster needed
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
         with connect(self.cluster) as cluster:
-            if not work:
-                return
             cluster.check_visible(root, [file for _, file, _ in work])
             model = cluster.ray.put(Path(model_path).read_bytes())
             results = cluster.map_prepared(work, job.prep, OnnxModel, (model,), root=root,

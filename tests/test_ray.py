@@ -180,6 +180,14 @@ def test_classify_on_a_two_node_cluster_equals_the_local_run(cluster, season, re
 
 
 @pytest.mark.slow
+def test_classify_through_ray_client_equals_the_local_run(cluster, season, reference, tiny_onnx_path, tmp_path):
+    images, md = season
+    out = tmp_path / "out.json"
+    assert main(_argv(images, md, tiny_onnx_path, out, "--ray", f"ray://127.0.0.1:{cluster.client_port}")) == 0
+    assert_same_output(out, reference)
+
+
+@pytest.mark.slow
 def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, season, reference, tiny_onnx_path,
                                                                    tmp_path):
     from trapkit.cluster import ClusterSettings

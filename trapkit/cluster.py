@@ -232,31 +232,91 @@ class Cluster:
         `file` is relative to `root` (joined with `safe_join` on the worker), or a full path when `root` is
         None. `boxes`: normalised [x, y, w, h] boxes to crop, or None for the whole image.
         """
-        import ray.data
-
         work = [(int(k), str(f), json.dumps(b)) for k, f, b in work]
         if not work:
             return
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the caller shows one bar, in images
-        if not _verbose():  # Ray Data's plan and timings at INFO; its warnings stay
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-        per_task = self.settings.images_per_task
         actors = self.settings.actors or int(self.gpus or max(1, self.cpus))
-        gpu = {"num_gpus": 1} if self.gpus else {}
-        ds = ray.data.from_items([{"key": k, "file": f, "boxes": b} for k, f, b in work],
-                                 override_num_blocks=min(math.ceil(len(work) / per_task), 10_000))
-        ds = ds.map_batches(_prepare_batch, batch_size=per_task, batch_format="numpy",
-                            fn_kwargs={"root": None if root is None else str(root), "prep": prep},
-                            num_cpus=HALF_CPU, memory=PREPARE_MEMORY)
-        ds = ds.map_batches(_Infer, batch_size=batch_size, batch_format="numpy",
-                            fn_constructor_args=(model, tuple(model_args)),
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                            num_cpus=HALF_CPU, **gpu)
         log.info("Ray cluster: %d images, up to %d inference actor(s)%s", len(work), actors,
-                 " on GPUs" if gpu else "")
-        yield from _gather(self.ray, ds, {k for k, _, _ in work})
+                 " on GPUs" if self.gpus else "")
+        job = (work, prep, model, tuple(model_args), None if root is None else str(root), batch_size,
+               self.settings.images_per_task, actors, bool(self.gpus), _verbose())
+        if not _client_mode(self.ray):
+            yield from _pipeline(*job)
+            return
+        # Ray Data runs its executor in the driver, which a Ray Client is not: an actor on the cluster
+        # drives the pipeline and this process pulls the results from it.
+        relay = self.ray.remote(num_cpus=0, max_restarts=0)(_Relay).remote(*job)
+        try:
+            while True:
+                results, done = self.ray.get(relay.take.remote())
+                yield from results
+                if done:
+                    return
+        except Exception as e:
+            raise _as_user_error(self.ray, e) from e
+        finally:
+            self.ray.kill(relay)
+
+
+def _client_mode(ray) -> bool:
+    from ray.util.client import ray as client
+
+    return client.is_connected()
+
+
+def _pipeline(work: list[tuple[int, str, str]], prep: Preprocessing, model, model_args: tuple, root: str | None,
+              batch_size: int, per_task: int, actors: int, gpus: bool, verbose: bool) -> Iterator[ItemResult]:
+    """The Ray Data pipeline (see the module docstring), run where a Ray driver is: `work` rows hold JSON boxes."""
+    import ray
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the caller shows one bar, in images
+    if not verbose:  # Ray Data's plan and timings at INFO; its warnings stay
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    ds = ray.data.from_items([{"key": k, "file": f, "boxes": b} for k, f, b in work],
+                             override_num_blocks=min(math.ceil(len(work) / per_task), 10_000))
+    ds = ds.map_batches(_prepare_batch, batch_size=per_task, batch_format="numpy",
+                        fn_kwargs={"root": root, "prep": prep}, num_cpus=HALF_CPU, memory=PREPARE_MEMORY)
+    ds = ds.map_batches(_Infer, batch_size=batch_size, batch_format="numpy", fn_constructor_args=(model, model_args),
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=HALF_CPU,
+                        **({"num_gpus": 1} if gpus else {}))
+    yield from _gather(ray, ds, {k for k, _, _ in work})
+
+
+class _Relay:
+    """The pipeline's driver on the cluster, for a Ray Client: results buffered until the client takes them."""
+
+    def __init__(self, *job):
+        import threading
+
+        self.results: list[ItemResult] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, args=job, daemon=True).start()
+
+    def _run(self, *job) -> None:
+        try:
+            for result in _pipeline(*job):
+                with self.lock:
+                    self.results.append(result)
+        except BaseException as e:  # noqa: BLE001 - handed to the client by `take`
+            self.error = e
+        finally:
+            self.done.set()
+
+    def take(self, wait_s: float = 1.0) -> tuple[list[ItemResult], bool]:
+        """(results since the last call, whether that was the last of them); waits up to `wait_s` for news."""
+        finished = self.done.wait(wait_s)  # once set, every result is in the buffer
+        with self.lock:
+            results, self.results = self.results, []
+        if finished and self.error is not None:
+            if results:
+                return results, False  # what came before the error first
+            raise self.error
+        return results, finished
 
 
 def _gather(ray, ds, keys: set[int]) -> Iterator[ItemResult]:
