@@ -1,4 +1,4 @@
-# trapkit serving image: batch classifier, Triton client, Gradio demo, Hub publishing.
+# trapkit serving image: batch classifier (photos and video), Triton client, Gradio demo, Hub publishing.
 # Installs the checked-out source (not a registry copy) without the training stack.
 FROM python:3.11-slim
 
@@ -18,7 +18,7 @@ COPY serve ./serve
 # gcc and libjpeg's headers build trapkit's region decoder and crop resampler, then go; the libjpeg runtime stays.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjpeg62-turbo gcc libc6-dev libjpeg62-turbo-dev \
-    && pip install ".[serve,triton,demo,hub]" \
+    && pip install ".[serve,video,triton,demo,hub]" \
     && apt-get purge -y --auto-remove gcc libc6-dev libjpeg62-turbo-dev \
     && rm -rf /var/lib/apt/lists/*
 

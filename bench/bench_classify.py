@@ -21,7 +21,15 @@ and CPU time per crop is printed too (wall clock on a shared machine varies).
 
 Targets: pipeline >= 4x (a) and >= 70% of (b).
 
+`--video`: camera-trap video instead (`trapkit[video]`). H.264 MP4s at 1280x720,
+10 fps, encoded from the bundled photos, with MegaDetector frame-level results
+for every 5th frame (each frame carries its photo's boxes). Timed in the same
+run, best of `--repeats`: decoding alone (`trapkit.serve.video.read_frames`, the
+wanted frames converted to RGB), inference alone on the same crops pre-made,
+and `classify_images` end to end; frames per second decoded and classified.
+
     .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR] [--fallbacks]
+    .venv/bin/python bench/bench_classify.py --video [--videos 8] [--frames 60] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -152,6 +160,106 @@ def bench_naive(workdir: Path, md_path: Path, n_crops: int) -> float:
     return len(jobs) / sum(seconds), 1.0 / float(np.median(seconds))
 
 
+def build_videos(dst: Path, n_videos: int, frames: int, every: int = 5, size=(1280, 720)) -> Path:
+    """`n_videos` H.264 MP4s under dst/videos and MegaDetector frame-level results for every `every`-th
+    frame (the photo a frame shows gives its boxes; blanks get one made-up box); reused when built."""
+    import av
+
+    md_path = dst / "frames.json"
+    if md_path.exists() and json.loads(md_path.read_text())["info"].get("bench") == [n_videos, frames, every]:
+        return md_path
+    source = json.loads((SAMPLES / "md_v5a_detections.json").read_text())["images"]
+    photos = [np.asarray(Image.open(SAMPLES / im["file"]).convert("RGB").resize(size, Image.BILINEAR))
+              for im in source]
+    boxes = [[d for d in im["detections"] if d["category"] == "1" and d["conf"] >= 0.1][:5]
+             or [{"category": "1", "conf": 0.9, "bbox": [0.3, 0.3, 0.25, 0.3]}] for im in source]
+    (dst / "videos").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for v in range(n_videos):
+        name = f"cam{v % 2}/clip{v:02d}.mp4"
+        (dst / "videos" / name).parent.mkdir(exist_ok=True)
+        with av.open(str(dst / "videos" / name), "w") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+            for n in range(frames):
+                photo = (n // 7 + v) % len(photos)  # a scene holds for 7 frames, as a trap's burst would
+                for packet in stream.encode(av.VideoFrame.from_ndarray(photos[photo], format="rgb24")):
+                    container.mux(packet)
+                if n % every == 0:
+                    entries.append({"file": f"{name}/frame{n:06d}.jpg", "detections": boxes[photo]})
+            for packet in stream.encode():
+                container.mux(packet)
+    doc = {"info": {"format_version": "1.6", "detector": "md_v5a.0.0.pt", "bench": [n_videos, frames, every]},
+           "detection_categories": {"1": "animal"}, "images": entries}
+    md_path.write_text(json.dumps(doc))
+    return md_path
+
+
+def bench_video(args) -> None:
+    """--video: frames/s decoded alone, inference alone, and `classify_images` end to end, in one run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trapkit.prepare import crops_from_image
+    from trapkit.serve.classify import ClassifyPaths, classify_images
+    from trapkit.serve.runtime import available_cpus, open_runtime
+    from trapkit.serve.settings import ClassifySettings, Parallelism
+    from trapkit.serve.video import read_frames, split_frame
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-video-"))
+    md_path = build_videos(workdir, args.videos, args.frames)
+    model = lite0_onnx(workdir)
+    doc = json.loads(md_path.read_text())
+    wanted: dict[str, list] = {}
+    for im in doc["images"]:
+        video, n = split_frame(im["file"])
+        wanted.setdefault(video, []).append((n, [d["bbox"] for d in im["detections"]]))
+    n_frames, n_crops = len(doc["images"]), sum(len(im["detections"]) for im in doc["images"])
+    decoded = sum(max(n for n, _ in frames) + 1 for frames in wanted.values())  # a decoder cannot skip frames
+    cpus = available_cpus()
+    par = Parallelism.for_cpus(cpus)
+    print(f"{args.videos} H.264 videos, 1280x720, {args.frames} frames each; {n_frames} frames wanted (every 5th), "
+          f"{n_crops} crops; EfficientNet-Lite0 224 px ONNX; {cpus} CPUs; {par.workers} decoders, "
+          f"{par.concurrency} batches in flight x {par.threads} threads; workdir {workdir}")
+
+    def decode_video(item):
+        video, frames = item
+        return [np.asarray(img) for _, img, _ in read_frames(workdir / "videos" / video, [n for n, _ in frames])]
+
+    with open_runtime(model, threads=par.threads) as runtime:
+        settings = ClassifySettings(workers=par.workers, concurrency=par.concurrency, batch_size=args.batch_size,
+                                    checkpoint_every=10_000)
+        prep = settings.preprocessing(runtime.spec)
+        crops = []
+        for video, frames in wanted.items():
+            for (n, bboxes), (_, img, _) in zip(frames, read_frames(workdir / "videos" / video, [n for n, _ in frames])):
+                crops.append(crops_from_image(img, bboxes, prep))
+        crops = np.concatenate(crops)
+        runtime.predict(crops[:args.batch_size])  # warm-up
+        batches = [crops[i:i + args.batch_size] for i in range(0, len(crops), args.batch_size)]
+        best = {"decode": float("inf"), "inference": float("inf"), "pipeline": float("inf")}
+        with ThreadPoolExecutor(par.workers) as decoders, ThreadPoolExecutor(par.concurrency) as infer:
+            for _ in range(args.repeats):  # alternated: on a shared machine all three see the same quiet spells
+                start = time.perf_counter()
+                list(decoders.map(decode_video, wanted.items()))
+                best["decode"] = min(best["decode"], time.perf_counter() - start)
+                start = time.perf_counter()
+                list(infer.map(runtime.predict, batches))
+                best["inference"] = min(best["inference"], time.perf_counter() - start)
+                start = time.perf_counter()
+                summary = classify_images(ClassifyPaths(workdir / "videos", workdir / "out.json", md_path), runtime,
+                                          settings)
+                best["pipeline"] = min(best["pipeline"], time.perf_counter() - start)
+    assert summary.classified_detections == n_crops, summary.table()
+    print(f"best of {args.repeats}:")
+    print(f"  decoding alone ({par.workers} videos at a time): {decoded / best['decode']:7.1f} frames/s decoded "
+          f"({n_frames / best['decode']:.1f} wanted frames/s)")
+    print(f"  inference alone on pre-made crops: {n_crops / best['inference']:7.1f} crops/s")
+    rate = n_frames / best["pipeline"]
+    print(f"  trapkit classify end to end: {decoded / best['pipeline']:7.1f} frames/s decoded, {rate:.1f} frames/s "
+          f"classified, {n_crops / best['pipeline']:.1f} crops/s; {100 * best['decode'] / best['pipeline']:.0f}% of "
+          f"decoding alone, {100 * best['inference'] / best['pipeline']:.0f}% of inference alone")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=96)
@@ -159,11 +267,19 @@ def main() -> None:
     ap.add_argument("--naive-crops", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for the pipeline and (b)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
+    ap.add_argument("--video", action="store_true", help="time camera-trap video instead (frames/s)")
+    ap.add_argument("--videos", type=int, default=8, help="with --video: how many videos")
+    ap.add_argument("--frames", type=int, default=60, help="with --video: frames per video")
     ap.add_argument("--fallbacks", action="store_true",
                     help="also time the pipeline with Pillow's crop resize, then Pillow's whole-image decode "
                          "(trapkit built without its compiled parts)")
     args = ap.parse_args()
     import logging
+
+    if args.video:
+        logging.basicConfig(level=logging.WARNING)
+        bench_video(args)
+        return
 
     from trapkit.serve.settings import Parallelism
     from trapkit.serve.runtime import available_cpus

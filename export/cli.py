@@ -23,6 +23,9 @@ def register(subparsers, common) -> None:
     )
     p.add_argument("source", metavar="SOURCE", help="run folder, model folder, or imagenet-lite0")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for model.onnx and export_report.json")
+    p.add_argument("--taxonomy", type=Path, metavar="CSV",
+                   help="label,taxonomy CSV: a SpeciesNet-style 'id;class;order;family;genus;species;common name' "
+                   "per class, stored in the model (rollup, allow-lists, smoothing, common names)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest |probs| difference from PyTorch accepted (default 1e-4)")
     v = p.add_argument_group("precision")
@@ -67,7 +70,7 @@ def _run(args) -> int:
                             max_batch_size=args.max_batch_size) if args.triton else None
     hub = HubSettings(folder=args.hub_folder, license=args.license) if args.hub_folder else None
     result = export_model(args.source, args.out, variant=variant, triton=triton, hub=hub,
-                          tolerance=args.tolerance)
+                          tolerance=args.tolerance, taxonomy=args.taxonomy)
     print(f"wrote {result.onnx_path}")
     print(f"  parity with PyTorch: max |probs diff| {result.parity.max_prob_diff:.2e} "
           f"on {result.parity.parity_images} photos (tolerance {result.parity.tolerance:.0e})")

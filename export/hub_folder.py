@@ -20,6 +20,7 @@ from trapkit.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.graph import CARD_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
 from trapkit.spec import ModelSpec
+from trapkit.taxonomy import display_names, parse_taxon
 
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def hub_config(spec: ModelSpec, embedding_dim: int) -> dict:
     }
     if spec.taxonomy:
         config["label_descriptions"] = dict(zip(spec.labels, spec.taxonomy))
+        config["common_names"] = display_names(spec.labels, spec.taxonomy)
     return config
 
 
@@ -152,11 +154,17 @@ def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None) -> str:
     recall = (metrics or {}).get("per_class_recall") or {}
     if isinstance(recall, list):
         recall = dict(zip(spec.labels, recall))
+    # With a taxonomy the table shows each class's common name and scientific name too.
+    names = display_names(spec.labels, spec.taxonomy)
+    latin = [parse_taxon(t).latin for t in spec.taxonomy] if spec.taxonomy else None
     rows = "\n".join(
-        f"| {i} | {_cell(label)} | {recall[label]:.3f} |" if isinstance(recall.get(label), (int, float))
-        else f"| {i} | {_cell(label)} | n/a |"
+        f"| {i} | {_cell(label)} |"
+        + (f" {_cell(names[i])} | {_cell(latin[i]) if latin[i] else ''} |" if latin else "")
+        + (f" {recall[label]:.3f} |" if isinstance(recall.get(label), (int, float)) else " n/a |")
         for i, label in enumerate(spec.labels)
     )
+    header = ("| index | class | common name | scientific name | recall |\n| --- | --- | --- | --- | --- |" if latin
+              else "| index | class | recall |\n| --- | --- | --- |")
     summary = ""
     if metrics and isinstance(metrics.get("accuracy"), (int, float)):
         summary = (f"\nOn the held-out validation set{_round_note(metrics)}: accuracy {metrics['accuracy']:.3f}"
@@ -210,7 +218,6 @@ configuration instead (dynamic batching, labels for Triton's classification exte
 
 ## Classes and per-class recall
 
-| index | class | recall |
-| --- | --- | --- |
+{header}
 {rows}
 """

@@ -23,6 +23,8 @@ from trapkit.export.onnx_export import ExportReport, ensure_writable_dir, export
 from trapkit.export.quantize import AgreementReport, VariantSettings, make_variant
 from trapkit.export.triton import TritonSettings, write_triton_model
 from trapkit.graph import ONNX_FILENAME
+from trapkit.spec import ModelSpec
+from trapkit.taxonomy import read_taxonomy_csv
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,12 @@ class ExportResult:
 
 def export_model(source: str | Path, out: str | Path, *, variant: VariantSettings = VariantSettings(),
                  triton: TritonSettings | None = None, hub: HubSettings | None = None,
-                 tolerance: float = 1e-4) -> ExportResult:
-    """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies."""
+                 tolerance: float = 1e-4, taxonomy: str | Path | None = None) -> ExportResult:
+    """Export `source` (run folder, model folder or `imagenet-lite0`) into `out`, plus optional copies.
+
+    `taxonomy`: a `label,taxonomy` CSV (`trapkit.taxonomy`) whose strings go into the exported spec,
+    replacing any the source carries.
+    """
     check_tolerance(tolerance)
     out = Path(out)
     model_dir = resolve_source_dir(source)
@@ -49,7 +55,9 @@ def export_model(source: str | Path, out: str | Path, *, variant: VariantSetting
     with removed_if_failed(folders):
         for directory in folders:
             ensure_writable_dir(directory)
-        return _export(source, out, model_dir, variant, triton, hub, tolerance)
+        if taxonomy is not None and model_dir is not None:
+            read_taxonomy_csv(taxonomy, ModelSpec.load(model_dir).labels)  # bad rows fail before the slow load
+        return _export(source, out, model_dir, variant, triton, hub, tolerance, taxonomy)
 
 
 @contextlib.contextmanager
@@ -65,8 +73,10 @@ def removed_if_failed(folders: list[Path]):
         raise
 
 
-def _export(source, out: Path, model_dir, variant, triton, hub, tolerance) -> ExportResult:
+def _export(source, out: Path, model_dir, variant, triton, hub, tolerance, taxonomy) -> ExportResult:
     model = load_source(source)
+    if taxonomy is not None:
+        model.spec = model.spec.replace(taxonomy=read_taxonomy_csv(taxonomy, model.spec.labels))
     spec = model.spec
     if triton:
         triton.model_name(spec)  # a bad name fails before the slow part

@@ -3,7 +3,8 @@
 Layout (https://docs.nvidia.com/deeplearning/triton-inference-server/user-guide/docs/user_guide/model_repository.html):
 
     REPO/NAME/config.pbtxt
-    REPO/NAME/labels.txt          class names in index order, for the classification extension
+    REPO/NAME/labels.txt          class names in index order (common names with a taxonomy), for the
+                                  classification extension
     REPO/NAME/<version>/model.onnx
     REPO/NAME/<version>/model.py  (Python backend only)
 
@@ -37,6 +38,7 @@ from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.graph import TRITON_SPEC_PARAMETER
 from trapkit.spec import ModelSpec
+from trapkit.taxonomy import display_names
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +203,9 @@ def write_triton_model(onnx_path: str | Path, spec: ModelSpec, settings: TritonS
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        atomic_write_text(model_dir / LABELS_FILENAME, "".join(f"{label}\n" for label in spec.labels))
+        # What Triton's classification extension returns: common names where the taxonomy gives them.
+        names = display_names(spec.labels, spec.taxonomy)
+        atomic_write_text(model_dir / LABELS_FILENAME, "".join(f"{name}\n" for name in names))
         atomic_write_text(model_dir / "config.pbtxt", config_text(name, onnx_path, settings, spec=spec))
     except OSError as e:
         raise TrapkitError(f"cannot write Triton model into {model_dir} ({e.strerror or e}); check --triton") from None

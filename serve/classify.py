@@ -20,6 +20,18 @@ own crop policy (`trapkit.prepare.Preprocessing.from_spec`), unless flags
 say otherwise. Images that cannot be read keep the detector's boxes,
 unclassified, with a `classification_failure` code (`trapkit.images.FAILURE_*`;
 details go to the log), and the run goes on.
+
+MegaDetector's frame-level video results (`clip.mp4/frame000123.jpg`) are
+classified from the video itself: each video is one unit of stage 1, decoded
+once for all its wanted frames (`trapkit.serve.video.read_frames`), each frame
+cut by `trapkit.prepare.crops_from_image`; frames it cannot give get a
+`trapkit.serve.video.FAILURE_*` code. Without detections, `frame_sample`
+classifies every N-th frame of every video whole.
+
+Each detection's full probability vector then goes through
+`trapkit.serve.postprocess` (allow-list, per-class thresholds, rollup) before
+its top-k is written, and the assembled output through
+`trapkit.serve.smoothing` when asked.
 """
 
 from __future__ import annotations
@@ -43,17 +55,18 @@ from trapkit import __version__
 from trapkit import detections as md
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, is_image_file, iter_images, safe_join
-from trapkit.prepare import prepare_entry
+from trapkit.images import ImageReadError, is_image_file, iter_files, iter_images, safe_join
+from trapkit.prepare import crops_from_image, prepare_entry
 from trapkit.serve import outputs
+from trapkit.serve import video as vid
+from trapkit.serve.postprocess import Plan, build_plan, classify, plain_plan, used_categories
 from trapkit.serve.settings import ClassifySettings
-from trapkit.serve.smoothing import smooth_sequences
+from trapkit.serve.smoothing import cct_document, sequences, smooth
 from trapkit.typed_json import read_versioned
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 2  # 2: failures are FAILURE_* codes
-CONF_DECIMALS = 4
 # Test hook (documented in tests/test_classify_resume.py): SIGKILL this process
 # after preparing that many images, to prove --resume recovers from a hard kill
 # (or send the signal named in KILL_SIGNAL_ENV: SIGINT is a Ctrl-C).
@@ -75,9 +88,17 @@ class ClassifyPaths:
     csv: Path | None = None
     sort_into: Path | None = None
     link: bool = False
+    sequences_out: Path | None = None  # COCO Camera Traps: the sequences smoothing used
+    video_out: Path | None = None  # MegaDetector's video-level file
 
     def __post_init__(self):
-        for flag, path in (("--out", self.out), ("--csv", self.csv)):
+        files = (("--out", self.out), ("--csv", self.csv), ("--sequences-out", self.sequences_out),
+                 ("--video-out", self.video_out))
+        given = [(flag, Path(path)) for flag, path in files if path is not None]
+        for (flag, path), (other, again) in ((a, b) for n, a in enumerate(given) for b in given[n + 1:]):
+            if path.resolve() == again.resolve():
+                raise TrapkitError(f"{flag} and {other} are the same file {path}; give each its own name")
+        for flag, path in files:
             if path is None:
                 continue
             path = Path(path)
@@ -152,9 +173,17 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
         executor(job, todo, done)
 
     result = job.assemble(done)
+    groups = times = None
+    if paths.sequences_out or (settings.smooth is not None and settings.smooth.sequences):
+        times = {i: done.get(str(i), {}).get("time") for i in range(len(result["images"]))}
+        groups = sequences(result["images"], times, settings.sequence_gap)
     if settings.smooth is not None:
-        smooth_sequences(result, {int(i): r.get("time") for i, r in done.items()}, settings.smooth)
+        smooth(result, settings.smooth, groups)
     atomic_write_json(paths.out, result)
+    if paths.sequences_out:
+        atomic_write_json(paths.sequences_out, cct_document(result["images"], groups, times))
+    if paths.video_out:
+        atomic_write_json(paths.video_out, vid.video_results(result, job.frame_rates()))
     summary = outputs.summarize(result, done)
     if paths.csv:
         outputs.write_csv(paths.csv, result, done)
@@ -170,26 +199,59 @@ class _Job:
     def __init__(self, paths: ClassifyPaths, runtime, settings: ClassifySettings):
         self.paths, self.runtime, self.settings = paths, runtime, settings
         self.whole = paths.detections is None  # no detector: each image is one full-frame item
-        self.prep = settings.preprocessing(runtime.spec)
-        self.doc = _input_document(paths)
+        spec = runtime.spec
+        self.prep = settings.preprocessing(spec)
+        # Bad CSVs and flags fail here, before any image is read.
+        self.plan: Plan = (build_plan(spec.labels, spec.taxonomy, settings.post) if settings.post.active
+                           else plain_plan(spec.labels, spec.taxonomy))
+        self.doc = _input_document(paths, settings.frame_sample)
+        self.frames = self._frames()
+        self.videos = self._videos()
         self.targets = self._targets()
-        self.fingerprint = _fingerprint(self.doc, runtime, settings)
+        if any(i in self.frames or i in self.videos for i in self.targets):
+            vid.require_av()
+        self.fingerprint = _fingerprint(self.doc, runtime, settings, self.plan)
+
+    def _frames(self) -> dict[int, tuple[str, int]]:
+        """{image index: (video, frame number)} for MegaDetector frame entries read from their video.
+
+        A frame whose "video" is a folder (frames already extracted to files) is read as an image.
+        """
+        out, folders = {}, {}
+        for i, im in enumerate(self.doc["images"]):
+            frame = vid.split_frame(im["file"])
+            if frame is None:
+                continue
+            if frame[0] not in folders:
+                try:
+                    folders[frame[0]] = safe_join(self.paths.images_dir, frame[0]).is_dir()
+                except ImageReadError:
+                    folders[frame[0]] = False  # refused again, with its failure, when read
+            if not folders[frame[0]]:
+                out[i] = frame
+        return out
+
+    def _videos(self) -> set[int]:
+        """Indices of MegaDetector's video-level entries (`clip.mp4`, each detection with its `frame_number`)."""
+        return {i for i, im in enumerate(self.doc["images"])
+                if vid.is_video_file(im["file"]) and im.get("failure") is None and im.get("detections")
+                and all(isinstance(d.get("frame_number"), int) and d["frame_number"] >= 0 for d in im["detections"])}
 
     def _targets(self) -> dict[int, list[int]]:
-        """{image index: [detection indices to classify]} (`trapkit.detections.qualifying`), image files only."""
+        """{image index: [detection indices to classify]} (`trapkit.detections.qualifying`), images and frames."""
         images = self.doc["images"]
         if self.whole:
-            return {i: [0] for i in range(len(images))}
+            return {i: [0] for i, im in enumerate(images) if im.get("failure") is None}
         targets = md.qualifying(self.doc, self.prep.threshold, self.prep.categories)
-        not_images = [i for i in targets if not is_image_file(images[i]["file"])]
-        if not_images:
-            # Videos (MegaDetector frame results) and other files are carried through as they are.
-            log.warning("%d entries are not image files (videos?); left as they are", len(not_images))
-        return {i: dets for i, dets in targets.items() if i not in set(not_images)}
+        other = {i for i in targets if i not in self.frames and i not in self.videos
+                 and not is_image_file(images[i]["file"])}
+        if other:
+            log.warning("%d entries are neither images nor videos; left as they are", len(other))
+        return {i: dets for i, dets in targets.items() if i not in other}
 
     def check_images_found(self) -> None:
         """Stop before any work when not one image to classify is under IMAGES_DIR: the folder is wrong."""
-        files = [self.doc["images"][i]["file"] for i in sorted(self.targets)]
+        files = [self.frames[i][0] if i in self.frames else self.doc["images"][i]["file"] for i in sorted(self.targets)]
         if files and not any(_is_file(self.paths.images_dir, f) for f in files):
             raise TrapkitError(
                 f"none of the {len(files)} images to classify in {self.paths.detections} is under "
@@ -198,9 +260,107 @@ class _Job:
             )
 
     def work(self, i: int) -> tuple[str, list | None]:
-        """(file relative to IMAGES_DIR, boxes to crop or None for the whole image) of image `i`."""
+        """(file relative to IMAGES_DIR, boxes to crop or None for the whole image) of image `i` (a photo)."""
         entry = self.doc["images"][i]
         return entry["file"], None if self.whole else [entry["detections"][j]["bbox"] for j in self.targets[i]]
+
+    def units(self, todo: list[int]) -> list[list[int]]:
+        """Stage 1's units of work: one image, or every wanted frame of one video (decoded in one pass)."""
+        units, where = [], {}
+        for i in todo:
+            video = self.frames[i][0] if i in self.frames else None
+            if video is None:
+                units.append([i])
+            elif video in where:
+                units[where[video]].append(i)
+            else:
+                where[video] = len(units)
+                units.append([i])
+        return [sorted(u, key=lambda i: self.frames[i][1]) if u[0] in self.frames else u for u in units]
+
+    def prepare_unit(self, unit: list[int]) -> list[Staged]:
+        if unit[0] in self.frames:
+            return self.prepare_frames(unit)
+        if unit[0] in self.videos:
+            return [self.prepare_video(unit[0])]
+        return [self.prepare(unit[0])]
+
+    def prepare_video(self, i: int) -> Staged:
+        """Stage 1 for a video-level entry: its detections' frames decoded in one pass, each box cut from its
+        own frame. Detections on frames the video cannot give stay unclassified (noted in the warnings);
+        the entry fails only when none can be classified."""
+        im = self.doc["images"][i]
+        out = Staged(i, [])
+        by_number: dict[int, list[int]] = {}
+        for j in self.targets[i]:
+            by_number.setdefault(im["detections"][j]["frame_number"], []).append(j)
+        crops, failures = {}, {}
+        try:
+            for number, img, failure in vid.read_frames(safe_join(self.paths.images_dir, im["file"]), by_number):
+                if failure is not None:
+                    failures[number] = failure
+                    continue
+                for j, crop in zip(by_number[number], crops_from_image(
+                        img, [im["detections"][j]["bbox"] for j in by_number[number]], self.prep)):
+                    crops[j] = crop
+        except (vid.VideoReadError, ImageReadError) as e:
+            out.failure = e.code
+            log.warning("not classified: %s", e)
+            return out
+        except Exception as e:  # noqa: BLE001 - as for images: recorded, the run goes on
+            out.failure = vid.FAILURE_UNREADABLE
+            log.warning("not classified: %s could not be decoded (%s: %s)", ascii(im["file"]), e.__class__.__name__, e)
+            return out
+        for code in sorted(set(failures.values())):
+            out.warnings.append(f"{code}: frames {', '.join(str(n) for n in sorted(failures) if failures[n] == code)}")
+        if not crops:
+            out.failure = next(iter(failures.values()), vid.FAILURE_NO_FRAMES)
+            return out
+        out.det_indices = sorted(crops)
+        out.crops = np.stack([crops[j] for j in out.det_indices])
+        return out
+
+    def prepare_frames(self, unit: list[int]) -> list[Staged]:
+        """Stage 1 for the wanted frames of one video: one decoding pass, each frame cut like a photo."""
+        images = self.doc["images"]
+        video = self.frames[unit[0]][0]
+        staged = {i: Staged(i, self.targets[i]) for i in unit}
+        by_number: dict[int, list[int]] = {}
+        for i in unit:
+            by_number.setdefault(self.frames[i][1], []).append(i)
+        try:
+            for number, img, failure in vid.read_frames(safe_join(self.paths.images_dir, video), by_number):
+                for i in by_number[number]:
+                    if failure is not None:
+                        staged[i].failure = failure
+                        continue
+                    boxes = None if self.whole else [images[i]["detections"][j]["bbox"] for j in staged[i].det_indices]
+                    staged[i].crops = crops_from_image(img, boxes, self.prep)
+        except (vid.VideoReadError, ImageReadError) as e:
+            code = e.code
+            log.warning("not classified: %s", e)
+        except Exception as e:  # noqa: BLE001 - as for images: recorded, the run goes on
+            code = vid.FAILURE_UNREADABLE
+            log.warning("not classified: %s could not be decoded (%s: %s)", ascii(video), e.__class__.__name__, e)
+            log.debug("unexpected error on %s", ascii(video), exc_info=True)
+        else:
+            code = None
+        for st in staged.values():
+            if st.crops is None and st.failure is None:
+                st.failure = code or vid.FAILURE_UNREADABLE
+        return [staged[i] for i in unit]
+
+    def frame_rates(self) -> dict[str, float | None]:
+        """Each video's frame rate, from its container (for the video-level file)."""
+        rates = {}
+        for im in self.doc["images"]:
+            frame = vid.split_frame(im["file"])
+            if frame is not None and frame[0] not in rates:
+                try:
+                    rates[frame[0]] = vid.frame_rate(safe_join(self.paths.images_dir, frame[0]))
+                except ImageReadError:
+                    rates[frame[0]] = None
+        return rates
 
     def prepare(self, i: int) -> Staged:
         """Stage 1 for one image: decode once (reduced and cut to the crops' rectangle) and cut every crop."""
@@ -215,7 +375,7 @@ class _Job:
 
     def record(self, item: Staged, results: dict) -> dict:
         """The checkpointed record of one image, from its crops' (C,) probabilities in `results[(i, j)]`."""
-        return _record(item, results, self.settings.top_k)
+        return _record(item, results, self.plan, self.settings.top_k)
 
     def save_checkpoint(self, done: dict) -> None:
         atomic_write_json(self.paths.checkpoint, {
@@ -227,19 +387,25 @@ class _Job:
 
         settings = self.settings
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        units = self.units(todo)
         batcher = _Batcher(self.runtime, settings)
         bar = tqdm(total=len(todo), unit="img", desc="classify", disable=None)
         try:
             with ThreadPoolExecutor(settings.workers, thread_name_prefix="decode") as pool:
                 chunk: list[Staged] = []
-                for n, item in enumerate(_ordered_map(pool, self.prepare, todo, lookahead=4 * settings.workers), 1):
-                    chunk.append(item)
-                    if item.crops is not None:
-                        batcher.add(item)
-                    if kill_after and n >= kill_after:
-                        # Raised in this (the main) thread, so a SIGINT is handled before the next line runs.
-                        signal.raise_signal(getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
-                    if len(chunk) == settings.checkpoint_every or n == len(todo):
+                n = 0
+                staged = _ordered_map(pool, self.prepare_unit, units, lookahead=4 * settings.workers)
+                for k, items in enumerate(staged, 1):
+                    for item in items:
+                        n += 1
+                        chunk.append(item)
+                        if item.crops is not None:
+                            batcher.add(item)
+                        if kill_after and n >= kill_after:
+                            # Raised in this (the main) thread, so a SIGINT is handled before the next line runs.
+                            signal.raise_signal(getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
+                    # Units (a video's frames) are never split, so a resumed run sees the same units and batches.
+                    if len(chunk) >= settings.checkpoint_every or k == len(units):
                         results = batcher.finish()
                         for p in chunk:
                             done[str(p.index)] = self.record(p, results)
@@ -262,8 +428,8 @@ class _Job:
                 stale += d.pop("classifications", None) is not None
         if stale:
             log.warning("replaced earlier classifications on %d detections", stale)
-        spec = self.runtime.spec
-        out["classification_categories"], descriptions = md.classification_categories(spec.labels, spec.taxonomy)
+        used = {c[0] for r in done.values() for classes in r["classifications"].values() for c in classes}
+        out["classification_categories"], descriptions = used_categories(self.plan, used)
         if descriptions:
             out["classification_category_descriptions"] = descriptions
         else:
@@ -281,37 +447,67 @@ class _Job:
         info = out["info"]
         info["classifier"] = self.runtime.name
         info["classification_completion_time"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        prep = self.prep
+        prep, post = self.prep, self.settings.post
         info["classifier_metadata"] = {
             "trapkit_version": __version__, "threshold": prep.threshold, "categories": list(prep.categories),
             "top_k": self.settings.top_k, "crop_margin": prep.margin, "input_size": prep.input_size,
             "interpolation": prep.interpolation,
+            # File names only: local paths never go into shared results.
+            "postprocess": {"rollup": post.rollup, "allow_list": post.allow_list and Path(post.allow_list).name,
+                            "class_thresholds": post.class_thresholds and Path(post.class_thresholds).name},
             "smoothing": asdict(self.settings.smooth) if self.settings.smooth is not None else None,
+            "sequence_gap": self.settings.sequence_gap, "frame_sample": self.settings.frame_sample,
         }
         return out
 
 
-def _fingerprint(doc: dict, runtime, settings: ClassifySettings) -> str:
-    """What the results depend on: the input, the model and the settings that change outputs."""
+def _fingerprint(doc: dict, runtime, settings: ClassifySettings, plan: Plan | None = None) -> str:
+    """What the checkpointed records depend on: the input, the model, the settings that change outputs,
+    and the post-processing plan (the CSVs' content, not their names)."""
     h = hashlib.sha256()
     h.update(json.dumps(doc, sort_keys=True).encode())
     h.update(runtime.spec.to_json().encode())
     h.update(str(getattr(runtime, "identity", "")).encode())  # the weights, where the runtime knows them
     prep = settings.preprocessing(runtime.spec)
     h.update(json.dumps({"top_k": settings.top_k, **asdict(prep)}, sort_keys=True).encode())
+    plan = plan or plain_plan(runtime.spec.labels, runtime.spec.taxonomy)
+    h.update(json.dumps(plan.describe(), sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _input_document(paths: ClassifyPaths) -> dict:
+def _input_document(paths: ClassifyPaths, frame_sample: int | None = None) -> dict:
     if not Path(paths.images_dir).is_dir():
         raise TrapkitError(f"image folder {paths.images_dir} does not exist; check the path")
     if paths.detections is None:
         root = Path(paths.images_dir)
         files = [p.relative_to(root).as_posix() for p in iter_images(root)]
-        if not files:
-            raise TrapkitError(f"no images found under {root}; check the folder")
-        return md.whole_image_results(files)
+        videos = [p.relative_to(root).as_posix() for p in iter_files(root, vid.is_video_file)] if frame_sample else []
+        if videos:
+            vid.require_av()
+        if not files and not videos:
+            raise TrapkitError(f"no images{' or videos' if frame_sample else ''} found under {root}; check the folder")
+        doc = md.whole_image_results(files)
+        doc["images"] += _sampled_frames(root, videos, frame_sample)
+        return doc
     return md.load_detections(paths.detections)
+
+
+def _sampled_frames(root: Path, videos: list[str], every: int) -> list[dict]:
+    """Frame entries 0, N, 2N, ... of each video, one full-frame box each; a video that cannot be
+    opened, or has no frames, gets one failed entry (frame 0) so it is counted and reported."""
+    box = md.whole_image_results(["x"])["images"][0]["detections"]
+    entries = []
+    for video in videos:
+        try:
+            count = vid.probe(safe_join(root, video)).frames
+            failure = None if count else vid.FAILURE_NO_FRAMES
+        except (vid.VideoReadError, ImageReadError) as e:
+            count, failure = 0, e.code
+            log.warning("not classified: %s", e)
+        if failure:
+            entries.append({"file": vid.frame_file(video, 0), "failure": failure, "detections": None})
+        entries += [{"file": vid.frame_file(video, n), "detections": copy.deepcopy(box)} for n in range(0, count, every)]
+    return entries
 
 
 def _is_file(root, file: str) -> bool:
@@ -418,13 +614,8 @@ class _Batcher:
         self.pool.shutdown(wait=True)
 
 
-def top_k(probs: np.ndarray, k: int) -> list[list]:
-    """[[class id, conf], ...] for one (C,) probability vector, descending, ties by class index."""
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [[str(int(c)), round(float(probs[c]), CONF_DECIMALS)] for c in order]
-
-
-def _record(p: Staged, results: dict, k: int) -> dict:
-    """The checkpointed result of one image (plain JSON)."""
-    classifications = {} if p.failure else {str(j): top_k(results[(p.index, j)], k) for j in p.det_indices}
+def _record(p: Staged, results: dict, plan: Plan, k: int) -> dict:
+    """The checkpointed result of one image (plain JSON): each detection's full (C,) probabilities
+    through the post-processing plan, then its top k."""
+    classifications = {} if p.failure else {str(j): classify(results[(p.index, j)], plan, k) for j in p.det_indices}
     return {"classifications": classifications, "failure": p.failure, "warnings": p.warnings, "time": p.time}

@@ -13,7 +13,7 @@ from trapkit import __version__
 from trapkit.flags import default_of, given, not_with, only_with
 from trapkit.logfile import debug_log
 from trapkit.serve.settings import ClassifySettings
-from trapkit.serve.smoothing import SmoothSettings
+from trapkit.serve.smoothing import SMOOTH_MODES, SmoothSettings
 
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,29 @@ def _register_classify(subparsers, common) -> None:
                    help=f"images between checkpoints (default {default_of(ClassifySettings, 'checkpoint_every')})")
     p.add_argument("--sort-into", type=Path, metavar="DIR", help="copy images into DIR/<top species>/")
     p.add_argument("--link", action="store_true", help="with --sort-into: symlink instead of copying")
-    p.add_argument("--smooth", action="store_true",
-                   help="let each sequence's majority fix unsure classifications (sequences by EXIF time and folder)")
-    p.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
-                   help=f"with --smooth: most seconds between photos of one sequence (default "
-                   f"{default_of(SmoothSettings, 'gap_seconds'):g})")
+    a = p.add_argument_group("after the model (docs/classify.md)")
+    a.add_argument("--rollup", type=float, default=None, metavar="THRESHOLD",
+                   help="below this top-1 confidence, report the lowest taxon whose summed probability reaches it "
+                   "(from the model's taxonomy; unknown without one; SpeciesNet and AddaxAI use 0.65)")
+    a.add_argument("--allow-list", type=Path, metavar="CSV",
+                   help="only these taxa (columns latin and/or common and/or label); the others' probability goes "
+                   "to their nearest allowed ancestor")
+    a.add_argument("--class-thresholds", type=Path, metavar="CSV",
+                   help="label,threshold rows: below its bar a detection rolls up, or is unknown without taxonomy")
+    a.add_argument("--smooth", nargs="?", const="sequence", choices=SMOOTH_MODES,
+                   help="MegaDetector's classification smoothing within each image, each sequence (EXIF time and "
+                   "folder, or one video), or both; --smooth alone means sequence")
+    a.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
+                   help=f"most seconds between photos of one sequence (default "
+                   f"{default_of(ClassifySettings, 'sequence_gap'):g})")
+    a.add_argument("--sequences-out", type=Path, metavar="CCT.json",
+                   help="write the sequences as COCO Camera Traps images with seq_id (MegaDetector's smoothing reads it)")
+    v = p.add_argument_group("video (pip install trapkit[video])")
+    v.add_argument("--video-out", type=Path, metavar="VIDEO.json",
+                   help="also write MegaDetector's video-level file: one entry per video, its best detection per "
+                   "category with classifications")
+    v.add_argument("--frame-sample", type=int, default=None, metavar="N",
+                   help="without --detections: also classify every N-th frame of each video under IMAGES_DIR, whole")
     p.add_argument("--triton-url", help="classify on a Triton server (host:port or http://host:port)")
     p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
     p.add_argument("--concurrency", type=int, default=None,
@@ -76,11 +94,15 @@ def _register_classify(subparsers, common) -> None:
 
 def _classify(args) -> int:
     from trapkit.serve.classify import ClassifyPaths, classify_images
+    from trapkit.errors import TrapkitError
     from trapkit.serve.runtime import available_cpus, open_runtime
-    from trapkit.serve.settings import Parallelism
+    from trapkit.serve.settings import Parallelism, PostSettings
 
     only_with("--sort-into DIR", args.sort_into is not None, {"--link": args.link})
-    only_with("--smooth", args.smooth, {"--sequence-gap": args.sequence_gap is not None})
+    only_with("--smooth sequence|both or --sequences-out", args.smooth in ("sequence", "both") or bool(
+        args.sequences_out), {"--sequence-gap": args.sequence_gap is not None})
+    if args.frame_sample is not None and args.detections is not None:
+        raise TrapkitError("--frame-sample only applies without --detections (MegaDetector chose the frames); drop it")
     only_with("--ray ADDRESS", args.ray is not None, {"--ray-actors": args.ray_actors is not None})
     not_with("--ray", args.ray is not None, {
         "--workers": args.workers is not None, "--threads": args.threads is not None,
@@ -88,13 +110,15 @@ def _classify(args) -> int:
         "the cluster decodes and runs the model (onnxruntime in each actor); size it with --ray-actors")
     cluster = _cluster(args.ray, args.ray_actors)
     par = Parallelism.for_cpus(available_cpus(), args.workers, args.concurrency, args.threads)
-    smooth = SmoothSettings(**given(gap_seconds=args.sequence_gap)) if args.smooth else None
+    post = PostSettings(rollup=args.rollup, allow_list=args.allow_list, class_thresholds=args.class_thresholds)
     settings = ClassifySettings(**given(
         threshold=args.threshold, categories=tuple(args.categories) if args.categories else None, top_k=args.top_k,
-        margin=args.margin, smooth=smooth, batch_size=args.batch_size, workers=par.workers,
-        concurrency=par.concurrency, checkpoint_every=args.checkpoint_every))
+        margin=args.margin, post=post, smooth=SmoothSettings(args.smooth) if args.smooth else None,
+        sequence_gap=args.sequence_gap, frame_sample=args.frame_sample, batch_size=args.batch_size,
+        workers=par.workers, concurrency=par.concurrency, checkpoint_every=args.checkpoint_every))
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
-                          sort_into=args.sort_into, link=args.link)
+                          sort_into=args.sort_into, link=args.link, sequences_out=args.sequences_out,
+                          video_out=args.video_out)
     with debug_log(args.out.with_name(args.out.name + ".log")):
         log.debug("trapkit %s classify %s", __version__, vars(args))
         runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
@@ -104,7 +128,8 @@ def _classify(args) -> int:
         finally:
             runtime.close()
     print(summary.table())
-    print(f"wrote {args.out}" + (f" and {args.csv}" if args.csv else "") + f"; debug log in {args.out}.log")
+    written = [args.out, args.csv, args.sequences_out, args.video_out]
+    print("wrote " + ", ".join(str(w) for w in written if w) + f"; debug log in {args.out}.log")
     return 0
 
 

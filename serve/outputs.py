@@ -27,6 +27,7 @@ from pathlib import Path
 from trapkit.atomic import atomic_copy, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, is_image_file, safe_join
+from trapkit.serve.video import is_video_file, split_frame
 from trapkit.detections import CLASSIFICATION_FAILURE
 
 log = logging.getLogger(__name__)
@@ -122,16 +123,20 @@ def write_csv(path: str | Path, result: dict, done: dict) -> None:
 def sort_into(result: dict, images_dir: str | Path, dest: str | Path, link: bool = False) -> int:
     """Copy (or symlink) each readable image into `dest/<top species>/<its relative path>`. Returns the count.
 
-    Images with no classified detection go to `_empty/`, entries that are not images
-    (videos) to `_not_classified/`; failed images are left out.
+    Images (and MegaDetector's video-level entries: the video file) with no classified detection go to
+    `_empty/`, entries that are neither to `_not_classified/`; failed ones and video frames (no file of
+    their own) are left out.
     """
     labels = result["classification_categories"]
     dest = Path(dest)
-    count = 0
+    count = frames = 0
     for im in result["images"]:
         if im.get("failure") is not None or im.get(CLASSIFICATION_FAILURE) is not None:
             continue
-        if not is_image_file(im["file"]):
+        if split_frame(im["file"]) is not None:
+            frames += 1
+            continue
+        if not is_image_file(im["file"]) and not is_video_file(im["file"]):
             folder = NOT_CLASSIFIED_FOLDER  # never classified, so not known to be empty
         else:
             folder = top_species(im, labels) or EMPTY_FOLDER
@@ -157,6 +162,8 @@ def sort_into(result: dict, images_dir: str | Path, dest: str | Path, link: bool
         else:
             atomic_copy(src, target)
         count += 1
+    if frames:
+        log.info("%d video frames not sorted (they are not files); --video-out gives each video's species", frames)
     log.info("sorted %d images into %s", count, dest)
     return count
 

@@ -46,9 +46,14 @@ class RayExecutor:
         if model_path is None:
             raise TrapkitError("--ray runs the model on the cluster; give --model (a model.onnx), not --triton-url")
         root = Path(job.paths.images_dir).resolve()  # the same absolute path on every node
-        work = [(i, *job.work(i)) for i in todo]
+        # Video entries stay here: each video is decoded once for all its frames (one unit of the local stages).
+        videos = [i for i in todo if i in job.frames or i in job.videos]
+        if videos:
+            log.info("%d video entries are classified on this machine, the photos on the cluster", len(videos))
+            job.run(videos, done)
+        work = [(i, *job.work(i)) for i in todo if i not in job.frames and i not in job.videos]
         if not work:
-            return  # a resumed run that had finished everything: no cluster needed
+            return  # nothing left (a resumed run that had finished, or videos only): no cluster needed
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
         with connect(self.cluster) as cluster:
             cluster.check_visible(root, [file for _, file, _ in work])

@@ -7,10 +7,31 @@ defaults in `--help` without importing anything heavy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from trapkit.errors import TrapkitError
 from trapkit.serve.smoothing import SmoothSettings
+
+
+@dataclass(frozen=True)
+class PostSettings:
+    """After the model (`trapkit.serve.postprocess`): `rollup` bar, allow-list and per-class thresholds CSVs.
+
+    All None: each detection's classifications are the plain top-k.
+    """
+
+    rollup: float | None = None
+    allow_list: Path | None = None
+    class_thresholds: Path | None = None
+
+    def __post_init__(self):
+        if self.rollup is not None and not (isinstance(self.rollup, (int, float)) and 0.0 <= self.rollup <= 1.0):
+            raise TrapkitError(f"--rollup {self.rollup} is out of range; give a confidence in [0, 1], e.g. 0.65")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.rollup, self.allow_list, self.class_thresholds))
 
 
 @dataclass(frozen=True)
@@ -24,16 +45,21 @@ class ClassifySettings:
     categories: tuple[str, ...] | None = None
     top_k: int = 5
     margin: float | None = None
-    smooth: SmoothSettings | None = None  # None: no sequence smoothing
+    post: PostSettings = field(default_factory=PostSettings)  # rollup, allow-list, per-class thresholds
+    smooth: SmoothSettings | None = None  # None: no smoothing
+    sequence_gap: float = 60.0  # seconds: the most between photos of one sequence (smoothing, --sequences-out)
+    frame_sample: int | None = None  # without detections: classify every N-th frame of each video (None: no videos)
     batch_size: int = 32
     workers: int = 2
     concurrency: int = 1
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        for name in ("top_k", "batch_size", "workers", "concurrency", "checkpoint_every"):
-            if getattr(self, name) < 1:
+        for name in ("top_k", "batch_size", "workers", "concurrency", "checkpoint_every", "frame_sample"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrapkitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.sequence_gap >= 0:
+            raise TrapkitError(f"--sequence-gap {self.sequence_gap:g} must be 0 seconds or more")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise TrapkitError(f"threshold {self.threshold} is out of range; use a detection confidence in [0, 1]")
         if self.margin is not None and not 0.0 <= self.margin <= 2.0:

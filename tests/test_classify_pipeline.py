@@ -14,7 +14,6 @@ from classify_helpers import animal, megadetector_validate, onnx_with_taxonomy, 
 from trapkit.cli import main
 from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
 from trapkit.serve.runtime import open_runtime
-from trapkit.serve.smoothing import SmoothSettings, sequences, smooth_sequences
 
 
 def _classify(samples_dir, tiny_onnx_path, tmp_path, *extra) -> tuple[int, dict]:
@@ -67,7 +66,7 @@ def test_output_is_megadetector_1_6_and_preserves_the_input(samples_dir, tiny_on
 
 
 def test_taxonomy_becomes_category_descriptions(samples_dir, tiny_onnx_path, tmp_path):
-    taxonomy = tuple(f"mammalia;order;family;genus;{x}" for x in ("bear", "cattle", "dog", "elephant", "ocelot"))
+    taxonomy = tuple(f";mammalia;order;family;genus;{x};{x}" for x in ("bear", "cattle", "dog", "elephant", "ocelot"))
     model = onnx_with_taxonomy(tiny_onnx_path, tmp_path / "tax.onnx", taxonomy)
     code, out = _classify(samples_dir, model, tmp_path, "--categories", "animal", "person", "--threshold", "0.5")
     assert code == 0
@@ -119,7 +118,7 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     names = ["ocelot.jpg", "missing.jpg", "empty.jpg", "corrupt.jpg", "text.jpg", "truncated.jpg",
              str(tmp_path / "outside.jpg"), "../outside.jpg"]
     video = {"file": "clip.mp4", "frame_rate": 30.0, "frames_processed": [0],
-             "detections": [{**animal(), "frame_number": 0}]}  # MegaDetector video results: not ours to touch
+             "detections": [{**animal(), "frame_number": 0}]}  # MegaDetector video results, for a video not there
     md = write_detections(tmp_path / "md.json", [{"file": n, "detections": [animal()]} for n in names] + [video])
     out, table = tmp_path / "out.json", tmp_path / "out.csv"
     code = main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
@@ -128,7 +127,7 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     doc = json.loads(out.read_text())
     megadetector_validate(out)
     by_file = {im["file"]: im for im in doc["images"]}
-    assert by_file["clip.mp4"] == video
+    assert by_file["clip.mp4"] == {**video, "classification_failure": "video missing"}  # boxes kept
     for name in ("ocelot.jpg", "truncated.jpg"):
         assert by_file[name].get("failure") is None and by_file[name]["detections"][0]["classifications"]
     # Short fixed codes, countable, with no local path in them; the details went to the log.
@@ -142,9 +141,9 @@ def test_bad_images_are_recorded_and_the_run_goes_on(samples_copy, tiny_onnx_pat
     assert str(samples_copy) not in out.read_text()
     rows = list(csv.DictReader(table.open()))
     assert any(r["file"] == "truncated.jpg" and "truncated" in r["warning"] for r in rows)
-    assert sum(1 for r in rows if r["failure"]) == 6
+    assert sum(1 for r in rows if r["failure"]) == 7
     printed = capsys.readouterr().out
-    assert "6 images failed; 1 classified with warnings" in printed
+    assert "7 images failed; 1 classified with warnings" in printed
 
 
 def test_sort_into_copies_or_links_by_top_species(samples_dir, tiny_onnx_path, tmp_path):
@@ -163,18 +162,24 @@ def test_sort_into_copies_or_links_by_top_species(samples_dir, tiny_onnx_path, t
     assert len(links) == 10 and all(p.is_symlink() for p in links)
 
 
-def test_sort_into_puts_non_images_in_not_classified(samples_copy, tiny_onnx_path, tmp_path):
-    (samples_copy / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42")  # never decoded: not an image
-    video = {"file": "clip.mp4", "frame_rate": 30.0, "frames_processed": [0],
-             "detections": [{**animal(), "frame_number": 0}]}
+def test_sort_into_puts_videos_by_species_and_other_files_in_not_classified(samples_copy, tiny_onnx_path, tmp_path):
+    from video_helpers import encode, photo_frames
+
+    encode(samples_copy / "clip.mp4", photo_frames(3))
+    (samples_copy / "junk.mp4").write_bytes(b"\0\0\0\x18ftypmp42")  # cannot be decoded: failed, left out
+    (samples_copy / "call.wav").write_bytes(b"RIFF")  # neither image nor video: never classified
+    entries = [{"file": name, "frame_rate": 30.0, "frames_processed": [0],
+                "detections": [{**animal(), "frame_number": 0}]} for name in ("clip.mp4", "junk.mp4")]
     md = write_detections(tmp_path / "md.json", [{"file": "ocelot.jpg", "detections": [animal()]},
-                                                 {"file": "blank.jpg", "detections": []}, video])
+                                                 {"file": "blank.jpg", "detections": []},
+                                                 {"file": "call.wav", "detections": [animal()]}, *entries])
     sorted_dir = tmp_path / "sorted"
     assert main(["classify", str(samples_copy), "--model", str(tiny_onnx_path), "--detections", str(md),
                  "--out", str(tmp_path / "out.json"), "--sort-into", str(sorted_dir)]) == 0
     placed = sorted(p.relative_to(sorted_dir).as_posix() for p in sorted_dir.rglob("*") if p.is_file())
-    assert "_not_classified/clip.mp4" in placed and "_empty/blank.jpg" in placed
-    assert len(placed) == 3 and not (sorted_dir / "_empty" / "clip.mp4").exists()
+    assert "_not_classified/call.wav" in placed and "_empty/blank.jpg" in placed
+    assert [p for p in placed if p.endswith(".mp4")] == [p for p in placed if p.endswith("/clip.mp4")]
+    assert len(placed) == 4 and not any(p.startswith("_") and p.endswith("clip.mp4") for p in placed)
 
 
 def test_wrong_images_dir_stops_before_any_work(samples_dir, tiny_onnx_path, tmp_path, capsys):
@@ -241,43 +246,11 @@ def test_rerun_on_a_smoothed_output_drops_stale_classifications(samples_copy, ti
     assert all(c[0] in result["classification_categories"] for c in dets[0]["classifications"])
 
 
-def _result(files_and_tops: list[tuple[str, list[tuple[str, float]]]]) -> dict:
-    """A classify output with one detection per image and the given [(class id, conf), ...] top lists."""
-    return {"images": [{"file": f, "detections": [{"category": "1", "conf": 0.9, "bbox": [0, 0, 1, 1],
-                                                    "classifications": [list(c) for c in tops]}]}
-                       for f, tops in files_and_tops]}
-
-
-def test_smoothing_fixes_unsure_detections_in_a_sequence():
-    # Camera A: a 4-shot burst of deer ("1") with one unsure frame called fox ("2");
-    # 10 minutes later, one unsure fox alone (a new sequence: left alone). Camera B: no EXIF time.
-    result = _result([
-        ("camA/1.jpg", [("1", 0.9), ("2", 0.05)]),
-        ("camA/2.jpg", [("2", 0.45), ("1", 0.40), ("3", 0.1)]),
-        ("camA/3.jpg", [("1", 0.8)]),
-        ("camA/4.jpg", [("1", 0.7)]),
-        ("camA/5.jpg", [("2", 0.4), ("1", 0.3)]),
-        ("camB/1.jpg", [("2", 0.3), ("1", 0.2)]),
-    ])
-    times = {0: "2024:05:01 10:00:00", 1: "2024:05:01 10:00:02", 2: "2024:05:01 10:00:04", 3: "2024:05:01 10:00:30",
-             4: "2024:05:01 10:10:30", 5: None}
-    assert sequences(result["images"], times, 60) == [[0, 1, 2, 3], [4], [5]]
-    before = copy.deepcopy(result)
-    assert smooth_sequences(result, times, SmoothSettings(gap_seconds=60)) == 1
-    fixed = result["images"][1]["detections"][0]
-    assert fixed["classifications"] == [["1", 0.45], ["3", 0.1]]
-    assert fixed["classifications_before_smoothing"] == before["images"][1]["detections"][0]["classifications"]
-    for i in (0, 2, 3, 4, 5):
-        assert result["images"][i] == before["images"][i]
-    # A longer gap joins the lone fox to the burst; a shorter one leaves too few votes.
-    assert smooth_sequences(copy.deepcopy(before), times, SmoothSettings(gap_seconds=900)) == 2
-    assert smooth_sequences(copy.deepcopy(before), times, SmoothSettings(gap_seconds=1)) == 0
-
-
 def test_smooth_flag_runs_end_to_end(samples_dir, tiny_onnx_path, tmp_path):
     code, out = _classify(samples_dir, tiny_onnx_path, tmp_path, "--smooth", "--sequence-gap", "30")
     assert code == 0
-    assert out["info"]["classifier_metadata"]["smoothing"]["gap_seconds"] == 30
+    assert out["info"]["classifier_metadata"]["sequence_gap"] == 30
+    assert out["info"]["classifier_metadata"]["smoothing"]["mode"] == "sequence"  # --smooth alone
     megadetector_validate(tmp_path / "out.json")
 
 

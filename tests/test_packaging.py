@@ -60,7 +60,7 @@ def test_dockerfile_installs_the_checked_out_code():
                     assert (REPO / src).exists(), f"Dockerfile copies {src}, which is not in the repo"
     installs = [v for i, v in steps if i == "RUN" and "pip install" in v]
     assert installs and all("trapkit==" not in v for v in installs)  # never a registry copy
-    assert any('".[serve,triton,demo,hub]"' in v or "'.[serve,triton,demo,hub]'" in v for v in installs)
+    assert any('".[serve,video,triton,demo,hub]"' in v or "'.[serve,video,triton,demo,hub]'" in v for v in installs)
     users = [v for i, v in steps if i == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert [v for i, v in steps if i == "ENTRYPOINT"][-1].replace(" ", "") == '["trapkit"]'

@@ -6,8 +6,12 @@ from trapkit.errors import TrapkitError
 from trapkit.spec import SPEC_FORMAT_VERSION, ModelSpec
 
 
+TAXONOMY = (";mammalia;cetartiodactyla;cervidae;;;deer", ";mammalia;carnivora;canidae;vulpes;vulpes;red fox",
+            ";mammalia;cetartiodactyla;suidae;sus;scrofa;wild boar")
+
+
 def make_spec(**kw):
-    base = dict(arch="tf_efficientnet_lite0", labels=("deer", "fox", "boar"), taxonomy=("a;b", "c;d", "e;f"))
+    base = dict(arch="tf_efficientnet_lite0", labels=("deer", "fox", "boar"), taxonomy=TAXONOMY)
     return ModelSpec(**(base | kw))
 
 
@@ -35,6 +39,8 @@ def test_fields_from_a_newer_writer_are_carried_not_fatal():
         ({"labels": ()}, "no class labels"),
         ({"labels": ("deer", "deer", "fox")}, "duplicate class labels"),
         ({"taxonomy": ("a",)}, "taxonomy strings"),
+        ({"taxonomy": ("a;b", "c;d", "e;f")}, "'deer' has 2 tokens, not 7"),
+        ({"taxonomy": TAXONOMY[:2] + (";mammalia;;suidae;;;boar",)}, "'boar' has a family but no order"),
         ({"resize_mode": "stretch"}, "unknown resize_mode"),
         ({"std": (0.5, 0.0, 0.5)}, "std > 0"),
         ({"format_version": SPEC_FORMAT_VERSION + 1}, "upgrade trapkit"),
@@ -43,6 +49,12 @@ def test_fields_from_a_newer_writer_are_carried_not_fatal():
 def test_invalid_specs_are_user_errors(changes, message):
     with pytest.raises(TrapkitError, match=message):
         make_spec(**changes)
+
+
+def test_taxonomy_strings_are_stored_lowercase_and_stripped():
+    spec = make_spec(taxonomy=TAXONOMY[:2] + (" ;Mammalia;Cetartiodactyla;Suidae;Sus;Scrofa;Wild Boar ",))
+    assert spec.taxonomy[2] == TAXONOMY[2]
+    assert ModelSpec.from_json(spec.to_json()) == spec
 
 
 def test_unreadable_spec_files_say_what_to_do(tmp_path):

@@ -56,6 +56,9 @@ def register(subparsers, common) -> None:
     p = sub.add_parser("init", parents=[common], help="start a run: scan, finetune, fit, first label request")
     p.add_argument("run", help="run folder to create")
     _init_options(p, required=True)
+    p.add_argument("--taxonomy", metavar="CSV",
+                   help="label,taxonomy CSV, one SpeciesNet-style 'id;class;order;family;genus;species;common name' "
+                   "per class; copied to RUN/taxonomy.csv and carried by every model of the run")
     p.set_defaults(func=_init)
 
     p = sub.add_parser("next", parents=[common], help="ingest answers, retrain, write the next request")
@@ -112,7 +115,7 @@ def _init(args) -> int:
     from trapkit.train.loop import init_run
     from trapkit.train.settings import resolve
 
-    _report(init_run(args.run, resolve(args.config, _flags(args))))
+    _report(init_run(args.run, resolve(args.config, _flags(args)), taxonomy=args.taxonomy))
     return 0
 
 

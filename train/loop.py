@@ -20,6 +20,7 @@ import numpy as np
 from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.spec import ModelSpec
+from trapkit.taxonomy import read_taxonomy_csv
 from trapkit.train import labels as labels_mod
 from trapkit.train.run import Run, RunState
 from trapkit.train.settings import RunSettings
@@ -52,8 +53,12 @@ class RoundResult:
 
 # -- init ---------------------------------------------------------------------------------
 
-def init_run(run_dir: str | Path, settings: RunSettings) -> RoundResult:
-    """Scan the trees, write manifest and settings, and run round 1."""
+def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None) -> RoundResult:
+    """Scan the trees, write manifest and settings, and run round 1.
+
+    `taxonomy`: a `label,taxonomy` CSV with one row per seed class (`trapkit.taxonomy`); it is
+    copied to RUN/taxonomy.csv and every round's model spec carries its strings.
+    """
     import pandas as pd
 
     from trapkit.train.backbones import backbone_preprocessing
@@ -66,6 +71,7 @@ def init_run(run_dir: str | Path, settings: RunSettings) -> RoundResult:
     if not settings.data.labelled or not settings.data.unlabelled:
         raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
     seed_tree = scan_labelled(settings.data.labelled)
+    strings = read_taxonomy_csv(taxonomy, sorted(seed_tree.classes)) if taxonomy is not None else None
     pool_paths = scan_pool(settings.data.unlabelled)
     problems = list(seed_tree.problems)
     rows = []
@@ -93,6 +99,8 @@ def init_run(run_dir: str | Path, settings: RunSettings) -> RoundResult:
     if settings.model.input_size is None:
         settings.model.input_size = backbone_preprocessing(settings.model.backbone, settings.model.weights).input_size
     run.root.mkdir(parents=True, exist_ok=True)
+    if strings is not None:
+        _write_taxonomy(run.taxonomy_path, sorted(seed_tree.classes), strings)
     settings.save(run.settings_path)
     run.save_manifest(df)
     state = RunState(round=0, classes=sorted(seed_tree.classes), scan_problems=problems)
@@ -205,13 +213,35 @@ def _labelled_mask(df) -> np.ndarray:
 
 # -- one round ------------------------------------------------------------------------------
 
-def _spec(settings: RunSettings, classes: list[str]) -> ModelSpec:
+def _spec(settings: RunSettings, classes: list[str], taxonomy: tuple[str, ...] | None = None) -> ModelSpec:
     from trapkit.train.backbones import backbone_preprocessing
 
     pre = backbone_preprocessing(settings.model.backbone, settings.model.weights)
     return ModelSpec(arch=settings.model.backbone, labels=tuple(classes), feat_dim=settings.model.feat_dim,
                      head_hidden=settings.model.head_hidden, input_size=settings.model.input_size,
-                     resize_mode=settings.model.resize_mode, mean=pre.mean, std=pre.std, name="trapkit-al-model")
+                     resize_mode=settings.model.resize_mode, mean=pre.mean, std=pre.std, name="trapkit-al-model",
+                     taxonomy=taxonomy)
+
+
+def _write_taxonomy(path: Path, classes: list[str], strings) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("label", "taxonomy"))
+    writer.writerows(zip(classes, strings))
+    atomic_write_text(path, buf.getvalue())
+
+
+def _run_taxonomy(run: Run, classes: list[str]) -> tuple[str, ...] | None:
+    """The run's taxonomy strings for `classes` (RUN/taxonomy.csv), None without one.
+
+    A class added by a later round needs a row there; rows for classes not seen yet are kept for later.
+    """
+    if not run.taxonomy_path.is_file():
+        return None
+    return read_taxonomy_csv(run.taxonomy_path, classes, other_labels_ok=True)
 
 
 def _load_embedder(run: Run, model, version: str | None) -> None:
@@ -234,7 +264,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> 
 
     classes = list(state.classes)
     torch.manual_seed(settings.select.seed)
-    model = build_model(_spec(settings, classes),
+    model = build_model(_spec(settings, classes, _run_taxonomy(run, classes)),
                         settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
     paths = run.image_paths(df, settings)

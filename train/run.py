@@ -60,6 +60,7 @@ class Run:
     embeddings_dir = property(lambda self: self.root / "embeddings")
     requests_dir = property(lambda self: self.root / "requests")
     inbox_dir = property(lambda self: self.root / "inbox")
+    taxonomy_path = property(lambda self: self.root / "taxonomy.csv")
 
     def round_dir(self, n: int) -> Path:
         return self.root / "rounds" / f"{n:03d}"

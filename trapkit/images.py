@@ -153,6 +153,11 @@ def iter_images(root: str | Path) -> list[Path]:
     valid UTF-8 (a camera or an old copy tool's Latin-1, say) stops the scan with one line naming it:
     results, CSVs and Timelapse all need names as text, so it is renamed once rather than mangled.
     """
+    return iter_files(root, is_image_file)
+
+
+def iter_files(root: str | Path, accept) -> list[Path]:
+    """Every file under `root` whose name `accept(name)` takes, walked as `iter_images` walks (videos, say)."""
     root = Path(root)
     if not root.is_dir():
         raise TrapkitError(f"image folder {root} does not exist; check the path")
@@ -164,7 +169,7 @@ def iter_images(root: str | Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(folder) / f for f in files if not f.startswith(".") and is_image_file(f)
+        found += [Path(folder) / f for f in files if not f.startswith(".") and accept(f)
                   and os.path.isfile(os.path.join(folder, f))]
     bad = [p for p in found if not is_text(str(p.relative_to(root)))]
     if bad:

@@ -24,6 +24,7 @@ from pathlib import Path
 from trapkit import __version__
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.taxonomy import check_taxonomy
 from trapkit.typed_json import checked, read_json, refuse_newer
 
 SPEC_FORMAT_VERSION = 2
@@ -77,9 +78,10 @@ class ModelSpec:
         # Normalise lists from JSON into tuples so specs compare and hash.
         for name in ("labels", "head_hidden", "mean", "std", "detection_categories"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.taxonomy is not None:
-            object.__setattr__(self, "taxonomy", tuple(self.taxonomy))
         self.validate()
+        if self.taxonomy is not None:
+            # Lowercase and stripped: MegaDetector's tools read these strings too.
+            object.__setattr__(self, "taxonomy", check_taxonomy(self.taxonomy, self.labels))
 
     def validate(self) -> None:
         _refuse_newer(self.format_version)
@@ -88,10 +90,8 @@ class ModelSpec:
         if len(set(self.labels)) != len(self.labels):
             dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
             raise TrapkitError(f"model spec has duplicate class labels {dupes}; make every class name unique")
-        if self.taxonomy is not None and len(self.taxonomy) != len(self.labels):
-            raise TrapkitError(
-                f"model spec has {len(self.taxonomy)} taxonomy strings for {len(self.labels)} labels; give one per class"
-            )
+        if self.taxonomy is not None:
+            check_taxonomy(self.taxonomy, self.labels)
         if self.resize_mode not in RESIZE_MODES:
             raise TrapkitError(f"unknown resize_mode {self.resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):

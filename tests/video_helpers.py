@@ -1,0 +1,70 @@
+"""Real video files for the tests, encoded with PyAV from the bundled camera-trap photos.
+
+Frame n shows photo n % 10 (sorted by name), squashed to the video's size, so any
+frame can be told from its neighbours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SAMPLES = Path(__file__).resolve().parents[1] / "trapkit" / "data" / "camera-traps"
+SIZE = (480, 360)
+RATE = 10
+
+
+def photo_frames(n: int, size=SIZE) -> list[np.ndarray]:
+    """(H, W, 3) uint8 frames cycling through the bundled photos."""
+    from PIL import Image
+
+    photos = sorted(SAMPLES.glob("*.jpg"))
+    out = []
+    for i in range(n):
+        with Image.open(photos[i % len(photos)]) as img:
+            out.append(np.asarray(img.convert("RGB").resize(size, Image.BILINEAR)))
+    return out
+
+
+def encode(path: Path, frames: list[np.ndarray], codec: str = "libx264", rate: int = RATE) -> Path:
+    """Write `frames` to `path` (the container from its extension): H.264 yuv420p, or MJPEG full-range."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        h, w = frames[0].shape[:2] if frames else SIZE[::-1]
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18"}
+        container.start_encoding()
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def truncate(src: Path, dst: Path, keep: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[:int(len(data) * keep)])
+    return dst
+
+
+def video_set(folder: Path, frames: int = 20) -> dict[str, Path]:
+    """The videos the tests use: H.264 MP4, MJPEG AVI (common in camera traps), a truncated AVI,
+    an MP4 cut before its index, an AVI with no frames, and a file that is no video."""
+    pictures = photo_frames(frames)
+    videos = {
+        "mp4": encode(folder / "clip.mp4", pictures),
+        "avi": encode(folder / "trap.avi", pictures, codec="mjpeg"),
+        "empty": encode(folder / "empty.avi", [], codec="mjpeg"),
+    }
+    videos["truncated"] = truncate(videos["avi"], folder / "cut.avi")
+    videos["cut_mp4"] = truncate(videos["mp4"], folder / "cut.mp4")
+    (folder / "junk.mp4").write_bytes(b"not a video " * 50)
+    videos["junk"] = folder / "junk.mp4"
+    return videos
