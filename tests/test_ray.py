@@ -183,7 +183,9 @@ def test_classify_on_a_two_node_cluster_equals_the_local_run(cluster, season, re
 def test_classify_through_ray_client_equals_the_local_run(cluster, season, reference, tiny_onnx_path, tmp_path):
     images, md = season
     out = tmp_path / "out.json"
-    assert main(_argv(images, md, tiny_onnx_path, out, "--ray", f"ray://127.0.0.1:{cluster.client_port}")) == 0
+    code = main(_argv(images, md, tiny_onnx_path, out, "--ray", f"ray://127.0.0.1:{cluster.client_port}"))
+    logs = {f.name: f.read_text()[-3000:] for f in (cluster.tmp / "session_latest" / "logs").glob("ray_client_server*")}
+    assert code == 0, logs
     assert_same_output(out, reference)
 
 

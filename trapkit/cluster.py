@@ -143,7 +143,17 @@ def _init(ray, settings: ClusterSettings) -> None:
     if address != AUTO:
         _check_reachable(address)
     try:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as e:
+            # The head starts one Ray Client server per client, and its start-up check can lose a race with the
+            # process it starts on a busy head ("Starting Ray client server failed"); a second client gets a
+            # new server. Anything else is not retried.
+            if not (address.startswith("ray://") and "Starting Ray client server failed" in str(e)):
+                raise
+            log.debug("Ray Client server did not start; trying once more: %s", _one_line(e))
+            ray.shutdown()
+            ray.init(address=address, **quiet)
     except ConnectionError as e:
         if address == AUTO:
             raise TrapkitError("--ray auto found no running Ray cluster on this machine; start one with "
