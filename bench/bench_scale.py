@@ -22,6 +22,12 @@ actors then clear in a burst (backpressure bounds it, so half a run is past it).
 `ray start`) is not counted: a cluster starts once for a season, not per job.
 Configurations alternate, best of `--repeats` each (the machine may be shared).
 
+CPU ms per crop: the CPU time of every process of the configuration (the driver, and for
+Ray the GCS, raylets, workers and actors: found by an environment variable they all
+inherit), over the same window. It moves far less than wall-clock time when other work
+shares the machine, and on a node of its own throughput is cores / CPU per crop, so the
+ratio of CPU per crop is Ray's overhead too.
+
 Target: Ray on one node within 10% of local (steady, at the largest core count).
 
     .venv/bin/python bench/bench_scale.py [--cpus 1 2] [--images-per-core 300] [--repeats 3] [--workdir DIR]
@@ -42,6 +48,24 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))  # tests/ray_cluster.py: a real two-node cluster on loopback
 CHECKPOINTS = 10
+MARK = "TRAPKIT_BENCH_RUN"  # in the environment of every process a configuration starts (Ray's included)
+
+
+def tree_cpu(marks: list[bytes]) -> float:
+    """CPU seconds of every live process whose environment holds one of `marks`, with the children they reaped
+    (Ray workers and actors that exited count through the raylet that waited for them)."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not set(marks) & set((proc / "environ").read_bytes().split(b"\0")):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / tick
 
 
 def configs(counts: list[int]) -> dict:
@@ -58,7 +82,7 @@ def configs(counts: list[int]) -> dict:
 
 
 def child(args) -> None:
-    """One configuration, in this (pinned) process: prints {"seconds", "crops", "marks": [[s, crops], ...]}."""
+    """One configuration, in this (pinned) process: prints {"seconds", "crops", "marks": [[s, cpu s, crops], ...]}."""
     os.sched_setaffinity(0, set(args.cores))
     import logging
 
@@ -84,23 +108,24 @@ def child(args) -> None:
 
     # Timestamps of the checkpoints, as both executors write them (instrumentation for this benchmark only).
     marks, save = [], classify._Job.save_checkpoint
+    tree = [m.encode() for m in args.marks]
 
     def timed_save(job, done):
         save(job, done)
-        marks.append([time.perf_counter(), sum(len(r["classifications"]) for r in done.values())])
+        marks.append([time.perf_counter(), tree_cpu(tree), sum(len(r["classifications"]) for r in done.values())])
 
     classify._Job.save_checkpoint = timed_save
     with open_runtime(work / "lite0.onnx", threads=1 if cluster else par.threads) as runtime, \
             (connect(cluster) if cluster else _Nothing()):
         runtime.predict(np.zeros((32, 224, 224, 3), np.uint8))  # warm-up: first call allocates
         out = work / f"out-{os.getpid()}.json"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), tree_cpu(tree)
         summary = classify.classify_images(classify.ClassifyPaths(work / "images", out, md), runtime, settings,
                                            executor=RayExecutor(cluster) if cluster else None)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, tree_cpu(tree) - cpu
         out.unlink()
-    print(json.dumps({"seconds": seconds, "crops": summary.classified_detections,
-                      "marks": [[t - start, n] for t, n in marks]}))
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "crops": summary.classified_detections,
+                      "marks": [[t - start, c, n] for t, c, n in marks]}))
 
 
 class _Nothing:
@@ -111,17 +136,22 @@ class _Nothing:
         return False
 
 
-def run_config(workdir: Path, cores: set[int], address: str | None, env: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--workdir", str(workdir), "--cores", *map(str, sorted(cores))]
+def run_config(workdir: Path, cores: set[int], address: str | None, env: dict, marks: list[str]) -> dict:
+    """One configuration in a child process; `marks` (VAR=value) find the processes whose CPU time it counts."""
+    run = f"{MARK}={os.getpid()}-{time.monotonic_ns()}"
+    cmd = [sys.executable, __file__, "--child", "--workdir", str(workdir), "--cores", *map(str, sorted(cores)),
+           "--marks", run, *marks]
     if address:
         cmd += ["--address", address]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=1800)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, **env, MARK: run.split("=", 1)[1]})
     if done.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{done.stderr[-3000:]}")
     r = json.loads(done.stdout.strip().splitlines()[-1])
     marks = r["marks"]
-    (t0, n0), (t1, n1) = marks[len(marks) // 2 - 1], marks[-1]
-    return {"steady": (n1 - n0) / (t1 - t0), "end_to_end": r["crops"] / r["seconds"], "crops": r["crops"],
+    (t0, c0, n0), (t1, c1, n1) = marks[len(marks) // 2 - 1], marks[-1]
+    return {"steady": (n1 - n0) / (t1 - t0), "steady_cpu_ms": 1000 * (c1 - c0) / (n1 - n0),
+            "end_to_end": r["crops"] / r["seconds"], "cpu_ms": 1000 * r["cpu"] / r["crops"], "crops": r["crops"],
             "first_checkpoint": marks[0][0]}
 
 
@@ -138,11 +168,13 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cores", type=int, nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--marks", nargs="+", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
 
     from bench_classify import build_folder
+    from ray_cluster import MARK as cluster_mark
     from ray_cluster import RayCluster
 
     if len(os.sched_getaffinity(0)) < max(args.cpus):
@@ -170,9 +202,10 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, (cores, address) in plan.items():
                 if address == "cluster":
-                    r = run_config(workdir, cores, cluster.address, cluster.driver_env)
+                    nodes = [f"{cluster_mark}={node}-{cluster.id}" for node in ("head", "worker")]
+                    r = run_config(workdir, cores, cluster.address, cluster.driver_env, nodes)
                 else:
-                    r = run_config(workdir, cores, address, local_env)
+                    r = run_config(workdir, cores, address, local_env, [])
                 if name not in best or r["steady"] > best[name]["steady"]:
                     best[name] = r
     finally:
@@ -180,13 +213,15 @@ def main() -> None:
             cluster.stop()
     print(f"best of {args.repeats}, load average {os.getloadavg()[0]:.2f} at the end:")
     for name, b in best.items():
-        print(f"  {name:<34} steady {b['steady']:7.1f} crops/s, end to end {b['end_to_end']:7.1f} crops/s "
-              f"({b['crops']} crops; first checkpoint after {b['first_checkpoint']:.1f} s)")
+        print(f"  {name:<34} steady {b['steady']:7.1f} crops/s, {b['steady_cpu_ms']:5.1f} CPU ms/crop; end to end "
+              f"{b['end_to_end']:7.1f} crops/s, {b['cpu_ms']:5.1f} CPU ms/crop ({b['crops']} crops; first checkpoint "
+              f"after {b['first_checkpoint']:.1f} s)")
 
     def ratio(a: str, b: str, what: str) -> None:
         if a in best and b in best:
             print(f"  {what}: {best[a]['steady'] / best[b]['steady']:.2f} "
-                  f"(end to end {best[a]['end_to_end'] / best[b]['end_to_end']:.2f})")
+                  f"(end to end {best[a]['end_to_end'] / best[b]['end_to_end']:.2f}; CPU per crop, steady "
+                  f"{best[a]['steady_cpu_ms'] / best[b]['steady_cpu_ms']:.2f})")
 
     for n in args.cpus:
         target = " (target >= 0.90)" if n == max(args.cpus) else ""
