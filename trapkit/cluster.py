@@ -19,6 +19,8 @@ item, crop), so a block computed twice is counted once and none is lost.
 
 Images must be on a path every node sees at the same place (NFS, a mounted
 bucket): `Cluster.check_visible` checks it on every node before any work.
+Through Ray Client (`ray://`), which Ray Data cannot drive, an actor on the
+cluster runs the pipeline and this process pulls the results from it.
 Ray is an optional dependency (`trapkit[ray]`), imported inside functions only.
 """
 
