@@ -18,8 +18,12 @@ offline ImageNet EfficientNet-Lite0 (224 px) exported to ONNX.
 Both are measured with trapkit's default parallelism and with one batch at a
 time on every core; (b) and the pipeline alternate, best of `--repeats` each,
 and CPU time per crop is printed too (wall clock on a shared machine varies).
+`--features` times the pipeline with and without `--features FILE.parquet`
+(the embedding of every crop written as a table), alternating, after one
+untimed run of each, and prints the throughput ratio (best and median run)
+and the ratio of CPU time summed over all runs.
 
-Targets: pipeline >= 4x (a) and >= 70% of (b).
+Targets: pipeline >= 4x (a) and >= 70% of (b); --features costs < 5% of throughput.
 
 `--video`: camera-trap video instead (`trapkit[video]`). H.264 MP4s at 1280x720,
 10 fps, encoded from the bundled photos, with MegaDetector frame-level results
@@ -28,7 +32,8 @@ run, best of `--repeats`: decoding alone (`trapkit.serve.video.read_frames`, the
 wanted frames converted to RGB), inference alone on the same crops pre-made,
 and `classify_images` end to end; frames per second decoded and classified.
 
-    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR] [--fallbacks]
+    .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR]
+        [--fallbacks] [--features] [--features-only]
     .venv/bin/python bench/bench_classify.py --video [--videos 8] [--frames 60] [--repeats 3]
 """
 
@@ -88,8 +93,9 @@ def lite0_onnx(workdir: Path) -> Path:
 
 
 def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
-                   repeats: int = 1) -> tuple[float, float, int]:
-    """(best wall seconds, CPU seconds of that run, crops classified) over `repeats` runs."""
+                   repeats: int = 1, features: bool = False) -> tuple[float, float, int]:
+    """(best wall seconds, CPU seconds of that run, crops classified) over `repeats` runs; `features`: with
+    `--features workdir/features.parquet`."""
     from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
     from trapkit.serve.runtime import open_runtime
 
@@ -101,7 +107,9 @@ def bench_pipeline(workdir: Path, md_path: Path, model: Path, par, batch: int,
         best, cpu = float("inf"), 0.0
         for _ in range(repeats):
             start, cpu_start = time.perf_counter(), time.process_time()
-            summary = classify_images(ClassifyPaths(workdir / "images", out, md_path), runtime, settings)
+            paths = ClassifyPaths(workdir / "images", out, md_path,
+                                  features=workdir / "features.parquet" if features else None)
+            summary = classify_images(paths, runtime, settings)
             if time.perf_counter() - start < best:
                 best, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return best, cpu, summary.classified_detections
@@ -267,6 +275,10 @@ def main() -> None:
     ap.add_argument("--naive-crops", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs for the pipeline and (b)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
+    ap.add_argument("--features", action="store_true",
+                    help="also time the pipeline with --features (embeddings written as a Parquet table)")
+    ap.add_argument("--features-only", action="store_true",
+                    help="time only the pipeline with and without --features (skip the baselines)")
     ap.add_argument("--video", action="store_true", help="time camera-trap video instead (frames/s)")
     ap.add_argument("--videos", type=int, default=8, help="with --video: how many videos")
     ap.add_argument("--frames", type=int, default=60, help="with --video: frames per video")
@@ -298,6 +310,10 @@ def main() -> None:
         "trapkit defaults": Parallelism.for_cpus(cpus),
         "one batch at a time on all cores": Parallelism(workers=cpus, concurrency=1, threads=cpus),
     }
+    if args.features or args.features_only:
+        compare_features(workdir, md_path, model, configs["trapkit defaults"], args.batch_size, args.repeats)
+        if args.features_only:
+            return
     crops = premade_crops(workdir, md_path)
     naive, naive_median = bench_naive(workdir, md_path, args.naive_crops)
     print(f"(a) naive, full decode per crop, PyTorch batch 1, {args.naive_crops} crops spread over the folder: "
@@ -318,8 +334,8 @@ def main() -> None:
         print(f"  (b) inference alone on pre-made crops: {rate_b:7.1f} crops/s, {1000 * cpu_b:.1f} CPU ms per crop")
         report("pipeline end to end", pipeline[name], naive, rate_b, best_b)
     if args.fallbacks:
-        from trapkit import images
         from trapkit import crops as crop_module
+        from trapkit import images
 
         # Each compiled part switched off in turn, as in a trapkit built without it.
         for what, module, name in (("Pillow crop resize", crop_module, "_resample"),
@@ -332,6 +348,36 @@ def main() -> None:
             finally:
                 setattr(module, name, compiled)
             report(f"trapkit defaults, {what}", fallback, naive, inference["trapkit defaults"][0], best_b)
+
+
+def compare_features(workdir: Path, md_path: Path, model: Path, par, batch: int, repeats: int) -> None:
+    """The pipeline with and without --features, alternating (both see the same quiet spells), after one untimed
+    run of each (imports, first allocations). Wall clock: best and median of each; CPU time (all threads): summed
+    over every run, the steadier figure on a shared machine."""
+    import statistics
+
+    for features in (False, True):
+        bench_pipeline(workdir, md_path, model, par, batch, 1, features=features)  # warm-up, not timed
+    runs = {False: [], True: []}
+    for _ in range(repeats):
+        for features in (False, True):
+            runs[features].append(bench_pipeline(workdir, md_path, model, par, batch, 1, features=features))
+    n = runs[False][0][2]
+    print(f"--features (trapkit defaults, {par.workers} decoders, {par.concurrency} x {par.threads} threads), "
+          f"{repeats} alternating runs each:")
+    ratios = {}
+    for features, name in ((False, "without"), (True, "with")):
+        best, cpu, _ = min(runs[features])
+        median = statistics.median(s for s, _, _ in runs[features])
+        total_cpu = sum(c for _, c, _ in runs[features])
+        ratios[features] = (n / best, n / median, total_cpu)
+        print(f"  {name + ':':8} best {best:.2f} s = {n / best:6.1f} crops/s, median {median:.2f} s = "
+              f"{n / median:6.1f} crops/s; {1000 * total_cpu / (n * repeats):.1f} CPU ms/crop over all runs; "
+              f"runs {' '.join(f'{s:.2f}' for s, _, _ in runs[features])} s")
+    (best0, med0, cpu0), (best1, med1, cpu1) = ratios[False], ratios[True]
+    print(f"  throughput with / without --features: best {best1 / best0:.3f} ({100 * (1 - best1 / best0):+.1f}% cost), "
+          f"median {med1 / med0:.3f} ({100 * (1 - med1 / med0):+.1f}%); CPU time with / without {cpu1 / cpu0:.3f} "
+          f"({100 * (cpu1 / cpu0 - 1):+.1f}%); target < 5%")
 
 
 def report(what: str, run: tuple[float, float, int], naive: float, rate_b: float, best_b: float) -> None:

@@ -12,6 +12,11 @@ Pipeline (one pass, three overlapping stages):
 3. Up to `concurrency` batches run on the runtime at once (onnxruntime or
    Triton), beside the decoding threads.
 
+With `ClassifyPaths.features`, the graph's `embedding` output comes back with
+the probabilities from the same batches, and each checkpointed chunk's
+embeddings are kept beside the checkpoint until the features table is
+written (`trapkit.serve.feature_table`).
+
 Work is checkpointed (atomically) every `checkpoint_every` images. Batches
 never straddle a checkpoint boundary, so a resumed run feeds the model exactly
 the same batches as an uninterrupted one and writes the same output.
@@ -42,7 +47,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -53,11 +57,11 @@ import numpy as np
 
 from trapkit import __version__
 from trapkit import detections as md
-from trapkit.atomic import atomic_write_json
+from trapkit.atomic import atomic_write_json, check_writable
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, is_image_file, iter_files, iter_images, safe_join
 from trapkit.prepare import crops_from_image, prepare_entry
-from trapkit.serve import outputs
+from trapkit.serve import feature_table, outputs
 from trapkit.serve import video as vid
 from trapkit.serve.postprocess import Plan, build_plan, classify, plain_plan, used_categories
 from trapkit.serve.settings import ClassifySettings
@@ -90,10 +94,13 @@ class ClassifyPaths:
     link: bool = False
     sequences_out: Path | None = None  # COCO Camera Traps: the sequences smoothing used
     video_out: Path | None = None  # MegaDetector's video-level file
+    features: Path | None = None  # the features table (.parquet or .csv), `trapkit.serve.feature_table`
 
     def __post_init__(self):
+        if self.features is not None:
+            feature_table.check_suffix("--features", self.features)
         files = (("--out", self.out), ("--csv", self.csv), ("--sequences-out", self.sequences_out),
-                 ("--video-out", self.video_out))
+                 ("--video-out", self.video_out), ("--features", self.features))
         given = [(flag, Path(path)) for flag, path in files if path is not None]
         for (flag, path), (other, again) in ((a, b) for n, a in enumerate(given) for b in given[n + 1:]):
             if path.resolve() == again.resolve():
@@ -108,35 +115,25 @@ class ClassifyPaths:
                 raise TrapkitError(
                     f"{flag} {path} is the detections file; give a new file name so MegaDetector's output is kept"
                 )
-            _check_writable(flag, path, path.parent)
+            check_writable(flag, path, path.parent)
         if self.sort_into is not None:
             folder = Path(self.sort_into)
             if folder.exists() and not folder.is_dir():
                 raise TrapkitError(f"--sort-into {folder} is a file; give a folder")
-            _check_writable("--sort-into", folder, folder)
+            check_writable("--sort-into", folder, folder)
 
     @property
     def checkpoint(self) -> Path:
         return self.out.with_name(self.out.name + ".checkpoint.json")
 
+    @property
+    def feature_parts(self) -> Path:
+        """The checkpointed chunks' embeddings (a folder), beside the checkpoint."""
+        return self.out.with_name(self.out.name + ".checkpoint.features")
+
 
 def _same_file(a, b) -> bool:
     return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)  # links included
-
-
-def _check_writable(flag: str, path: Path, folder: Path) -> None:
-    """A one-line error unless files can be made in `folder` (created later if missing)."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise TrapkitError(f"cannot write {flag} {path}: {existing} is a file, not a folder; choose another place")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise TrapkitError(
-            f"cannot write {flag} {path}: no file can be made in {existing} ({e.strerror or e}); "
-            "choose a writable place"
-        ) from None
 
 
 @dataclass
@@ -164,6 +161,8 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
     if paths.detections is not None:
         job.check_images_found()
     done = _load_checkpoint(paths.checkpoint, job.fingerprint, resume)
+    meta = feature_table.FeatureMeta.for_run(runtime, job.prep, job.whole) if paths.features else None
+    job.features = feature_table.FeatureParts.open(paths.feature_parts, paths.checkpoint, done, meta)
     todo = [i for i in sorted(job.targets) if str(i) not in done]
     log.info("%d images to classify (%d detections), %d already done%s", len(todo),
              sum(len(job.targets[i]) for i in todo), len(done), " (resumed)" if done else "")
@@ -189,7 +188,11 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
         outputs.write_csv(paths.csv, result, done)
     if paths.sort_into:
         outputs.sort_into(result, paths.images_dir, paths.sort_into, link=paths.link)
+    if job.features:
+        job.features.write(paths.features, result, done)
     paths.checkpoint.unlink(missing_ok=True)  # the output now holds everything the checkpoint did
+    if job.features:
+        job.features.remove()
     return summary
 
 
@@ -211,6 +214,7 @@ class _Job:
         if any(i in self.frames or i in self.videos for i in self.targets):
             vid.require_av()
         self.fingerprint = _fingerprint(self.doc, runtime, settings, self.plan)
+        self.features: feature_table.FeatureParts | None = None  # set by classify_images with --features
 
     def _frames(self) -> dict[int, tuple[str, int]]:
         """{image index: (video, frame number)} for MegaDetector frame entries read from their video.
@@ -388,7 +392,7 @@ class _Job:
         settings = self.settings
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
         units = self.units(todo)
-        batcher = _Batcher(self.runtime, settings)
+        batcher = _Batcher(self.runtime, settings, embedding=self.features is not None)
         bar = tqdm(total=len(todo), unit="img", desc="classify", disable=None)
         try:
             with ThreadPoolExecutor(settings.workers, thread_name_prefix="decode") as pool:
@@ -409,6 +413,8 @@ class _Job:
                         results = batcher.finish()
                         for p in chunk:
                             done[str(p.index)] = self.record(p, results)
+                        if self.features:  # before the checkpoint that commits the chunk
+                            self.features.add([p.index for p in chunk], batcher.take_embeddings())
                         self.save_checkpoint(done)
                         bar.update(len(chunk))
                         chunk = []
@@ -566,10 +572,16 @@ def _ordered_map(pool, fn, items, lookahead: int):
 
 
 class _Batcher:
-    """Gathers crops across images into fixed-size batches; up to `concurrency` batches run at once."""
+    """Gathers crops across images into fixed-size batches; up to `concurrency` batches run at once.
 
-    def __init__(self, runtime, settings: ClassifySettings):
+    With `embedding`, each batch returns the graph's embedding beside the probabilities (one run of the
+    graph), kept in `embeddings` until `take_embeddings`.
+    """
+
+    def __init__(self, runtime, settings: ClassifySettings, embedding: bool = False):
         self.runtime = runtime
+        self.embedding = embedding
+        self.embeddings: dict[tuple[int, int], np.ndarray] = {}  # (image, detection) -> (D,) float32
         self.batch_size = settings.batch_size
         self.concurrency = settings.concurrency
         self.keys: list[tuple[int, int]] = []
@@ -588,18 +600,22 @@ class _Batcher:
     def _submit(self) -> None:
         keys, batch = self.keys, np.stack(self.crops)  # (B, S, S, 3) uint8
         self.keys, self.crops = [], []
-        self.pending.append((keys, self.pool.submit(self.runtime.predict, batch)))
+        kwargs = {"embedding": True} if self.embedding else {}
+        self.pending.append((keys, self.pool.submit(self.runtime.predict, batch, **kwargs)))
         while len(self.pending) > self.concurrency:
             self._collect()
 
     def _collect(self) -> None:
         keys, future = self.pending.popleft()
-        probs = future.result()  # (B, C) float32
-        if probs.shape[0] != len(keys):
-            raise TrapkitError(
-                f"the model returned {probs.shape[0]} rows for {len(keys)} crops; check the model server"
-            )
+        probs, embedding = future.result() if self.embedding else (future.result(), None)  # (B, C), (B, D)
+        for rows in (probs, embedding):
+            if rows is not None and rows.shape[0] != len(keys):
+                raise TrapkitError(
+                    f"the model returned {rows.shape[0]} rows for {len(keys)} crops; check the model server"
+                )
         self.results.update(zip(keys, probs))
+        if embedding is not None:
+            self.embeddings.update(zip(keys, embedding))
 
     def finish(self) -> dict[tuple[int, int], np.ndarray]:
         """Run what is left (a short batch at a checkpoint boundary) and hand back every result so far."""
@@ -609,6 +625,11 @@ class _Batcher:
             self._collect()
         results, self.results = self.results, {}
         return results
+
+    def take_embeddings(self) -> dict[tuple[int, int], np.ndarray]:
+        """The embeddings of every result handed back by `finish` so far."""
+        embeddings, self.embeddings = self.embeddings, {}
+        return embeddings
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

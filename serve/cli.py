@@ -37,6 +37,9 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--detections", type=Path, help="MegaDetector batch output JSON (format 1.3 or later)")
     p.add_argument("--out", type=Path, required=True, help="output JSON (MegaDetector format 1.6 with classifications)")
     p.add_argument("--csv", type=Path, help="also write a tidy CSV, one row per detection and rank")
+    p.add_argument("--features", type=Path, metavar="FILE",
+                   help="also write every classified detection's embedding, one row each (.parquet, or .csv for R "
+                   "and spreadsheets); analyse it with trapkit features")
     p.add_argument("--threshold", type=float, default=None,
                    help="minimum detection confidence to classify (default: the model's, usually 0.1)")
     p.add_argument("--categories", nargs="+", default=None, metavar="NAME",
@@ -118,7 +121,7 @@ def _classify(args) -> int:
         workers=par.workers, concurrency=par.concurrency, checkpoint_every=args.checkpoint_every))
     paths = ClassifyPaths(images_dir=args.images, out=args.out, detections=args.detections, csv=args.csv,
                           sort_into=args.sort_into, link=args.link, sequences_out=args.sequences_out,
-                          video_out=args.video_out)
+                          video_out=args.video_out, features=args.features)
     with debug_log(args.out.with_name(args.out.name + ".log")):
         log.debug("trapkit %s classify %s", __version__, vars(args))
         runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
@@ -128,7 +131,7 @@ def _classify(args) -> int:
         finally:
             runtime.close()
     print(summary.table())
-    written = [args.out, args.csv, args.sequences_out, args.video_out]
+    written = [args.out, args.csv, args.sequences_out, args.video_out, args.features]
     print("wrote " + ", ".join(str(w) for w in written if w) + f"; debug log in {args.out}.log")
     return 0
 

@@ -10,8 +10,11 @@ file travels to the actors through Ray's object store, so only the images need
 to be on shared storage.
 
 Results come back in any order; every `checkpoint_every` finished images the
-checkpoint is rewritten (atomically, same format as a local run), so a killed
-driver resumes with `--resume`, on the cluster or locally.
+checkpoint is rewritten (atomically, same format as a local run; with
+`--features`, that chunk's embeddings first, as a local run writes them), so a
+killed driver resumes with `--resume`, on the cluster or locally. The features
+table then has the local run's rows, grouped by the chunks the cluster
+finished rather than in image order.
 """
 
 from __future__ import annotations
@@ -55,32 +58,37 @@ class RayExecutor:
         if not work:
             return  # nothing left (a resumed run that had finished, or videos only): no cluster needed
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        features = job.features is not None  # --features: the graph's embedding comes back too
         with connect(self.cluster) as cluster:
             cluster.check_visible(root, [file for _, file, _ in work])
             model = cluster.ray.put(Path(model_path).read_bytes())
-            results = cluster.map_prepared(work, job.prep, OnnxModel, (model,), root=root,
+            results = cluster.map_prepared(work, job.prep, OnnxModel, (model, features), root=root,
                                            batch_size=job.settings.batch_size)
+            chunk, embeddings = [], {}  # images since the last checkpoint, {(image, detection): (D,)}
             bar = tqdm(total=len(work), unit="img", desc="classify (ray)", disable=None)
             try:
                 for n, item in enumerate(results, 1):
                     staged = job.staged(item.key, Attempt(None, item.time, item.warnings, item.failure, item.message))
-                    probs = item.outputs.get("probs", ())  # (k, C) in the order of the image's targets
-                    done[str(item.key)] = job.record(staged, dict(zip(((item.key, j) for j in staged.det_indices),
-                                                                      probs)))
+                    keys = [(item.key, j) for j in staged.det_indices]  # outputs are (k, ...) in this order
+                    done[str(item.key)] = job.record(staged, dict(zip(keys, item.outputs.get("probs", ()))))
+                    embeddings.update(zip(keys, item.outputs.get("embedding", ())))
+                    chunk.append(item.key)
                     bar.update()
                     if kill_after and n >= kill_after:  # the driver-kill test hook of the local run, the same way
                         signal.raise_signal(getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
-                    if n % job.settings.checkpoint_every == 0:
+                    if len(chunk) == job.settings.checkpoint_every or n == len(work):
+                        if features:  # before the checkpoint that commits the chunk, as the local run does
+                            job.features.add(chunk, embeddings)
                         job.save_checkpoint(done)
+                        chunk, embeddings = [], {}
             finally:
                 bar.close()
-            job.save_checkpoint(done)
 
 
 class OnnxModel:
     """In each inference actor: one onnxruntime session on the model bytes (the object-store copy)."""
 
-    def __init__(self, model: bytes):
+    def __init__(self, model: bytes, embedding: bool = False):
         from trapkit.serve.runtime import OnnxRuntime
 
         import ray
@@ -96,7 +104,11 @@ class OnnxModel:
             self.runtime = OnnxRuntime(path, threads=1)
         finally:
             os.unlink(path)
+        self.embedding = embedding
         log.debug("inference actor: onnxruntime providers %s", self.runtime.providers)
 
     def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        return {"probs": self.runtime.predict(crops)}  # (N, C) float32
+        if not self.embedding:
+            return {"probs": self.runtime.predict(crops)}  # (N, C) float32
+        probs, embedding = self.runtime.predict(crops, embedding=True)  # (N, C), (N, D) from one run of the graph
+        return {"probs": probs, "embedding": embedding}

@@ -3,8 +3,11 @@
 A runtime has `.spec` (the `ModelSpec` that travelled with the model), `.name`
 (recorded as `info.classifier`), `.predict(batch)` mapping (N, S, S, 3) uint8
 to (N, C) float32 probabilities, and `close()`; optionally `.identity`, a
-digest of the weights that checkpoints compare on resume. `open_runtime` picks
-onnxruntime for a local model or Triton for a server.
+digest of the weights that checkpoints compare on resume. A runtime whose
+graph has the `embedding` output says its width in `.embedding_size` (None
+when it has none) and answers `.predict(batch, embedding=True)` with
+`(probs (N, C), embedding (N, D))` from the same run of the graph.
+`open_runtime` picks onnxruntime for a local model or Triton for a server.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.graph import INPUT_NAME, ONNX_FILENAME, PROBS, read_spec, spec_from_metadata
+from trapkit.graph import EMBEDDING, INPUT_NAME, ONNX_FILENAME, PROBS, read_spec, spec_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,14 @@ def open_runtime(model: str | Path | None, *, triton_url: str | None = None, tri
     if triton_url:
         from trapkit.serve.triton_runtime import TritonRuntime
 
-        spec = read_spec(resolve_model_path(model)) if model else None
+        path = resolve_model_path(model) if model else None
+        spec = read_spec(path) if path else None
         name = triton_model or (spec.name if spec else None)
         if not name:
             raise TrapkitError("give --triton-model (the model's name on the server) with --triton-url")
-        return TritonRuntime(triton_url, name, spec=spec, concurrency=concurrency)
+        # The local file named the model: its digest identifies the weights (checkpoints, feature tables).
+        identity = _file_digest(path) if path else None
+        return TritonRuntime(triton_url, name, spec=spec, concurrency=concurrency, identity=identity)
     if not model:
         raise TrapkitError("give --model (a model.onnx, an export folder or hf://owner/name)")
     return OnnxRuntime(resolve_model_path(model), providers=providers, threads=threads)
@@ -70,7 +76,8 @@ def available_cpus() -> int:
 
 
 class OnnxRuntime:
-    """A trapkit `model.onnx` in onnxruntime: input `images` (N, S, S, 3) uint8, output `probs` (N, C)."""
+    """A trapkit `model.onnx` in onnxruntime: input `images` (N, S, S, 3) uint8, outputs `probs` (N, C) and,
+    when the graph has it, `embedding` (N, D)."""
 
     def __init__(self, path: str | Path, providers=None, threads: int | None = None):
         import onnxruntime as ort
@@ -91,16 +98,18 @@ class OnnxRuntime:
         self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
         self.identity = _file_digest(self.path)  # which weights: a resumed run must use the same ones
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
         if INPUT_NAME not in inputs or PROBS not in outputs:
             raise TrapkitError(
-                f"{self.path} has inputs {list(inputs)} and outputs {outputs}, not a trapkit model; re-export it"
+                f"{self.path} has inputs {list(inputs)} and outputs {list(outputs)}, not a trapkit model; re-export it"
             )
         size = self.spec.input_size
         shape = inputs[INPUT_NAME]  # ['batch', S, S, 3]: names for dynamic axes, numbers for fixed ones
         if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (size, size, 3))):
             raise TrapkitError(f"{self.path} takes images of shape {shape[1:]} but its spec says {size} x {size} x 3; "
                                "the graph and its metadata disagree: re-export the model")
+        width = outputs.get(EMBEDDING, [None])[-1]
+        self.embedding_size = width if isinstance(width, int) else None  # D, or None: no embedding output
 
     def _session(self, ort, options, providers):
         available = ort.get_available_providers()
@@ -126,16 +135,21 @@ class OnnxRuntime:
             log.debug("onnxruntime provider %s did not start here; trying the next", provider)
         raise TrapkitError(f"no onnxruntime provider could load {self.path}; reinstall onnxruntime")
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, C) float32 probabilities."""
+    def predict(self, batch: np.ndarray, embedding: bool = False):
+        """(N, S, S, 3) uint8 -> (N, C) float32 probabilities; with `embedding`, (probs, (N, D) float32 embedding)
+        from the same run of the graph (the embedding is computed anyway: fetching it costs a copy)."""
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        if embedding and self.embedding_size is None:
+            raise TrapkitError(f"{self.path} has no '{EMBEDDING}' output; re-export it with 'trapkit export'")
+        names = [PROBS, EMBEDDING] if embedding else [PROBS]
         try:
-            (probs,) = self.session.run([PROBS], {INPUT_NAME: batch})
+            outputs = self.session.run(names, {INPUT_NAME: batch})
         except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types (Fail, RuntimeException, ...)
             reason = " ".join(str(e).split())[:200]
             raise TrapkitError(f"the model failed on a batch of {len(batch)} images ({reason}); if it ran out of "
                                "memory, lower --batch-size or --concurrency, else re-export the model") from None
-        return probs.astype(np.float32, copy=False)
+        probs, *rest = (o.astype(np.float32, copy=False) for o in outputs)  # (N, C) [, (N, D)]
+        return (probs, rest[0]) if embedding else probs
 
     def close(self) -> None:
         self.session = None

@@ -1,9 +1,11 @@
 """A runtime that classifies through a Triton Inference Server over HTTP.
 
 Same interface as the local onnxruntime runtime (`.spec`, `.name`,
-`.predict(batch) -> probs`, `close()`), so the batch classifier does not care
-where the model runs. The model spec comes from the server: `trapkit export
---triton` writes the spec JSON into `config.pbtxt` as the model parameter
+`.predict(batch) -> probs`, `.predict(batch, embedding=True) -> (probs,
+embedding)` when the model has the `embedding` output, `.embedding_size`,
+`close()`), so the batch classifier does not care where the model runs.
+The model spec comes from the server: `trapkit export --triton` writes the
+spec JSON into `config.pbtxt` as the model parameter
 `trapkit.spec`, which Triton returns with the model config. Models that lack
 it fall back to the labels Triton serves through its classification extension
 (`labels.txt`), with the input size read from the config and default
@@ -28,7 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.graph import TRITON_SPEC_PARAMETER
+from trapkit.graph import EMBEDDING, TRITON_SPEC_PARAMETER
 from trapkit.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class TritonModelIO:
     max_batch_size: int  # 0: the model takes no batch dimension from Triton
     input_size: int
     num_classes: int  # -1 when the config leaves it variable
+    embedding_size: int | None = None  # D of the `embedding` output; None: the model has none
 
 
 def _host_port(url: str) -> str:
@@ -80,7 +83,7 @@ class TritonRuntime:
     """Classify (N, S, S, 3) uint8 batches on a Triton model; see the module docstring."""
 
     def __init__(self, url: str, model_name: str, *, spec: ModelSpec | None = None, concurrency: int = 4,
-                 retries: int = 5, backoff: float = 0.5, timeout: float = 300.0):
+                 retries: int = 5, backoff: float = 0.5, timeout: float = 300.0, identity: str | None = None):
         if concurrency < 1:
             raise TrapkitError("Triton concurrency must be at least 1")
         if retries < 0 or backoff < 0:
@@ -91,6 +94,8 @@ class TritonRuntime:
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        if identity is not None:
+            self.identity = identity  # digest of the local model file the spec came from (see open_runtime)
         self._host = _host_port(url)
         self._local = threading.local()
         self._clients: list = []
@@ -99,6 +104,7 @@ class TritonRuntime:
 
         config = self._model_config()
         self.io = self._io_from_config(config)
+        self.embedding_size = self.io.embedding_size
         self.spec = spec or self._spec_from_config(config)
         if self.spec.input_size != self.io.input_size or self.io.num_classes not in (-1, self.spec.num_classes):
             raise TrapkitError(
@@ -207,7 +213,10 @@ class TritonRuntime:
             raise TrapkitError(f"Triton model {self.model_name!r} input is {inp.get('data_type')}, not TYPE_UINT8; "
                                "re-export it with trapkit export --triton")
         out_dims = [int(d) for d in next(o for o in outputs if o["name"] == output).get("dims", [])]
-        return TritonModelIO(inp["name"], output, max_batch, image_dims[0], out_dims[-1] if out_dims else -1)
+        emb_dims = [int(d) for o in outputs if o["name"] == EMBEDDING for d in o.get("dims", [])]
+        embedding_size = emb_dims[-1] if emb_dims and emb_dims[-1] > 0 else None
+        return TritonModelIO(inp["name"], output, max_batch, image_dims[0], out_dims[-1] if out_dims else -1,
+                             embedding_size)
 
     def _spec_from_config(self, config: dict) -> ModelSpec:
         param = config.get("parameters", {}).get(TRITON_SPEC_PARAMETER, {})
@@ -236,14 +245,16 @@ class TritonRuntime:
         inp.set_data_from_numpy(np.ascontiguousarray(chunk), binary_data=True)
         return [inp]
 
-    def _infer_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        """(n, S, S, 3) uint8 -> (n, C) float32, n <= max_batch_size."""
+    def _infer_chunk(self, chunk: np.ndarray, embedding: bool = False):
+        """(n, S, S, 3) uint8 -> (n, C) float32, or with `embedding` ((n, C), (n, D)) float32; n <= max_batch_size."""
         import tritonclient.http as httpclient
 
-        outputs = [httpclient.InferRequestedOutput(self.io.output_name, binary_data=True)]
+        names = [self.io.output_name, EMBEDDING] if embedding else [self.io.output_name]
+        outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in names]
         result = self._call("inference", lambda c: c.infer(self.model_name, self._inputs(chunk), outputs=outputs),
                             retries=self.retries)
-        return result.as_numpy(self.io.output_name).astype(np.float32, copy=False)
+        arrays = tuple(result.as_numpy(name).astype(np.float32, copy=False) for name in names)
+        return arrays if embedding else arrays[0]
 
     def _classify_chunk(self, chunk: np.ndarray, k: int) -> np.ndarray:
         """Triton's classification extension: (n, k) strings 'score:index:label', best first."""
@@ -265,16 +276,24 @@ class TritonRuntime:
             raise TrapkitError(f"Triton model {self.model_name!r} takes (N, {s}, {s}, 3) uint8 images, "
                                f"got {batch.dtype} {batch.shape}")
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, C) float32 class probabilities, in input order."""
+    def predict(self, batch: np.ndarray, embedding: bool = False):
+        """(N, S, S, 3) uint8 -> (N, C) float32 class probabilities, in input order; with `embedding`,
+        (probs, (N, D) float32 embedding), both from the same request."""
         self._check(batch)
+        if embedding and self.embedding_size is None:
+            raise TrapkitError(f"Triton model {self.model_name!r} has no '{EMBEDDING}' output; "
+                               "re-export it with trapkit export --triton")
         if len(batch) == 0:
-            return np.zeros((0, self.spec.num_classes), np.float32)
+            probs = np.zeros((0, self.spec.num_classes), np.float32)
+            return (probs, np.zeros((0, self.embedding_size), np.float32)) if embedding else probs
         chunks = self._chunks(batch)
         if len(chunks) == 1:
-            return self._infer_chunk(chunks[0])
+            return self._infer_chunk(chunks[0], embedding)
         # pool.map keeps order; the first failing chunk's error is raised here.
-        return np.concatenate(list(self._pool.map(self._infer_chunk, chunks)), axis=0)
+        parts = list(self._pool.map(lambda c: self._infer_chunk(c, embedding), chunks))
+        if embedding:
+            return tuple(np.concatenate(arrays, axis=0) for arrays in zip(*parts))
+        return np.concatenate(parts, axis=0)
 
     def top_classes(self, batch: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (label, score) per image, ranked by the server (classification extension, labels.txt)."""

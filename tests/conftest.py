@@ -47,3 +47,15 @@ def tiny_onnx_path(tiny_model_dir, tmp_path_factory) -> Path:
     from trapkit.export.onnx_export import export_onnx, load_source
 
     return export_onnx(load_source(tiny_model_dir), tmp_path_factory.mktemp("tiny_onnx") / "model.onnx").path
+
+
+@pytest.fixture(scope="session")
+def lite0_onnx_path(tmp_path_factory) -> Path:
+    """The real offline ImageNet EfficientNet-Lite0 (1000 ImageNet labels) exported to model.onnx (read-only).
+
+    A real feature extractor, for tests that need features to mean something (the tiny model's are random).
+    """
+    from trapkit.export.onnx_export import export_onnx
+    from trapkit.train.model import imagenet_lite0
+
+    return export_onnx(imagenet_lite0(), tmp_path_factory.mktemp("lite0_onnx") / "model.onnx").path

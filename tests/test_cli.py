@@ -8,7 +8,8 @@ import pytest
 
 from trapkit.cli import COMMAND_MODULES, main
 
-HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "gradio", "tritonclient", "huggingface_hub", "pandas")
+HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "gradio", "tritonclient", "huggingface_hub", "pandas",
+         "pyarrow", "sklearn", "scipy", "matplotlib")
 
 
 def test_help_imports_nothing_heavy():
@@ -26,7 +27,7 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for command in ("quickstart", "al", "export", "classify", "demo", "label", "publish"):
+    for command in ("quickstart", "al", "export", "classify", "features", "demo", "label", "publish"):
         assert command in text, command
     assert len(COMMAND_MODULES) >= 4
 

@@ -67,7 +67,7 @@ def season(tmp_path_factory, samples_dir):
 def reference(season, tiny_onnx_path, tmp_path_factory):
     images, md = season
     out = tmp_path_factory.mktemp("reference") / "out.json"
-    assert main(_argv(images, md, tiny_onnx_path, out)) == 0
+    assert main(_argv(images, md, tiny_onnx_path, out, "--features", str(out.with_suffix(".parquet")))) == 0
     return out
 
 
@@ -172,11 +172,22 @@ def test_without_ray_installed_ray_says_how_to_install_it(season, tiny_onnx_path
 
 @pytest.mark.slow
 def test_classify_on_a_two_node_cluster_equals_the_local_run(cluster, season, reference, tiny_onnx_path, tmp_path):
+    import pandas as pd
+
     images, md = season
     out = tmp_path / "out.json"
-    assert main(_argv(images, md, tiny_onnx_path, out, "--ray", cluster.address)) == 0
+    features = out.with_suffix(".parquet")
+    assert main(_argv(images, md, tiny_onnx_path, out, "--features", str(features), "--ray", cluster.address)) == 0
     assert_same_output(out, reference)
     assert not out.with_name("out.json.checkpoint.json").exists()
+    # The features table: the same rows (grouped by the chunks the cluster finished, so sorted here).
+    got, want = (pd.read_parquet(p).sort_values(["file", "detection_index"], ignore_index=True)
+                 for p in (features, reference.with_suffix(".parquet")))
+    columns = [c for c in want.columns if c.startswith("f")] and [c for c in want.columns if c[1:].isdigit()]
+    assert list(got.columns) == list(want.columns) and len(got) == len(want) > 0
+    pd.testing.assert_frame_equal(got.drop(columns=columns + ["conf"]), want.drop(columns=columns + ["conf"]))
+    assert (got["conf"] - want["conf"]).abs().max() <= CONF_TOLERANCE
+    assert (got[columns] - want[columns]).abs().to_numpy().max() <= 1e-5
 
 
 @pytest.mark.slow

@@ -130,6 +130,35 @@ def test_predict_matches_onnxruntime_and_single_images(triton, onnx_path, photos
     assert empty.shape == (0, 5)
 
 
+def test_predict_with_embedding_matches_onnxruntime(triton, onnx_path, photos):
+    from trapkit.serve.runtime import OnnxRuntime
+
+    local_probs, local_embedding = OnnxRuntime(onnx_path).predict(photos, embedding=True)
+    with _runtime(triton, concurrency=3) as rt:
+        assert rt.embedding_size == local_embedding.shape[1] == 16
+        probs, embedding = rt.predict(photos, embedding=True)  # three chunks, both outputs of each
+        empty = rt.predict(photos[:0], embedding=True)
+    np.testing.assert_allclose(probs, local_probs, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embedding, local_embedding, atol=1e-5, rtol=0)
+    assert embedding.dtype == np.float32 and [a.shape for a in empty] == [(0, 5), (0, 16)]
+
+
+def test_features_over_triton_match_local(triton, onnx_path, samples_dir, tmp_path):
+    import pandas as pd
+
+    args = ["classify", str(samples_dir), "--detections", str(samples_dir / "md_v5a_detections.json")]
+    assert main([*args, "--model", str(onnx_path), "--out", str(tmp_path / "l.json"),
+                 "--features", str(tmp_path / "local.parquet")]) == 0
+    # --model beside --triton-url: the spec and the model digest come from the file the server was given.
+    assert main([*args, "--model", str(onnx_path), "--triton-url", triton.url, "--triton-model", MODEL,
+                 "--out", str(tmp_path / "t.json"), "--features", str(tmp_path / "triton.parquet")]) == 0
+    local, remote = (pd.read_parquet(tmp_path / f) for f in ("local.parquet", "triton.parquet"))
+    assert len(local) == 13
+    np.testing.assert_allclose(remote.filter(like="f0").to_numpy(), local.filter(like="f0").to_numpy(), atol=1e-5)
+    assert main(["features", str(tmp_path / "local.parquet"), str(tmp_path / "triton.parquet"),
+                 "--out", str(tmp_path / "space"), "--morphs", "2"]) == 0  # one model: the tables combine
+
+
 def test_classification_extension_serves_the_labels(triton, onnx_path, photos):
     import tritonclient.http as httpclient
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from trapkit.figures import figure_png, new_figure  # noqa: F401 - train.loop draws through here too
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -58,20 +59,6 @@ def write(directory: Path, metrics: dict, labels: list[str]) -> None:
         w.writerow([lab, *row.tolist()])
     atomic_write_text(directory / "confusion.csv", buf.getvalue())
     atomic_write_bytes(directory / "confusion.png", confusion_png(m, labels))
-
-
-def new_figure(width: float, height: float):
-    """A matplotlib Figure that needs no display (no pyplot, no global state)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
-
-
-def figure_png(fig, dpi: int = 80) -> bytes:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 def confusion_png(m: np.ndarray, labels: list[str]) -> bytes:
