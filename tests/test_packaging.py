@@ -31,6 +31,7 @@ def test_every_module_imports_from_the_installed_wheel(wheel, tmp_path):
     assert {"trapkit.cli", "trapkit.train.model", "trapkit.export.cli", "trapkit.serve.cli"} <= set(modules)
     assert "trapkit/data/camera-traps/md_v5a_detections.json" in names
     assert sum(n.startswith("trapkit/data/camera-traps/") and n.endswith(".jpg") for n in names) == 10
+    assert {f"trapkit/static/grid.{x}" for x in ("html", "js", "css")} <= set(names)  # the review and label page
     # Import from the unpacked wheel only: the repo is not on the path (cwd is tmp_path, PYTHONPATH first).
     code = (
         "import importlib, sys, pathlib\n"

@@ -87,9 +87,10 @@ def register(subparsers, common) -> None:
         "label",
         parents=[common],
         help="web page: answer the current active-learning label request",
-        description="Serve a page showing the images the current round of RUN asks about, with the "
-        "model's guess; answers are saved into RUN as they are given (as an answers CSV that "
-        "'trapkit al next' ingests), so closing the page loses nothing.",
+        description="Serve a page showing what the current round of RUN asks about as a grid of crops, each "
+        "with the model's guess, with the keys of 'trapkit review' (all listed on the page: arrows, space, 1-9, /, "
+        "a, e, x, u). Answers are saved into RUN as they are given (as an answers CSV that 'trapkit al next' "
+        "ingests), so closing the page loses nothing.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder made by 'trapkit al init'")
     p.add_argument("--allow-new-classes", action="store_true",

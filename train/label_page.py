@@ -1,194 +1,198 @@
-"""The labelling page: answer an active-learning round's label request in a browser.
+"""`trapkit label RUN`: answer an active-learning round's label request on the verification grid.
 
-It shows the images the current round asks about in a grid with the model's
-guess, and one image at a time large with a species box (pick a class or
-type a name). Every answer is saved at once through
-`trapkit.train.labels.save_answers` into the run's inbox as an answers CSV,
-the same file `trapkit al next` ingests, so a closed tab or a killed server
-loses nothing, and reopening the page starts at the first unanswered image.
+The page is trapkit's grid (trapkit/grid.py, the same page and keys as
+`trapkit review`) over the items the current round asks about, each shown
+with the model's guess as its species. Every answer is saved at once through
+`trapkit.train.labels.save_answers` into the run's inbox
+(`RUN/inbox/round-NNN-page.csv`), the answers file `trapkit al next`
+ingests, so a closed tab or a stopped server loses nothing; reopening the
+page starts at the first page with an unanswered item. Names that are not
+classes yet are refused unless the page runs with `--allow-new-classes`.
+
+"Similar" sorts by the run's own stored embeddings (RUN/embeddings, one row
+per manifest row); `e` groups by camera-trap sequence (`trapkit.sequences`,
+EXIF times read from the image headers).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-import gradio as gr
-from PIL import Image
+import numpy as np
 
+from trapkit import grid
 from trapkit.errors import TrapkitError
-from trapkit.images import open_image, safe_join
-from trapkit.web import BLOCKS_OPTIONS, launch
+from trapkit.images import ImageReadError, read_header, safe_join
+from trapkit.sequences import sequence_ids
 from trapkit.train import labels as label_api
 from trapkit.train.run import Run
 
 log = logging.getLogger(__name__)
 
-THUMB_SIZE = 256
-VIEW_SIZE = 1024
-_MISSING = (THUMB_SIZE, THUMB_SIZE)
+try:  # the run's answers record "[wrong box]" once trapkit.answers (the shared answers CSV) is in the core
+    from trapkit.answers import WRONG_BOX as RUN_WRONG_BOX
+except ImportError:  # before that, a run would take it for a class name: refused below
+    RUN_WRONG_BOX = None
+
+SEQUENCE_GAP_SECONDS = 60.0  # as `classify --smooth` and `al` group bursts by default
 
 
-class LabelPage:
-    """The page's logic, without Gradio: what to show for a run and how an answer is saved."""
+def item_key(path: str, detection: int | None) -> str:
+    """'cam_a/img.jpg' for an image, 'cam_a/img.jpg#2' for one of its detections."""
+    return path if detection is None else f"{path}#{detection}"
+
+
+class LabelSource:
+    """The current round's request as a grid source (see trapkit.grid.GridSource)."""
+
+    done_word = "answered"
 
     def __init__(self, run_dir: str | Path, allow_new_classes: bool = False):
         self.run_dir = Path(run_dir)
-        run = Run(self.run_dir)
-        run.require()
+        self.run = Run(self.run_dir)
+        self.run.require()
         self.allow_new_classes = allow_new_classes
         self.root = label_api.image_root(self.run_dir)
-        self.classes = label_api.class_names(self.run_dir)
-        self._thumbs = functools.lru_cache(maxsize=2048)(self._load_thumb)
-        self.items()  # a run without a request is an error now, not on the first page view
+        self._round = None
+        self._request: list = []
+        self._times: dict[str, str | None] = {}
+        self._vectors = None
+        self.refresh()
 
-    def items(self) -> list[label_api.RequestItem]:
-        items = label_api.current_request(self.run_dir)
-        if not items:
+    def refresh(self) -> None:
+        """Read the request again (`al next` may have started a new round)."""
+        self._round = self.run.load_state().round
+        self._request = label_api.current_request(self.run_dir)
+        if not self._request:
             raise TrapkitError(f"the current round of {self.run_dir} requests no images; run 'trapkit al next'")
-        return items
+        self._label_keys = {item_key(it.path, _detection(it)): _save_key(it) for it in self._request}
+        self.answers_path = label_api.page_answers_path(self.run_dir)
+        self.title = f"trapkit label: {self.run_dir.name}, round {self._round}"
+        self._vectors = None
 
-    def image(self, path: str, size: int = VIEW_SIZE) -> Image.Image:
-        """The image upright, longest side <= size; a grey tile (and a logged warning) when it cannot be read."""
+    def stale(self) -> bool:
+        """True once the run has moved to another round: the grid then reloads."""
+        if self.run.load_state().round != self._round:
+            self.refresh()
+            return True
+        return False
+
+    # -- GridSource ----------------------------------------------------------------------
+
+    def classes(self) -> list[str]:
+        return label_api.class_names(self.run_dir)
+
+    def items(self) -> list[grid.GridItem]:
+        return [grid.GridItem(item_key(it.path, _detection(it)), it.path, _detection(it), getattr(it, "bbox", None),
+                              it.guess, it.confidence) for it in self._request]
+
+    def answers(self) -> dict[str, str]:
+        return {item_key(it.path, _detection(it)): it.answered for it in label_api.current_request(self.run_dir)
+                if it.answered}
+
+    def save(self, changes: dict[str, str | None]) -> dict[str, str]:
+        unknown = [k for k in changes if k not in self._label_keys]
+        if unknown:
+            raise TrapkitError(f"not in the current request: {unknown[0]}; reload the labelling page")
+        if grid.WRONG_BOX in changes.values() and RUN_WRONG_BOX != grid.WRONG_BOX:
+            raise TrapkitError("this version of 'trapkit al' cannot record a wrong box yet; leave the crop "
+                               "unanswered")
+        label_api.save_answers(self.run_dir, {self._label_keys[k]: s or "" for k, s in changes.items()},
+                               allow_new_classes=self.allow_new_classes)
+        return self.answers()
+
+    def crops(self, file: str, items: list[grid.GridItem], size: int) -> list:
+        from PIL import Image
+
         try:
-            img, _ = open_image(safe_join(self.root, path), min_size=(size, size))
-        except TrapkitError as e:
+            path = safe_join(self.root, file)
+        except ImageReadError as e:
             log.warning("labelling page: %s", e)
-            return Image.new("RGB", _MISSING, (128, 128, 128))
-        img.thumbnail((size, size), Image.BILINEAR)
-        return img
+            return [Image.new("RGB", (size, size), grid.GREY) for _ in items]
+        return grid.cut_thumbnails(path, [it.bbox for it in items], size, self._margin())
 
-    def _load_thumb(self, path: str) -> Image.Image:
-        return self.image(path, THUMB_SIZE)
+    def frame(self, file: str, size: int):
+        from PIL import Image
 
-    def thumb(self, path: str) -> Image.Image:
-        return self._thumbs(path)
-
-    def save(self, path: str, species: str) -> Path:
-        """Save one answer ('' removes it). Unknown class names are refused unless the page allows new classes."""
-        if not path:
-            raise TrapkitError("no image selected; click an image in the grid first")
-        return label_api.save_answers(self.run_dir, {path: species or ""},
-                                      allow_new_classes=self.allow_new_classes)
-
-    def progress(self, items) -> str:
-        done = sum(1 for it in items if it.answered)
-        answers = label_api.page_answers_path(self.run_dir)
-        round_n = Run(self.run_dir).load_state().round  # read each time: `al next` may have moved on
-        return (f"### Round {round_n}: {done} of {len(items)} answered\n"
-                f"Answers are saved as you go to `{answers}`; run `trapkit al next {self.run_dir}"
-                + (" --allow-new-classes" if self.allow_new_classes else "") + "` when done.")
-
-
-def caption(item: label_api.RequestItem) -> str:
-    guess = f"guess {item.guess} {item.confidence:.2f}" if item.guess and item.confidence is not None else "no guess"
-    return f"✓ {item.answered} ({guess})" if item.answered else guess
-
-
-def next_index(items, after: int = -1) -> int:
-    """The first unanswered item after `after` (wrapping), or `after` itself when all are answered."""
-    n = len(items)
-    for step in range(1, n + 1):
-        i = (after + step) % n
-        if not items[i].answered:
-            return i
-    return max(after, 0)
-
-
-def shown_as_error(fn):
-    """Turn a TrapkitError raised by a page callback into a gr.Error: its message shows on the page."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
-        except TrapkitError as e:
-            raise gr.Error(str(e)) from None
-    return wrapper
+            return grid.frame_image(safe_join(self.root, file), size)
+        except ImageReadError as e:
+            log.warning("labelling page: %s", e)
+            return Image.new("RGB", (size, size * 3 // 4), grid.GREY)
+
+    def sequence(self, item: grid.GridItem) -> list[str]:
+        """Keys of the requested items in the item's camera-trap sequence (same folder, EXIF times within 60 s)."""
+        folder = str(PurePosixPath(item.file).parent)
+        files = sorted({it.path for it in self._request if str(PurePosixPath(it.path).parent) == folder})
+        ids = sequence_ids(files, [self._time(f) for f in files], SEQUENCE_GAP_SECONDS)
+        mine = ids[files.index(item.file)]
+        same = {f for f, n in zip(files, ids) if n == mine}
+        return [item_key(it.path, _detection(it)) for it in self._request if it.path in same]
+
+    def embeddings(self, items: list[grid.GridItem]) -> np.ndarray | None:
+        """(n, D) float32 from the run's embeddings cache (row = manifest row); None when the run has none yet."""
+        if self._vectors is None:
+            self._vectors = self._stored_embeddings()
+        if self._vectors is None:
+            return None
+        table, row_of = self._vectors
+        missing = [it.key for it in items if it.key not in row_of]
+        if missing:
+            raise TrapkitError(f"the run's embeddings do not cover {missing[0]}; run 'trapkit al next' first")
+        return np.asarray(table[[row_of[it.key] for it in items]], np.float32)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _stored_embeddings(self):
+        state = self.run.load_state()
+        if not state.embedder_version:
+            return None
+        path = self.run.embeddings_path(state.embedder_version)
+        if not path.is_file():
+            return None
+        df = self.run.load_manifest()
+        detections = df["detection"] if "detection" in df.columns else [""] * len(df)
+        row_of = {}
+        for row, (split, file, det) in enumerate(zip(df["split"], df["path"], detections)):
+            if split == "pool":
+                row_of[item_key(file, int(det) if str(det).strip().isdigit() else None)] = row
+        return np.load(path, mmap_mode="r"), row_of
+
+    def _margin(self) -> float:
+        """The crop policy of the run's model (its spec), so a crop looks as the model saw it."""
+        from trapkit.spec import SPEC_FILENAME, ModelSpec
+
+        spec = self.run.model_dir / SPEC_FILENAME
+        return ModelSpec.load(spec).crop_margin if spec.is_file() else ModelSpec.crop_margin
+
+    def _time(self, file: str) -> str | None:
+        if file not in self._times:
+            try:
+                self._times[file] = read_header(safe_join(self.root, file)).time
+            except ImageReadError:
+                self._times[file] = None
+        return self._times[file]
 
 
-def build_label_page(run_dir: str | Path, allow_new_classes: bool = False):
-    """The labelling page for RUN's current round as a gr.Blocks (not launched).
+def _detection(item) -> int | None:
+    return getattr(item, "detection", None)  # requests of whole images have none
 
-    `allow_new_classes`: accept typed names that are not classes yet (`al next` then needs the same flag).
-    """
-    page = LabelPage(run_dir, allow_new_classes)
 
-    def view(i: int, message: str = ""):
-        # Everything the page shows, with item i in the large view.
-        items = page.items()
-        i = min(max(i, 0), len(items) - 1)
-        it = items[i]
-        species_value = it.answered or (it.guess if it.guess in page.classes else None)
-        return (
-            page.progress(items),
-            gr.Gallery([(page.thumb(x.path), caption(x)) for x in items], selected_index=i),
-            it.path,
-            page.image(it.path),
-            f"**{it.path}**  \n{caption(it)}",
-            species_value,
-            message,
-        )
+def _save_key(item):
+    """How `save_answers` names the item: the image path, or (path, detection) for one detection."""
+    detection = _detection(item)
+    return item.path if detection is None else (item.path, detection)
 
-    @shown_as_error
-    def on_load():
-        return view(next_index(page.items()))
 
-    @shown_as_error
-    def on_select(evt: gr.SelectData):
-        return view(evt.index or 0)
-
-    @shown_as_error
-    def on_save(path: str, species: str):
-        page.save(path, species)
-        items = page.items()
-        here = next((i for i, it in enumerate(items) if it.path == path), -1)
-        saved = f"Saved {path}: {species}" if species else f"Removed the answer for {path}"
-        return view(next_index(items, here), saved)
-
-    @shown_as_error
-    def on_step(path: str, step: int):
-        items = page.items()
-        here = next((i for i, it in enumerate(items) if it.path == path), 0)
-        return view((here + step) % len(items))
-
-    with gr.Blocks(title=f"trapkit labels: {page.run_dir.name}", **BLOCKS_OPTIONS) as app:
-        progress = gr.Markdown(elem_id="progress")
-        # JPEG: every save re-sends the grid, and Gradio's default WebP encodes ~25x slower.
-        gallery = gr.Gallery(label="Requested images (click one to answer it)", columns=6, height=420,
-                             allow_preview=False, format="jpeg", elem_id="grid")
-        with gr.Row():
-            with gr.Column(scale=3):
-                image = gr.Image(label="Image", type="pil", format="jpeg", interactive=False, height=440,
-                                 elem_id="current-image")
-            with gr.Column(scale=2):
-                path = gr.Textbox(label="Image path", interactive=False, elem_id="current-path")
-                about = gr.Markdown()
-                species = gr.Dropdown(page.classes, label="Species", allow_custom_value=True, elem_id="species",
-                                      info="Pick a class or type a name"
-                                      + (" (new names become new classes)" if page.allow_new_classes
-                                         else " (new names need 'trapkit label --allow-new-classes')"))
-                save = gr.Button("Save and next", variant="primary", elem_id="save")
-                with gr.Row():
-                    prev_btn = gr.Button("Previous")
-                    next_btn = gr.Button("Next")
-                status = gr.Markdown(elem_id="status")
-        shown = [progress, gallery, path, image, about, species, status]
-        app.load(on_load, None, shown, api_name="refresh")
-        gallery.select(on_select, None, shown, api_visibility="private")
-        # One writer at a time: each save is a read-modify-write of the answers file.
-        save.click(on_save, [path, species], shown, api_name="save", concurrency_limit=1,
-                   concurrency_id="answers")
-        prev_btn.click(lambda p: on_step(p, -1), [path], shown, api_visibility="private")
-        next_btn.click(lambda p: on_step(p, 1), [path], shown, api_visibility="private")
-    app.queue(max_size=64)
-    return app
+def open_label_page(run_dir: str | Path, allow_new_classes: bool = False) -> grid.GridApp:
+    """The labelling grid for RUN's current round (not yet serving); a bad RUN fails here, in one line."""
+    return grid.GridApp(LabelSource(run_dir, allow_new_classes))
 
 
 def serve_label_page(run_dir: str | Path, allow_new_classes: bool = False, host: str = "127.0.0.1",
-                     port: int | None = None, block: bool = True):
-    """Build and serve the labelling page until interrupted (or return (app, url) when `block=False`)."""
-    app = build_label_page(run_dir, allow_new_classes)
-    log.info("labelling page for %s", run_dir)
-    url = launch(app, host, port, block=block)
-    return app, url
+                     port: int | None = None) -> None:
+    """Serve the labelling page until Ctrl+C."""
+    app = open_label_page(run_dir, allow_new_classes)
+    log.info("labelling page for %s: %d items; answers go to %s", run_dir, len(app.items), app.source.answers_path)
+    grid.serve(app, host, port)
