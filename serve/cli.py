@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from trapkit import __version__
-from trapkit.flags import default_of, given, not_with, only_with
+from trapkit.flags import add_ray_args, default_of, given, not_with, only_with, ray_settings
 from trapkit.logfile import debug_log
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import SMOOTH_MODES, SmoothSettings
@@ -87,11 +87,7 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="batches in flight at once (default: CPUs, at most 4; raise it for a big Triton server)")
-    p.add_argument("--ray", metavar="ADDRESS",
-                   help="run on a Ray cluster: host:port, ray://host:port, auto, or local (a cluster inside this "
-                   "process); images must be on a path every node sees. Needs trapkit[ray]")
-    p.add_argument("--ray-actors", type=int, default=None, metavar="N",
-                   help="with --ray: most inference actors (default: one per GPU, or one per CPU without GPUs)")
+    add_ray_args(p, "classify")
     p.set_defaults(func=_classify)
 
 
@@ -106,12 +102,11 @@ def _classify(args) -> int:
         args.sequences_out), {"--sequence-gap": args.sequence_gap is not None})
     if args.frame_sample is not None and args.detections is not None:
         raise TrapkitError("--frame-sample only applies without --detections (MegaDetector chose the frames); drop it")
-    only_with("--ray ADDRESS", args.ray is not None, {"--ray-actors": args.ray_actors is not None})
     not_with("--ray", args.ray is not None, {
         "--workers": args.workers is not None, "--threads": args.threads is not None,
         "--concurrency": args.concurrency is not None, "--triton-url": args.triton_url is not None},
         "the cluster decodes and runs the model (onnxruntime in each actor); size it with --ray-actors")
-    cluster = _cluster(args.ray, args.ray_actors)
+    cluster = ray_settings(args)
     par = Parallelism.for_cpus(available_cpus(), args.workers, args.concurrency, args.threads)
     post = PostSettings(rollup=args.rollup, allow_list=args.allow_list, class_thresholds=args.class_thresholds)
     settings = ClassifySettings(**given(
@@ -134,17 +129,6 @@ def _classify(args) -> int:
     written = [args.out, args.csv, args.sequences_out, args.video_out, args.features]
     print("wrote " + ", ".join(str(w) for w in written if w) + f"; debug log in {args.out}.log")
     return 0
-
-
-def _cluster(address: str | None, actors: int | None):
-    """`trapkit.cluster.ClusterSettings` for --ray (checked before the model loads), or None."""
-    if address is None:
-        return None
-    from trapkit.cluster import ClusterSettings, require_ray
-
-    settings = ClusterSettings(address, actors=actors)
-    require_ray(settings.address)
-    return settings
 
 
 def _executor(cluster):

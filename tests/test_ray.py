@@ -275,6 +275,47 @@ def test_ray_local_resumes_an_interrupted_local_run(cluster_env, season, referen
 
 
 @pytest.mark.slow
+def test_al_embeds_the_pool_on_the_cluster_as_it_does_locally(cluster, tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    from train_helpers import FAST, make_trees
+    from trapkit.train.run import Run
+
+    trees = make_trees(tmp_path / "trees", pool_per_class=6)
+    (trees["pool"] / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg" * 10)  # recorded the same way on both
+    # A frozen embedder (no fine-tuning), so both runs embed with the same weights.
+    argv = ["--labelled", str(trees["labelled"]), "--unlabelled", str(trees["pool"]), "--validation",
+            str(trees["validation"]), "--batch", "4", *FAST, "--finetune-epochs", "0"]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["al", "init", str(local), *argv]) == 0
+    caplog.set_level(logging.INFO, logger="trapkit.cluster")
+    assert main(["al", "init", str(remote), *argv, "--ray", cluster.address]) == 0
+    assert "Ray cluster: 40 images" in caplog.text  # 12 seed, 9 validation, 18 + 1 in the pool
+
+    def same_runs():
+        (a,), (b,) = (sorted((run / "embeddings").glob("*.npy")) for run in (local, remote))
+        x, y = np.load(a).astype(np.float32), np.load(b).astype(np.float32)  # (N, D) float16 caches
+        assert x.shape == y.shape and np.abs(x).max() > 0
+        np.testing.assert_allclose(y, x, rtol=2**-10, atol=2**-14)  # float16 rounding: one unit in the last place
+        ma, mb = (Run(run).load_manifest() for run in (local, remote))
+        assert ma.equals(mb)
+        assert (ma["status"] == "unreadable").sum() == 1
+
+    same_runs()
+    # `al next --rescan --ray`: the images added to the pool are embedded on the cluster, the others reused.
+    for name in ("bear", "dog"):
+        (trees["pool"] / "new").mkdir(exist_ok=True)
+        (trees["pool"] / "new" / f"{name}.jpg").write_bytes((trees["labelled"] / name / f"{name}_0.jpg").read_bytes())
+    assert main(["al", "next", str(local), "--rescan"]) == 0
+    caplog.clear()
+    assert main(["al", "next", str(remote), "--rescan", "--ray", cluster.address]) == 0
+    assert "Ray cluster: 2 images" in caplog.text  # only the new ones
+    same_runs()
+
+
+@pytest.mark.slow
 def test_images_a_node_cannot_see_stop_the_run_in_one_line(cluster, samples_dir, tiny_onnx_path, capsys):
     if not cluster.hides:
         pytest.skip("this OS allows no private mount namespace (needs root or user namespaces) to hide a folder")

@@ -53,8 +53,11 @@ class RoundResult:
 
 # -- init ---------------------------------------------------------------------------------
 
-def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None) -> RoundResult:
+def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None,
+             cluster=None) -> RoundResult:
     """Scan the trees, write manifest and settings, and run round 1.
+
+    `cluster` (`trapkit.cluster.ClusterSettings`): embed the images on that Ray cluster.
 
     `taxonomy`: a `label,taxonomy` CSV with one row per seed class (`trapkit.taxonomy`); it is
     copied to RUN/taxonomy.csv and every round's model spec carries its strings.
@@ -108,7 +111,7 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     log.info("run %s: %d seed images in %d classes, %d validation, %d in the pool", run.root,
              int((df["split"] == "seed").sum()), len(state.classes), int((df["split"] == "validation").sum()),
              len(pool_paths))
-    result = _run_round(run, settings, state, df, 1)
+    result = _run_round(run, settings, state, df, 1, cluster)
     result.problems = problems
     return result
 
@@ -128,10 +131,10 @@ def _stratified_holdout(items: list[tuple[str, str]], fraction: float, rng: np.r
 # -- next ---------------------------------------------------------------------------------
 
 def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: dict | None = None,
-               allow_new_classes: bool = False, rescan: bool = False) -> RoundResult:
+               allow_new_classes: bool = False, rescan: bool = False, cluster=None) -> RoundResult:
     """Ingest answers (files given and RUN/inbox/*.csv), then run the next round.
 
-    `rescan` adds images that appeared in the pool folder since the last scan.
+    `rescan` adds images that appeared in the pool folder since the last scan; `cluster`: as for `init_run`.
     """
     from trapkit.train.settings import resolve
 
@@ -171,7 +174,7 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
         )
     log.debug("answers: %s", report.summary())
     state.classes = classes
-    result = _run_round(run, settings, state, df, state.round + 1)
+    result = _run_round(run, settings, state, df, state.round + 1, cluster)
     result.ingest = report
     return result
 
@@ -256,7 +259,7 @@ def _labels_of(df, rows: np.ndarray, classes: list[str]) -> np.ndarray:
     return np.array([index[c] for c in df["label"].to_numpy()[rows]], dtype=np.int64)
 
 
-def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> RoundResult:
+def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, cluster=None) -> RoundResult:
     import torch
 
     from trapkit.train import head
@@ -270,7 +273,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> 
     paths = run.image_paths(df, settings)
     version = _finetune_if_due(run, settings, state, df, model, paths, n)
     _stage("finetuned")
-    emb = _embed_all(run, df, model, paths, version)
+    emb = _embed_all(run, df, model, paths, version, cluster)
     _stage("embedded")
 
     # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
@@ -325,14 +328,15 @@ def _finetune_if_due(run: Run, settings: RunSettings, state: RunState, df, model
     return version
 
 
-def _embed_all(run: Run, df, model, paths, version: str) -> np.ndarray:
+def _embed_all(run: Run, df, model, paths, version: str, cluster=None) -> np.ndarray:
     """(N, D) float16 memmap for every manifest row; unreadable images are recorded in the manifest, never fatal."""
     from trapkit.train import embed
 
     path = run.embeddings_path(version)
     cached = embed.open_embeddings(path) if path.is_file() else None
     if cached is None or len(cached) != len(df):
-        failures = embed.extract(model, paths, path, skip=(df["status"] != "ok").to_numpy(), reuse=cached)
+        failures = embed.extract(model, paths, path, skip=(df["status"] != "ok").to_numpy(), reuse=cached,
+                                 cluster=cluster)
         for i, reason in failures.items():
             df.at[i, "status"], df.at[i, "reason"] = "unreadable", reason
         if failures:

@@ -248,7 +248,7 @@ class Cluster:
         if not work:
             return
         actors = self.settings.actors or int(self.gpus or max(1, self.cpus))
-        log.info("Ray cluster: %d images, up to %d inference actor(s)%s", len(work), actors,
+        log.info("Ray cluster: %d images, up to %d model actor(s)%s", len(work), actors,
                  " on GPUs" if self.gpus else "")
         job = (work, prep, model, tuple(model_args), None if root is None else str(root), batch_size,
                self.settings.images_per_task, actors, bool(self.gpus), _verbose())
