@@ -224,7 +224,8 @@ def main() -> None:
                                  worker_cores=set(range(top // 2, top)), object_store=2**30)
             os.environ.update(cluster.driver_env)
             cluster.start()
-        local_env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        # `--ray local` clusters keep their session files in the work folder, not /tmp/ray.
+        local_env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(workdir / "ray")}
         for _ in range(args.repeats):
             for name, (cores, address) in plan.items():
                 if address == "cluster":
