@@ -316,6 +316,31 @@ def test_al_embeds_the_pool_on_the_cluster_as_it_does_locally(cluster, tmp_path,
 
 
 @pytest.mark.slow
+def test_al_on_detections_embeds_every_box_on_the_cluster_as_locally(cluster, tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    from train_helpers import detection_flags, make_detection_trees
+    from trapkit.train.run import Run
+
+    trees = make_detection_trees(tmp_path / "trees")
+    argv = [*detection_flags(trees), "--finetune-epochs", "0"]  # a frozen embedder: the same weights in both
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["al", "init", str(local), *argv]) == 0
+    caplog.set_level(logging.INFO, logger="trapkit.cluster")
+    assert main(["al", "init", str(remote), *argv, "--ray", cluster.address]) == 0
+    manifest = Run(local).load_manifest()
+    images = manifest["root"] + "/" + manifest["path"]
+    assert f"Ray cluster: {images.nunique()} images" in caplog.text  # each image prepared once for its boxes
+    assert (manifest["detection"] != "").sum() > images.nunique()  # some images hold several items
+    (a,), (b,) = (sorted((run / "embeddings").glob("*.npy")) for run in (local, remote))
+    np.testing.assert_allclose(np.load(b).astype(np.float32), np.load(a).astype(np.float32), rtol=2**-10,
+                               atol=2**-14)
+    assert Run(remote).load_manifest().equals(manifest)  # EXIF times of the frames included
+
+
+@pytest.mark.slow
 def test_images_a_node_cannot_see_stop_the_run_in_one_line(cluster, samples_dir, tiny_onnx_path, capsys):
     if not cluster.hides:
         pytest.skip("this OS allows no private mount namespace (needs root or user namespaces) to hide a folder")
