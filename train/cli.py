@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from trapkit.flags import add_ray_args, ray_settings
 from trapkit.spec import INTERPOLATIONS
 from trapkit.train.settings import LOSSES, MININGS
 from trapkit.web import add_server_args, check_server_args
@@ -92,6 +93,7 @@ def register(subparsers, common) -> None:
     p.add_argument("--taxonomy", metavar="CSV",
                    help="label,taxonomy CSV, one SpeciesNet-style 'id;class;order;family;genus;species;common name' "
                    "per class; copied to RUN/taxonomy.csv and carried by every model of the run")
+    add_ray_args(p, "embed the images")
     p.set_defaults(func=_init)
 
     p = sub.add_parser("next", parents=[common], help="ingest answers, retrain, write the next request")
@@ -107,6 +109,7 @@ def register(subparsers, common) -> None:
                    help="with --add-pool, in a run on detections: the season's MegaDetector output (paths relative "
                    "to DIR); 'trapkit classify' output gives the first guesses")
     _round_options(p)
+    add_ray_args(p, "embed the images")
     p.set_defaults(func=_next)
 
     p = sub.add_parser("status", parents=[common], help="labels per class, rounds, metrics, what to do next")
@@ -156,15 +159,18 @@ def _init(args) -> int:
     from trapkit.train.loop import init_run
     from trapkit.train.settings import resolve
 
-    _report(init_run(args.run, resolve(args.config, _flags(args)), taxonomy=args.taxonomy))
+    cluster = ray_settings(args)
+    _report(init_run(args.run, resolve(args.config, _flags(args)), taxonomy=args.taxonomy, cluster=cluster))
     return 0
 
 
 def _next(args) -> int:
     from trapkit.train.loop import next_round
 
+    cluster = ray_settings(args)
     _report(next_round(args.run, args.labels, _flags(args), allow_new_classes=args.allow_new_classes,
-                       rescan=args.rescan, add_pool=args.add_pool, add_detections=args.add_detections))
+                       rescan=args.rescan, add_pool=args.add_pool, add_detections=args.add_detections,
+                       cluster=cluster))
     return 0
 
 

@@ -89,13 +89,14 @@ def _batches(items: list[Item], rows: np.ndarray, batch_size: int):
 
 @torch.no_grad()
 def extract(model, items: list[Item], out: Path, skip: np.ndarray | None = None, reuse: np.ndarray | None = None,
-            batch_size: int = 64, workers: int = 2) -> Extracted:
+            batch_size: int = 64, workers: int = 2, cluster=None) -> Extracted:
     """Embed every item into `out` ((N, D) float16 .npy). Returns the unreadable rows and the images' times.
 
     `model` is a `Classifier` (its `normalize` + `embedder` are used, with its
     spec's preprocessing). Rows flagged in `skip` (known unreadable) are left
     as zeros; the first len(reuse) rows are copied from `reuse` (same
-    embedder, items added later).
+    embedder, items added later). `cluster` (`trapkit.cluster.ClusterSettings`):
+    the items are embedded on that Ray cluster (`embed_on_cluster`), the cache still written here.
     """
     prep = Preprocessing.from_spec(model.spec)
     model.eval()
@@ -109,6 +110,9 @@ def extract(model, items: list[Item], out: Path, skip: np.ndarray | None = None,
         emb[: len(reuse)] = reuse
         skip[: len(reuse)] = True
     todo = np.flatnonzero(~skip)
+    if cluster is not None:
+        embed_on_cluster(cluster, model, [(int(i), items[i]) for i in todo], prep, emb, result, batch_size)
+        todo = todo[:0]  # every row done there: the loop below has nothing to do
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="embedding", unit="item", disable=None,
                                                    leave=False) as bar:
         for rows in _batches(items, todo, batch_size):
@@ -129,6 +133,70 @@ def extract(model, items: list[Item], out: Path, skip: np.ndarray | None = None,
         os.fsync(f.fileno())
     os.replace(tmp, out)
     return result
+
+
+def embed_on_cluster(cluster, model, rows: list[tuple[int, Item]], prep: Preprocessing, emb: np.ndarray,
+                     result: Extracted, batch_size: int) -> None:
+    """Embed the (manifest row, item) `rows` into `emb` on a Ray cluster, recording failures and times in `result`.
+
+    `trapkit.cluster` prepares each image once for all its rows on CPU tasks, through the core's one
+    preparation path, and `TorchEmbedder` actors (the model's own weights, sent through Ray's object
+    store; a GPU each where there are GPUs) embed the crops; this process writes the cache, so it is a
+    local run's within float16 rounding.
+    """
+    from safetensors.torch import save
+
+    from trapkit.cluster import connect
+
+    groups: dict[tuple[Path, bool], list[tuple[int, Item]]] = {}  # (image, whole?) -> its rows, as load_items
+    for row, item in rows:
+        groups.setdefault((Path(item.path).absolute(), item.box is None), []).append((row, item))
+    keys = list(groups)
+    work = [(k, str(path), None if whole else [list(item.box) for _, item in groups[(path, whole)]])
+            for k, (path, whole) in enumerate(keys)]
+    weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    with connect(cluster) as ray_cluster, tqdm(total=len(rows), desc="embedding (ray)", unit="item", disable=None,
+                                               leave=False) as bar:
+        ray_cluster.check_visible(None, [str(path) for path, _ in keys])
+        state = ray_cluster.ray.put(weights)
+        for done in ray_cluster.map_prepared(work, prep, TorchEmbedder, (model.spec.to_json(), state), root=None,
+                                             batch_size=batch_size):
+            path, whole = keys[done.key]
+            members = [row for row, _ in groups[(path, whole)]]
+            if done.failure:
+                result.failures.update(dict.fromkeys(members, done.message))
+                log.warning("skipping unreadable image: %s", done.message)
+            else:
+                z = done.outputs["embedding"].astype(np.float16)  # (k, D): one crop per box, or the whole image
+                emb[members] = z[0] if whole else z
+                if done.time:
+                    result.times.update(dict.fromkeys(members, done.time))
+            bar.update(len(members))
+
+
+class TorchEmbedder:
+    """In each inference actor: the run's model rebuilt from its spec and weights (safetensors bytes), on the
+    actor's GPU when Ray gave it one; crops (N, S, S, 3) uint8 -> {"embedding": (N, D) float32}."""
+
+    def __init__(self, spec_json: str, weights):
+        import ray
+        from safetensors.torch import load
+
+        from trapkit.spec import ModelSpec
+        from trapkit.train.model import build_model
+
+        if isinstance(weights, ray.ObjectRef):
+            weights = ray.get(weights)
+        torch.set_num_threads(1)  # more cores get more actors (each counts as half a CPU)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build_model(ModelSpec.from_json(spec_json), "none").eval()
+        self.model.load_state_dict(load(weights), strict=True)
+        self.model.to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
+        return {"embedding": self.model.embedder(self.model.normalize(x)).float().cpu().numpy()}
 
 
 def open_embeddings(path: Path) -> np.ndarray:

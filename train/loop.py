@@ -173,8 +173,11 @@ def _stratified_holdout(rows: list[dict], fraction: float, rng: np.random.Genera
 
 # -- init ---------------------------------------------------------------------------------
 
-def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None) -> RoundResult:
+def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None,
+             cluster=None) -> RoundResult:
     """Scan the trees (or read the detections files), write manifest and settings, and run round 1.
+
+    `cluster` (`trapkit.cluster.ClusterSettings`): embed the items on that Ray cluster.
 
     `taxonomy`: a `label,taxonomy` CSV with one row per seed class (`trapkit.taxonomy`); it is
     copied to RUN/taxonomy.csv and every round's model spec carries its strings. Bad inputs stop the
@@ -198,7 +201,7 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
         log.info("run %s: %d seed items in %d classes, %d validation, %d in the pool", run.root,
                  int((df["split"] == SEED).sum()), len(state.classes), int((df["split"] == VALIDATION).sum()),
                  int((df["split"] == POOL).sum()))
-        result = _run_round(run, settings, state, df, 1)
+        result = _run_round(run, settings, state, df, 1, cluster)
         result.problems = list(start.problems)
         return result
 
@@ -264,8 +267,8 @@ class _InboxFile:
 
 def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: dict | None = None,
                allow_new_classes: bool = False, rescan: bool = False, add_pool: str | Path | None = None,
-               add_detections: str | Path | None = None) -> RoundResult:
-    """Ingest answers (files given and RUN/inbox/*.csv), then run the next round.
+               add_detections: str | Path | None = None, cluster=None) -> RoundResult:
+    """Ingest answers (files given and RUN/inbox/*.csv), then run the next round (`cluster`: as for `init_run`).
 
     `rescan` adds images that appeared in the pool folder since the last scan (whole-image runs);
     `add_pool` adds a season: a folder inside the pool folder, with `add_detections` its MegaDetector
@@ -298,7 +301,7 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
             )
         log.debug("answers: %s", report.summary())
         state.classes = head_classes(state.classes, df)
-        result = _run_round(run, settings, state, df, n)
+        result = _run_round(run, settings, state, df, n, cluster)
         result.ingest = report
         result.problems = list(report.warnings)
         return result
@@ -531,9 +534,10 @@ class _Round:
     emb: np.ndarray | None = None  # (N, D) float16, row i = manifest row i
     probs: np.ndarray | None = None  # (N, C) float32
     trained: np.ndarray | None = None  # rows the head learned from
+    cluster: object = None  # trapkit.cluster.ClusterSettings: the items are embedded on that Ray cluster
 
 
-def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> RoundResult:
+def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, cluster=None) -> RoundResult:
     import torch
 
     from trapkit.train import head
@@ -544,7 +548,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> 
     model = build_model(_spec(settings, classes, _run_taxonomy(run, classes)),
                         settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
-    r = _Round(run, settings, state, df, n, run.items(df, settings), classes)
+    r = _Round(run, settings, state, df, n, run.items(df, settings), classes, cluster=cluster)
     version = _finetune_if_due(r, model)
     _stage("finetuned")
     r.emb = _embed_all(r, model, version)
@@ -609,7 +613,8 @@ def _embed_all(r: _Round, model, version: str) -> np.ndarray:
     df, path = r.df, r.run.embeddings_path(version)
     cached = embed.open_embeddings(path) if path.is_file() else None
     if cached is None or len(cached) != len(df):
-        result = embed.extract(model, r.items, path, skip=(df["status"] != OK).to_numpy(), reuse=cached)
+        result = embed.extract(model, r.items, path, skip=(df["status"] != OK).to_numpy(), reuse=cached,
+                               cluster=r.cluster)
         changed = bool(result.failures)
         for i, reason in result.failures.items():
             df.at[i, "status"], df.at[i, "reason"] = UNREADABLE, reason
