@@ -23,6 +23,11 @@ run's own rows and embedding cache, and prints whether the two curves are identi
 
     apt-get install dataset-fashion-mnist   # installs /usr/share/datasets/fashion-mnist/
     .venv/bin/python bench/bench_learning_curve.py [--seeds 3] [--size 96] [--check-simulate]
+
+`--detections` measures something else, on trapkit's own path end to end: training on what you classify.
+See `detections_benchmark` (camera-trap-like frames, `al simulate` three ways, then `trapkit classify`).
+
+    .venv/bin/python bench/bench_learning_curve.py --detections
 """
 
 from __future__ import annotations
@@ -86,12 +91,13 @@ def embed_rows(paths: list[Path], settings, cache: Path) -> np.ndarray:
     from trapkit.train import embed
     from trapkit.train.loop import _spec
     from trapkit.train.model import build_model
+    from trapkit.train.run import Item
 
     if not cache.is_file():
         torch.manual_seed(settings.select.seed)  # as a round seeds the model it builds (the projection's init)
         model = build_model(_spec(settings, list(CLASSES)), settings.model.weights)
         t = time.perf_counter()
-        failures = embed.extract(model, paths, cache)
+        failures = embed.extract(model, [Item(p) for p in paths], cache).failures  # whole images, as a run's rows
         assert not failures, failures
         print(f"embedded {len(paths)} images at {settings.model.input_size} px in {time.perf_counter() - t:.1f} s "
               f"(cached in {cache})")
@@ -190,7 +196,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/trapkit-bench/learning-curve"))
     ap.add_argument("--check-simulate", action="store_true",
                     help="also run `al simulate` itself on a small subset and print both curves")
+    add_detection_options(ap)
     args = ap.parse_args()
+    if args.detections:
+        return detections_benchmark(args)
 
     settings = product_settings(args.size)
     print(f"Fashion-MNIST from {DATA}: pool {args.pool}, validation {args.val}, seed set {args.start}, "
@@ -232,6 +241,230 @@ def main() -> None:
           f"{results['uniform'][1][:, 0].std():.4f}); load average {os.getloadavg()[0]:.1f} at end")
     if args.check_simulate:
         check_simulate(paths, y, n_val, args.size, args.workdir)
+
+
+# -- detections mode: train on what you classify ----------------------------------------------------------
+
+FRAME_SIZE = (640, 480)  # (w, h): the animal covers 1-5% of it, as in camera-trap photos
+BLANKS = ("blank.jpg", "blank2.jpg", "blank3.jpg")
+
+
+def add_detection_options(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("detections mode (--detections)")
+    g.add_argument("--detections", action="store_true",
+                   help="whole frames vs hand-cut crops vs 'al --detections', then 'trapkit classify' on held-out frames")
+    g.add_argument("--fashion-mnist", type=Path, default=DATA, help=f"the dataset's folder (default {DATA})")
+    g.add_argument("--frames", type=Path, default=Path("/tmp/trapkit-bench/frames"),
+                   help="where the frames, crops, MegaDetector files and runs are written")
+    g.add_argument("--per-class", type=int, default=10, help="seed frames per class")
+    g.add_argument("--pool-frames", type=int, default=1000)
+    g.add_argument("--val-frames", type=int, default=300)
+    g.add_argument("--test-frames", type=int, default=300, help="held-out frames classified by 'trapkit classify'")
+    g.add_argument("--det-budget", type=int, default=400, help="pool labels each run spends")
+    g.add_argument("--det-batch", type=int, default=100)
+    g.add_argument("--input-size", type=int, default=None, help="model input size (default: the backbone's, 224)")
+    g.add_argument("--modes", default="whole,crops,detections")
+
+
+def _blank_sources():
+    from PIL import Image
+
+    from trapkit.samples import SAMPLES_DIR
+
+    out = []
+    for name in BLANKS:
+        img = Image.open(SAMPLES_DIR / name).convert("RGB")
+        img.draft("RGB", (1600, 1200))
+        out.append(img.copy())
+    return out
+
+
+def _paste(rng: np.random.Generator, blanks, item: np.ndarray):
+    """A FRAME_SIZE piece of a blank camera-trap photo with a Fashion-MNIST item pasted in (1-5% of the frame).
+
+    Returns (frame, box) with box = normalised [x, y, w, h] around the item's visible pixels, as MegaDetector
+    would draw it."""
+    from PIL import Image
+
+    src = blanks[int(rng.integers(len(blanks)))]
+    w = int(src.width * rng.uniform(0.35, 1.0))
+    h = w * FRAME_SIZE[1] // FRAME_SIZE[0]
+    x, y = int(rng.integers(0, src.width - w + 1)), int(rng.integers(0, src.height - h + 1))
+    frame = np.asarray(src.crop((x, y, x + w, y + h)).resize(FRAME_SIZE, Image.BILINEAR), dtype=np.float32)
+    side = int(round(np.sqrt(rng.uniform(0.01, 0.05) * FRAME_SIZE[0] * FRAME_SIZE[1])))
+    raw = np.asarray(Image.fromarray(item, "L").resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
+    alpha = np.clip(raw * 3.0, 0.0, 1.0)[..., None]  # (side, side, 1): the item's shape
+    colour = rng.uniform(60, 230, size=3) * rng.uniform(0.7, 1.0)  # a coat colour
+    shade = 0.3 + 0.7 * raw[..., None]  # the item's own texture, as shading
+    px, py = int(rng.integers(0, FRAME_SIZE[0] - side)), int(rng.integers(0, FRAME_SIZE[1] - side))
+    region = frame[py:py + side, px:px + side]
+    frame[py:py + side, px:px + side] = alpha * colour * shade + (1 - alpha) * region
+    ys, xs = np.nonzero(alpha[..., 0] > 0.15)
+    box = [(px + xs.min()) / FRAME_SIZE[0], (py + ys.min()) / FRAME_SIZE[1],
+           (xs.max() - xs.min() + 1) / FRAME_SIZE[0], (ys.max() - ys.min() + 1) / FRAME_SIZE[1]]
+    return Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)), [round(v, 4) for v in box]
+
+
+def _hand_cut(frame, box, margin: float = 0.1):
+    """A crop cut outside trapkit, as a person with an image editor would: a square around the box with a
+    little context, kept inside the photo, at the photo's own resolution."""
+    x, y, w, h = box[0] * frame.width, box[1] * frame.height, box[2] * frame.width, box[3] * frame.height
+    side = max(w, h) * (1 + 2 * margin)
+    left = min(max(x + w / 2 - side / 2, 0), frame.width - side)
+    top = min(max(y + h / 2 - side / 2, 0), frame.height - side)
+    return frame.crop((int(left), int(top), int(left + side), int(top + side)))
+
+
+def make_frames(root: Path, per_class: int, n_pool: int, n_val: int, n_test: int, seed: int = 1234,
+                data: Path = DATA) -> dict:
+    """Frames, hand-cut crops, MegaDetector files and the pool's oracle, written once under `root`.
+
+    root/frames/{seed,val}/<class>/*.jpg, frames/{pool,test}/cam_N/*.jpg, with {seed,val,pool,test}.json;
+    root/crops/{seed,val,pool}/... the same names, hand-cut; root/oracle.csv (pool truth per image).
+    """
+    import csv
+    import json
+
+    done = root / "made.json"
+    if done.is_file() and json.loads(done.read_text()) == [per_class, n_pool, n_val, n_test, seed]:
+        return json.loads((root / "truth.json").read_text())
+    rng = np.random.default_rng(seed)
+    x, y = read_idx(data / "train-images-idx3-ubyte.gz"), read_idx(data / "train-labels-idx1-ubyte.gz")
+    tx, ty = read_idx(data / "t10k-images-idx3-ubyte.gz"), read_idx(data / "t10k-labels-idx1-ubyte.gz")
+    order, torder = rng.permutation(len(y)), rng.permutation(len(ty))
+    seed_idx = np.concatenate([order[y[order] == c][:per_class] for c in range(len(CLASSES))])
+    rest = np.setdiff1d(order, seed_idx)
+    rest = rest[rng.permutation(len(rest))]
+    splits = {"seed": (x, y, seed_idx), "pool": (x, y, rest[:n_pool]), "val": (tx, ty, torder[:n_val]),
+              "test": (tx, ty, torder[n_val:n_val + n_test])}
+    blanks = _blank_sources()
+    truth: dict[str, dict[str, str]] = {}
+    for split, (images, labels, idx) in splits.items():
+        entries, truth[split] = [], {}
+        for k, i in enumerate(idx):
+            cls = CLASSES[labels[i]]
+            rel = f"{cls}/{split}_{k:05d}.jpg" if split in ("seed", "val") else f"cam_{k % 7}/{split}_{k:05d}.jpg"
+            frame, box = _paste(rng, blanks, images[i])
+            for folder, picture in (("frames", frame), ("crops", _hand_cut(frame, box))):
+                if folder == "crops" and split == "test":
+                    continue
+                path = root / folder / split / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                picture.save(path, quality=90)
+            entries.append({"file": rel, "detections": [{"category": "1", "conf": round(float(rng.uniform(0.6, 0.98)), 3),
+                                                         "bbox": box}]})
+            truth[split][rel] = cls
+        (root / f"{split}.json").write_text(json.dumps({
+            "info": {"format_version": "1.4", "detector": "pasted (bench_learning_curve.py)"},
+            "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"}, "images": entries}))
+    with open(root / "oracle.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["File", "RelativePath", "Species"])
+        for rel, cls in truth["pool"].items():
+            folder, _, name = rel.rpartition("/")
+            w.writerow([name, folder, cls])
+    (root / "truth.json").write_text(json.dumps(truth))
+    done.write_text(json.dumps([per_class, n_pool, n_val, n_test, seed]))
+    return truth
+
+
+def _mode_flags(root: Path, mode: str) -> list[str]:
+    if mode == "detections":
+        f = root / "frames"
+        return ["--labelled", str(f / "seed"), "--seed-detections", str(root / "seed.json"),
+                "--validation", str(f / "val"), "--validation-detections", str(root / "val.json"),
+                "--unlabelled", str(f / "pool"), "--detections", str(root / "pool.json")]
+    tree = root / ("frames" if mode == "whole" else "crops")
+    return ["--labelled", str(tree / "seed"), "--validation", str(tree / "val"), "--unlabelled", str(tree / "pool")]
+
+
+def _classify_top1(root: Path, run: Path, truth: dict) -> float:
+    """Export the run's model and classify the held-out frames' detections with 'trapkit classify'."""
+    import json
+
+    from trapkit.cli import main as trapkit
+
+    export = run.with_name(run.name + "-export")
+    out = run.with_name(run.name + "-test.json")
+    for path in (export, out, out.with_name(out.name + ".log")):
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    assert trapkit(["export", str(run), "--out", str(export)]) == 0
+    assert trapkit(["classify", str(root / "frames" / "test"), "--model", str(export), "--detections",
+                    str(root / "test.json"), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    names = doc["classification_categories"]
+    right = 0
+    for im in doc["images"]:
+        det = (im.get("detections") or [{}])[0]
+        classes = det.get("classifications")
+        right += bool(classes) and names[classes[0][0]] == truth["test"][im["file"]]
+    return right / len(doc["images"])
+
+
+def detections_benchmark(args) -> None:
+    """Camera-trap-like frames: Fashion-MNIST items (1-5% of the frame) pasted into the bundled blank photos,
+    one MegaDetector-style box each. Three ways to train with `al simulate` (same seed set, pool, budget):
+
+    - whole: the frames themselves are the items (what a README user did before detections);
+    - crops: crops cut by hand outside trapkit (a square around the box with 10% context, saved as JPEG);
+    - detections: the frames with `--seed-detections/--validation-detections/--detections` (trapkit crops them).
+
+    For each: validation accuracy at the end of the budget (the run's own validation items), and top-1 of
+    `trapkit classify` on held-out frames with their detections (the exported model, its own crop policy).
+    """
+    import json
+    import shutil
+
+    import torch
+
+    from trapkit.cli import main as trapkit
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    t0 = time.perf_counter()
+    truth = make_frames(args.frames, args.per_class, args.pool_frames, args.val_frames, args.test_frames,
+                        data=args.fashion_mnist)
+    print(f"frames: {args.per_class} seed per class, pool {args.pool_frames}, validation {args.val_frames}, held-out "
+          f"test {args.test_frames}, {FRAME_SIZE[0]}x{FRAME_SIZE[1]} px, the item 1-5% of the frame "
+          f"({time.perf_counter() - t0:.0f} s); budget {args.det_budget} pool labels in batches of {args.det_batch}; "
+          f"offline Lite0, input {args.input_size or 'default (224)'} px; seeds 0..{args.seeds - 1}")
+    modes = [m for m in args.modes.split(",") if m]
+    results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for seed in range(args.seeds):
+        for mode in modes:
+            run = args.frames / "runs" / f"{mode}-s{seed}"
+            shutil.rmtree(run, ignore_errors=True)
+            t = time.perf_counter()
+            flags = _mode_flags(args.frames, mode) + ["--seed", str(seed), "--batch", str(args.det_batch)]
+            if args.input_size:
+                flags += ["--input-size", str(args.input_size)]
+            assert trapkit(["al", "simulate", "--oracle", str(args.frames / "oracle.csv"), "--budget",
+                            str(args.det_budget), "--out", str(run), *flags]) == 0
+            curve = (run / "curve.csv").read_text().splitlines()
+            accuracy = float(curve[-1].split(",")[1])
+            top1 = _classify_top1(args.frames, run, truth)
+            results[mode].append((accuracy, top1))
+            print(f"seed {seed} {mode:>10}: validation accuracy {accuracy:.4f}, classify top-1 on held-out frames "
+                  f"{top1:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"\nmean (sd) over {args.seeds} seeds, {int(curve[-1].split(',')[0])} labels")
+    print(f"{'training items':>28}  {'validation accuracy':>20}  {'classify top-1 (held-out)':>26}")
+    label = {"whole": "whole frames", "crops": "hand-cut crops", "detections": "al --detections"}
+    for mode in modes:
+        a = np.array(results[mode])
+        print(f"{label[mode]:>28}  {a[:, 0].mean():>12.4f} ({a[:, 0].std():.4f})  "
+              f"{a[:, 1].mean():>18.4f} ({a[:, 1].std():.4f})")
+    if {"crops", "detections", "whole"} <= set(modes):
+        d, c, w = (np.array(results[m]).mean(axis=0) for m in ("detections", "crops", "whole"))
+        print(f"\n--detections minus hand-cut crops: {100 * (d[0] - c[0]):+.1f} points (validation), "
+              f"{100 * (d[1] - c[1]):+.1f} (classify); target within 2")
+        print(f"--detections minus whole frames:   {100 * (d[0] - w[0]):+.1f} points (validation), "
+              f"{100 * (d[1] - w[1]):+.1f} (classify); target at least +30")
+    (args.frames / "results.json").write_text(json.dumps(results))
+    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

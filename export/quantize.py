@@ -246,12 +246,12 @@ def _load_rows(run, df, rows, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     from concurrent.futures import ThreadPoolExecutor
 
     from trapkit.prepare import Preprocessing
-    from trapkit.train.embed import load_batch
+    from trapkit.train.embed import load_items
 
-    paths = run.image_paths(df.loc[rows])
+    items = run.items(df.loc[rows])  # whole images, or detections cut by the run's crop policy
     with ThreadPoolExecutor(2) as pool:
-        images, ok, _ = load_batch(paths, Preprocessing.from_spec(spec), pool)
-    return images, np.flatnonzero(ok)
+        batch = load_items(items, Preprocessing.from_spec(spec), pool)
+    return batch.images, np.flatnonzero(batch.ok)
 
 
 def run_validation_images(run_dir: Path, spec: ModelSpec) -> HeldOut | None:

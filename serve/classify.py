@@ -59,8 +59,8 @@ from trapkit import __version__
 from trapkit import detections as md
 from trapkit.atomic import atomic_write_json, check_writable
 from trapkit.errors import TrapkitError
-from trapkit.images import FAILURE_UNREADABLE, ImageReadError, is_image_file, iter_files, iter_images, safe_join
-from trapkit.prepare import crops_from_image, prepare_image
+from trapkit.images import ImageReadError, is_image_file, iter_files, iter_images, safe_join
+from trapkit.prepare import crops_from_image, prepare_entry
 from trapkit.serve import feature_table, outputs
 from trapkit.serve import video as vid
 from trapkit.serve.postprocess import Plan, build_plan, classify, plain_plan, used_categories
@@ -149,8 +149,14 @@ class Staged:
 
 
 def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = ClassifySettings(),
-                    resume: bool = False):
-    """Classify, write `paths.out` (and CSV / sorted folders), return a `trapkit.serve.outputs.Summary`."""
+                    resume: bool = False, executor=None):
+    """Classify, write `paths.out` (and CSV / sorted folders), return a `trapkit.serve.outputs.Summary`.
+
+    `executor(job, todo, done)` runs stages 1-3 over the image indices `todo`, adding each image's
+    `job.record` to `done` and calling `job.save_checkpoint(done)` as blocks complete: this process's
+    threads by default, or a cluster (`trapkit.serve.ray_classify.RayExecutor`). Both write the same
+    checkpoints, so a run started by one resumes with the other.
+    """
     job = _Job(paths, runtime, settings)
     if paths.detections is not None:
         job.check_images_found()
@@ -160,7 +166,10 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
     todo = [i for i in sorted(job.targets) if str(i) not in done]
     log.info("%d images to classify (%d detections), %d already done%s", len(todo),
              sum(len(job.targets[i]) for i in todo), len(done), " (resumed)" if done else "")
-    job.run(todo, done)
+    if executor is None:
+        job.run(todo, done)
+    else:
+        executor(job, todo, done)
 
     result = job.assemble(done)
     groups = times = None
@@ -253,6 +262,11 @@ class _Job:
                 f"{self.paths.images_dir} ({files[0]} is missing); IMAGES_DIR is probably the wrong folder: "
                 "give the one MegaDetector's file paths start from"
             )
+
+    def work(self, i: int) -> tuple[str, list | None]:
+        """(file relative to IMAGES_DIR, boxes to crop or None for the whole image) of image `i` (a photo)."""
+        entry = self.doc["images"][i]
+        return entry["file"], None if self.whole else [entry["detections"][j]["bbox"] for j in self.targets[i]]
 
     def units(self, todo: list[int]) -> list[list[int]]:
         """Stage 1's units of work: one image, or every wanted frame of one video (decoded in one pass)."""
@@ -354,22 +368,22 @@ class _Job:
 
     def prepare(self, i: int) -> Staged:
         """Stage 1 for one image: decode once (reduced and cut to the crops' rectangle) and cut every crop."""
-        entry, det_indices = self.doc["images"][i], self.targets[i]
-        out = Staged(i, det_indices)
-        try:
-            path = safe_join(self.paths.images_dir, entry["file"])
-            boxes = None if self.whole else [entry["detections"][j]["bbox"] for j in det_indices]
-            prepared = prepare_image(path, boxes, self.prep)
-            out.crops, out.time, out.warnings = prepared.crops, prepared.time, prepared.warnings
-        except ImageReadError as e:
-            out.failure = e.code
-            log.warning("not classified: %s", e)
-        except Exception as e:  # noqa: BLE001 - one strange file must not end a 100k-image run; recorded, not hidden
-            out.failure = FAILURE_UNREADABLE
-            log.warning("not classified: %s could not be processed (%s: %s)", ascii(entry.get("file")),
-                        e.__class__.__name__, e)
-            log.debug("unexpected error on %s", ascii(entry.get("file")), exc_info=True)
-        return out
+        attempt = prepare_entry(self.paths.images_dir, *self.work(i), self.prep)
+        return self.staged(i, attempt)
+
+    def staged(self, i: int, attempt) -> Staged:
+        """Image `i` after stage 1, from its `trapkit.prepare.Attempt` (made here, or on a Ray worker)."""
+        if attempt.failure:
+            log.warning("not classified: %s", attempt.message)
+        return Staged(i, self.targets[i], attempt.crops, attempt.failure, attempt.warnings, attempt.time)
+
+    def record(self, item: Staged, results: dict) -> dict:
+        """The checkpointed record of one image, from its crops' (C,) probabilities in `results[(i, j)]`."""
+        return _record(item, results, self.plan, self.settings.top_k)
+
+    def save_checkpoint(self, done: dict) -> None:
+        atomic_write_json(self.paths.checkpoint, {
+            "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "done": done}, indent=None)
 
     def run(self, todo: list[int], done: dict) -> None:
         """Stages 1-3 over `todo`, recording each image into `done` and checkpointing every `checkpoint_every`."""
@@ -398,12 +412,10 @@ class _Job:
                     if len(chunk) >= settings.checkpoint_every or k == len(units):
                         results = batcher.finish()
                         for p in chunk:
-                            done[str(p.index)] = _record(p, results, self.plan, settings.top_k)
+                            done[str(p.index)] = self.record(p, results)
                         if self.features:  # before the checkpoint that commits the chunk
                             self.features.add([p.index for p in chunk], batcher.take_embeddings())
-                        atomic_write_json(self.paths.checkpoint, {
-                            "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "done": done},
-                            indent=None)
+                        self.save_checkpoint(done)
                         bar.update(len(chunk))
                         chunk = []
         finally:

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from trapkit import __version__
-from trapkit.flags import default_of, given, only_with
+from trapkit.flags import add_ray_args, default_of, given, not_with, only_with, ray_settings
 from trapkit.logfile import debug_log
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import SMOOTH_MODES, SmoothSettings
@@ -90,6 +90,7 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="batches in flight at once (default: CPUs, at most 4; raise it for a big Triton server)")
+    add_ray_args(p, "classify")
     p.set_defaults(func=_classify)
 
 
@@ -104,6 +105,11 @@ def _classify(args) -> int:
         args.sequences_out), {"--sequence-gap": args.sequence_gap is not None})
     if args.frame_sample is not None and args.detections is not None:
         raise TrapkitError("--frame-sample only applies without --detections (MegaDetector chose the frames); drop it")
+    not_with("--ray", args.ray is not None, {
+        "--workers": args.workers is not None, "--threads": args.threads is not None,
+        "--concurrency": args.concurrency is not None, "--triton-url": args.triton_url is not None},
+        "the cluster decodes and runs the model (onnxruntime in each actor); size it with --ray-actors")
+    cluster = ray_settings(args)
     par = Parallelism.for_cpus(available_cpus(), args.workers, args.concurrency, args.threads)
     post = PostSettings(rollup=args.rollup, allow_list=args.allow_list, class_thresholds=args.class_thresholds)
     settings = ClassifySettings(**given(
@@ -117,13 +123,21 @@ def _classify(args) -> int:
     with debug_log(args.out.with_name(args.out.name + ".log")):
         log.debug("trapkit %s classify %s", __version__, vars(args))
         runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
-                               threads=par.threads, concurrency=par.concurrency,
+                               threads=1 if cluster else par.threads, concurrency=par.concurrency,
                                precision=args.precision)
         try:
-            summary = classify_images(paths, runtime, settings, resume=args.resume)
+            summary = classify_images(paths, runtime, settings, resume=args.resume, executor=_executor(cluster))
         finally:
             runtime.close()
     print(summary.table())
     written = [args.out, args.csv, args.sequences_out, args.video_out, args.features]
     print("wrote " + ", ".join(str(w) for w in written if w) + f"; debug log in {args.out}.log")
     return 0
+
+
+def _executor(cluster):
+    if cluster is None:
+        return None
+    from trapkit.serve.ray_classify import RayExecutor
+
+    return RayExecutor(cluster)

@@ -21,8 +21,6 @@ saves (in the background) and when the page stops.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 import os
 import tempfile
@@ -34,9 +32,10 @@ import numpy as np
 from PIL import Image
 
 from trapkit import detections as md
+from trapkit.answers import WRONG_BOX, csv_text, read_rows
 from trapkit.atomic import atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.grid import GREY, WRONG_BOX, GridApp, GridItem, cut_thumbnails, frame_image
+from trapkit.grid import GREY, GridApp, GridItem, cut_thumbnails, frame_image
 from trapkit.images import ImageReadError, read_header, safe_join
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import sequences
@@ -106,22 +105,11 @@ class AnswersFile:
         self.rows = {}
         if self._seen is None:
             return
-        text = self.path.read_bytes()
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = text.decode("cp1252", errors="replace")
-        first = text.split("\n", 1)[0]
-        delimiter = max((",", ";", "\t"), key=first.count)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        try:
-            header = [h.strip() for h in reader.fieldnames or ()]
-            rows = list(reader)
-        except csv.Error as e:
-            raise TrapkitError(f"--answers {self.path} line {reader.line_num} is not valid CSV ({e}); fix it or "
-                               "choose another file") from None
-        if not header:
+        data = self.path.read_bytes()
+        if not data.strip():
             return  # an empty file: start it
+        header, lines = read_rows(self.path, data)  # the one tolerant reader: Excel, Timelapse, UTF-16, ...
+        rows = [dict(zip(header, cells)) for _, cells in lines]
         lower = {h.lower(): h for h in header}
         if "file" not in lower or "species" not in lower:
             raise TrapkitError(f"--answers {self.path} is not an answers CSV (columns: {', '.join(header)}); it "
@@ -157,12 +145,8 @@ class AnswersFile:
             row = self.rows.setdefault(key, {h: "" for h in self.header})
             row.update(File=name, RelativePath=folder.replace("/", "\\"), Detection=detection, Species=species,
                        Reviewed=now)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\r\n")  # Excel and Timelapse both expect CRLF
-        writer.writerow(self.header)
-        for key in sorted(self.rows, key=_row_order):
-            writer.writerow([self.rows[key].get(h, "") for h in self.header])
-        atomic_write_text(self.path, buf.getvalue())
+        rows = ([self.rows[key].get(h, "") for h in self.header] for key in sorted(self.rows, key=_row_order))
+        atomic_write_text(self.path, csv_text(self.header, rows))
         self._seen = self._signature()
         return {k: r["Species"] for k, r in self.rows.items() if r.get("Species")}
 

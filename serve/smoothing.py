@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import PurePosixPath
 
 from trapkit.errors import TrapkitError
+from trapkit.sequences import parse_exif_time, sequence_groups
 from trapkit.serve.video import split_frame
 
 log = logging.getLogger(__name__)
@@ -93,42 +93,22 @@ class SmoothReport:
     changed: int = 0  # detections whose top-1 differs from the model's in the end
 
 
-def parse_exif_time(text: str | None) -> datetime | None:
-    """EXIF "YYYY:MM:DD HH:MM:SS" (the only EXIF form) to a datetime; None when absent or malformed."""
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text.strip()[:19], "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None
-
-
 def sequences(images: list[dict], times: dict[int, str | None], gap_seconds: float) -> list[list[int]]:
-    """Image indices grouped into sequences (module docstring). Only indices in `times` are grouped."""
-    by_folder: dict[str, list[tuple[datetime, int]]] = {}
+    """Image indices grouped into sequences (module docstring). Only indices in `times` are grouped.
+
+    Photos are grouped by `trapkit.sequences` (the grouping `al` selects by); the frames of one video are one.
+    """
     by_video: dict[str, list[tuple[int, int]]] = {}
-    groups: list[list[int]] = []
-    for i, text in times.items():
+    photos = []
+    for i in times:
         frame = split_frame(images[i]["file"])
-        taken = parse_exif_time(text)
         if frame is not None:
             by_video.setdefault(frame[0], []).append((frame[1], i))
-        elif taken is None:
-            groups.append([i])
         else:
-            by_folder.setdefault(str(PurePosixPath(images[i]["file"]).parent), []).append((taken, i))
-    for frames in by_video.values():
-        groups.append([i for _, i in sorted(frames)])
-    for shots in by_folder.values():
-        shots.sort()
-        current, last = [], None
-        for taken, i in shots:
-            if last is not None and (taken - last).total_seconds() > gap_seconds:
-                groups.append(current)
-                current = []
-            current.append(i)
-            last = taken
-        groups.append(current)
+            photos.append(i)
+    groups = [[photos[k] for k in group] for group in
+              sequence_groups([images[i]["file"] for i in photos], [times[i] for i in photos], gap_seconds)]
+    groups += [[i for _, i in sorted(frames)] for frames in by_video.values()]
     return sorted(groups)
 
 

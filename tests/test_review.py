@@ -17,7 +17,7 @@ from review_helpers import browser, make_review_case, press, read_rows, row_key
 from trapkit import grid
 from trapkit.cli import main
 from trapkit.errors import TrapkitError
-from trapkit.grid import WRONG_BOX
+from trapkit.answers import WRONG_BOX
 from trapkit.serve.review import open_review
 
 

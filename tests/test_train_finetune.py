@@ -47,9 +47,11 @@ def test_finetune_that_reads_no_image_is_an_error_not_a_silent_no_op(tmp_path):
     from trapkit.spec import ModelSpec
     from trapkit.train.finetune import finetune
     from trapkit.train.model import build_model
+    from trapkit.train.run import Item
     from trapkit.train.settings import FinetuneSettings
 
-    paths = [tmp_path / f"gone_{i}.jpg" for i in range(4)]  # a folder on an unplugged drive: nothing can be read
+    # A folder on an unplugged drive: nothing can be read (whole images and detections alike).
+    items = [Item(tmp_path / f"gone_{i}.jpg", None if i % 2 else (0.1, 0.1, 0.5, 0.5)) for i in range(4)]
     model = build_model(ModelSpec("test_efficientnet", ("a", "b"), feat_dim=8, head_hidden=(), input_size=32))
     with pytest.raises(TrapkitError, match="fine-tuning could not read the labelled images"):
-        finetune(model, paths, np.array([0, 0, 1, 1]), 2, FinetuneSettings(epochs=1))
+        finetune(model, items, np.array([0, 0, 1, 1]), 2, FinetuneSettings(epochs=1))

@@ -67,7 +67,7 @@ def test_metrics_match_hand_counts(tmp_path):
     metrics.write(tmp_path, m, ["a", "b", "c"])
     assert (tmp_path / "confusion.csv").read_text().splitlines()[1] == "a,1,1,0"
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "metrics.json").read_text())["labels"] == ["a", "b", "c"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["classes"] == ["a", "b", "c"]  # format 2: one meaning per key
 
 
 def test_settings_resolve_defaults_config_then_flags(tmp_path):

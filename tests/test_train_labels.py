@@ -18,7 +18,10 @@ ANSWERS = {"cam_a/img1.jpg": "bear", "cam_b/day 1/img3.jpg": "dog", "img4.jpg": 
 def manifest(classes=("bear", "dog")) -> pd.DataFrame:
     rows = [("seed", "labelled", f"{c}/s.jpg", c, 0, "ok", "") for c in classes]
     rows += [("pool", "unlabelled", p, "", -1, "ok", "") for p in POOL]
-    return pd.DataFrame(rows, columns=["split", "root", "path", "label", "label_round", "status", "reason"])
+    df = pd.DataFrame(rows, columns=["split", "root", "path", "label", "label_round", "status", "reason"])
+    df["detection"], df["bbox"], df["time"], df["added_round"], df["prior_guess"], df["prior_confidence"] = \
+        "", "", "", 1, "", ""
+    return df
 
 
 @pytest.mark.parametrize("dirt", [
@@ -93,7 +96,10 @@ def test_unknown_class_is_an_error_naming_the_rows_unless_allowed(tmp_path):
         labels.ingest(df, answers, classes, set(), 2)
     assert (df["label"] != "").sum() == 2  # all or nothing: nothing applied
     report = labels.ingest(df, answers, classes, set(), 2, allow_new_classes=True)
-    assert report.new_classes == ["ocelot"] and classes == ["bear", "dog", "ocelot"]
+    assert report.new_classes == ["ocelot"] and classes == ["bear", "dog"]  # the head's order is decided elsewhere
+    from trapkit.train.loop import head_classes
+
+    assert head_classes(classes, df) == ("bear", "dog", "ocelot")
 
 
 def test_unknown_image_and_conflicting_answers_are_errors(tmp_path):
@@ -115,9 +121,10 @@ def make_run(tmp_path) -> Run:
     settings.data.labelled, settings.data.unlabelled = str(tmp_path / "seed"), str(tmp_path / "pool")
     settings.save(run.settings_path)
     run.save_manifest(manifest())
-    run.save_state(RunState(round=1, classes=["bear", "dog"]))
+    run.save_state(RunState(round=1, classes=("bear", "dog")))
     labels.write_request(run.request_path(1), POOL, {"cam_a/img1.jpg", "cam_b/day 1/img3.jpg"})
-    labels.write_guesses(run.guesses_path(1), [("cam_a/img1.jpg", "dog", 0.51), ("cam_b/day 1/img3.jpg", "bear", 0.7)])
+    labels.write_guesses(run.guesses_path(1), [labels.Guess("cam_a/img1.jpg", None, None, "dog", 0.51),
+                                               labels.Guess("cam_b/day 1/img3.jpg", None, None, "bear", 0.7)])
     return run
 
 
@@ -128,12 +135,16 @@ def test_page_api_lists_request_with_guesses_and_merges_answers(tmp_path):
     items = labels.current_request(run.root)
     assert [(i.relative_path, i.file, i.guess, i.confidence, i.answered) for i in items] == [
         ("cam_a", "img1.jpg", "dog", 0.51, None), ("cam_b/day 1", "img3.jpg", "bear", 0.7, None)]
+    assert all(i.detection is None and i.bbox is None and i.key == (i.path, None) for i in items)  # whole images
     saved = labels.save_answers(run.root, {"cam_a/img1.jpg": "bear"})
     assert saved.parent == run.inbox_dir
-    labels.save_answers(run.root, {"cam_b\\day 1\\img3.jpg": "dog", "img4.jpg": "dog"})  # resume later: merged
+    labels.save_answers(run.root, {"cam_b\\day 1\\img3.jpg": "dog"})  # resume later: merged
     assert {i.path: i.answered for i in labels.current_request(run.root)} == {
         "cam_a/img1.jpg": "bear", "cam_b/day 1/img3.jpg": "dog"}
-    labels.save_answers(run.root, {"img4.jpg": ""})  # '' withdraws an answer
+    labels.save_answers(run.root, {"cam_a/img1.jpg": ""})  # '' withdraws an answer
+    assert {i.path: i.answered for i in labels.current_request(run.root)} == {
+        "cam_a/img1.jpg": None, "cam_b/day 1/img3.jpg": "dog"}
+    labels.save_answers(run.root, {"cam_a/img1.jpg": "bear"})
     # The page's file is ingested exactly like a CSV answer.
     df = run.load_manifest()
     report = labels.ingest(df, labels.read_answers(saved), ["bear", "dog"], {"cam_a/img1.jpg"}, 2)
@@ -142,8 +153,19 @@ def test_page_api_lists_request_with_guesses_and_merges_answers(tmp_path):
 
 def test_page_api_refuses_unknown_images_and_classes(tmp_path):
     run = make_run(tmp_path)
-    with pytest.raises(TrapkitError, match="not images of the current request"):
+    with pytest.raises(TrapkitError, match="not selected in the current request: ../etc/passwd"):
         labels.save_answers(run.root, {"../etc/passwd": "bear"})
     with pytest.raises(TrapkitError, match="unknown class names"):
-        labels.save_answers(run.root, {"img4.jpg": "unicorn"})
+        labels.save_answers(run.root, {"cam_a/img1.jpg": "unicorn"})
+    assert not labels.page_answers_path(run.root).exists()
+
+
+def test_page_api_refuses_answers_for_pool_images_the_request_did_not_select(tmp_path):
+    run = make_run(tmp_path)
+    # img4.jpg is in the pool (and the request CSV), but not selected: the page never shows it.
+    with pytest.raises(TrapkitError, match=r"not selected in the current request: img4\.jpg; the labelling page "
+                                           r"answers only what the round asks about .*al next --labels"):
+        labels.save_answers(run.root, {"img4.jpg": "dog"})
+    with pytest.raises(TrapkitError, match="not selected in the current request: cam_a/img1.jpg detection 0"):
+        labels.save_answers(run.root, {("cam_a/img1.jpg", 0): "dog"})  # a whole-image run has no detections
     assert not labels.page_answers_path(run.root).exists()

@@ -44,11 +44,11 @@ def run(initialised, tmp_path) -> Path:
 def test_init_writes_model_metrics_request_and_records_unreadable_images(run):
     r = Run(run)
     state = r.load_state()
-    assert state.round == 1 and state.classes == ["bear", "cattle", "dog"]
+    assert state.round == 1 and state.classes == ("bear", "cattle", "dog")
     spec = json.loads((run / "model" / "spec.json").read_text())
     assert spec["labels"] == ["bear", "cattle", "dog"] and spec["input_size"] == 32 and spec["feat_dim"] == 16
     card = json.loads((run / "model" / "metrics.json").read_text())
-    assert card["round"] == 1 and card["labels"] == 12 and 0.0 <= card["accuracy"] <= 1.0
+    assert card["round"] == 1 and card["labelled"] == 12 and 0.0 <= card["accuracy"] <= 1.0
     assert set(card["per_class_recall"]) == {"bear", "cattle", "dog"}
     for name in ("metrics.json", "confusion.csv", "confusion.png", "settings.json"):
         assert (run / "rounds" / "001" / name).is_file()
@@ -69,14 +69,14 @@ def test_next_ingests_dirty_csv_and_unselected_labels(run, trees, tmp_path, caps
                         reorder=True, selected={i.path for i in items})
     assert main(["al", "next", str(run), "--labels", str(csv)]) == 0
     out = capsys.readouterr().out
-    assert "6 new label(s)" in out and "1 on images that were not requested (kept)" in out
+    assert "6 new label(s)" in out and "1 on items that were not requested (kept)" in out
     r = Run(run)
     df = r.load_manifest()
     assert (df.loc[df["split"] == "pool", "label"] != "").sum() == 6
     assert r.load_state().round == 2
     _, selected = labels.read_request(r.request_path(2))
     assert len(selected) == 5 and not selected & set(answers)
-    assert json.loads((run / "model" / "metrics.json").read_text())["labels"] == 18
+    assert json.loads((run / "model" / "metrics.json").read_text())["labelled"] == 18
     assert main(["al", "status", str(run), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["round"] == 2 and sum(status["labels_per_class"].values()) == 18 and status["unreadable"] == 2
@@ -199,7 +199,7 @@ def test_a_missing_image_folder_stops_the_round_and_keeps_the_answers(run, trees
     settings.data.unlabelled = str(trees["pool"])  # plugged back in
     settings.save(r.settings_path)
     assert main(["al", "next", str(run)]) == 0
-    assert r.load_state().round == 2 and json.loads((run / "model" / "metrics.json").read_text())["labels"] == 17
+    assert r.load_state().round == 2 and json.loads((run / "model" / "metrics.json").read_text())["labelled"] == 17
 
 
 def test_a_moved_request_does_not_block_the_next_round(run, trees, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,106 @@ def write_answers(path: Path, answers: dict[str, str], backslash: bool = False, 
     with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
         csv.writer(f, lineterminator="\r\n" if crlf else "\n").writerows([header, *rows])
     return path
+
+
+# -- camera-trap-like frames with MegaDetector detections ---------------------------------------
+
+BLANKS = ("blank.jpg", "blank2.jpg", "blank3.jpg")
+FRAME = (200, 150)  # (w, h) of a built frame
+CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}
+
+
+def _blank_frames(rng: np.random.Generator, count: int):
+    """`count` FRAME-sized pieces of the bundled blank camera-trap photos."""
+    sources = []
+    for name in BLANKS:
+        img = Image.open(SAMPLES / name).convert("RGB")
+        img.draft("RGB", (800, 600))
+        sources.append(img.resize((800, 600)))
+    for _ in range(count):
+        src = sources[int(rng.integers(len(sources)))]
+        w = int(rng.integers(FRAME[0], 500))
+        h = w * FRAME[1] // FRAME[0]
+        x, y = int(rng.integers(0, 800 - w)), int(rng.integers(0, 600 - h))
+        yield src.crop((x, y, x + w, y + h)).resize(FRAME)
+
+
+def detection_doc(entries: list[dict]) -> dict:
+    return {"info": {"format_version": "1.4", "detector": "md_v5a.0.0.pt"}, "detection_categories": CATEGORIES,
+            "images": entries}
+
+
+def _frame(rng, blank: Image.Image, cls: str, animals: int, when: str | None, path: Path) -> list[dict]:
+    """Paste `animals` pictures of `cls` into `blank`, save it at `path` (with an EXIF time), return detections."""
+    dets = []
+    for k, animal in enumerate(_variants(PHOTOS[cls], animals, rng, size=int(rng.integers(36, 56)))):
+        x = int(rng.integers(0, FRAME[0] - animal.width)) if animals == 1 else \
+            (k * FRAME[0] // animals + int(rng.integers(0, FRAME[0] // animals - animal.width)))
+        y = int(rng.integers(0, FRAME[1] - animal.height))
+        blank.paste(animal, (x, y))
+        dets.append({"category": "1", "conf": round(float(rng.uniform(0.6, 0.97)), 3),
+                     "bbox": [x / FRAME[0], y / FRAME[1], animal.width / FRAME[0], animal.height / FRAME[1]]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    if when:
+        exif[306] = when  # DateTime, which trapkit reads when DateTimeOriginal is absent
+    blank.save(path, quality=90, exif=exif)
+    return dets
+
+
+def make_detection_trees(root: Path, classes=("bear", "cattle", "dog"), seed_per_class=3, val_per_class=2,
+                         bursts_per_class=2, burst=3, seed: int = 0) -> dict:
+    """Camera-trap-like frames (the bundled photos' animals pasted into their blank photos) with MegaDetector JSON.
+
+    labelled/<class>/*.jpg + seed.json, validation/<class>/*.jpg + val.json, and a pool of bursts
+    (pool/cam_a, pool/cam_b: `burst` frames 2 s apart, bursts 10 minutes apart; every third frame holds two
+    animals) + pool.json, with a frame whose only detection is below 0.1, one with only a person, and an
+    empty frame. Oracles: oracle.csv (per image), oracle_detections.csv (per detection).
+    """
+    rng = np.random.default_rng(seed)
+    blanks = _blank_frames(rng, 400)
+    out: dict = {"truth": {}, "detections": {}}
+    for split, per_class, name in (("labelled", seed_per_class, "seed.json"), ("validation", val_per_class, "val.json")):
+        entries = []
+        for c in classes:
+            for i in range(per_class):
+                rel = f"{c}/{c}_{i}.jpg"
+                entries.append({"file": rel, "detections": _frame(rng, next(blanks), c, 1, None, root / split / rel)})
+        (root / name).write_text(json.dumps(detection_doc(entries)))
+        out[split], out[name.split(".")[0]] = root / split, root / name
+    entries, minute = [], 0
+    for b in range(bursts_per_class):
+        for c in classes:
+            cam = "cam_a" if (b + len(c)) % 2 else "cam_b"
+            minute += 10
+            for k in range(burst):
+                rel = f"{cam}/{c}_{b}_{k}.jpg"
+                when = f"2024:05:01 {8 + minute // 60:02d}:{minute % 60:02d}:{2 * k:02d}"
+                dets = _frame(rng, next(blanks), c, 2 if k == 2 else 1, when, root / "pool" / rel)
+                entries.append({"file": rel, "detections": dets})
+                out["truth"][rel] = c
+                out["detections"][rel] = len(dets)
+    low = _frame(rng, next(blanks), "dog", 1, None, root / "pool" / "cam_a" / "faint.jpg")
+    low[0]["conf"] = 0.05
+    person = _frame(rng, next(blanks), "dog", 1, None, root / "pool" / "cam_b" / "person.jpg")
+    person[0]["category"] = "2"
+    _frame(rng, next(blanks), "dog", 0, None, root / "pool" / "cam_b" / "empty.jpg")
+    entries += [{"file": "cam_a/faint.jpg", "detections": low}, {"file": "cam_b/person.jpg", "detections": person},
+                {"file": "cam_b/empty.jpg", "detections": []}]
+    (root / "pool.json").write_text(json.dumps(detection_doc(entries)))
+    out["pool"], out["pool_md"] = root / "pool", root / "pool.json"
+    out["oracle"] = write_answers(root / "oracle.csv", out["truth"])
+    rows = [["File", "RelativePath", "Detection", "Species"]]
+    for rel, c in out["truth"].items():
+        folder, _, name = rel.rpartition("/")
+        rows += [[name, folder, str(j), c] for j in range(out["detections"][rel])]
+    with open(root / "oracle_detections.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    out["oracle_detections"] = root / "oracle_detections.csv"
+    return out
+
+
+def detection_flags(trees: dict, batch: int = 4) -> list[str]:
+    return ["--labelled", str(trees["labelled"]), "--seed-detections", str(trees["seed"]),
+            "--validation", str(trees["validation"]), "--validation-detections", str(trees["val"]),
+            "--unlabelled", str(trees["pool"]), "--detections", str(trees["pool_md"]), "--batch", str(batch), *FAST]

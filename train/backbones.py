@@ -95,12 +95,6 @@ def backbone_preprocessing(name: str, weights: str = "none") -> Preprocessing:
     return Preprocessing(int(cfg.input_size[-1]), tuple(cfg.mean), tuple(cfg.std))
 
 
-def known_backbones(pattern: str = "*") -> list[str]:
-    import timm
-
-    return timm.list_models(pattern)
-
-
 def _is_local_file(weights: str) -> bool:
     return weights not in WEIGHT_SOURCES
 

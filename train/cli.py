@@ -9,42 +9,76 @@ import argparse
 import json
 from pathlib import Path
 
+from trapkit.flags import add_ray_args, ray_settings
+from trapkit.spec import INTERPOLATIONS
+from trapkit.train.settings import LOSSES, MININGS
 from trapkit.web import add_server_args, check_server_args
 
 
+def _categories(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
-    """The options of `al init`, shared by `al simulate`. Defaults are None: 'not given' (config file wins)."""
+    """The options of `al init`, shared by `al simulate`. Defaults are None: 'not given' (config file wins);
+    the help states the settings dataclasses' defaults (`default_of`)."""
+    from trapkit.train.settings import default_of as d
+
     p.add_argument("--labelled", required=required, help="seed images, one sub-folder per class")
     p.add_argument("--unlabelled", required=required, help="pool of images to label (any tree)")
     p.add_argument("--validation", help="held-out validation images, one sub-folder per class "
-                   "(default: hold out 20%% of the seed)")
+                   f"(default: hold out {d('validation_fraction'):.0%} of the seed images)".replace("%", "%%"))
+    p.add_argument("--detections", metavar="POOL_MD.json",
+                   help="MegaDetector output for the pool (paths relative to --unlabelled; any format from 1.3, "
+                   "'trapkit classify' output too): every detection at or above --threshold is one item, cropped "
+                   "as 'trapkit classify' crops it")
+    p.add_argument("--seed-detections", metavar="SEED_MD.json",
+                   help="with --detections: MegaDetector output for --labelled; each detection takes its image's "
+                   "class folder (without it, seed images are crops already made)")
+    p.add_argument("--validation-detections", metavar="VAL_MD.json",
+                   help="with --detections: MegaDetector output for --validation (without it, crops already made)")
+    p.add_argument("--threshold", type=float, help=f"detection confidence for an item (default {d('threshold')})")
+    p.add_argument("--categories", type=_categories, metavar="NAMES",
+                   help=f"MegaDetector categories that are items, comma-separated (default {','.join(d('categories'))})")
+    p.add_argument("--crop-margin", type=float,
+                   help=f"context around a box, as a fraction of its longer side (default {d('crop_margin')})")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS,
+                   help=f"resampling to the input size (default {d('interpolation')})")
     p.add_argument("--config", help="JSON settings file (defaults < config < flags)")
-    p.add_argument("--backbone", help="timm model name, or tv:NAME (default tf_efficientnet_lite0)")
-    p.add_argument("--weights", help="hub | none | lite0-offline | path to a state dict (default lite0-offline)")
+    p.add_argument("--backbone", help=f"timm model name, or tv:NAME (default {d('backbone')})")
+    p.add_argument("--weights", help=f"hub | none | lite0-offline | path to a state dict (default {d('weights')})")
     p.add_argument("--input-size", type=int, help="square input size in pixels (default: the backbone's)")
-    p.add_argument("--feat-dim", type=int, help="embedding size (default 256)")
-    p.add_argument("--loss", choices=("softmax", "triplet"), help="embedding fine-tuning loss (default softmax)")
-    p.add_argument("--mining", choices=("batch-hard", "semi-hard"), help="triplet mining (default semi-hard)")
+    p.add_argument("--feat-dim", type=int, help=f"embedding size (default {d('feat_dim')})")
+    p.add_argument("--loss", choices=LOSSES, help=f"embedding fine-tuning loss (default {d('loss')})")
+    p.add_argument("--mining", choices=MININGS, help=f"triplet mining (default {d('mining')})")
     _round_options(p)
 
 
 def _round_options(p: argparse.ArgumentParser) -> None:
+    from trapkit.train.settings import default_of as d
     from trapkit.train.strategies import STRATEGIES
 
-    p.add_argument("--strategy", choices=tuple(STRATEGIES), help="selection strategy (default margin)")
-    p.add_argument("--batch", type=int, help="images requested per round (default 100)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--finetune-epochs", type=int, help="embedding fine-tuning epochs per finetune; 0 keeps it frozen")
-    p.add_argument("--finetune-every", type=int, help="finetune again after this many new labels (default 500)")
-    p.add_argument("--head-max-epochs", type=int, help="MLP head epoch cap (default 200, early stopping)")
-
-
-FLAG_NAMES = ("labelled", "unlabelled", "validation", "backbone", "weights", "input_size", "feat_dim", "loss",
-              "mining", "strategy", "batch", "seed", "finetune_epochs", "finetune_every", "head_max_epochs")
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), help=f"selection strategy (default {d('strategy')})")
+    p.add_argument("--batch", type=int, help=f"items requested per round (default {d('batch')})")
+    p.add_argument("--seed", type=int, help=f"random seed (default {d('seed')})")
+    p.add_argument("--per-sequence", action=argparse.BooleanOptionalAction, default=None,
+                   help="ask about at most one item per camera-trap sequence in a round (default: on for runs on "
+                   "detections, off for whole images)")
+    p.add_argument("--sequence-gap", type=float, metavar="SECONDS",
+                   help=f"most seconds between photos of one sequence (default {d('sequence_gap'):g})")
+    p.add_argument("--finetune-epochs", type=int,
+                   help=f"embedding fine-tuning epochs per finetune; 0 keeps it frozen (default {d('finetune_epochs')})")
+    p.add_argument("--finetune-every", type=int,
+                   help=f"finetune again after this many new labels (default {d('finetune_every')})")
+    p.add_argument("--head-max-epochs", type=int,
+                   help=f"MLP head epoch cap (default {d('head_max_epochs')}, early stopping)")
 
 
 def _flags(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in FLAG_NAMES if hasattr(args, k)}
+    """The settings flags given on this command line (every `FLAGS` name its parser has)."""
+    from trapkit.train.settings import FLAGS
+
+    return {k: getattr(args, k) for k in FLAGS if hasattr(args, k)}
 
 
 def register(subparsers, common) -> None:
@@ -59,6 +93,7 @@ def register(subparsers, common) -> None:
     p.add_argument("--taxonomy", metavar="CSV",
                    help="label,taxonomy CSV, one SpeciesNet-style 'id;class;order;family;genus;species;common name' "
                    "per class; copied to RUN/taxonomy.csv and carried by every model of the run")
+    add_ray_args(p, "embed the images")
     p.set_defaults(func=_init)
 
     p = sub.add_parser("next", parents=[common], help="ingest answers, retrain, write the next request")
@@ -66,8 +101,15 @@ def register(subparsers, common) -> None:
     p.add_argument("--labels", action="append", default=[], metavar="CSV",
                    help="answers CSV (Timelapse export; repeatable); RUN/inbox/*.csv is read too")
     p.add_argument("--allow-new-classes", action="store_true", help="accept class names not seen before")
-    p.add_argument("--rescan", action="store_true", help="add images that appeared in the pool folder since init")
+    p.add_argument("--rescan", action="store_true",
+                   help="add images that appeared in the pool folder since init (runs on whole images)")
+    p.add_argument("--add-pool", metavar="DIR", help="add a new season: a folder inside the pool folder; its items "
+                   "are embedded this round and join selection")
+    p.add_argument("--detections", dest="add_detections", metavar="MD.json",
+                   help="with --add-pool, in a run on detections: the season's MegaDetector output (paths relative "
+                   "to DIR); 'trapkit classify' output gives the first guesses")
     _round_options(p)
+    add_ray_args(p, "embed the images")
     p.set_defaults(func=_next)
 
     p = sub.add_parser("status", parents=[common], help="labels per class, rounds, metrics, what to do next")
@@ -76,7 +118,8 @@ def register(subparsers, common) -> None:
     p.set_defaults(func=_status)
 
     p = sub.add_parser("simulate", parents=[common], help="run the loop with an oracle CSV answering (benchmarks)")
-    p.add_argument("--oracle", required=True, help="CSV of true labels (File, RelativePath, Species)")
+    p.add_argument("--oracle", required=True, help="CSV of true labels (File, RelativePath, Species; and "
+                   "Detection to label one detection)")
     p.add_argument("--budget", type=int, required=True, help="pool labels to spend")
     p.add_argument("--out", required=True, help="run folder to create; curve.csv and curve.png go here")
     p.add_argument("--allow-new-classes", action="store_true", help="accept oracle classes the seed lacks")
@@ -109,22 +152,25 @@ def _report(result) -> None:
         print(f"answers: {result.ingest.summary()}")
     for problem in result.problems:
         print(f"note: {problem}")
-    print(f"next: label the {result.requested} selected images in {result.request}")
+    print(f"next: label the {result.requested} selected item(s) in {result.request}")
 
 
 def _init(args) -> int:
     from trapkit.train.loop import init_run
     from trapkit.train.settings import resolve
 
-    _report(init_run(args.run, resolve(args.config, _flags(args)), taxonomy=args.taxonomy))
+    cluster = ray_settings(args)
+    _report(init_run(args.run, resolve(args.config, _flags(args)), taxonomy=args.taxonomy, cluster=cluster))
     return 0
 
 
 def _next(args) -> int:
     from trapkit.train.loop import next_round
 
+    cluster = ray_settings(args)
     _report(next_round(args.run, args.labels, _flags(args), allow_new_classes=args.allow_new_classes,
-                           rescan=args.rescan))
+                       rescan=args.rescan, add_pool=args.add_pool, add_detections=args.add_detections,
+                       cluster=cluster))
     return 0
 
 
@@ -137,13 +183,22 @@ def _status(args) -> int:
         print(json.dumps(s, indent=1))
         return 0
     print(f"round {s['round']}, {s['labelled']} labelled, {s['pool_unlabelled']} unlabelled in the pool, "
-          f"{s['unreadable']} unreadable, {s['validation_images']} validation images")
+          f"{s['unreadable']} unreadable, {s['validation_images']} validation items")
+    if s["pool_images_without_detections"]:
+        print(f"{s['pool_images_without_detections']} pool image(s) have no detection at or above the threshold "
+              "(left out)")
+    if s["wrong_boxes"]:
+        print(f"{s['wrong_boxes']} item(s) answered [wrong box] (not trained on)")
     for c, k in s["labels_per_class"].items():
         print(f"  {c:<30} {k:>7}")
     if s["metrics"]:
         print("latest: " + ", ".join(f"{k} {shown(v)}" for k, v in s["metrics"].items()))
     if len(s["history"]) > 1:
         print("history: " + ", ".join(f"{h['labelled']} labels {shown(h['accuracy'])}" for h in s["history"]))
+    asked = [h for h in s["history"] if h.get("asked_sequences") is not None]
+    if asked:
+        print("asked per round: " + ", ".join(f"round {h['round']}: {h['asked']} item(s) from {h['asked_sequences']} "
+                                              "sequence(s)" for h in asked))
     for problem in s["problems"]:
         print(f"note: {problem}")
     if s["stopping"]:

@@ -4,15 +4,14 @@ Softmax loss (a cosine classifier on the L2-normalised embedding) or triplet
 loss with batch-hard or semi-hard mining; batches are class-balanced
 (P classes x K images), and images get the reference augmentations (random
 resized crop, flip, colour jitter, rotation, occasional grayscale) through
-torchvision transforms v2, on the same uint8 pixels serving sees.
+torchvision transforms v2, on the same uint8 pixels serving sees: a
+detection's crop comes from the core's one preparation path, as in `classify`.
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
@@ -21,7 +20,8 @@ from tqdm import tqdm
 
 from trapkit.errors import TrapkitError
 from trapkit.prepare import Preprocessing
-from trapkit.train.embed import load_batch
+from trapkit.train.embed import load_items
+from trapkit.train.run import Item
 from trapkit.train.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ def _freeze_batchnorm(model: nn.Module) -> None:
             m.eval()
 
 
-def finetune(model, paths: list[Path], labels: np.ndarray, num_classes: int, settings: FinetuneSettings,
+def finetune(model, items: list[Item], labels: np.ndarray, num_classes: int, settings: FinetuneSettings,
              seed: int = 0, workers: int = 2) -> dict:
-    """Train `model.embedder` (a `Classifier`'s) in place on labelled images. Returns {"steps", "loss"}.
+    """Train `model.embedder` (a `Classifier`'s) in place on labelled items. Returns {"steps", "loss"}.
 
     Images that fail to decode are dropped from their batch (the manifest
     already records them after the first embedding pass).
@@ -107,11 +107,11 @@ def finetune(model, paths: list[Path], labels: np.ndarray, num_classes: int, set
     with ThreadPoolExecutor(workers) as pool:
         batches = balanced_batches(labels, settings.batch_size, settings.classes_per_batch, steps, rng)
         for idx in tqdm(batches, total=steps, desc="fine-tuning", unit="step", disable=None, leave=False):
-            images, ok, _ = load_batch([paths[i] for i in idx], prep, pool)
-            if len(images) < 2:
+            batch = load_items([items[i] for i in idx], prep, pool)
+            if len(batch.images) < 2:
                 continue
-            y = torch.from_numpy(labels[idx][np.array(ok)].astype(np.int64))
-            x = torch.stack([augment(img) for img in torch.from_numpy(images).permute(0, 3, 1, 2)])  # (B,3,S,S) uint8
+            y = torch.from_numpy(labels[idx][np.array(batch.ok)].astype(np.int64))
+            x = torch.stack([augment(img) for img in torch.from_numpy(batch.images).permute(0, 3, 1, 2)])  # (B,3,S,S)
             z = embedder(model.normalize(x.permute(0, 2, 3, 1)))  # (B, D)
             if classifier is not None:
                 # Cosine classifier: unit weights times a scale, since z is on the unit sphere.

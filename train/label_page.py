@@ -30,13 +30,6 @@ from trapkit.train.run import Run
 
 log = logging.getLogger(__name__)
 
-try:  # the run's answers record "[wrong box]" once trapkit.answers (the shared answers CSV) is in the core
-    from trapkit.answers import WRONG_BOX as RUN_WRONG_BOX
-except ImportError:  # before that, a run would take it for a class name: refused below
-    RUN_WRONG_BOX = None
-
-SEQUENCE_GAP_SECONDS = 60.0  # as `classify --smooth` and `al` group bursts by default
-
 
 def item_key(path: str, detection: int | None) -> str:
     """'cam_a/img.jpg' for an image, 'cam_a/img.jpg#2' for one of its detections."""
@@ -66,7 +59,7 @@ class LabelSource:
         self._request = label_api.current_request(self.run_dir)
         if not self._request:
             raise TrapkitError(f"the current round of {self.run_dir} requests no images; run 'trapkit al next'")
-        self._label_keys = {item_key(it.path, _detection(it)): _save_key(it) for it in self._request}
+        self._label_keys = {item_key(*it.key): it.key for it in self._request}
         self.answers_path = label_api.page_answers_path(self.run_dir)
         self.title = f"trapkit label: {self.run_dir.name}, round {self._round}"
         self._vectors = None
@@ -84,20 +77,16 @@ class LabelSource:
         return label_api.class_names(self.run_dir)
 
     def items(self) -> list[grid.GridItem]:
-        return [grid.GridItem(item_key(it.path, _detection(it)), it.path, _detection(it), getattr(it, "bbox", None),
-                              it.guess, it.confidence) for it in self._request]
+        return [grid.GridItem(item_key(*it.key), it.path, it.detection, it.bbox, it.guess, it.confidence)
+                for it in self._request]
 
     def answers(self) -> dict[str, str]:
-        return {item_key(it.path, _detection(it)): it.answered for it in label_api.current_request(self.run_dir)
-                if it.answered}
+        return {item_key(*it.key): it.answered for it in label_api.current_request(self.run_dir) if it.answered}
 
     def save(self, changes: dict[str, str | None]) -> dict[str, str]:
         unknown = [k for k in changes if k not in self._label_keys]
         if unknown:
             raise TrapkitError(f"not in the current request: {unknown[0]}; reload the labelling page")
-        if grid.WRONG_BOX in changes.values() and RUN_WRONG_BOX != grid.WRONG_BOX:
-            raise TrapkitError("this version of 'trapkit al' cannot record a wrong box yet; leave the crop "
-                               "unanswered")
         label_api.save_answers(self.run_dir, {self._label_keys[k]: s or "" for k, s in changes.items()},
                                allow_new_classes=self.allow_new_classes)
         return self.answers()
@@ -122,13 +111,14 @@ class LabelSource:
             return Image.new("RGB", (size, size * 3 // 4), grid.GREY)
 
     def sequence(self, item: grid.GridItem) -> list[str]:
-        """Keys of the requested items in the item's camera-trap sequence (same folder, EXIF times within 60 s)."""
+        """Keys of the requested items in the item's camera-trap sequence (same folder, EXIF times within the
+        run's --sequence-gap, the grouping `al` selects by)."""
         folder = str(PurePosixPath(item.file).parent)
         files = sorted({it.path for it in self._request if str(PurePosixPath(it.path).parent) == folder})
-        ids = sequence_ids(files, [self._time(f) for f in files], SEQUENCE_GAP_SECONDS)
+        ids = sequence_ids(files, [self._time(f) for f in files], self.run.settings().select.sequence_gap)
         mine = ids[files.index(item.file)]
         same = {f for f, n in zip(files, ids) if n == mine}
-        return [item_key(it.path, _detection(it)) for it in self._request if it.path in same]
+        return [item_key(*it.key) for it in self._request if it.path in same]
 
     def embeddings(self, items: list[grid.GridItem]) -> np.ndarray | None:
         """(n, D) float32 from the run's embeddings cache (row = manifest row); None when the run has none yet."""
@@ -173,16 +163,6 @@ class LabelSource:
             except ImageReadError:
                 self._times[file] = None
         return self._times[file]
-
-
-def _detection(item) -> int | None:
-    return getattr(item, "detection", None)  # requests of whole images have none
-
-
-def _save_key(item):
-    """How `save_answers` names the item: the image path, or (path, detection) for one detection."""
-    detection = _detection(item)
-    return item.path if detection is None else (item.path, detection)
 
 
 def open_label_page(run_dir: str | Path, allow_new_classes: bool = False) -> grid.GridApp:

@@ -1,62 +1,102 @@
-"""Timelapse-compatible label requests and answers, and the labelling page's API.
+"""Label requests, the model's guesses, applying answers to the manifest, and the labelling page's API.
 
-Request (`RUN/requests/round-NNN.csv`): columns `File, RelativePath, Selected`
-over every unlabelled readable pool image; `RelativePath` is the folder
-relative to the pool root with Windows backslashes (Timelapse's convention),
-`Selected` is `true` for the images the model asks about.
+Request (`RUN/requests/round-NNN.csv`): Timelapse's columns `File, RelativePath,
+Selected`, one row per pool image that still has an unlabelled item;
+`RelativePath` is the folder relative to the pool root with Windows
+backslashes, `Selected` is `true` for the images the model asks about.
 
-Answer: any CSV with `File` and `Species` (and usually `RelativePath`,
-`Selected`): Timelapse exports, Excel saves (UTF-8 BOM or cp1252, `;`
-delimiters, CRLF), backslashes or slashes, extra columns, any column order.
-An empty `Species` means "not answered yet".
+Guesses (`RUN/requests/round-NNN.guesses.csv`): one row per selected item:
+`File, RelativePath, Detection, X, Y, Width, Height, Guess, Confidence`
+(`Detection` is the index into the image's MegaDetector detections and X..Height
+its normalised box; both empty for a whole image). It is also the record of
+which detections a round selected.
 
-Labelling page API (keys are image paths relative to `image_root(run)`,
-with `/`):
-`current_request(run) -> list[RequestItem]`, `class_names(run)`,
-`image_root(run)`, `save_answers(run, {path: species}) -> Path`.
+Answers: any CSV `trapkit.answers.read_answers` takes. A `Species` without a
+`Detection` labels every selected detection of the image (every item of it,
+when none was selected); with `Detection`, that detection alone; a
+detection's own answer wins over its image's. `trapkit.answers.WRONG_BOX`
+takes a detection out of training ("not an animal, or a wrong box").
+
+Labelling page API (image paths relative to `image_root(run)`, with `/`):
+`current_request(run) -> list[RequestItem]` (one per selected item),
+`class_names(run)`, `image_root(run)`, `page_answers_path(run)`,
+`save_answers(run, {path or (path, detection): species}) -> Path`.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trapkit.answers import (
+    TRUE_VALUES,
+    WRONG_BOX,
+    Answer,
+    csv_text,
+    join_key,
+    read_answers,
+    read_rows,
+    split_key,
+    timelapse_folder,
+    write_answers,
+)
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.train.run import Run
+from trapkit.train.run import OK, POOL, Run, format_box, parse_box
 
 log = logging.getLogger(__name__)
 
 REQUEST_COLUMNS = ("File", "RelativePath", "Selected")
-ANSWER_COLUMNS = ("File", "RelativePath", "Selected", "Species")
-TRUE_VALUES = frozenset({"true", "1", "yes", "y", "x", "selected"})
+GUESS_COLUMNS = ("File", "RelativePath", "Detection", "X", "Y", "Width", "Height", "Guess", "Confidence")
 MAX_LISTED = 10
+
+# Which items of each image a round selected: image path -> detection indices (None in the set: the whole
+# image), or None for "every item of the image" (a request without its guesses file).
+Selection = Mapping[str, "set[int | None] | None"]
 
 
 @dataclass(frozen=True)
 class RequestItem:
+    """One item the current request asks about: an image, or one detection in it."""
+
     relative_path: str  # folder relative to image_root, '/' separated ('' for the root)
     file: str  # file name
-    guess: str | None  # the model's top-1 class for this image, if known
+    guess: str | None  # the model's top-1 class for this item, if known
     confidence: float | None  # its probability
-    answered: str | None  # the answer saved for this round so far, if any
+    answered: str | None  # the answer saved for this round so far (the detection's, else its image's), if any
+    detection: int | None = None  # index into the image's MegaDetector detections; None: the whole image
+    bbox: tuple[float, float, float, float] | None = None  # the detection's normalised [x, y, w, h]
 
     @property
     def path(self) -> str:
-        """The image path relative to image_root: the key `save_answers` takes."""
+        """The image path relative to image_root."""
         return join_key(self.relative_path, self.file)
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        """What `save_answers` takes for this item: (image path, detection index or None)."""
+        return self.path, self.detection
 
 
 @dataclass(frozen=True)
-class Answer:
-    where: str  # "file.csv line 7", for error messages
-    path: str  # image path relative to the pool root, '/' separated
-    species: str
-    selected: bool | None
+class Guess:
+    """A selected item and the model's guess for it (a row of the guesses file)."""
+
+    path: str
+    detection: int | None
+    bbox: tuple[float, float, float, float] | None
+    guess: str | None
+    confidence: float | None
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Answers and what the request they answer selected (a page file answers its own round's request)."""
+
+    answers: list[Answer]
+    requested: Selection | set[str]
 
 
 @dataclass
@@ -64,9 +104,11 @@ class IngestReport:
     new: int = 0
     already: int = 0
     corrected: int = 0
-    unselected: int = 0  # labels on rows that were not requested (kept)
+    unselected: int = 0  # labels on items that were not requested (kept)
     skipped_unreadable: int = 0
+    wrong_boxes: int = 0  # items answered WRONG_BOX (left out of training)
     new_classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.new} new label(s)"]
@@ -75,7 +117,9 @@ class IngestReport:
         if self.corrected:
             parts.append(f"{self.corrected} corrected")
         if self.unselected:
-            parts.append(f"{self.unselected} on images that were not requested (kept)")
+            parts.append(f"{self.unselected} on items that were not requested (kept)")
+        if self.wrong_boxes:
+            parts.append(f"{self.wrong_boxes} marked {WRONG_BOX} (not trained on)")
         if self.skipped_unreadable:
             parts.append(f"{self.skipped_unreadable} on unreadable images (skipped)")
         if self.new_classes:
@@ -83,107 +127,35 @@ class IngestReport:
         return "; ".join(parts)
 
 
-def join_key(relative_path: str, file: str) -> str:
-    folder = relative_path.replace("\\", "/").strip().strip("/")
-    if folder in ("", "."):
-        return file.strip()
-    return f"{folder.removeprefix('./')}/{file.strip()}"
+def _listed(items: list[str]) -> str:
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return "; ".join(items[:MAX_LISTED]) + more
 
 
-def split_key(path: str) -> tuple[str, str]:
-    folder, _, name = path.rpartition("/")
-    return folder, name
+def _detection_cell(detection: int | None) -> str:
+    return "" if detection is None else str(detection)
 
 
-# -- reading and writing CSVs -----------------------------------------------------------
-
-def _decode(data: bytes, source: str) -> str:
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text"
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise TrapkitError(f"{source} is damaged UTF-16 text; save it as CSV UTF-8") from None
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise TrapkitError(f"{source} is neither UTF-8 nor Windows-1252 text; save it as CSV UTF-8")
-
-
-def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """(header names, [(line number, cells)]) of a CSV in any of the dialects Excel and Timelapse write."""
-    if not path.is_file():
-        raise TrapkitError(f"answers file {path} does not exist; check the --labels path")
-    text = _decode(path.read_bytes(), str(path))
-    first = text.split("\n", 1)[0]
-    delimiter = max((",", ";", "\t"), key=first.count)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-        rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
-    except StopIteration:
-        raise TrapkitError(f"{path} is empty; export the labels from Timelapse as CSV") from None
-    except csv.Error as e:  # e.g. a quote that is never closed swallows the rest of the file
-        raise TrapkitError(f"{path} line {reader.line_num} is not valid CSV ({e}); check its quotes, or save it "
-                           "again from Timelapse or Excel") from None
-    return [h.strip() for h in header], rows
-
-
-def read_answers(path: str | Path) -> list[Answer]:
-    """Parse an answers CSV; rows with an empty Species are left out (not answered yet)."""
-    path = Path(path)
-    header, rows = _read_rows(path)
-    index = {h.lower(): i for i, h in enumerate(header)}
-    for required in ("file", "species"):
-        if required not in index:
-            raise TrapkitError(
-                f"{path} has no '{required.title()}' column (columns: {', '.join(header)}); "
-                "answer the request CSV by adding a Species column"
-            )
-
-    def cell(cells: list[str], name: str) -> str:
-        i = index.get(name)
-        return cells[i].strip() if i is not None and i < len(cells) else ""
-
-    answers = []
-    for line, cells in rows:
-        species = cell(cells, "species")
-        if not species:
-            continue
-        selected = cell(cells, "selected").lower() in TRUE_VALUES if "selected" in index else None
-        answers.append(Answer(f"{path.name} line {line}", join_key(cell(cells, "relativepath"), cell(cells, "file")),
-                              species, selected))
-    return answers
-
-
-def _csv_text(header: tuple[str, ...], rows) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")  # Excel and Timelapse both expect CRLF
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
+# -- requests and guesses ----------------------------------------------------------------------
 
 def write_request(path: Path, pool_paths: list[str], selected: set[str]) -> None:
+    """One row per image (in `pool_paths` order), `Selected` true for those in `selected`."""
     rows = []
     for p in pool_paths:
         folder, name = split_key(p)
-        rows.append((name, folder.replace("/", "\\"), "true" if p in selected else "false"))
-    atomic_write_text(path, _csv_text(REQUEST_COLUMNS, rows))
-
-
-def write_guesses(path: Path, guesses: list[tuple[str, str, float]]) -> None:
-    """(image path, top-1 class, probability) for the selected images."""
-    atomic_write_text(path, _csv_text(("Path", "Guess", "Confidence"), [(p, g, f"{c:.4f}") for p, g, c in guesses]))
+        rows.append((name, timelapse_folder(folder), "true" if p in selected else "false"))
+    atomic_write_text(path, csv_text(REQUEST_COLUMNS, rows))
 
 
 def read_request(path: Path) -> tuple[list[str], set[str]]:
-    """(all pool paths in the request, the selected ones)."""
+    """(every image path in the request, the selected ones)."""
     if not path.is_file():
         raise TrapkitError(f"no label request at {path}; run 'trapkit al next' to make one")
-    header, rows = _read_rows(path)
+    header, rows = read_rows(path)
     idx = {h.lower(): i for i, h in enumerate(header)}
+    if not {"file", "relativepath", "selected"} <= set(idx):
+        raise TrapkitError(f"{path} is not a trapkit label request (columns: {', '.join(header)}); "
+                           "run 'trapkit al next' to make one")
     paths, selected = [], set()
     for _, cells in rows:
         p = join_key(cells[idx["relativepath"]], cells[idx["file"]])
@@ -193,63 +165,172 @@ def read_request(path: Path) -> tuple[list[str], set[str]]:
     return paths, selected
 
 
+def write_guesses(path: Path, guesses: list[Guess]) -> None:
+    rows = []
+    for g in guesses:
+        folder, name = split_key(g.path)
+        box = format_box(g.bbox).split() if g.bbox is not None else [""] * 4
+        rows.append((name, timelapse_folder(folder), _detection_cell(g.detection), *box, g.guess or "",
+                     "" if g.confidence is None else f"{g.confidence:.4f}"))
+    atomic_write_text(path, csv_text(GUESS_COLUMNS, rows))
+
+
+def read_guesses(path: Path) -> list[Guess]:
+    header, rows = read_rows(path)
+    idx = {h.lower(): i for i, h in enumerate(header)}
+    if not {c.lower() for c in GUESS_COLUMNS} <= set(idx):
+        raise TrapkitError(f"{path} is not a trapkit guesses file (columns: {', '.join(header)}); delete it and "
+                           "run 'trapkit al next' again")
+    out = []
+    for line, cells in rows:
+        def cell(name: str) -> str:
+            return cells[idx[name]].strip() if idx[name] < len(cells) else ""
+
+        try:
+            box = parse_box(" ".join(cell(k) for k in ("x", "y", "width", "height")))
+            out.append(Guess(join_key(cell("relativepath"), cell("file")),
+                             int(cell("detection")) if cell("detection") else None, box,
+                             cell("guess") or None, float(cell("confidence")) if cell("confidence") else None))
+        except ValueError:
+            raise TrapkitError(f"{path} line {line} is damaged; delete the file and run 'trapkit al next' "
+                               "again") from None
+    return out
+
+
+def selected_items(run: Run, n: int, df=None) -> list[Guess]:
+    """The items request n selected, from its guesses file; without one, every unlabelled item of its
+    selected images (from the manifest `df`)."""
+    if run.guesses_path(n).is_file():
+        return read_guesses(run.guesses_path(n))
+    if not run.request_path(n).is_file():
+        return []
+    _, images = read_request(run.request_path(n))
+    df = run.load_manifest() if df is None else df
+    rows = df[(df["split"] == POOL) & (df["label"] == "") & df["path"].isin(images)]
+    return [Guess(p, int(d) if d else None, parse_box(b), None, None)
+            for p, d, b in zip(rows["path"], rows["detection"], rows["bbox"])]
+
+
+def selection_of(items: list[Guess]) -> dict[str, set[int | None]]:
+    out: dict[str, set[int | None]] = {}
+    for g in items:
+        out.setdefault(g.path, set()).add(g.detection)
+    return out
+
+
 # -- applying answers to the manifest ------------------------------------------------------
 
-def _listed(items: list[str]) -> str:
-    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return "; ".join(items[:MAX_LISTED]) + more
+def ingest(df, answers: list[Answer] | list[Answered], classes, requested: Selection | set[str] | None,
+           round_n: int, allow_new_classes: bool = False, without_items: set[str] = frozenset()) -> IngestReport:
+    """Apply answers to the manifest `df` in place (all or nothing); `classes` is not changed.
 
+    `requested`: what the answered request selected (`Selection`, or a set of image paths: all their items);
+    or give `answers` as `Answered` groups, each with its own. `without_items`: images in the pool's
+    detections files with no qualifying detection, to say so. Errors name the rows: unknown images, images
+    without items, detection indices that are not items, unknown classes (unless allowed), one item given
+    two different answers.
 
-def ingest(df, answers: list[Answer], classes: list[str], requested: set[str], round_n: int,
-           allow_new_classes: bool = False) -> IngestReport:
-    """Apply answers to the manifest `df` in place (all or nothing). `classes` grows in place when allowed.
-
-    Errors name the rows: unknown images, unknown classes (unless allowed),
-    and one image given two different answers.
+    Which answer an item takes, most specific first: in a run on detections, the detection's own answer,
+    then its image's; in a run on whole images, the image's answer, then its detections' (the review page
+    answers per detection): a species beats WRONG_BOX there, since one wrong box does not empty the image.
     """
-    pool = df.index[df["split"] == "pool"]
-    row_of = dict(zip(df.loc[pool, "path"], pool))
+    def selection(given) -> Selection:
+        return given if isinstance(given, Mapping) else {p: None for p in given}
+
+    if answers and isinstance(answers[0], Answered):
+        pairs = [(a, selection(group.requested)) for group in answers for a in group.answers]
+    else:
+        pairs = [(a, selection(requested or {})) for a in answers]
+    pool = df.index[(df["split"] == POOL).to_numpy()]
+    rows_of: dict[str, dict[int | None, int]] = {}
+    for i, p, d in zip(pool, df.loc[pool, "path"], df.loc[pool, "detection"]):
+        rows_of.setdefault(p, {})[int(d) if d else None] = i
     known = set(classes)
-    chosen: dict[str, Answer] = {}
-    not_in_pool, unknown, conflicts = [], [], []
-    for a in answers:
-        if a.path not in row_of:
-            not_in_pool.append(f"{a.where}: {a.path}")
-        elif a.species not in known and not allow_new_classes:
-            unknown.append(f"{a.where}: {a.species!r}")
-        elif a.path in chosen and chosen[a.path].species != a.species:
-            conflicts.append(f"{a.where}: {a.species!r} vs {chosen[a.path].where}: {chosen[a.path].species!r}")
+    chosen: dict[int, tuple[Answer, int, Selection]] = {}  # row -> (answer, how specific (higher wins), asked)
+    not_in_pool, no_items, not_items, unknown, conflicts = [], [], [], [], []
+    new_classes: set[str] = set()
+    for a, asked in pairs:
+        rows = rows_of.get(a.path)
+        if rows is None:
+            (no_items if a.path in without_items else not_in_pool).append(f"{a.where}: {a.path}")
+            continue
+        whole = None in rows
+        if a.detection is None:
+            picked = asked.get(a.path)
+            targets = [rows[d] for d in sorted(picked, key=_order) if d in rows] if picked else []
+            targets = targets or list(rows.values())  # not selected: the answer is about every item of it
+            rank = 3 if whole else 2
+        elif whole:  # a detection's answer speaks for its image
+            targets, rank = [rows[None]], 0 if a.species == WRONG_BOX else 1
+        elif a.detection not in rows:
+            not_items.append(f"{a.where}: {a.path} Detection {a.detection} (its items: "
+                             f"{', '.join(str(d) for d in sorted(rows))})")
+            continue
         else:
-            chosen[a.path] = a
+            targets, rank = [rows[a.detection]], 3
+        if a.species not in known and a.species != WRONG_BOX:
+            if not allow_new_classes:
+                unknown.append(f"{a.where}: {a.species!r}")
+                continue
+            new_classes.add(a.species)
+        for i in targets:
+            previous = chosen.get(i)
+            if previous is None or rank > previous[1]:
+                chosen[i] = (a, rank, asked)
+            elif rank == previous[1] and previous[0].species != a.species:
+                conflicts.append(f"{a.where}: {a.species!r} vs {previous[0].where}: {previous[0].species!r}")
     if not_in_pool:
         raise TrapkitError(f"answers name images that are not in the pool ({_listed(not_in_pool)}); "
                            "answer the request CSV that trapkit wrote, keeping File and RelativePath as they are")
+    if no_items:
+        raise TrapkitError(f"answers name images with no detection at or above the run's threshold in its "
+                           f"categories, so not in the pool ({_listed(no_items)}); leave them out")
+    if not_items:
+        raise TrapkitError(f"answers give Detection indices that are not items of their image ({_listed(not_items)});"
+                           " use the Detection index from the guesses file, or leave it empty for the whole image")
     if unknown:
         raise TrapkitError(f"unknown class names ({_listed(unknown)}); known classes: {', '.join(classes)}. "
                            "Fix the spelling, or pass --allow-new-classes to add them")
     if conflicts:
-        raise TrapkitError(f"one image has two different answers ({_listed(conflicts)}); keep one")
+        raise TrapkitError(f"one item has two different answers ({_listed(conflicts)}); keep one")
 
-    report = IngestReport()
-    for path, a in chosen.items():
-        i = row_of[path]
-        if df.at[i, "status"] != "ok":
+    report = IngestReport(new_classes=sorted(new_classes), warnings=case_clashes(sorted(new_classes), classes))
+    status, labels = df["status"].to_numpy(), df["label"].to_numpy()
+    for i, (a, _, asked) in sorted(chosen.items()):
+        if status[i] != OK:
             report.skipped_unreadable += 1
             continue
-        if a.species not in known:
-            classes.append(a.species)
-            known.add(a.species)
-            report.new_classes.append(a.species)
-        old = df.at[i, "label"]
-        if old == a.species:
+        if labels[i] == a.species:
             report.already += 1
             continue
-        report.corrected += bool(old)
-        report.new += not old
-        report.unselected += path not in requested
+        report.corrected += bool(labels[i])
+        report.new += not labels[i]
+        report.wrong_boxes += a.species == WRONG_BOX
+        picked = asked.get(df.at[i, "path"], ())
+        detection = df.at[i, "detection"]
+        report.unselected += not (picked is None or (int(detection) if detection else None) in picked)
         df.at[i, "label"] = a.species
         df.at[i, "label_round"] = round_n
     return report
+
+
+def _order(detection: int | None) -> int:
+    return -1 if detection is None else detection
+
+
+def case_clashes(new: list[str], classes) -> list[str]:
+    """Warnings for new class names that differ from another class only in case or spacing ("CATTLE", "cattle")."""
+    def folded(name: str) -> str:
+        return " ".join(name.replace("_", " ").split()).casefold()
+
+    out, seen = [], {folded(c): c for c in classes}
+    for name in new:
+        other = seen.get(folded(name))
+        if other is not None and other != name:
+            out.append(f"new class {name!r} differs from {other!r} only in case or spacing; if they are one "
+                       "species, correct the answers so both are spelled the same")
+        seen.setdefault(folded(name), name)
+    return out
 
 
 # -- the labelling page's API ----------------------------------------------------------------
@@ -265,60 +346,71 @@ def image_root(run_dir: str | Path) -> Path:
 
 
 def class_names(run_dir: str | Path) -> list[str]:
-    """Known class names in head index order."""
+    """Known class names in head index order (`WRONG_BOX` is never one; offer it beside them)."""
     return list(Run(run_dir).load_state().classes)
 
 
-def _saved_answers(path: Path) -> dict[str, str]:
-    return {a.path: a.species for a in read_answers(path)} if path.is_file() else {}
+def _saved_answers(path: Path) -> dict[tuple[str, int | None], Answer]:
+    return {a.key: a for a in read_answers(path)} if path.is_file() else {}
 
 
 def current_request(run_dir: str | Path) -> list[RequestItem]:
-    """The images the current request selects, with the model's guess and any answer saved so far."""
+    """The items the current request selects (sorted by image, then detection), with the model's guess and
+    any answer saved so far."""
     run = Run(run_dir)
     n = run.load_state().round
-    _, selected = read_request(run.request_path(n))
-    guesses = {}
-    if run.guesses_path(n).is_file():
-        _, rows = _read_rows(run.guesses_path(n))
-        guesses = {cells[0]: (cells[1], float(cells[2])) for _, cells in rows}
     answered = _saved_answers(page_answers_path(run_dir))
     items = []
-    for p in sorted(selected):
-        folder, name = split_key(p)
-        guess, conf = guesses.get(p, (None, None))
-        items.append(RequestItem(folder, name, guess, conf, answered.get(p)))
+    for g in sorted(selected_items(run, n), key=lambda g: (g.path, _order(g.detection))):
+        folder, name = split_key(g.path)
+        saved = answered.get((g.path, g.detection)) or answered.get((g.path, None))
+        items.append(RequestItem(folder, name, g.guess, g.confidence, saved.species if saved else None,
+                                 g.detection, g.bbox))
     return items
 
 
-def save_answers(run_dir: str | Path, answers: dict[str, str], allow_new_classes: bool = False) -> Path:
-    """Merge `answers` ({image path: species}; '' removes one) into this round's page answers file, atomically.
+def _key(key) -> tuple[str, int | None]:
+    """An answer key as given ('path', or (path, detection)) in the form items use."""
+    path, detection = (key, None) if isinstance(key, str) else key
+    if detection is not None and (isinstance(detection, bool) or not isinstance(detection, int)):
+        raise TrapkitError(f"detection {detection!r} of {path!r} is not a detection index; reload the labelling page")
+    return join_key(*split_key(str(path).replace("\\", "/"))), detection
 
-    The file is `RUN/inbox/round-NNN-page.csv` in the answer format that
-    `trapkit al next` ingests. Returns its path.
+
+def save_answers(run_dir: str | Path, answers: Mapping, allow_new_classes: bool = False) -> Path:
+    """Merge `answers` into this round's page answers file, atomically, under the run's inbox lock.
+
+    Keys: an image path (the answer is about the image: every selected detection of it) or
+    (image path, detection index) for one detection; values: species, `WRONG_BOX`, or '' to withdraw
+    an answer. Only items the current request selects are taken. The file is
+    `RUN/inbox/round-NNN-page.csv` in the answer format that `trapkit al next` ingests. Returns its path.
     """
     run = Run(run_dir)
-    n = run.load_state().round
-    pool, selected = read_request(run.request_path(n))
-    pool_set = set(pool)
-    known = set(class_names(run_dir))
-    answers = {join_key(*split_key(p.replace("\\", "/"))): s for p, s in answers.items()}
-    bad = [p for p in answers if p not in pool_set]
-    if bad:
-        raise TrapkitError(f"not images of the current request: {_listed(bad)}; reload the labelling page")
-    unknown = sorted({s.strip() for s in answers.values() if s.strip() and s.strip() not in known})
-    if unknown and not allow_new_classes:
-        raise TrapkitError(f"unknown class names {unknown}; pick one of {', '.join(sorted(known))}")
-    path = page_answers_path(run_dir)
-    merged = _saved_answers(path)
-    for p, species in answers.items():
-        if species.strip():
-            merged[p] = species.strip()
-        else:
-            merged.pop(p, None)
-    rows = []
-    for p in sorted(merged):
-        folder, name = split_key(p)
-        rows.append((name, folder.replace("/", "\\"), "true" if p in selected else "false", merged[p]))
-    atomic_write_text(path, _csv_text(ANSWER_COLUMNS, rows))
+    with run.inbox_lock():
+        n = run.load_state().round
+        items = selected_items(run, n)
+        keys = {(g.path, g.detection) for g in items}
+        images = {g.path for g in items}
+        answers = {_key(k): str(s).strip() for k, s in answers.items()}
+        bad = [f"{p}" + ("" if d is None else f" detection {d}") for p, d in answers
+               if ((p, d) not in keys if d is not None else p not in images)]
+        if bad:
+            raise TrapkitError(f"not selected in the current request: {_listed(bad)}; the labelling page answers "
+                               "only what the round asks about (give other labels to 'trapkit al next --labels "
+                               "CSV'), or reload the page if a new round started")
+        known = set(class_names(run_dir))
+        new = sorted({s for s in answers.values() if s and s not in known and s != WRONG_BOX})
+        if new and not allow_new_classes:
+            raise TrapkitError(f"unknown class names {new}; pick one of {', '.join(sorted(known))}, or "
+                               f"{WRONG_BOX} for a box with no animal")
+        for warning in case_clashes(new, known):
+            log.warning("%s", warning)
+        path = page_answers_path(run_dir)
+        merged = _saved_answers(path)
+        for (p, d), species in answers.items():
+            if species:
+                merged[(p, d)] = Answer(f"{path.name}", p, species, True, d)
+            else:
+                merged.pop((p, d), None)
+        write_answers(path, merged.values())
     return path

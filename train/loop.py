@@ -1,226 +1,455 @@
 """The active-learning loop: `init`, `next`, `status`, `simulate`. Each call does one step and returns.
 
-A round: (finetune the embedder when enough new labels arrived) -> embed
-every image (cached per embedder version) -> fit the head -> save the
+An item is an image, or, in a run on MegaDetector detections (`--detections`),
+one qualifying detection in an image: one manifest row, one embedding, one
+label. A round: (finetune the embedder when enough new labels arrived) ->
+embed every item (cached per embedder version) -> fit the head -> save the
 deployable model -> evaluate on the validation set -> select -> write the
 label request -> commit `state.json`. See `trapkit.train.run` for the files
-and why a kill at any point loses no ingested label.
+and why a kill at any point loses no ingested label; `al init` and `al next`
+hold the run's lock throughout, so two never interleave.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from trapkit.answers import WRONG_BOX, read_answers
 from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import read_taxonomy_csv
 from trapkit.train import labels as labels_mod
-from trapkit.train.run import Run, RunState
+from trapkit.train.metrics import FORMAT_VERSION as METRICS_FORMAT_VERSION
+from trapkit.train.run import (
+    LABELLED_ROOT,
+    OK,
+    POOL,
+    POOL_ROOT,
+    SEED,
+    UNREADABLE,
+    VALIDATION,
+    VALIDATION_ROOT,
+    Item,
+    Run,
+    RunState,
+    format_box,
+)
 from trapkit.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 KILL_ENV = "TRAPKIT_TEST_KILL_AT"
+KILL_SIGNAL_ENV = "TRAPKIT_TEST_KILL_SIGNAL"  # default SIGKILL; SIGSTOP pauses there (a test then SIGCONTs it)
 BASE_EMBEDDER = "base"
+REQUEST_FORMAT_VERSION = 1  # rounds/NNN/request.json: what a round asked about
+_PAGE_FILE = re.compile(r"round-(\d+)-page\.csv")
 
 
 def _stage(name: str) -> None:
-    """Test-only crash hook: with TRAPKIT_TEST_KILL_AT=<name> the process SIGKILLs itself here.
+    """Test-only crash hook: with TRAPKIT_TEST_KILL_AT=<name> the process signals itself here
+    (SIGKILL, or the signal named in TRAPKIT_TEST_KILL_SIGNAL).
 
     Stages: ingested, inbox-moved, finetuned, embedded, model-saved, request-written.
     """
     if os.environ.get(KILL_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
 
 
 @dataclass
 class RoundResult:
     round: int
     request: Path
-    requested: int
-    labels: int
+    requested: int  # items asked about
+    labels: int  # labelled items trained on (seed included)
     metrics: dict
     ingest: labels_mod.IngestReport | None = None
     problems: list[str] = field(default_factory=list)
 
 
-# -- init ---------------------------------------------------------------------------------
+def head_classes(committed, df) -> tuple[str, ...]:
+    """The head's class order, decided here and only here: the committed classes, then any class the manifest
+    holds beyond them (ingested by this round, or by one that was killed), sorted. So a round gives the same
+    order whether or not an earlier attempt of it was killed."""
+    seen = set(df.loc[df["label"] != "", "label"].unique()) - {WRONG_BOX}
+    return tuple(committed) + tuple(sorted(seen - set(committed)))
 
-def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None) -> RoundResult:
-    """Scan the trees, write manifest and settings, and run round 1.
 
-    `taxonomy`: a `label,taxonomy` CSV with one row per seed class (`trapkit.taxonomy`); it is
-    copied to RUN/taxonomy.csv and every round's model spec carries its strings.
-    """
+def _trained_mask(df) -> np.ndarray:
+    """Rows the embedder and head learn from: labelled with a class (not WRONG_BOX), readable, not validation."""
+    return ((df["split"] != VALIDATION) & (df["label"] != "") & (df["label"] != WRONG_BOX)
+            & (df["status"] == OK)).to_numpy()
+
+
+def _candidate_mask(df) -> np.ndarray:
+    return ((df["split"] == POOL) & (df["label"] == "") & (df["status"] == OK)).to_numpy()
+
+
+# -- building the manifest ------------------------------------------------------------------
+
+def _rows(split: str, root: str, items, label=lambda item: "") -> list[dict]:
+    """Manifest rows for `items`: (path, class) of whole images, or `trapkit.train.scan.Detection`s."""
+    from trapkit.train.scan import Detection
+
+    rows = []
+    for item in items:
+        if isinstance(item, Detection):
+            rows.append({"split": split, "root": root, "path": item.path, "detection": str(item.index),
+                         "bbox": format_box(item.bbox), "label": label(item), "prior_guess": item.prior_guess,
+                         "prior_confidence": item.prior_confidence})
+        else:
+            path, cls = item if isinstance(item, tuple) else (item, "")
+            rows.append({"split": split, "root": root, "path": path, "detection": "", "bbox": "", "label": cls,
+                         "prior_guess": "", "prior_confidence": ""})
+    return rows
+
+
+def _frame(rows: list[dict], added_round: int):
     import pandas as pd
 
-    from trapkit.train.backbones import backbone_preprocessing, weight_warnings
-    from trapkit.train.scan import scan_labelled, scan_pool
+    from trapkit.train.run import MANIFEST_COLUMNS
 
-    run = Run(run_dir)
-    if run.state_path.is_file() and run.load_state().round > 0:
-        raise TrapkitError(f"{run.root} already holds a run; continue it with 'trapkit al next {run.root}', "
-                           "or pick a new folder")
-    if not settings.data.labelled or not settings.data.unlabelled:
-        raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
-    seed_tree = scan_labelled(settings.data.labelled)
-    strings = read_taxonomy_csv(taxonomy, sorted(seed_tree.classes)) if taxonomy is not None else None
-    pool_paths = scan_pool(settings.data.unlabelled)
-    problems = [*weight_warnings(settings.model.weights), *seed_tree.problems]
-    rows = []
-    rng = np.random.default_rng(settings.select.seed)
-    if settings.data.validation:
-        val_tree = scan_labelled(settings.data.validation, "--validation")
-        problems += val_tree.problems
-        extra = sorted(set(val_tree.classes) - set(seed_tree.classes))
-        if extra:
-            raise TrapkitError(f"--validation has classes the seed lacks ({', '.join(extra)}); add seed images "
-                               "for them or remove them from the validation folder")
-        held = set()
-        rows += [("validation", "validation", p, c) for p, c in val_tree.items]
-    else:
-        held = _stratified_holdout(seed_tree.items, settings.data.validation_fraction, rng)
-        rows += [("validation", "labelled", p, c) for p, c in seed_tree.items if p in held]
-        if not held:
-            problems.append("no validation folder and the seed is too small to hold images out; "
-                            "metrics are not measured (give --validation)")
-    rows += [("seed", "labelled", p, c) for p, c in seed_tree.items if p not in held]
-    rows += [("pool", "unlabelled", p, "") for p in pool_paths]
-    df = pd.DataFrame(rows, columns=["split", "root", "path", "label"])
-    df["label_round"] = np.where(df["split"] == "pool", -1, 0)
-    df["status"], df["reason"] = "ok", ""
-    if settings.model.input_size is None:
-        settings.model.input_size = backbone_preprocessing(settings.model.backbone, settings.model.weights).input_size
-    run.root.mkdir(parents=True, exist_ok=True)
-    if strings is not None:
-        _write_taxonomy(run.taxonomy_path, sorted(seed_tree.classes), strings)
-    settings.save(run.settings_path)
-    run.save_manifest(df)
-    state = RunState(round=0, classes=sorted(seed_tree.classes), scan_problems=problems)
-    run.save_state(state)
-    log.info("run %s: %d seed images in %d classes, %d validation, %d in the pool", run.root,
-             int((df["split"] == "seed").sum()), len(state.classes), int((df["split"] == "validation").sum()),
-             len(pool_paths))
-    result = _run_round(run, settings, state, df, 1)
-    result.problems = problems
-    return result
+    df = pd.DataFrame(rows, columns=["split", "root", "path", "detection", "bbox", "label", "prior_guess",
+                                     "prior_confidence"])
+    df["label_round"] = np.where(df["split"] == POOL, -1, 0)
+    df["status"], df["reason"], df["time"], df["added_round"] = OK, "", "", added_round
+    return df.loc[:, list(MANIFEST_COLUMNS)]
 
 
-def _stratified_holdout(items: list[tuple[str, str]], fraction: float, rng: np.random.Generator) -> set[str]:
-    """Paths held out for validation: `fraction` of each class with 3+ images (at least one kept for training)."""
+def _labelled_rows(settings: RunSettings, which: str) -> tuple[list, list[str], list[str]]:
+    """(rows, classes, problems) of the seed ("labelled") or validation tree, whole images or detections."""
+    from trapkit.train.scan import labelled_detections, scan_labelled
+
+    data = settings.data
+    folder, md, option, split, root = (
+        (data.labelled, data.seed_detections, "--seed-detections", SEED, LABELLED_ROOT) if which == LABELLED_ROOT
+        else (data.validation, data.validation_detections, "--validation-detections", VALIDATION, VALIDATION_ROOT))
+    tree_option = "--labelled" if which == LABELLED_ROOT else "--validation"
+    if md is None:  # whole images: in a run on detections, crops already made (the mewc-snip layout)
+        tree = scan_labelled(folder, tree_option)
+        return _rows(split, root, tree.items), tree.classes, tree.problems
+    tree, found = labelled_detections(folder, md, data.threshold, data.categories, option, tree_option)
+    return _rows(split, root, found, lambda d: d.path.split("/", 1)[0]), tree.classes, tree.problems
+
+
+def _pool_rows(settings: RunSettings, folder: str, detections: str | None, option: str, prefix: str = ""):
+    """(rows, images without a qualifying detection, problems) of a pool folder (or a season inside it)."""
+    from trapkit.train.scan import Detection, detection_items, scan_pool
+
+    if detections is None:
+        return _rows(POOL, POOL_ROOT, [f"{prefix}{p}" for p in scan_pool(folder, option)]), [], []
+    found = detection_items(folder, detections, settings.data.threshold, settings.data.categories,
+                            "--detections", option)
+    items = [Detection(f"{prefix}{d.path}", d.index, d.bbox, d.prior_guess, d.prior_confidence) for d in found.items]
+    if not items:
+        raise TrapkitError(f"no detection in {detections} is at or above --threshold {settings.data.threshold} in "
+                           f"categories {', '.join(settings.data.categories)}; lower --threshold or check --categories")
+    return _rows(POOL, POOL_ROOT, items), [f"{prefix}{p}" for p in found.without], found.problems
+
+
+def _stratified_holdout(rows: list[dict], fraction: float, rng: np.random.Generator) -> set[str]:
+    """Images held out for validation: `fraction` of each class's images when it has 3+ (at least one kept
+    for training). Whole images: an image's detections stay together."""
     held: set[str] = set()
     by_class: dict[str, list[str]] = {}
-    for p, c in items:
-        by_class.setdefault(c, []).append(p)
+    for r in rows:
+        paths = by_class.setdefault(r["label"], [])
+        if not paths or paths[-1] != r["path"]:
+            paths.append(r["path"])
     for c, paths in sorted(by_class.items()):
+        paths = sorted(set(paths))
         k = min(int(round(len(paths) * fraction)), len(paths) - 1) if len(paths) >= 3 else 0
         held.update(rng.choice(paths, size=k, replace=False).tolist() if k else [])
     return held
 
 
+# -- init ---------------------------------------------------------------------------------
+
+def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | None = None,
+             cluster=None) -> RoundResult:
+    """Scan the trees (or read the detections files), write manifest and settings, and run round 1.
+
+    `cluster` (`trapkit.cluster.ClusterSettings`): embed the items on that Ray cluster.
+
+    `taxonomy`: a `label,taxonomy` CSV with one row per seed class (`trapkit.taxonomy`); it is
+    copied to RUN/taxonomy.csv and every round's model spec carries its strings. Bad inputs stop the
+    command before the run folder is made.
+    """
+    run = Run(run_dir)
+    _refuse_existing(run)
+    if not settings.data.labelled or not settings.data.unlabelled:
+        raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
+    start = _initial_manifest(settings, taxonomy)
+    with run.command("al init"):
+        _refuse_existing(run)  # again, under the lock: a run may have been started meanwhile
+        if start.taxonomy is not None:
+            _write_taxonomy(run.taxonomy_path, list(start.classes), start.taxonomy)
+        settings.save(run.settings_path)
+        run.save_manifest(start.df)
+        state = RunState(round=0, classes=start.classes, scan_problems=tuple(start.problems),
+                         images_without_detections=start.without)
+        run.save_state(state)
+        df = start.df
+        log.info("run %s: %d seed items in %d classes, %d validation, %d in the pool", run.root,
+                 int((df["split"] == SEED).sum()), len(state.classes), int((df["split"] == VALIDATION).sum()),
+                 int((df["split"] == POOL).sum()))
+        result = _run_round(run, settings, state, df, 1, cluster)
+        result.problems = list(start.problems)
+        return result
+
+
+def _refuse_existing(run: Run) -> None:
+    if run.state_path.is_file() and run.load_state().round > 0:
+        raise TrapkitError(f"{run.root} already holds a run; continue it with 'trapkit al next {run.root}', "
+                           "or pick a new folder")
+
+
+@dataclass
+class _Start:
+    """What `al init` reads before it writes anything."""
+
+    df: object  # the manifest (pandas DataFrame)
+    classes: tuple[str, ...]  # sorted: the first head order
+    problems: list[str]
+    without: int  # pool images with no qualifying detection
+    taxonomy: tuple[str, ...] | None
+
+
+def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
+    from trapkit.train.backbones import backbone_preprocessing, weight_warnings
+
+    seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT)
+    strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
+    pool, without, pool_problems = _pool_rows(settings, settings.data.unlabelled, settings.data.detections,
+                                              "--unlabelled")
+    problems = [*weight_warnings(settings.model.weights), *problems, *pool_problems]
+    rows, rng = [], np.random.default_rng(settings.select.seed)
+    if settings.data.validation:
+        val_rows, val_classes, val_problems = _labelled_rows(settings, VALIDATION_ROOT)
+        problems += val_problems
+        extra = sorted(set(val_classes) - set(seed_classes))
+        if extra:
+            raise TrapkitError(f"--validation has classes the seed lacks ({', '.join(extra)}); add seed images "
+                               "for them or remove them from the validation folder")
+        held = set()
+        rows += val_rows
+    else:
+        held = _stratified_holdout(seed_rows, settings.data.validation_fraction, rng)
+        rows += [r | {"split": VALIDATION} for r in seed_rows if r["path"] in held]
+        if not held:
+            problems.append("no validation folder and the seed is too small to hold images out; "
+                            "metrics are not measured (give --validation)")
+    rows += [r for r in seed_rows if r["path"] not in held] + pool
+    if without:
+        problems.append(f"{len(without)} pool image(s) have no detection at or above the threshold and are left "
+                        "out of the pool")
+    if settings.model.input_size is None:
+        settings.model.input_size = backbone_preprocessing(settings.model.backbone, settings.model.weights).input_size
+    return _Start(_frame(rows, added_round=1), tuple(sorted(seed_classes)), problems, len(without), strings)
+
+
 # -- next ---------------------------------------------------------------------------------
 
-def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: dict | None = None,
-               allow_new_classes: bool = False, rescan: bool = False) -> RoundResult:
-    """Ingest answers (files given and RUN/inbox/*.csv), then run the next round.
+@dataclass(frozen=True)
+class _InboxFile:
+    path: Path
+    digest: str  # sha256 of the bytes ingested: only a file still holding them is moved to inbox/done/
+    answers: list
 
-    `rescan` adds images that appeared in the pool folder since the last scan.
+
+def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: dict | None = None,
+               allow_new_classes: bool = False, rescan: bool = False, add_pool: str | Path | None = None,
+               add_detections: str | Path | None = None, cluster=None) -> RoundResult:
+    """Ingest answers (files given and RUN/inbox/*.csv), then run the next round (`cluster`: as for `init_run`).
+
+    `rescan` adds images that appeared in the pool folder since the last scan (whole-image runs);
+    `add_pool` adds a season: a folder inside the pool folder, with `add_detections` its MegaDetector
+    file in a run on detections. Flags change the stored settings only once the round has finished.
     """
     from trapkit.train.settings import resolve
 
     run = Run(run_dir)
-    state = run.load_state()
-    if state.round == 0:
-        raise TrapkitError(f"'trapkit al init' did not finish for {run.root}; run it again with the same options")
-    settings = resolve(flags=flags, base=run.settings())
-    settings.save(run.settings_path)
-    df = run.load_manifest()
-    added = _rescan_pool(run, settings, df) if rescan else 0
-    if added:
+    run.require()
+    with run.command("al next"):
+        state = run.load_state()
+        if state.round == 0:
+            raise TrapkitError(f"'trapkit al init' did not finish for {run.root}; run it again with the same options")
+        settings = resolve(flags=flags, base=run.settings())
         df = run.load_manifest()
-    classes = _classes(state, df)
-    inbox = sorted(run.inbox_dir.glob("*.csv")) if run.inbox_dir.is_dir() else []
-    answers = []
-    for f in [*map(Path, label_files), *inbox]:
-        answers += labels_mod.read_answers(f)
-    request, requested = run.request_path(state.round), set()
-    if request.is_file():
-        _, requested = labels_mod.read_request(request)
-    else:  # only used to tell requested answers from extra ones, so a moved request costs nothing
-        log.warning("label request %s is missing; every answer is taken as an extra label", request)
-    report = labels_mod.ingest(df, answers, classes, requested, state.round + 1, allow_new_classes)
+        n = state.round + 1
+        if rescan:
+            df = _rescan_pool(run, settings, df, n)
+        if add_pool is not None:
+            df = _add_season(run, settings, state, df, Path(add_pool), add_detections, n)
+        elif add_detections is not None:
+            raise TrapkitError("--detections on 'al next' is the new season's file; add --add-pool DIR")
+        report = _ingest_answers(run, settings, state, df, label_files, allow_new_classes, n)
+        # Labels ingested for this round (now, or by an attempt that was killed) carry label_round > round;
+        # items added for it, added_round > round.
+        if not (df["label_round"] > state.round).any() and not (df["added_round"] > state.round).any():
+            raise TrapkitError(
+                f"no new labels; fill the Species column of {run.request_path(state.round)} and pass it with "
+                f"--labels, or save answers into {run.inbox_dir}/"
+            )
+        log.debug("answers: %s", report.summary())
+        state.classes = head_classes(state.classes, df)
+        result = _run_round(run, settings, state, df, n, cluster)
+        result.ingest = report
+        result.problems = list(report.warnings)
+        return result
+
+
+def _ingest_answers(run: Run, settings: RunSettings, state: RunState, df, label_files, allow_new_classes: bool,
+                    n: int) -> labels_mod.IngestReport:
+    """Read every answers file, apply them to the manifest (saved), and move the inbox files that were read."""
+    current = labels_mod.selection_of(labels_mod.selected_items(run, state.round, df))
+    if not run.request_path(state.round).is_file():  # only tells requested answers from extra ones
+        log.warning("label request %s is missing; every answer is taken as an extra label",
+                    run.request_path(state.round))
+    groups = [labels_mod.Answered(read_answers(f), current) for f in map(Path, label_files)]
+    inbox = _read_inbox(run)
+    for f in inbox:
+        # A page file answers its own round's request (an image-level answer labels what that round selected).
+        page = _PAGE_FILE.fullmatch(f.path.name)
+        asked = current if page is None or int(page.group(1)) == state.round else \
+            labels_mod.selection_of(labels_mod.selected_items(run, int(page.group(1)), df))
+        groups.append(labels_mod.Answered(f.answers, asked))
+    pool_paths = set(df.loc[df["split"] == POOL, "path"])
+    strays = {a.path for g in groups for a in g.answers} - pool_paths
+    without = _images_without_items(settings) & strays if strays and settings.on_detections else set()
+    report = labels_mod.ingest(df, groups, state.classes, None, n, allow_new_classes, without_items=without)
     if report.new or report.corrected:
         run.save_manifest(df)
     _stage("ingested")
-    for f in inbox:
-        _move_to_done(f)
+    _move_ingested(run, inbox)
     _stage("inbox-moved")
-    # Labels ingested for this round (now, or by an attempt that was killed) carry label_round > round.
-    pending = bool((df["label_round"] > state.round).any())
-    if not pending and not added:
-        raise TrapkitError(
-            f"no new labels; fill the Species column of {run.request_path(state.round)} and pass it with "
-            f"--labels, or save answers into {run.inbox_dir}/"
-        )
-    log.debug("answers: %s", report.summary())
-    state.classes = classes
-    result = _run_round(run, settings, state, df, state.round + 1)
-    result.ingest = report
-    return result
+    return report
 
 
-def _move_to_done(path: Path) -> None:
-    done = path.parent / "done"
+def _read_inbox(run: Run) -> list[_InboxFile]:
+    if not run.inbox_dir.is_dir():
+        return []
+    out = []
+    with run.inbox_lock():
+        for path in sorted(run.inbox_dir.glob("*.csv")):
+            data = path.read_bytes()
+            out.append(_InboxFile(path, hashlib.sha256(data).hexdigest(), read_answers(path, data)))
+    return out
+
+
+def _move_ingested(run: Run, inbox: list[_InboxFile]) -> None:
+    """Move to inbox/done/ each file that still holds what was ingested; one changed since (the labelling
+    page saved into it meanwhile) stays, and the next round reads it again (re-reading changes nothing)."""
+    if not inbox:
+        return
+    done = run.inbox_dir / "done"
     done.mkdir(exist_ok=True)
-    target, k = done / path.name, 1
-    while target.exists():
-        target, k = done / f"{path.stem}-{k}{path.suffix}", k + 1
-    os.replace(path, target)
+    with run.inbox_lock():
+        for f in inbox:
+            if not f.path.is_file() or hashlib.sha256(f.path.read_bytes()).hexdigest() != f.digest:
+                log.info("%s changed while this round read it; left in the inbox for the next round", f.path)
+                continue
+            target, k = done / f.path.name, 1
+            while target.exists():
+                target, k = done / f"{f.path.stem}-{k}{f.path.suffix}", k + 1
+            os.replace(f.path, target)
 
 
-def _rescan_pool(run: Run, settings: RunSettings, df) -> int:
-    """Append pool images not yet in the manifest; returns how many."""
+def _images_without_items(settings: RunSettings) -> set[str]:
+    """Pool images (seasons included, as manifest paths) whose detections all fall below the threshold."""
+    from trapkit.train.scan import detection_items
+
+    data, out = settings.data, set()
+    pool = Path(data.unlabelled).resolve()
+    for folder, md in [(data.unlabelled, data.detections), *zip(data.seasons, data.season_detections)]:
+        if md:
+            prefix = Path(folder).resolve().relative_to(pool).as_posix()
+            prefix = "" if prefix == "." else prefix + "/"
+            found = detection_items(folder, md, data.threshold, data.categories, "--detections", "--unlabelled")
+            out |= {prefix + p for p in found.without}
+    return out
+
+
+def _append(run: Run, df, rows: list[dict], n: int):
     import pandas as pd
 
+    df = pd.concat([df, _frame(rows, added_round=n)], ignore_index=True)
+    run.save_manifest(df)
+    return df
+
+
+def _rescan_pool(run: Run, settings: RunSettings, df, n: int):
+    """Append pool images not yet in the manifest (whole-image runs)."""
     from trapkit.train.scan import scan_pool
 
-    known = set(df.loc[df["split"] == "pool", "path"])
+    if settings.on_detections:
+        raise TrapkitError("--rescan finds new image files, but this run's items are detections; add a season "
+                           "with --add-pool DIR --detections MD.json")
+    known = set(df.loc[df["split"] == POOL, "path"])
     new = [p for p in scan_pool(settings.data.unlabelled) if p not in known]
     if new:
-        rows = pd.DataFrame({"split": "pool", "root": "unlabelled", "path": new, "label": "", "label_round": -1,
-                             "status": "ok", "reason": ""})
-        run.save_manifest(pd.concat([df, rows], ignore_index=True))
         log.info("rescan: %d new image(s) in the pool", len(new))
-    return len(new)
+        df = _append(run, df, _rows(POOL, POOL_ROOT, new), n)
+    return df
 
 
-def _classes(state: RunState, df) -> list[str]:
-    """Head order: committed classes, then classes ingested by a round that did not finish (sorted)."""
-    seen = set(df.loc[df["label"] != "", "label"].unique())
-    return list(state.classes) + sorted(seen - set(state.classes))
-
-
-def _labelled_mask(df) -> np.ndarray:
-    return ((df["split"] != "validation") & (df["label"] != "") & (df["status"] == "ok")).to_numpy()
+def _add_season(run: Run, settings: RunSettings, state: RunState, df, folder: Path, detections, n: int):
+    """A new season joins the pool: its items are embedded this round and join selection."""
+    pool = Path(settings.data.unlabelled).resolve()
+    if not folder.is_dir():
+        raise TrapkitError(f"--add-pool folder {folder} does not exist; give the new season's image folder")
+    try:
+        prefix = folder.resolve().relative_to(pool).as_posix()
+    except ValueError:
+        raise TrapkitError(f"--add-pool {folder} is not inside the pool folder {pool}; label requests name images "
+                           "relative to that one folder (as Timelapse does): move or link the season into it") from None
+    prefix = "" if prefix == "." else prefix + "/"
+    if settings.on_detections and detections is None:
+        raise TrapkitError("this run's items are MegaDetector detections: add the season's file with --add-pool "
+                           f"{folder} --detections MD.json")
+    if not settings.on_detections and detections is not None:
+        raise TrapkitError("this run's items are whole images, so a detections file cannot join it; add the folder "
+                           "alone, or start a run on detections ('al init --detections')")
+    rows, without, problems = _pool_rows(settings, str(folder), None if detections is None else str(detections),
+                                         "--add-pool", prefix)
+    known = set(df.loc[df["split"] == POOL, "path"])
+    fresh = [r for r in rows if r["path"] not in known]
+    for p in problems:
+        log.warning("%s", p)
+    if len(fresh) < len(rows):
+        log.info("--add-pool: %d item(s) of images already in the run left as they are", len(rows) - len(fresh))
+    if fresh:
+        df = _append(run, df, fresh, n)
+    log.info("--add-pool: %d new item(s) from %s", len(fresh), folder)
+    state.images_without_detections += len([p for p in without if p not in known])
+    absolute = str(folder.resolve())
+    if absolute not in settings.data.seasons:
+        settings.data.seasons += (absolute,)
+        settings.data.season_detections += (str(Path(detections).resolve()) if detections is not None else "",)
+    return df
 
 
 # -- one round ------------------------------------------------------------------------------
 
-def _spec(settings: RunSettings, classes: list[str], taxonomy: tuple[str, ...] | None = None) -> ModelSpec:
+def _spec(settings: RunSettings, classes, taxonomy: tuple[str, ...] | None = None) -> ModelSpec:
+    """The round's model spec; the crop policy it was trained with travels in it (classify's defaults)."""
     from trapkit.train.backbones import backbone_preprocessing
 
     pre = backbone_preprocessing(settings.model.backbone, settings.model.weights)
     return ModelSpec(arch=settings.model.backbone, labels=tuple(classes), feat_dim=settings.model.feat_dim,
                      head_hidden=settings.model.head_hidden, input_size=settings.model.input_size,
-                     resize_mode=settings.model.resize_mode, mean=pre.mean, std=pre.std, name="trapkit-al-model",
-                     taxonomy=taxonomy)
+                     resize_mode=settings.model.resize_mode, interpolation=settings.model.interpolation,
+                     crop_margin=settings.model.crop_margin, detection_threshold=settings.data.threshold,
+                     detection_categories=settings.data.categories, mean=pre.mean, std=pre.std,
+                     name="trapkit-al-model", taxonomy=taxonomy)
 
 
 def _write_taxonomy(path: Path, classes: list[str], strings) -> None:
@@ -234,196 +463,336 @@ def _write_taxonomy(path: Path, classes: list[str], strings) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _run_taxonomy(run: Run, classes: list[str]) -> tuple[str, ...] | None:
+def _run_taxonomy(run: Run, classes) -> tuple[str, ...] | None:
     """The run's taxonomy strings for `classes` (RUN/taxonomy.csv), None without one.
 
     A class added by a later round needs a row there; rows for classes not seen yet are kept for later.
     """
     if not run.taxonomy_path.is_file():
         return None
-    return read_taxonomy_csv(run.taxonomy_path, classes, other_labels_ok=True)
+    return read_taxonomy_csv(run.taxonomy_path, list(classes), other_labels_ok=True)
+
+
+# What an embedder's weights were trained as: stored in their safetensors metadata, checked on load.
+_EMBEDDER_KEYS = ("arch", "feat_dim", "l2_normalize", "input_size")
+
+
+def _embedder_metadata(spec: ModelSpec) -> dict[str, str]:
+    return {"trapkit": "embedder", "format_version": "1"} | {k: str(getattr(spec, k)) for k in _EMBEDDER_KEYS}
+
+
+def _save_embedder(run: Run, model, version: str) -> None:
+    from safetensors.torch import save
+
+    state_dict = {k: v.detach().contiguous() for k, v in model.embedder.state_dict().items()}
+    atomic_write_bytes(run.embedder_path(version), save(state_dict, metadata=_embedder_metadata(model.spec)))
 
 
 def _load_embedder(run: Run, model, version: str | None) -> None:
+    """Load a fine-tuned embedder, after checking it was trained as the run's settings build it."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    if version and version != BASE_EMBEDDER:
-        model.embedder.load_state_dict(load_file(str(run.embedder_dir / f"{version}.safetensors")), strict=True)
+    if not version or version == BASE_EMBEDDER:
+        return
+    path = run.embedder_path(version)
+    advice = "put settings.json back as it was when the run started, or start a new run"
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state_dict = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise TrapkitError(f"cannot read the embedder weights {path} ({e.__class__.__name__}); the run folder is "
+                           "damaged: restore it, or start a new run") from None
+    expected = _embedder_metadata(model.spec)
+    differ = [f"{k} {meta[k]} (settings: {expected[k]})" for k in _EMBEDDER_KEYS if k in meta and meta[k] != expected[k]]
+    if differ:
+        raise TrapkitError(f"{path} was trained with other model settings: {', '.join(differ)}; {advice}")
+    try:
+        model.embedder.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[-1].strip()[:120]
+        raise TrapkitError(f"{path} does not fit the model the run's settings build ({first}); {advice}") from None
 
 
-def _labels_of(df, rows: np.ndarray, classes: list[str]) -> np.ndarray:
+def _labels_of(df, rows: np.ndarray, classes) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[c] for c in df["label"].to_numpy()[rows]], dtype=np.int64)
 
 
-def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int) -> RoundResult:
+@dataclass
+class _Round:
+    """What one round works on, built up as it goes."""
+
+    run: Run
+    settings: RunSettings
+    state: RunState
+    df: object  # the manifest (pandas DataFrame)
+    n: int
+    items: list[Item]
+    classes: tuple[str, ...]
+    emb: np.ndarray | None = None  # (N, D) float16, row i = manifest row i
+    probs: np.ndarray | None = None  # (N, C) float32
+    trained: np.ndarray | None = None  # rows the head learned from
+    cluster: object = None  # trapkit.cluster.ClusterSettings: the items are embedded on that Ray cluster
+
+
+def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, cluster=None) -> RoundResult:
     import torch
 
     from trapkit.train import head
     from trapkit.train.model import build_model, save_model
 
-    classes = list(state.classes)
+    classes = tuple(state.classes)
     torch.manual_seed(settings.select.seed)
     model = build_model(_spec(settings, classes, _run_taxonomy(run, classes)),
                         settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
-    paths = run.image_paths(df, settings)
-    version = _finetune_if_due(run, settings, state, df, model, paths, n)
+    r = _Round(run, settings, state, df, n, run.items(df, settings), classes, cluster=cluster)
+    version = _finetune_if_due(r, model)
     _stage("finetuned")
-    emb = _embed_all(run, df, model, paths, version)
+    r.emb = _embed_all(r, model, version)
     _stage("embedded")
 
     # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
-    labelled = np.flatnonzero(_labelled_mask(df))
-    if not len(labelled):
+    r.trained = np.flatnonzero(_trained_mask(df))
+    if not len(r.trained):
         raise TrapkitError("no readable labelled images; check the --labelled folder")
-    y = _labels_of(df, labelled, classes)
+    y = _labels_of(df, r.trained, classes)
     init = None
     if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
         from trapkit.train.model import load_model
 
         init = load_model(run.model_dir).head
-    model.head = head.fit_head(emb[labelled], y, len(classes), settings.model.head_hidden, settings.head,
+    model.head = head.fit_head(r.emb[r.trained], y, len(classes), settings.model.head_hidden, settings.head,
                                seed=settings.select.seed + n, init=init)
     save_model(run.model_dir, model)
-    probs = head.predict(model.head, emb)  # (N, C)
-    m = _evaluate(run, df, probs, classes, n, len(labelled))
+    r.probs = head.predict(model.head, r.emb)  # (N, C)
+    m = _evaluate(r)
     _stage("model-saved")
 
-    chosen = _request(run, settings, df, probs, emb, labelled, np.bincount(y, minlength=len(classes)), classes, n)
+    chosen = _request(r, np.bincount(y, minlength=len(classes)))
     settings.save(run.round_dir(n) / "settings.json")
     _stage("request-written")
 
-    # Commit, then drop caches of older embedder versions.
-    state.round, state.embedder_version, state.labels_at_round = n, version, int(len(labelled))
+    # Commit (settings first: a round that fails never changes them), then drop older embedder versions.
+    settings.save(run.settings_path)
+    state.round, state.embedder_version, state.labels_at_round = n, version, int(len(r.trained))
     run.save_state(state)
     for old in [*run.embeddings_dir.glob("*.npy"), *run.embedder_dir.glob("*.safetensors")]:
         if old.stem != version:
             old.unlink(missing_ok=True)
-    log.debug("round %d: %d labels, validation accuracy %s (%d images); requested %d images in %s",
-             n, len(labelled), m["accuracy"], m["n"], len(chosen), run.request_path(n))
-    return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(labelled)), m)
+    log.debug("round %d: %d labels, validation accuracy %s (%d items); requested %d items in %s",
+              n, len(r.trained), m["accuracy"], m["n"], len(chosen), run.request_path(n))
+    return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(r.trained)), m)
 
 
-def _finetune_if_due(run: Run, settings: RunSettings, state: RunState, df, model, paths, n: int) -> str:
+def _finetune_if_due(r: _Round, model) -> str:
     """Finetune on the seed, and again once `finetune.every` new labels arrived. Returns the embedder version."""
-    from safetensors.torch import save
-
     from trapkit.train import finetune
 
-    labelled = np.flatnonzero(_labelled_mask(df))
-    due = state.embedder_version is None or len(labelled) - state.labels_at_finetune >= settings.finetune.every
+    settings, state = r.settings, r.state
+    trained = np.flatnonzero(_trained_mask(r.df))
+    due = state.embedder_version is None or len(trained) - state.labels_at_finetune >= settings.finetune.every
     if not due or settings.finetune.epochs <= 0:
         return state.embedder_version or BASE_EMBEDDER
-    finetune.finetune(model, [paths[i] for i in labelled], _labels_of(df, labelled, list(state.classes)),
-                      len(state.classes), settings.finetune, seed=settings.select.seed + n)
-    version = f"r{n:03d}"
-    run.embeddings_path(version).unlink(missing_ok=True)  # left by an attempt killed after its finetune
-    state_dict = {k: v.detach().contiguous() for k, v in model.embedder.state_dict().items()}
-    atomic_write_bytes(run.embedder_dir / f"{version}.safetensors", save(state_dict))
-    state.labels_at_finetune = len(labelled)
+    finetune.finetune(model, [r.items[i] for i in trained], _labels_of(r.df, trained, r.classes), len(r.classes),
+                      settings.finetune, seed=settings.select.seed + r.n)
+    version = f"r{r.n:03d}"
+    r.run.embeddings_path(version).unlink(missing_ok=True)  # left by an attempt killed after its finetune
+    _save_embedder(r.run, model, version)
+    state.labels_at_finetune = len(trained)
     return version
 
 
-def _embed_all(run: Run, df, model, paths, version: str) -> np.ndarray:
-    """(N, D) float16 memmap for every manifest row; unreadable images are recorded in the manifest, never fatal."""
+def _embed_all(r: _Round, model, version: str) -> np.ndarray:
+    """(N, D) float16 memmap for every manifest row; unreadable images are recorded in the manifest, never
+    fatal, and the images' EXIF times are stored for sequences."""
     from trapkit.train import embed
 
-    path = run.embeddings_path(version)
+    df, path = r.df, r.run.embeddings_path(version)
     cached = embed.open_embeddings(path) if path.is_file() else None
     if cached is None or len(cached) != len(df):
-        failures = embed.extract(model, paths, path, skip=(df["status"] != "ok").to_numpy(), reuse=cached)
-        for i, reason in failures.items():
-            df.at[i, "status"], df.at[i, "reason"] = "unreadable", reason
-        if failures:
-            run.save_manifest(df)
-            log.warning("%d unreadable image(s) recorded in %s", len(failures), run.manifest_path)
+        result = embed.extract(model, r.items, path, skip=(df["status"] != OK).to_numpy(), reuse=cached,
+                               cluster=r.cluster)
+        changed = bool(result.failures)
+        for i, reason in result.failures.items():
+            df.at[i, "status"], df.at[i, "reason"] = UNREADABLE, reason
+        times = df["time"].to_numpy()
+        for i, taken in result.times.items():
+            if times[i] != taken:
+                df.at[i, "time"], changed = taken, True
+        if changed:
+            r.run.save_manifest(df)
+        if result.failures:
+            log.warning("%d unreadable item(s) recorded in %s", len(result.failures), r.run.manifest_path)
     return embed.open_embeddings(path)
 
 
-def _evaluate(run: Run, df, probs: np.ndarray, classes: list[str], n: int, n_labelled: int) -> dict:
+def _evaluate(r: _Round) -> dict:
     """Metrics on the held-out validation set (never the pool) into rounds/NNN/ and model/metrics.json."""
     from trapkit.train import metrics
 
-    val = np.flatnonzero(((df["split"] == "validation") & (df["status"] == "ok")).to_numpy())
+    df, classes = r.df, list(r.classes)
+    val = np.flatnonzero(((df["split"] == VALIDATION) & (df["status"] == OK)).to_numpy())
     val = val[np.isin(df["label"].to_numpy()[val], classes)]
-    m = metrics.compute(_labels_of(df, val, classes), probs[val].argmax(axis=1), classes)
-    metrics.write(run.round_dir(n), m | {"round": n, "labelled": n_labelled}, classes)
+    m = metrics.compute(_labels_of(df, val, classes), r.probs[val].argmax(axis=1), classes)
+    metrics.write(r.run.round_dir(r.n), m | {"round": r.n, "labelled": int(len(r.trained))}, classes)
     card = {k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "micro_precision", "micro_recall",
                               "per_class_recall")}
-    atomic_write_json(run.model_dir / "metrics.json",
-                      {"round": n, "labels": n_labelled, **card, "validation_images": int(len(val))})
+    # One meaning per key, in both metrics files: `labelled` counts the items trained on.
+    atomic_write_json(r.run.model_dir / "metrics.json",
+                      {"format_version": METRICS_FORMAT_VERSION, "round": r.n, "labelled": int(len(r.trained)),
+                       **card, "validation_images": int(len(val))})
     return m
 
 
-def _request(run: Run, settings: RunSettings, df, probs, emb, labelled, counts, classes, n: int) -> np.ndarray:
-    """Select and write request n. Unanswered images of the last request stay requested; new picks fill the batch."""
+def _sequences(r: _Round) -> np.ndarray:
+    """(N,) sequence id of every row (-1 outside the pool): same folder, EXIF times within the gap
+    (`trapkit.sequences`, the grouping `classify --smooth` uses). An image's detections share its sequence."""
+    from trapkit.sequences import sequence_ids
+
+    df = r.df
+    pool = np.flatnonzero((df["split"] == POOL).to_numpy())
+    paths, times = df["path"].to_numpy()[pool], df["time"].to_numpy()[pool]
+    first = {}
+    for p, t in zip(paths, times):
+        first.setdefault(p, t)
+    images = list(first)
+    ids = dict(zip(images, sequence_ids(images, [first[p] or None for p in images], r.settings.select.sequence_gap)))
+    out = np.full(len(df), -1, np.int64)
+    out[pool] = [ids[p] for p in paths]
+    return out
+
+
+def _pick(r: _Round, candidates: np.ndarray, taken: np.ndarray, k: int, counts: np.ndarray,
+          sequence: np.ndarray | None) -> np.ndarray:
     from trapkit.train import strategies
 
-    candidates = np.flatnonzero(((df["split"] == "pool") & (df["label"] == "") & (df["status"] == "ok")).to_numpy())
-    paths = df["path"].to_numpy()
+    pool = strategies.Pool(r.probs, r.emb, candidates, r.trained, counts)
+    if sequence is None:
+        return strategies.select(r.settings.select.strategy, pool, k, seed=r.settings.select.seed + r.n)
+    return strategies.select_per_sequence(r.settings.select.strategy, pool, k, sequence, taken=taken,
+                                          seed=r.settings.select.seed + r.n)
+
+
+def _request(r: _Round, counts: np.ndarray) -> np.ndarray:
+    """Select and write request n. Unanswered items of the last request stay requested; new picks fill the batch;
+    items whose image is gone are marked unreadable and replaced."""
+    from trapkit.train import strategies
+
+    run, df, n, batch = r.run, r.df, r.n, r.settings.select.batch
+    candidates = np.flatnonzero(_candidate_mask(df))
+    paths, detections = df["path"].to_numpy(), df["detection"].to_numpy()
+    sequence = _sequences(r)
     carried = np.zeros(0, np.int64)
-    if n > 1 and run.request_path(n - 1).is_file():
-        _, previous = labels_mod.read_request(run.request_path(n - 1))
-        carried = candidates[np.isin(paths[candidates], list(previous))]
-        if len(carried) > settings.select.batch:  # --batch was lowered: keep the most uncertain unanswered images
-            carried = carried[np.argsort(strategies.margin_scores(probs[carried]), kind="stable")]
-            carried = np.sort(carried[: settings.select.batch])
-    fresh = np.zeros(0, np.int64)
-    if settings.select.batch > len(carried):
-        pool = strategies.Pool(probs, emb, np.setdiff1d(candidates, carried), labelled, counts)
-        fresh = strategies.select(settings.select.strategy, pool, settings.select.batch - len(carried),
-                                  seed=settings.select.seed + n)
-    chosen = np.concatenate([carried, fresh])
-    labels_mod.write_request(run.request_path(n), paths[candidates].tolist(), set(paths[chosen].tolist()))
-    labels_mod.write_guesses(run.guesses_path(n), [
-        (paths[i], classes[int(probs[i].argmax())], float(probs[i].max())) for i in chosen])
+    if n > 1:
+        previous = {(g.path, "" if g.detection is None else str(g.detection))
+                    for g in labels_mod.selected_items(run, n - 1, df)}
+        carried = np.array([i for i in candidates if (paths[i], detections[i]) in previous], np.int64)
+        if len(carried) > batch:  # --batch was lowered: keep the most uncertain unanswered items
+            carried = carried[np.argsort(strategies.margin_scores(r.probs[carried]), kind="stable")]
+            carried = np.sort(carried[:batch])
+    carried = _present(r, carried)
+    chosen = carried
+    per_sequence = sequence if r.settings.sequence_aware else None
+    while len(chosen) < batch:
+        rest = np.setdiff1d(np.flatnonzero(_candidate_mask(df)), chosen)
+        if not len(rest):
+            break
+        picked = _present(r, _pick(r, rest, chosen, batch - len(chosen), counts, per_sequence))
+        chosen = np.concatenate([chosen, picked])
+    candidates = np.flatnonzero(_candidate_mask(df))
+    images = list(dict.fromkeys(paths[candidates].tolist()))  # one request row per image, manifest order
+    labels_mod.write_request(run.request_path(n), images, set(paths[chosen].tolist()))
+    labels_mod.write_guesses(run.guesses_path(n), [_guess(r, i) for i in chosen])
+    atomic_write_json(run.round_dir(n) / "request.json", {
+        "format_version": REQUEST_FORMAT_VERSION, "items": int(len(chosen)),
+        "images": len(set(paths[chosen].tolist())), "sequences": len(set(sequence[chosen].tolist())),
+        "per_sequence": r.settings.sequence_aware})
     return chosen
+
+
+def _present(r: _Round, rows: np.ndarray) -> np.ndarray:
+    """`rows` whose image file is still there; the others are marked unreadable (never asked about again)."""
+    missing = [i for i in rows if not r.items[i].path.is_file()]
+    if not missing:
+        return rows
+    from trapkit.images import FAILURE_MISSING
+
+    for i in missing:
+        r.df.at[i, "status"], r.df.at[i, "reason"] = UNREADABLE, f"{FAILURE_MISSING}: {r.items[i].path}"
+    r.run.save_manifest(r.df)
+    log.warning("%d pool image(s) were deleted since they were embedded; recorded as unreadable", len(missing))
+    return np.setdiff1d(rows, missing)
+
+
+def _guess(r: _Round, i: int) -> labels_mod.Guess:
+    """The model's guess for row i; a season's first round shows the classifier's guess from its file."""
+    df = r.df
+    detection, box = df.at[i, "detection"], df.at[i, "bbox"]
+    if df.at[i, "prior_guess"] and df.at[i, "added_round"] == r.n:
+        guess, conf = df.at[i, "prior_guess"], float(df.at[i, "prior_confidence"] or "nan")
+    else:
+        guess, conf = r.classes[int(r.probs[i].argmax())], float(r.probs[i].max())
+    return labels_mod.Guess(df.at[i, "path"], int(detection) if detection else None,
+                            tuple(float(v) for v in box.split()) if box else None, guess,
+                            None if conf != conf else conf)
 
 
 # -- status ---------------------------------------------------------------------------------
 
 def status(run_dir: str | Path) -> dict:
     """Labels per class, rounds, latest metrics, and what to do next."""
-    import json
+    from trapkit.typed_json import read_versioned
 
     run = Run(run_dir)
-    state = run.load_state()
-    df = run.load_manifest()
-    lab = df[_labelled_mask(df)]
-    per_class = {c: int((lab["label"] == c).sum()) for c in _classes(state, df)}
-    pool = df[df["split"] == "pool"]
-    metrics_path = run.round_dir(state.round) / "metrics.json"
-    latest = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    inbox = sorted(p.name for p in run.inbox_dir.glob("*.csv")) if run.inbox_dir.is_dir() else []
-    request = run.request_path(state.round)
-    history = []
-    for n in range(1, state.round + 1):
-        path = run.round_dir(n) / "metrics.json"
-        if path.is_file():
-            d = json.loads(path.read_text())
-            history.append({"round": n, "labelled": d.get("labelled"), "accuracy": d.get("accuracy")})
-    if state.round == 0:
-        todo = "'trapkit al init' did not finish; run it again with the same options"
-    elif inbox:
-        todo = f"answers waiting in {run.inbox_dir}: run 'trapkit al next {run.root}'"
-    else:
-        todo = f"label the Selected rows of {request} (Species column), then 'trapkit al next {run.root} --labels FILE'"
-    return {
-        "round": state.round,
-        "labels_per_class": per_class,
-        "labelled": int(len(lab)),
-        "pool_unlabelled": int(((pool["label"] == "") & (pool["status"] == "ok")).sum()),
-        "unreadable": int((df["status"] != "ok").sum()),
-        "validation_images": int((df["split"] == "validation").sum()),
-        "metrics": {k: latest.get(k) for k in ("accuracy", "macro_precision", "macro_recall") if k in latest},
-        "request": str(request),
-        "inbox": inbox,
-        "next": todo,
-        "history": history,
-        "stopping": stopping_hint(history),
-        "problems": state.scan_problems,
-    }
+    run.require()
+    with run.logging("al status"):
+        state = run.load_state()
+        df = run.load_manifest()
+        lab = df[_trained_mask(df)]
+        per_class = {c: int((lab["label"] == c).sum()) for c in head_classes(state.classes, df)}
+        pool = df[df["split"] == POOL]
+        advice = "the run folder is damaged; rerun 'trapkit al next' to write it again"
+
+        def read(path: Path, version: int = METRICS_FORMAT_VERSION) -> dict:
+            return read_versioned(path, version, "round file", advice) if path.is_file() else {}
+
+        latest = read(run.round_dir(state.round) / "metrics.json")
+        inbox = sorted(p.name for p in run.inbox_dir.glob("*.csv")) if run.inbox_dir.is_dir() else []
+        request = run.request_path(state.round)
+        history = []
+        for n in range(1, state.round + 1):
+            d = read(run.round_dir(n) / "metrics.json")
+            asked = read(run.round_dir(n) / "request.json", REQUEST_FORMAT_VERSION)
+            if d:
+                history.append({"round": n, "labelled": d.get("labelled"), "accuracy": d.get("accuracy"),
+                                "asked": asked.get("items"), "asked_sequences": asked.get("sequences")})
+        if state.round == 0:
+            todo = "'trapkit al init' did not finish; run it again with the same options"
+        elif inbox:
+            todo = f"answers waiting in {run.inbox_dir}: run 'trapkit al next {run.root}'"
+        else:
+            todo = (f"label the Selected rows of {request} (Species column), then 'trapkit al next {run.root} "
+                    "--labels FILE'")
+        return {
+            "round": state.round,
+            "labels_per_class": per_class,
+            "labelled": int(len(lab)),
+            "wrong_boxes": int((df["label"] == WRONG_BOX).sum()),
+            "pool_unlabelled": int(((pool["label"] == "") & (pool["status"] == OK)).sum()),
+            "pool_images_without_detections": state.images_without_detections,
+            "unreadable": int((df["status"] != OK).sum()),
+            "validation_images": int((df["split"] == VALIDATION).sum()),
+            "metrics": {k: latest.get(k) for k in ("accuracy", "macro_precision", "macro_recall") if k in latest},
+            "request": str(request),
+            "inbox": inbox,
+            "next": todo,
+            "history": history,
+            "stopping": stopping_hint(history),
+            "problems": list(state.scan_problems),
+        }
 
 
 def stopping_hint(history: list[dict], rounds: int = 3, min_gain: float = 0.01) -> str | None:
@@ -445,22 +814,28 @@ CURVE_COLUMNS = ("labels", "accuracy", "macro_recall", "strategy", "seed")
 
 def simulate(out: str | Path, settings: RunSettings, oracle: str | Path, budget: int,
              allow_new_classes: bool = False) -> list[dict]:
-    """The loop with a CSV of true labels answering each request, until `budget` pool labels; writes curve.csv/png."""
-    truth = {a.path: a.species for a in labels_mod.read_answers(oracle)}
+    """The loop with a CSV of true labels answering each request, until `budget` pool labels; writes curve.csv/png.
+
+    The oracle answers per image (`File, RelativePath, Species`: every selected detection of the image) or
+    per detection (with `Detection`); a detection's own row wins over its image's.
+    """
+    truth = {a.key: a.species for a in read_answers(oracle)}
     run = Run(out)
     if run.state_path.is_file() and run.load_state().round > 0:
         raise TrapkitError(f"{run.root} already holds a run; give --out a new folder")
     result = init_run(out, settings)
-    seed_labels = result.labels
     curve = [_curve_row(result, settings)]
     _write_curve(run, curve)
-    while result.labels - seed_labels < budget and result.requested:
-        selected = [i.path for i in labels_mod.current_request(out)]
-        missing = [p for p in selected if p not in truth]
+    spent = 0
+    while spent < budget and result.requested:
+        items = labels_mod.current_request(out)
+        answers = {it.key: truth.get(it.key) or truth.get((it.path, None)) for it in items}
+        missing = [f"{p}" + ("" if d is None else f" detection {d}") for (p, d), s in answers.items() if not s]
         if missing:
-            raise TrapkitError(f"--oracle has no label for {len(missing)} requested image(s), e.g. {missing[:3]}")
-        take = selected[: budget - (result.labels - seed_labels)]
-        labels_mod.save_answers(out, {p: truth[p] for p in take}, allow_new_classes=True)
+            raise TrapkitError(f"--oracle has no label for {len(missing)} requested item(s), e.g. {missing[:3]}")
+        take = dict(list(answers.items())[: budget - spent])
+        labels_mod.save_answers(out, take, allow_new_classes=True)
+        spent += len(take)
         result = next_round(out, allow_new_classes=allow_new_classes)
         curve.append(_curve_row(result, settings))
         _write_curve(run, curve)
@@ -492,7 +867,7 @@ def curve_png(curves: dict[str, list[dict]]) -> bytes:
     for name, rows in curves.items():
         accuracy = [float("nan") if r["accuracy"] is None else r["accuracy"] for r in rows]  # NaN: not drawn
         ax.plot([r["labels"] for r in rows], accuracy, marker="o", markersize=3, label=name)
-    ax.set_xlabel("labelled images")
+    ax.set_xlabel("labelled items")
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend()

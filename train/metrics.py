@@ -48,10 +48,15 @@ def shown(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+FORMAT_VERSION = 2  # 2: the class list is `classes` (it was `labels`, which model/metrics.json uses for a count)
+
+
 def write(directory: Path, metrics: dict, labels: list[str]) -> None:
-    """metrics.json, confusion.csv and confusion.png (class names on both axes) into `directory`."""
+    """metrics.json (with the class list as `classes`), confusion.csv and confusion.png (class names on both
+    axes) into `directory`."""
     m = np.asarray(metrics["confusion"])
-    atomic_write_json(directory / "metrics.json", {k: v for k, v in metrics.items() if k != "confusion"} | {"labels": labels})
+    atomic_write_json(directory / "metrics.json", {"format_version": FORMAT_VERSION} | {
+        k: v for k, v in metrics.items() if k != "confusion"} | {"classes": list(labels)})
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["true \\ predicted", *labels])

@@ -4,22 +4,26 @@ Resolution is defaults < config file (JSON) < command-line flags. The
 resolved settings are stored in `RUN/settings.json` at `al init` and copied
 into `RUN/rounds/NNN/settings.json` for every round, so any round can be
 explained later. Flags given to `al next` (strategy, batch, finetune cadence)
-update the stored settings for that round and the ones after.
+update the stored settings for that round and the ones after, once the round
+has finished: a failed `al next` leaves `settings.json` as it was.
+
+The dataclasses are the only source of defaults: the command line's flags
+(`FLAGS`) default to None ("not given") and state the defaults in their help
+from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
-from trapkit.typed_json import checked
+from trapkit.typed_json import checked, read_json, read_versioned
 
-SETTINGS_FORMAT_VERSION = 1
+SETTINGS_FORMAT_VERSION = 2  # 2: detections, crop policy, sequences, seasons
 LOSSES = ("softmax", "triplet")
 MININGS = ("batch-hard", "semi-hard")
 
@@ -29,8 +33,19 @@ class DataSettings:
     labelled: str = ""
     unlabelled: str = ""
     validation: str | None = None
-    # Used only when no validation folder is given: a stratified share of the seed held out.
+    # Used only when no validation folder is given: a stratified share of the seed held out (whole images).
     validation_fraction: float = 0.2
+    # MegaDetector files (paths relative to their own tree). With `detections`, every qualifying detection
+    # of the pool is one item; without `seed_detections` (`validation_detections`) the seed (validation)
+    # images are crops already made (the mewc-snip layout).
+    detections: str | None = None
+    seed_detections: str | None = None
+    validation_detections: str | None = None
+    threshold: float = 0.1  # detections at or above this confidence are items
+    categories: tuple[str, ...] = ("animal",)  # in these MegaDetector categories (any case)
+    # Seasons added by `al next --add-pool DIR [--detections MD.json]`: folders inside the pool folder.
+    seasons: tuple[str, ...] = ()
+    season_detections: tuple[str, ...] = ()  # one per season with detections ('' for a whole-image run)
 
 
 @dataclass
@@ -40,6 +55,8 @@ class ModelSettings:
     feat_dim: int = 256
     input_size: int | None = None  # None: what the backbone's pretrained weights expect
     resize_mode: str = "squash"
+    interpolation: str = "bilinear"
+    crop_margin: float = 0.1  # context around a detection box, as a fraction of its longer side
     head_hidden: tuple[int, ...] = (230, 100)
 
 
@@ -78,6 +95,10 @@ class SelectSettings:
     strategy: str = "margin"
     batch: int = 100
     seed: int = 0
+    # At most one item per camera-trap sequence (same folder, EXIF times within `sequence_gap` seconds) in a
+    # round, unless the pool runs out. None: on for runs on detections, off for whole images.
+    per_sequence: bool | None = None
+    sequence_gap: float = 60.0
 
 
 @dataclass
@@ -96,30 +117,48 @@ class RunSettings:
     def from_dict(cls, d: dict) -> RunSettings:
         return _merge(cls(), d, "settings")
 
+    @property
+    def on_detections(self) -> bool:
+        """Items are MegaDetector detections (not whole images)."""
+        return self.data.detections is not None
+
+    @property
+    def sequence_aware(self) -> bool:
+        """Whether selection asks about at most one item per sequence in a round."""
+        return self.on_detections if self.select.per_sequence is None else self.select.per_sequence
+
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> RunSettings:
         path = Path(path)
+        advice = "put back the settings.json 'trapkit al init' wrote, or start a new run"
         if not path.is_file():
             raise TrapkitError(f"no settings at {path}; is this a run folder made by 'trapkit al init'?")
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as e:
-            raise TrapkitError(f"{path} is not valid JSON ({e}); fix or delete the file") from None
+        d = read_versioned(path, SETTINGS_FORMAT_VERSION, "run settings", advice)
+        return cls.from_dict({k: v for k, v in d.items() if k != "format_version"} |
+                             {"format_version": SETTINGS_FORMAT_VERSION})
 
 
-# Flat flag name -> (section, field). A flag left at None means "not given".
+# Flat flag name -> (section, field): the command line's flags are these, each `--flag-name`.
+# A flag left at None means "not given"; its default is the dataclass field's (`default_of`).
 FLAGS = {
     "labelled": ("data", "labelled"),
     "unlabelled": ("data", "unlabelled"),
     "validation": ("data", "validation"),
     "validation_fraction": ("data", "validation_fraction"),
+    "detections": ("data", "detections"),
+    "seed_detections": ("data", "seed_detections"),
+    "validation_detections": ("data", "validation_detections"),
+    "threshold": ("data", "threshold"),
+    "categories": ("data", "categories"),
     "backbone": ("model", "backbone"),
     "weights": ("model", "weights"),
     "feat_dim": ("model", "feat_dim"),
     "input_size": ("model", "input_size"),
+    "interpolation": ("model", "interpolation"),
+    "crop_margin": ("model", "crop_margin"),
     "loss": ("finetune", "loss"),
     "mining": ("finetune", "mining"),
     "finetune_epochs": ("finetune", "epochs"),
@@ -127,23 +166,29 @@ FLAGS = {
     "strategy": ("select", "strategy"),
     "batch": ("select", "batch"),
     "seed": ("select", "seed"),
+    "per_sequence": ("select", "per_sequence"),
+    "sequence_gap": ("select", "sequence_gap"),
     "head_max_epochs": ("head", "max_epochs"),
 }
+FILE_FLAGS = ("labelled", "unlabelled", "validation", "detections", "seed_detections", "validation_detections")
+
+
+def default_of(flag: str):
+    """The default of the setting behind `flag`, for help texts that state it without restating it."""
+    section, key = FLAGS[flag]
+    return getattr(getattr(RunSettings(), section), key)
 
 
 def resolve(config: str | Path | None = None, flags: dict | None = None, base: RunSettings | None = None) -> RunSettings:
     """defaults (or `base`) < config file < flags; then validated."""
     from trapkit.train.backbones import WEIGHT_SOURCES
 
-    settings = base or RunSettings()
+    settings = RunSettings.from_dict(base.to_dict()) if base is not None else RunSettings()  # `base` unchanged
     if config is not None:
         path = Path(config)
         if not path.is_file():
             raise TrapkitError(f"config file {path} does not exist; check the --config path")
-        try:
-            settings = _merge(settings, json.loads(path.read_text(encoding="utf-8")), str(path))
-        except json.JSONDecodeError as e:
-            raise TrapkitError(f"config file {path} is not valid JSON ({e})") from None
+        settings = _merge(settings, read_json(path, "config file", "fix the JSON"), str(path))
     for name, value in (flags or {}).items():
         if value is None:
             continue
@@ -151,9 +196,9 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
             raise TrapkitError(f"unknown setting {name!r}")
         section, key = FLAGS[name]
         setattr(getattr(settings, section), key, value)
-    # Folders and weight files are stored absolute, so later commands (and the labelling page) work from any
-    # directory.
-    for key in ("labelled", "unlabelled", "validation"):
+    # Folders, files and weight files are stored absolute, so later commands (and the labelling page) work
+    # from any directory.
+    for key in FILE_FLAGS:
         if getattr(settings.data, key):
             setattr(settings.data, key, str(Path(getattr(settings.data, key)).resolve()))
     if settings.model.weights not in WEIGHT_SOURCES:
@@ -163,6 +208,8 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
 
 
 def validate(s: RunSettings) -> None:
+    from trapkit.flags import only_with
+    from trapkit.spec import INTERPOLATIONS
     from trapkit.train.strategies import STRATEGIES
 
     if s.finetune.loss not in LOSSES:
@@ -188,6 +235,21 @@ def validate(s: RunSettings) -> None:
     if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0):
         raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2} and weight_decay "
                            f"{h.weight_decay} at least 0); fix the config file")
+    if not 0.0 <= s.data.threshold <= 1.0:
+        raise TrapkitError(f"--threshold {s.data.threshold} is out of range; use a detection confidence in [0, 1]")
+    if not s.data.categories or not all(s.data.categories):
+        raise TrapkitError("--categories needs at least one MegaDetector category name, such as animal")
+    if not 0.0 <= s.model.crop_margin <= 2.0:
+        raise TrapkitError(f"--crop-margin {s.model.crop_margin} is out of range; use a fraction between 0 and 2")
+    if s.model.interpolation not in INTERPOLATIONS:
+        raise TrapkitError(f"unknown interpolation {s.model.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+    if s.select.sequence_gap < 0:
+        raise TrapkitError(f"--sequence-gap must be 0 or more seconds, got {s.select.sequence_gap}")
+    only_with("--detections POOL_MD.json", s.data.detections is not None,
+              {"--seed-detections": s.data.seed_detections is not None,
+               "--validation-detections": s.data.validation_detections is not None})
+    only_with("--validation DIR", s.data.validation is not None,
+              {"--validation-detections": s.data.validation_detections is not None})
 
 
 def _merge(obj, d: dict, where: str):

@@ -15,6 +15,9 @@ centre at a time, never as an N x N matrix.
 - badge: k-means++ seeding on gradient embeddings (p - onehot(argmax)) x z (uncertain and diverse).
 - balanced_margin: class-balance aware for long-tailed data: the batch is shared among predicted
   classes in inverse proportion to their labelled counts, lowest margin first within each.
+
+`select_per_sequence` wraps any of them for camera traps: at most one item per sequence (a burst of
+photos, `trapkit.sequences`) in a batch, unless the pool runs out of sequences.
 """
 
 from __future__ import annotations
@@ -35,10 +38,6 @@ class Pool:
     candidates: np.ndarray  # (M,) int rows that may be picked: unlabelled, readable
     labelled: np.ndarray  # (L,) int rows already labelled
     label_counts: np.ndarray | None = None  # (C,) labelled examples per class
-
-
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _gather(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -219,3 +218,35 @@ def select(strategy: str, pool: Pool, batch: int, seed: int = 0) -> np.ndarray:
         return np.zeros(0, np.int64)
     picked = np.asarray(STRATEGIES[strategy](pool, batch, np.random.default_rng(seed)), dtype=np.int64)
     return picked
+
+
+def select_per_sequence(strategy: str, pool: Pool, batch: int, sequence: np.ndarray, taken=(),
+                        seed: int = 0) -> np.ndarray:
+    """`select`, with at most one pick per sequence (`sequence`: (N,) id of every row) and none from the
+    sequences of `taken` rows; when every sequence has one, the rest of the batch comes from any candidate.
+
+    The strategy runs again on what is left after each pass (the picks so far count as labelled, so
+    diversity strategies spread around them) and keeps its first pick in each new sequence.
+    """
+    candidates = np.asarray(pool.candidates, dtype=np.int64)
+    taken = np.asarray(taken, dtype=np.int64)
+    used = set(sequence[taken].tolist())
+    chosen: list[int] = []
+    rest = candidates[~np.isin(sequence[candidates], list(used))]
+    for attempt in range(batch):
+        if len(chosen) >= batch or not len(rest):
+            break
+        sub = Pool(pool.probs, pool.embeddings, rest, np.concatenate([pool.labelled, taken, chosen]).astype(np.int64),
+                   pool.label_counts)
+        for i in select(strategy, sub, batch - len(chosen), seed=seed + attempt):
+            if sequence[i] not in used:
+                chosen.append(int(i))
+                used.add(int(sequence[i]))
+        rest = rest[~np.isin(sequence[rest], list(used))]
+    if len(chosen) < batch:  # the pool ran out of new sequences
+        left = np.setdiff1d(candidates, chosen)
+        if len(left):
+            sub = Pool(pool.probs, pool.embeddings, left, np.concatenate([pool.labelled, taken, chosen]).astype(np.int64),
+                       pool.label_counts)
+            chosen += select(strategy, sub, batch - len(chosen), seed=seed + batch).tolist()
+    return np.array(chosen, dtype=np.int64)

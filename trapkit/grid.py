@@ -56,13 +56,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from trapkit.answers import WRONG_BOX  # the reserved answer for "not an animal / wrong box": never a class
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, open_image
 from trapkit.web import WILDCARD_HOSTS, allowed_host_names, host_allowed
 
 log = logging.getLogger(__name__)
 
-WRONG_BOX = "[wrong box]"  # the reserved answer for "not an animal / wrong box": never a class
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 THUMB_SIZE = 224  # px; shown at about 150 CSS px, sharp on 1.5x screens

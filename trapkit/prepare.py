@@ -18,6 +18,7 @@ For one image:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -26,8 +27,11 @@ from PIL import Image
 
 from trapkit.crops import CropPolicy, crop_square, min_decode_size, region_needed
 from trapkit.errors import TrapkitError
-from trapkit.images import open_image, open_window, read_header, to_model_input, to_rgb
+from trapkit.images import (FAILURE_UNREADABLE, ImageReadError, open_image, open_window, read_header, safe_join,
+                            to_model_input, to_rgb)
 from trapkit.spec import INTERPOLATIONS, RESIZE_MODES, ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,35 @@ def prepare_image(path: str | Path, boxes: list | None, prep: Preprocessing) -> 
                                 header=header)
     crops = np.stack([crop_square(window, b, size, prep.margin, prep.interpolation) for b in boxes])
     return Prepared(crops, header.time, notes)
+
+
+@dataclass
+class Attempt:
+    """One work item of a batch job after `prepare_entry`: its crops, or the failure code and why."""
+
+    crops: np.ndarray | None  # (k, S, S, 3) uint8; None when the image could not be read
+    time: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    failure: str | None = None  # a trapkit.images.FAILURE_* code
+    message: str | None = None  # the details, for the log (may name local paths: never in shared results)
+
+
+def prepare_entry(root: str | Path | None, file: str, boxes: list | None, prep: Preprocessing) -> Attempt:
+    """`prepare_image` for `file` under `root` (through `safe_join`; `root=None`: `file` is already a full path)
+    that never raises for a bad image: a batch job of a million photos records the failure and goes on.
+
+    Every batch executor calls it (the local threads and the Ray tasks of `classify`, the embedding step).
+    """
+    try:
+        path = Path(file) if root is None else safe_join(root, file)
+        prepared = prepare_image(path, boxes, prep)
+        return Attempt(prepared.crops, prepared.time, prepared.warnings)
+    except ImageReadError as e:
+        return Attempt(None, failure=e.code, message=str(e))
+    except Exception as e:  # noqa: BLE001 - one strange file must not end a 100k-image run; recorded, not hidden
+        log.debug("unexpected error on %s", ascii(file), exc_info=True)
+        return Attempt(None, failure=FAILURE_UNREADABLE,
+                       message=f"{ascii(file)} could not be processed ({e.__class__.__name__}: {e})")
 
 
 def crops_from_image(img: Image.Image, boxes: list | None, prep: Preprocessing) -> np.ndarray:

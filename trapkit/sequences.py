@@ -29,6 +29,14 @@ def sequence_ids(files: list[str], times: list[str | None], gap_seconds: float) 
     Ids are 0, 1, ... in the order of each sequence's first image (by folder, then time).
     """
     ids = [-1] * len(files)
+    for n, group in enumerate(sequence_groups(files, times, gap_seconds)):
+        for i in group:
+            ids[i] = n
+    return ids
+
+
+def sequence_groups(files: list[str], times: list[str | None], gap_seconds: float) -> list[list[int]]:
+    """Indices of `files` grouped into sequences, each in time order, the groups sorted by first index."""
     by_folder: dict[str, list[tuple[datetime, int]]] = {}
     alone = []
     for i, (file, text) in enumerate(zip(files, times)):
@@ -48,7 +56,4 @@ def sequence_ids(files: list[str], times: list[str | None], gap_seconds: float) 
             current.append(i)
             last = taken
         groups.append(current)
-    for n, group in enumerate(sorted(groups)):
-        for i in group:
-            ids[i] = n
-    return ids
+    return sorted(groups)
