@@ -25,6 +25,12 @@ and the ratio of CPU time summed over all runs.
 
 Targets: pipeline >= 4x (a) and >= 70% of (b); --features costs < 5% of throughput.
 
+`--int8 RUN`: the pipeline end to end and inference alone with the fp32 graph and
+the int8 graph of one export folder (`trapkit export RUN --quantize int8`: what
+`trapkit classify --precision int8` runs), alternating, best of `--repeats`, and
+the int8/fp32 ratios; `--int8 auto` trains the camera-trap-like crops run of
+bench/trained_runs.py in the workdir first. CPU flags are printed beside them.
+
 `--video`: camera-trap video instead (`trapkit[video]`). H.264 MP4s at 1280x720,
 10 fps, encoded from the bundled photos, with MegaDetector frame-level results
 for every 5th frame (each frame carries its photo's boxes). Timed in the same
@@ -33,7 +39,7 @@ wanted frames converted to RGB), inference alone on the same crops pre-made,
 and `classify_images` end to end; frames per second decoded and classified.
 
     .venv/bin/python bench/bench_classify.py [--images 96] [--naive-crops 40] [--repeats 3] [--workdir DIR]
-        [--fallbacks] [--features] [--features-only]
+        [--fallbacks] [--features] [--features-only] [--int8 RUN|auto]
     .venv/bin/python bench/bench_classify.py --video [--videos 8] [--frames 60] [--repeats 3]
 """
 
@@ -279,6 +285,8 @@ def main() -> None:
                     help="also time the pipeline with --features (embeddings written as a Parquet table)")
     ap.add_argument("--features-only", action="store_true",
                     help="time only the pipeline with and without --features (skip the baselines)")
+    ap.add_argument("--int8", metavar="RUN", default=None,
+                    help="time the fp32 and int8 graphs of RUN's export end to end ('auto': a run trained here)")
     ap.add_argument("--video", action="store_true", help="time camera-trap video instead (frames/s)")
     ap.add_argument("--videos", type=int, default=8, help="with --video: how many videos")
     ap.add_argument("--frames", type=int, default=60, help="with --video: frames per video")
@@ -310,6 +318,9 @@ def main() -> None:
         "trapkit defaults": Parallelism.for_cpus(cpus),
         "one batch at a time on all cores": Parallelism(workers=cpus, concurrency=1, threads=cpus),
     }
+    if args.int8:
+        compare_precisions(workdir, md_path, args.int8, configs["trapkit defaults"], args.batch_size, args.repeats)
+        return
     if args.features or args.features_only:
         compare_features(workdir, md_path, model, configs["trapkit defaults"], args.batch_size, args.repeats)
         if args.features_only:
@@ -348,6 +359,44 @@ def main() -> None:
             finally:
                 setattr(module, name, compiled)
             report(f"trapkit defaults, {what}", fallback, naive, inference["trapkit defaults"][0], best_b)
+
+
+def compare_precisions(workdir: Path, md_path: Path, source: str, par, batch: int, repeats: int) -> None:
+    """fp32 against int8 of one export folder: pipeline end to end and inference alone, alternating."""
+    from trapkit.export.pipeline import export_model
+    from trapkit.export.quantize import VariantSettings, cpu_flags
+    from trapkit.graph import GRAPH_FILENAMES
+
+    if source == "auto":
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from trained_runs import train_run
+
+        source = str(train_run("crops", workdir / "runs"))
+    export = workdir / "export-int8"
+    if not (export / GRAPH_FILENAMES["int8"]).is_file():
+        result = export_model(source, export, variant=VariantSettings(quantize="int8", min_agreement=0.0))
+        print(f"exported {source}: {result.agreement.summary()}")
+    graphs = {p: export / GRAPH_FILENAMES[p] for p in ("fp32", "int8")}
+    crops = premade_crops(workdir, md_path)
+    for graph in graphs.values():
+        bench_pipeline(workdir, md_path, graph, par, batch, 1)  # warm-up, not timed
+    pipeline, inference = {}, {}
+    for _ in range(repeats):  # alternated: on a shared machine both see the same quiet spells
+        for name, graph in graphs.items():
+            b = bench_inference(graph, crops, par, batch, 1)
+            p = bench_pipeline(workdir, md_path, graph, par, batch, 1)
+            inference[name] = max(inference.get(name, b), b)
+            pipeline[name] = min(pipeline.get(name, p), p)
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'none'}; {par.workers} decoders, {par.concurrency} batches in "
+          f"flight x {par.threads} threads; best of {repeats}")
+    for name in graphs:
+        seconds, cpu, n = pipeline[name]
+        print(f"  {name}: classify end to end {n / seconds:7.1f} crops/s ({1000 * cpu / n:.1f} CPU ms per crop); "
+              f"inference alone {inference[name][0]:7.1f} crops/s")
+    ratio = (pipeline["fp32"][0] / pipeline["int8"][0], inference["int8"][0] / inference["fp32"][0])
+    print(f"  int8 / fp32: end to end {ratio[0]:.2f}x, inference alone {ratio[1]:.2f}x")
 
 
 def compare_features(workdir: Path, md_path: Path, model: Path, par, batch: int, repeats: int) -> None:

@@ -15,7 +15,16 @@ a steadier figure, on 300 seeded random square crops of the bundled photos).
 Preprocessing (decode, resize) is outside every timing: all paths get the same
 (N, 224, 224, 3) uint8 arrays.
 
+`--runs DIR`: int8 on TRAINED models, the way `trapkit export RUN --quantize int8`
+makes it (calibrated on the run's own images, measured on its validation images):
+top-1 agreement with fp32, both accuracies, images/s at batch 1 and 32, for the
+two runs of bench/trained_runs.py (digits; camera-trap-like crops), trained
+through `trapkit al simulate` if DIR does not hold them yet. `--study` adds the
+measures one at a time, each with its figures: from the int8 of before issue 15
+(7-bit weights, calibrated on the bundled photos) to the default.
+
     .venv/bin/python bench/bench_export.py [--repeats 5] [--threads 0]
+    .venv/bin/python bench/bench_export.py --runs /tmp/trapkit-runs [--study]
 """
 
 from __future__ import annotations
@@ -107,12 +116,79 @@ def export_head(model, path: Path) -> None:
                           dynamic_axes={"embedding": {0: "n"}, "probs": {0: "n"}})
 
 
+STUDY = (  # (name, to_int8 keywords, calibrate on the bundled photos): each row adds one measure
+    ("before: 7-bit weights, bundled photos", dict(target="avx2", exclude=(), bias_correction=False, method="minmax"),
+     True),
+    ("+ the run's own images calibrate", dict(target="avx2", exclude=(), bias_correction=False, method="minmax"),
+     False),
+    ("+ 8-bit weights (vnni)", dict(target="vnni", exclude=(), bias_correction=False, method="minmax"), False),
+    ("+ bias correction", dict(target="vnni", exclude=(), method="minmax"), False),
+    ("+ first 3 convs float", dict(target="vnni", method="minmax"), False),
+    ("+ entropy calibration (default)", dict(target="vnni", method="entropy"), False),
+    ("default, percentile calibration instead", dict(target="vnni", method="percentile"), False),
+    ("default for --int8-target avx2", dict(target="avx2"), False),
+    ("default for --int8-target gpu (run on CPU)", dict(target="gpu"), False),
+)
+
+
+def trained_runs(workdir: Path, args) -> None:
+    """int8 of models trained through `al`: agreement and accuracy on their validation images, speed."""
+    import sys
+
+    from trapkit.export.calibration import calibration_images
+    from trapkit.export.onnx_export import load_source, ort_session, to_onnx_proto
+    from trapkit.export.quantize import (
+        VariantSettings, compare, cpu_flags, make_variant, run_calibration_images, run_validation_images, to_int8,
+    )
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trained_runs import KINDS, train_run
+
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'none'}; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at start")
+    for kind in KINDS:
+        run = train_run(kind, workdir)
+        model = load_source(run)
+        spec = model.spec
+        fp32 = to_onnx_proto(model).SerializeToString()
+        t0 = time.perf_counter()
+        int8, report = make_variant(fp32, spec, VariantSettings(quantize="int8", min_agreement=0.0), run_dir=run)
+        print(f"\n{kind} ({run}): trapkit export --quantize int8 in {time.perf_counter() - t0:.0f} s\n  {report.summary()}")
+        print(f"  accuracy loss {100 * (report.accuracy_fp32 - report.accuracy):+.2f} points")
+        held = run_validation_images(run, spec)
+        batch32 = np.concatenate([held.images] * 2)[:32]
+        graphs = {"fp32": fp32, "int8": int8}
+        if args.study:
+            own, bundled = run_calibration_images(run, spec), calibration_images(spec)
+            print(f"  {'measure':44} {'agreement':>9} {'accuracy':>8} {'max|dp|':>7}")
+            for name, options, on_bundled in STUDY:
+                data = to_int8(fp32, spec, bundled if on_bundled else own, **options)
+                r = compare(fp32, data, held, name)
+                graphs[name] = data
+                print(f"  {name:44} {r.agreement:9.4f} {r.accuracy:8.4f} {r.max_prob_diff:7.3f}", flush=True)
+            print(f"  {'fp32':44} {1:9.4f} {report.accuracy_fp32:8.4f}")
+        runners = {name: _ort_runner(ort_session(data, args.threads)) for name, data in graphs.items()
+                   if "gpu" not in name}
+        rates = measure(runners, {1: batch32[:1], 32: batch32}, args.repeats, {1: 16, 32: args.min_images})
+        print(f"  {'graph':44} {'batch 1':>8} {'batch 32':>8}  images/s (median of {args.repeats}), x fp32")
+        for name, r in rates.items():
+            print(f"  {name:44} {r[1]:8.1f} {r[32]:8.1f}  {r[1] / rates['fp32'][1]:.2f}x / "
+                  f"{r[32] / rates['fp32'][32]:.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per figure (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime/torch threads (0: all cores)")
     parser.add_argument("--min-images", type=int, default=32, help="images per timed round at batch 32 (batch 1: 16)")
+    parser.add_argument("--runs", type=Path, default=None, metavar="DIR",
+                        help="int8 on the models of bench/trained_runs.py in DIR (trained there if missing)")
+    parser.add_argument("--study", action="store_true", help="with --runs: each int8 measure's figures")
     args = parser.parse_args()
+    if args.runs:
+        trained_runs(args.runs, args)
+        return
 
     import torch
 
@@ -149,8 +225,10 @@ def main() -> None:
             on_more = top1_agreement(fp32, data, more_crops, kind)
             print(f"make {kind}: {time.perf_counter() - t0:.1f} s; top-1 agreement with fp32: "
                   f"{on_crops.agreement:.1%} on the {on_crops.images} bundled crops, "
-                  f"{agreement.agreement:.1%} on crops + photos ({agreement.images}), "
-                  f"{on_more.agreement:.1%} on {on_more.images} random crops of the photos")
+                  f"{agreement.agreement:.1%} on {agreement.images} {agreement.measured_on}, "
+                  f"{on_more.agreement:.1%} on {on_more.images} random crops of the photos"
+                  + (f"; target {agreement.int8_target}, CPU flags {' '.join(agreement.cpu_flags)}"
+                     if agreement.int8_target else ""))
         export_head(model, tmp / "head.onnx")
 
         pipelines = {"(a) fused fp32 onnxruntime": _ort_runner(ort_session(paths["fp32"], args.threads)),

@@ -1,21 +1,28 @@
-"""Learning curves on Fashion-MNIST (Debian's dataset-fashion-mnist): uniform vs active selection.
+"""Learning curves on Fashion-MNIST (Debian's dataset-fashion-mnist): uniform vs active selection, on `al`'s own path.
 
-What it measures: mean validation accuracy per label count for `uniform` and
-the given strategies, seed of 100 labels, batches of 100, a budget of 2,000,
-over 3 seeds, each strategy's mean accuracy over the budget minus
-uniform's, and how many labels each needs to reach uniform's final accuracy.
+What it measures, per strategy (`uniform` and the given ones), mean over seeds: validation
+accuracy at every label count (seed of 100 labels, batches of 100, a budget of 2,000), the
+first-round accuracy (the seed alone), the mean over the budget, and how many labels each
+strategy needs to reach uniform's final accuracy.
 
-Shortcut, for time: the embedding is NOT fine-tuned. Images go once through
-the frozen offline ImageNet EfficientNet-Lite0 at a small input size,
-taking the backbone's pooled 1280-d features (`--feat-dim 256` adds trapkit's
-default 256-d projection, untrained as with `--finetune-epochs 0`), and are
-cached; each round then runs trapkit's real head training
-(`trapkit.train.head.fit_head`, warm-started from the last round's head, as
-`al next` does while the embedder is unchanged), selection
-(`trapkit.train.strategies`) and metrics (`trapkit.train.metrics`).
+What runs is what `trapkit al simulate` runs, with `--finetune-epochs 0`:
+
+- the images are PNG files read by the embedding code of a run (`trapkit.train.embed.extract`,
+  float16 cache) through the default model (`RunSettings()` defaults: offline ImageNet
+  EfficientNet-Lite0, the 256-d projection seeded as a run seeds it, L2 normalisation);
+- every round fits the head with `trapkit.train.head.fit_head` and the run's `HeadSettings`,
+  warm-started from the previous round's head, seed `seed + round`, as `al next` does; predicts
+  every row; scores validation with `trapkit.train.metrics`; selects with `trapkit.train.strategies`
+  (seed `seed + round`), on the same row order a run's manifest has (validation, seed, pool).
+
+Two shortcuts, both stated in the output: the embedding is not fine-tuned (a run finetunes on
+the seed and again every 500 labels; each would re-embed the pool), and the input size is 96 px
+by default (`--size 224` is the backbone's own, ~5x slower). `--check-simulate` runs
+`trapkit.train.loop.simulate` itself on a small subset, then this benchmark's rounds on that
+run's own rows and embedding cache, and prints whether the two curves are identical.
 
     apt-get install dataset-fashion-mnist   # installs /usr/share/datasets/fashion-mnist/
-    .venv/bin/python bench/bench_learning_curve.py
+    .venv/bin/python bench/bench_learning_curve.py [--seeds 3] [--size 96] [--check-simulate]
 
 `--detections` measures something else, on trapkit's own path end to end: training on what you classify.
 See `detections_benchmark` (camera-trap-like frames, `al simulate` three ways, then `trapkit classify`).
@@ -44,70 +51,136 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def embed_fashion_mnist(n_pool: int, n_val: int, size: int, feat_dim: int | None, cache: Path) -> tuple:
-    """(pool emb, pool labels, val emb, val labels) from the frozen Lite0, cached as .npz (no pickle)."""
-    if cache.is_file():
-        z = np.load(cache)
-        if len(z["y_pool"]) == n_pool and len(z["y_val"]) == n_val:
-            return z["x_pool"], z["y_pool"], z["x_val"], z["y_val"]
-    import torch
+def write_images(root: Path, n_pool: int, n_val: int) -> tuple[list[Path], np.ndarray, int]:
+    """PNG files as a run would read them: validation rows first, then the pool (a run's manifest order).
+    Returns (paths, labels, number of validation rows)."""
     from PIL import Image
-
-    from trapkit.images import to_model_input
-    from trapkit.spec import ModelSpec
-    from trapkit.train.backbones import INCEPTION_MEAN, INCEPTION_STD
-    from trapkit.train.model import build_model
 
     rng = np.random.default_rng(1234)
     train_x, train_y = read_idx(DATA / "train-images-idx3-ubyte.gz"), read_idx(DATA / "train-labels-idx1-ubyte.gz")
     test_x, test_y = read_idx(DATA / "t10k-images-idx3-ubyte.gz"), read_idx(DATA / "t10k-labels-idx1-ubyte.gz")
     pool_i = rng.choice(len(train_x), n_pool, replace=False)
     val_i = rng.choice(len(test_x), n_val, replace=False)
-    torch.manual_seed(0)
-    spec = ModelSpec(arch="tf_efficientnet_lite0", labels=CLASSES, input_size=size, mean=INCEPTION_MEAN,
-                     std=INCEPTION_STD, feat_dim=feat_dim)
-    model = build_model(spec, "lite0-offline").eval()
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for s in range(0, len(images), 256):
-                batch = np.stack([to_model_input(Image.fromarray(im, "L"), size) for im in images[s:s + 256]])
-                out.append(model.embedder(model.normalize(torch.from_numpy(batch))).numpy().astype(np.float16))
-        return np.concatenate(out)
-
-    t = time.perf_counter()
-    result = embed(train_x[pool_i]), train_y[pool_i].astype(np.int64), embed(test_x[val_i]), test_y[val_i].astype(np.int64)
-    print(f"embedded {n_pool + n_val} images at {size} px in {time.perf_counter() - t:.1f} s (cached in {cache})")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, x_pool=result[0], y_pool=result[1], x_val=result[2], y_val=result[3])
-    return result
+    paths, labels = [], []
+    for split, xs, ys in (("validation", test_x[val_i], test_y[val_i]), ("pool", train_x[pool_i], train_y[pool_i])):
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, (image, label) in enumerate(zip(xs, ys)):
+            path = folder / f"{k:05d}.png"
+            if not path.is_file():
+                Image.fromarray(image, "L").save(path)
+            paths.append(path)
+            labels.append(int(label))
+    return paths, np.array(labels, np.int64), n_val
 
 
-def curve(strategy: str, seed: int, data: tuple, start: int, batch: int, budget: int) -> list[tuple[int, float]]:
+def product_settings(size: int):
+    """The settings of a run made with defaults, `--finetune-epochs 0 --input-size SIZE`."""
+    from trapkit.train.settings import RunSettings
+
+    settings = RunSettings()
+    settings.model.input_size = size
+    settings.finetune.epochs = 0
+    return settings
+
+
+def embed_rows(paths: list[Path], settings, cache: Path) -> np.ndarray:
+    """(N, 256) float16: the run's embedding of every row, through `embed.extract` (cached)."""
+    import torch
+
+    from trapkit.train import embed
+    from trapkit.train.loop import _spec
+    from trapkit.train.model import build_model
+    from trapkit.train.run import Item
+
+    if not cache.is_file():
+        torch.manual_seed(settings.select.seed)  # as a round seeds the model it builds (the projection's init)
+        model = build_model(_spec(settings, list(CLASSES)), settings.model.weights)
+        t = time.perf_counter()
+        failures = embed.extract(model, [Item(p) for p in paths], cache).failures  # whole images, as a run's rows
+        assert not failures, failures
+        print(f"embedded {len(paths)} images at {settings.model.input_size} px in {time.perf_counter() - t:.1f} s "
+              f"(cached in {cache})")
+    return embed.open_embeddings(cache)
+
+
+def curve(strategy: str, seed: int, emb: np.ndarray, y: np.ndarray, val: np.ndarray, pool_rows: np.ndarray,
+          labelled: np.ndarray, batch: int, budget: int, settings) -> list[tuple[int, float]]:
+    """(labels, validation accuracy) per round, as `al simulate` runs them from the `labelled` seed rows.
+
+    Rows are a run's manifest rows: `y` their class indices (head order), `val` and `pool_rows` indices.
+    """
     from trapkit.train import head, metrics, strategies
-    from trapkit.train.settings import HeadSettings
 
-    x_pool, y_pool, x_val, y_val = data
-    rng = np.random.default_rng(seed)
-    labelled = rng.choice(len(y_pool), start, replace=False)
-    points = []
-    settings = HeadSettings()
-    mlp = None
-    while True:
-        # As `al next` with an unchanged embedder: warm start from the last round's head, seed + round.
-        mlp = head.fit_head(x_pool[labelled], y_pool[labelled], len(CLASSES), (230, 100), settings,
-                            seed=seed + len(points) + 1, init=mlp)
-        acc = metrics.compute(y_val, head.predict(mlp, x_val).argmax(1), list(CLASSES))["accuracy"]
-        points.append((len(labelled), acc))
+    settings.select.seed, settings.select.strategy, settings.select.batch = seed, strategy, batch
+    classes = [str(c) for c in range(int(y.max()) + 1)]
+    start = len(labelled)
+    points, mlp = [], None
+    for n in range(1, 10 ** 6):
+        # loop._run_round: the head on the labelled rows (manifest order), warm-started, seed + round.
+        mlp = head.fit_head(emb[labelled], y[labelled], len(classes), settings.model.head_hidden, settings.head,
+                            seed=settings.select.seed + n, init=mlp)
+        probs = head.predict(mlp, emb)  # (N, C)
+        points.append((len(labelled), metrics.compute(y[val], probs[val].argmax(1), classes)["accuracy"]))
         if len(labelled) - start >= budget:
             return points
-        probs = head.predict(mlp, x_pool)
-        candidates = np.setdiff1d(np.arange(len(y_pool)), labelled)
-        counts = np.bincount(y_pool[labelled], minlength=len(CLASSES))
-        pool = strategies.Pool(probs, x_pool, candidates, labelled, counts)
-        picked = strategies.select(strategy, pool, min(batch, budget - (len(labelled) - start)), seed=seed + len(points))
-        labelled = np.concatenate([labelled, picked])
+        # loop._request: every unlabelled pool row is a candidate; simulate answers the whole batch.
+        candidates = np.setdiff1d(pool_rows, labelled)
+        counts = np.bincount(y[labelled], minlength=len(classes))
+        pool = strategies.Pool(probs, emb, candidates, labelled, counts)
+        k = min(batch, budget - (len(labelled) - start))
+        picked = strategies.select(strategy, pool, k, seed=settings.select.seed + n)
+        labelled = np.sort(np.concatenate([labelled, picked]))
+    raise AssertionError("unreachable")
+
+
+def check_simulate(paths: list[Path], y: np.ndarray, n_val: int, size: int, workdir: Path) -> None:
+    """`al simulate` itself on a small subset, and `curve` on that run's own embeddings and rows."""
+    import shutil
+
+    import pandas as pd
+
+    from trapkit.train import embed
+    from trapkit.train.loop import simulate
+    from trapkit.train.settings import resolve
+
+    n_small_val, n_seed, n_pool, batch, budget = 200, 30, 300, 30, 90
+    root = workdir / "check"
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    candidates = np.arange(n_val, n_val + n_seed + n_pool)
+    seed_rows = rng.choice(candidates, n_seed, replace=False)
+    oracle = ["File,RelativePath,Species"]
+    for split, chosen in (("validation", np.arange(n_small_val)), ("seed", seed_rows),
+                          ("pool", np.setdiff1d(candidates, seed_rows))):
+        for i in chosen:
+            folder = root / split / (CLASSES[y[i]] if split != "pool" else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(paths[i], folder / f"{i:05d}.png")
+            if split == "pool":
+                oracle.append(f"{i:05d}.png,,{CLASSES[y[i]]}")
+    (root / "oracle.csv").write_text("\n".join(oracle) + "\n")
+    run_settings = resolve(None, {"labelled": str(root / "seed"), "unlabelled": str(root / "pool"),
+                                  "validation": str(root / "validation"), "finetune_epochs": 0,
+                                  "input_size": size, "batch": batch, "strategy": "margin"})
+    t = time.perf_counter()
+    ran = simulate(root / "run", run_settings, root / "oracle.csv", budget)
+    print(f"\n--check-simulate: al simulate on {n_seed} seed + {n_pool} pool + {n_small_val} validation images "
+          f"({time.perf_counter() - t:.0f} s)")
+    print("  al simulate:          " + ", ".join(f"{r['labels']}: {r['accuracy']:.4f}" for r in ran))
+    # The same rounds through `curve`, on the run's own manifest rows and embedding cache.
+    df = pd.read_csv(root / "run" / "manifest.csv", keep_default_na=False)
+    classes = sorted(CLASSES)  # a run's head order: the seed's class names, sorted
+    truth = {f"{i:05d}.png": CLASSES[y[i]] for i in candidates}
+    labels = np.array([classes.index(label or truth[path]) for path, label in zip(df["path"], df["label"])])
+    emb = embed.open_embeddings(next((root / "run" / "embeddings").glob("*.npy")))
+    split = df["split"].to_numpy()
+    ours = curve("margin", 0, emb, labels, np.flatnonzero(split == "validation"), np.flatnonzero(split == "pool"),
+                 np.flatnonzero(split == "seed"), batch, budget, resolve(None, {"finetune_epochs": 0,
+                                                                                "input_size": size}))
+    print("  this benchmark's path: " + ", ".join(f"{n}: {a:.4f}" for n, a in ours))
+    same = len(ours) == len(ran) and all(abs(a - r["accuracy"]) < 1e-9 for (_, a), r in zip(ours, ran))
+    print(f"  identical: {same}")
 
 
 def main() -> None:
@@ -116,50 +189,58 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pool", type=int, default=10000, help="pool images drawn from the 60k training set")
     ap.add_argument("--val", type=int, default=2000, help="validation images drawn from the 10k test set")
-    ap.add_argument("--size", type=int, default=96, help="input size for the frozen Lite0")
+    ap.add_argument("--size", type=int, default=96, help="input size in pixels (the backbone's own is 224)")
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--budget", type=int, default=2000)
-    ap.add_argument("--feat-dim", type=int, default=0,
-                    help="256: trapkit's default 256-d projection (untrained here, as with --finetune-epochs 0); "
-                         "0: the backbone's pooled 1280-d features")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/trapkit-bench"))
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/trapkit-bench/learning-curve"))
+    ap.add_argument("--check-simulate", action="store_true",
+                    help="also run `al simulate` itself on a small subset and print both curves")
     add_detection_options(ap)
     args = ap.parse_args()
     if args.detections:
         return detections_benchmark(args)
-    import torch
 
-    torch.set_num_threads(1)  # tiny MLP steps: one thread is fastest, and immune to a busy machine
-    print(f"Fashion-MNIST from {DATA}; frozen offline Lite0 at {args.size} px, NOT fine-tuned (cached embeddings, "
-          f"{f'{args.feat_dim}-d projection, untrained' if args.feat_dim else 'pooled 1280-d'}); "
-          f"pool {args.pool}, validation {args.val}, seed set {args.start}, batch {args.batch}, budget {args.budget}, "
-          f"{args.seeds} seeds")
-    cache = args.cache / f"fmnist-lite0-{args.size}px-{args.feat_dim or 'pooled'}-{args.pool}.npz"
-    data = embed_fashion_mnist(args.pool, args.val, args.size, args.feat_dim or None, cache)
+    settings = product_settings(args.size)
+    print(f"Fashion-MNIST from {DATA}: pool {args.pool}, validation {args.val}, seed set {args.start}, "
+          f"batch {args.batch}, budget {args.budget}, {args.seeds} seeds; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at start")
+    print(f"al's path: {settings.model.backbone} ({settings.model.weights}) at {args.size} px, "
+          f"{settings.model.feat_dim}-d projection + L2, NOT fine-tuned (--finetune-epochs 0); head "
+          f"{settings.model.head_hidden} with the run's HeadSettings, warm-started")
+    paths, y, n_val = write_images(args.workdir / "images", args.pool, args.val)
+    emb = embed_rows(paths, settings, args.workdir / f"emb-{args.size}px-{args.pool}-{args.val}.npy")
     names = ["uniform", *[s for s in args.strategies.split(",") if s and s != "uniform"]]
+    val, pool_rows = np.arange(n_val), np.arange(n_val, len(y))
     results = {}
     for name in names:
         t = time.perf_counter()
-        runs = [curve(name, seed, data, args.start, args.batch, args.budget) for seed in range(args.seeds)]
-        results[name] = (np.array([[p[0] for p in r] for r in runs])[0], np.array([[p[1] for p in r] for r in runs]))
+        # Each seed starts from `start` random pool images, the same ones for every strategy.
+        runs = [curve(name, seed, emb, y, val, pool_rows,
+                      np.sort(np.random.default_rng(seed).choice(pool_rows, args.start, replace=False)),
+                      args.batch, args.budget, product_settings(args.size))
+                for seed in range(args.seeds)]
+        results[name] = (np.array([p[0] for p in runs[0]]), np.array([[p[1] for p in r] for r in runs]))
         print(f"{name}: {time.perf_counter() - t:.1f} s for {args.seeds} seeds")
     labels_axis = results["uniform"][0]
     print("\nmean validation accuracy per label count")
     print("labels  " + "  ".join(f"{n:>14}" for n in names))
     for i, n_lab in enumerate(labels_axis):
         print(f"{n_lab:>6}  " + "  ".join(f"{results[n][1][:, i].mean():>14.4f}" for n in names))
-    base = results["uniform"][1].mean()
-    print("\nmean accuracy over the budget (all label counts, all seeds)")
-    for n in names:
-        m = results[n][1].mean()
-        print(f"{n:>16}: {m:.4f}  ({100 * (m - base):+.2f} points vs uniform)")
-    # Label savings: the fewest labels with which each strategy's mean curve reaches what uniform has at the end.
     target = results["uniform"][1].mean(axis=0)[-1]
-    print(f"\nlabels needed to reach uniform's accuracy at {labels_axis[-1]} labels ({target:.4f})")
+    base = results["uniform"][1].mean()
+    print(f"\n{'strategy':>16}  {'first round':>11}  {'final':>6}  {'mean over budget':>16}  "
+          f"labels to reach uniform's final {target:.4f} (at {labels_axis[-1]})")
     for n in names:
-        reached = np.flatnonzero(results[n][1].mean(axis=0) >= target)
-        print(f"{n:>16}: {labels_axis[reached[0]]}" if len(reached) else f"{n:>16}: not within the budget")
+        acc = results[n][1]
+        reached = np.flatnonzero(acc.mean(axis=0) >= target)
+        need = f"{labels_axis[reached[0]]}" if len(reached) else "not within the budget"
+        print(f"{n:>16}  {acc[:, 0].mean():>11.4f}  {acc[:, -1].mean():>6.4f}  "
+              f"{acc.mean():>8.4f} ({100 * (acc.mean() - base):+.2f})  {need}")
+    print(f"first round = the {args.start}-label seed alone (sd over seeds "
+          f"{results['uniform'][1][:, 0].std():.4f}); load average {os.getloadavg()[0]:.1f} at end")
+    if args.check_simulate:
+        check_simulate(paths, y, n_val, args.size, args.workdir)
 
 
 # -- detections mode: train on what you classify ----------------------------------------------------------

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapkit.flags import only_with
+from trapkit.flags import given, only_with
+
+
+# Kept in step with trapkit.export.quantize (not imported: --help stays instant); a test compares them.
+INT8_TARGETS = ("avx2", "vnni", "gpu")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def register(subparsers, common) -> None:
@@ -32,10 +37,19 @@ def register(subparsers, common) -> None:
     v.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="float precision (default fp32)")
     v.add_argument("--quantize", choices=("int8",), default=None, help="int8 static quantisation (CPU serving)")
     v.add_argument("--calibration", type=Path, metavar="DIR",
-                   help="with --quantize int8 or --precision fp16: photos (+ MegaDetector JSON) to calibrate int8 "
-                   "and measure agreement with fp32 (default: bundled photos)")
+                   help="with --quantize int8 or --precision fp16: photos (+ MegaDetector JSON) to calibrate int8; "
+                   "30%% are held out to measure agreement with fp32 unless SOURCE is a run folder, whose "
+                   "validation images measure it (default: a run's own images, else the bundled photos)")
     v.add_argument("--min-agreement", type=float, default=None,
-                   help="with --quantize int8: refuse int8 below this top-1 agreement with fp32 (default 0.99)")
+                   help="with --quantize int8: refuse int8 below this top-1 agreement with fp32 on held-out "
+                   "images (default 0.99)")
+    v.add_argument("--int8-target", choices=INT8_TARGETS, default=None,
+                   help="with --quantize int8: where the graph will run. vnni: CPUs with AVX-512 VNNI, AVX-VNNI "
+                   "or AMX (8-bit weights); avx2: older x86 CPUs (7-bit weights, no overflow); gpu: int8 "
+                   "symmetric for TensorRT/CUDA. Default: this machine's CPU")
+    v.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,
+                   help="with --quantize int8: how activation ranges are set from the calibration images "
+                   "(default entropy)")
     t = p.add_argument_group("Triton")
     t.add_argument("--triton", type=Path, metavar="REPO", help="also add the model to this Triton model repository")
     t.add_argument("--name", help="Triton model name (default: the model spec's name)")
@@ -55,23 +69,27 @@ def _run(args) -> int:
     from trapkit.export.pipeline import export_model
     from trapkit.export.quantize import VariantSettings
     from trapkit.export.triton import TritonSettings
+    from trapkit.graph import ONNX_FILENAME
 
     only_with("--triton REPO", args.triton is not None, {
         "--name": args.name is not None, "--triton-gpu": args.triton_gpu, "--tensorrt": args.tensorrt,
         "--openvino": args.openvino, "--triton-backend": args.triton_backend != "onnxruntime"})
-    only_with("--quantize int8", args.quantize is not None, {"--min-agreement": args.min_agreement is not None})
+    only_with("--quantize int8", args.quantize is not None, {
+        "--min-agreement": args.min_agreement is not None, "--int8-target": args.int8_target is not None,
+        "--calibration-method": args.calibration_method is not None})
     only_with("--quantize int8 or --precision fp16", args.quantize is not None or args.precision != "fp32",
               {"--calibration": args.calibration is not None})
-    min_agreement = VariantSettings.min_agreement if args.min_agreement is None else args.min_agreement
     variant = VariantSettings(precision=args.precision, quantize=args.quantize, calibration=args.calibration,
-                              min_agreement=min_agreement)
+                              **given(min_agreement=args.min_agreement, int8_target=args.int8_target,
+                                      calibration_method=args.calibration_method))
     triton = TritonSettings(repo=args.triton, name=args.name, backend=args.triton_backend, gpu=args.triton_gpu,
                             tensorrt=args.tensorrt, openvino=args.openvino,
                             max_batch_size=args.max_batch_size) if args.triton else None
     hub = HubSettings(folder=args.hub_folder, license=args.license) if args.hub_folder else None
     result = export_model(args.source, args.out, variant=variant, triton=triton, hub=hub,
                           tolerance=args.tolerance, taxonomy=args.taxonomy)
-    print(f"wrote {result.onnx_path}")
+    fp32 = result.onnx_path.with_name(ONNX_FILENAME)
+    print(f"wrote {fp32}" + (f" and {result.onnx_path}" if result.onnx_path != fp32 else ""))
     print(f"  parity with PyTorch: max |probs diff| {result.parity.max_prob_diff:.2e} "
           f"on {result.parity.parity_images} photos (tolerance {result.parity.tolerance:.0e})")
     if result.agreement:

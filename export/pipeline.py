@@ -1,7 +1,10 @@
 """`trapkit export` as one library call: source -> checked graph -> variant -> Triton / Hub copies.
 
-    OUT/model.onnx           the graph asked for (fp32, fp16 or int8), spec in its metadata
-    OUT/export_report.json   parity with PyTorch, agreement of the variant with fp32, where copies went
+    OUT/model.onnx           the fp32 graph, spec in its metadata (always)
+    OUT/model.int8.onnx      with --quantize int8 (model.fp16.onnx with --precision fp16): the variant,
+                             served by `trapkit classify --precision int8`; Triton and Hub copies get it
+    OUT/export_report.json   parity with PyTorch, agreement of the variant with fp32 on held-out images,
+                             where copies went
 
 Every destination is checked for writability before the (slow) model load, and
 nothing lands in OUT unless the parity and agreement checks pass.
@@ -22,7 +25,7 @@ from trapkit.export.hub_folder import HubSettings, read_metrics, write_hub_folde
 from trapkit.export.onnx_export import ExportReport, ensure_writable_dir, export_onnx, load_source, resolve_source_dir
 from trapkit.export.quantize import AgreementReport, VariantSettings, make_variant
 from trapkit.export.triton import TritonSettings, write_triton_model
-from trapkit.graph import ONNX_FILENAME
+from trapkit.graph import GRAPH_FILENAMES, ONNX_FILENAME
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import read_taxonomy_csv
 
@@ -33,7 +36,7 @@ REPORT_FILENAME = "export_report.json"
 
 @dataclass(frozen=True)
 class ExportResult:
-    onnx_path: Path
+    onnx_path: Path  # the graph asked for (the variant, or model.onnx for fp32)
     parity: ExportReport
     agreement: AgreementReport | None = None
     triton_version_dir: Path | None = None
@@ -82,15 +85,21 @@ def _export(source, out: Path, model_dir, variant, triton, hub, tolerance, taxon
         triton.model_name(spec)  # a bad name fails before the slow part
     with tempfile.TemporaryDirectory(prefix=".trapkit-export-", dir=out) as tmp:
         parity = export_onnx(model, Path(tmp) / ONNX_FILENAME, tolerance=tolerance)
-        data, agreement = make_variant(parity.path.read_bytes(), spec, variant)
+        fp32 = parity.path.read_bytes()
+        run_dir = model_dir.parent if model_dir is not None and model_dir.name == "model" else None
+        data, agreement = make_variant(fp32, spec, variant, run_dir=run_dir)
         # The Triton and Hub copies come first: if one fails, OUT still holds the previous model and its report.
         final = Path(tmp) / "final" / ONNX_FILENAME
         final.parent.mkdir()
         final.write_bytes(data)
         version_dir = write_triton_model(final, spec, triton) if triton else None
         hub_dir = write_hub_folder(final, spec, hub, read_metrics(model_dir)) if hub else None
-    onnx_path = out / ONNX_FILENAME
-    atomic_write_bytes(onnx_path, data)
+    onnx_path = out / GRAPH_FILENAMES[variant.kind]
+    atomic_write_bytes(out / ONNX_FILENAME, fp32)
+    if onnx_path.name != ONNX_FILENAME:
+        atomic_write_bytes(onnx_path, data)
+    for name in set(GRAPH_FILENAMES.values()) - {ONNX_FILENAME, onnx_path.name}:
+        (out / name).unlink(missing_ok=True)  # a variant of an earlier export no longer matches model.onnx
     parity = ExportReport(**{**asdict(parity), "path": onnx_path, "size_bytes": len(data)})
     result = ExportResult(onnx_path, parity, agreement, version_dir, hub_dir)
     atomic_write_json(out / REPORT_FILENAME, report_dict(source, variant, result))
@@ -104,8 +113,10 @@ def report_dict(source, variant: VariantSettings, result: ExportResult) -> dict:
         "source": str(source),
         "model": str(result.onnx_path),
         "precision": variant.kind,
+        "graphs": {kind: name for kind, name in GRAPH_FILENAMES.items() if kind in ("fp32", variant.kind)},
         "parity": {"max_prob_diff": p.max_prob_diff, "max_embedding_diff": p.max_embedding_diff,
                    "images": p.parity_images, "tolerance": p.tolerance},
+        # Measured on held-out images (`measured_on` says which), never on the calibration inputs.
         "agreement": asdict(result.agreement) if result.agreement else None,
         "triton_version_dir": str(result.triton_version_dir) if result.triton_version_dir else None,
         "hub_folder": str(result.hub_folder) if result.hub_folder else None,

@@ -93,14 +93,18 @@ def fold_normalisation_into_stem(proto, input_name: str) -> str | None:
         padded = f"{PREFIX}_padded"
         if len(set(fill.tolist())) == 1:  # one grey for every channel (Lite0: 127.5 -> 128)
             graph.initializer.append(numpy_helper.from_array(fill[0], f"{PREFIX}_fill"))
-            new_nodes.append(helper.make_node("Pad", [pixels, f"{PREFIX}_pads", f"{PREFIX}_fill"], [padded]))
+            new_nodes.append(helper.make_node("Pad", [pixels, f"{PREFIX}_pads", f"{PREFIX}_fill"], [padded],
+                                              name=f"{PREFIX}_pad"))
         else:  # Pad takes one constant: split the channels, pad each with its own mean, join them
             parts = [f"{PREFIX}_channel{c}" for c in range(channels)]
-            new_nodes.append(helper.make_node("Split", [pixels], parts, axis=1, num_outputs=channels))
+            new_nodes.append(helper.make_node("Split", [pixels], parts, axis=1, num_outputs=channels,
+                                              name=f"{PREFIX}_split"))
             for c, part in enumerate(parts):
                 graph.initializer.append(numpy_helper.from_array(fill[c], f"{part}_fill"))
-                new_nodes.append(helper.make_node("Pad", [part, f"{PREFIX}_pads", f"{part}_fill"], [f"{part}_padded"]))
-            new_nodes.append(helper.make_node("Concat", [f"{p}_padded" for p in parts], [padded], axis=1))
+                new_nodes.append(helper.make_node("Pad", [part, f"{PREFIX}_pads", f"{part}_fill"], [f"{part}_padded"],
+                                                  name=f"{part}_pad"))
+            new_nodes.append(helper.make_node("Concat", [f"{p}_padded" for p in parts], [padded], axis=1,
+                                              name=f"{PREFIX}_concat"))
         pixels = padded
         pads_attr.ints[:] = [0] * len(pads)
 

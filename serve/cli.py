@@ -34,6 +34,9 @@ def _register_classify(subparsers, common) -> None:
     )
     p.add_argument("images", type=Path, metavar="IMAGES_DIR", help="folder the detections' file paths are relative to")
     p.add_argument("--model", help="model.onnx, an export folder, or hf://owner/name[@revision]")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                   help="which graph of an export folder to run: fp32 (model.onnx, the default), or the int8 / "
+                   "fp16 graph that 'trapkit export --quantize int8' / '--precision fp16' wrote beside it")
     p.add_argument("--detections", type=Path, help="MegaDetector batch output JSON (format 1.3 or later)")
     p.add_argument("--out", type=Path, required=True, help="output JSON (MegaDetector format 1.6 with classifications)")
     p.add_argument("--csv", type=Path, help="also write a tidy CSV, one row per detection and rank")
@@ -120,7 +123,8 @@ def _classify(args) -> int:
     with debug_log(args.out.with_name(args.out.name + ".log")):
         log.debug("trapkit %s classify %s", __version__, vars(args))
         runtime = open_runtime(args.model, triton_url=args.triton_url, triton_model=args.triton_model,
-                               threads=1 if cluster else par.threads, concurrency=par.concurrency)
+                               threads=1 if cluster else par.threads, concurrency=par.concurrency,
+                               precision=args.precision)
         try:
             summary = classify_images(paths, runtime, settings, resume=args.resume, executor=_executor(cluster))
         finally:

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.graph import EMBEDDING, INPUT_NAME, ONNX_FILENAME, PROBS, read_spec, spec_from_metadata
+from trapkit.graph import (
+    EMBEDDING, GRAPH_FILENAMES, INPUT_NAME, PRECISION_PROP, PROBS, read_spec, spec_from_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,11 @@ log = logging.getLogger(__name__)
 _PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-def resolve_model_path(model: str | Path) -> Path:
-    """A `model.onnx` file from a path to the file, an export folder, or `hf://owner/name[@rev]`."""
+def resolve_model_path(model: str | Path, precision: str | None = None) -> Path:
+    """A graph file from a path to the file, an export folder, or `hf://owner/name[@rev]`.
+
+    In a folder, `precision` picks the graph (`GRAPH_FILENAMES`: model.onnx is fp32, model.int8.onnx int8).
+    """
     text = str(model)
     if text.startswith("hf://"):
         from trapkit.serve.hub import resolve_model
@@ -38,23 +43,33 @@ def resolve_model_path(model: str | Path) -> Path:
         path = Path(resolve_model(text))
     else:
         path = Path(text).expanduser()
+    if precision is not None and precision not in GRAPH_FILENAMES:
+        raise TrapkitError(f"unknown precision {precision!r}; use one of {', '.join(GRAPH_FILENAMES)}")
     if path.is_dir():
-        path = path / ONNX_FILENAME
+        folder, path = path, path / GRAPH_FILENAMES[precision or "fp32"]
+        if precision and not path.is_file() and (folder / GRAPH_FILENAMES["fp32"]).is_file():
+            flag = "--quantize int8" if precision == "int8" else f"--precision {precision}"
+            raise TrapkitError(f"{folder} holds no {precision} graph ({path.name}); export one with "
+                               f"'trapkit export ... {flag}', or leave out --precision")
     if not path.is_file():
         raise TrapkitError(f"no ONNX model at {path}; pass a model.onnx, an export folder or hf://owner/name")
     return path
 
 
 def open_runtime(model: str | Path | None, *, triton_url: str | None = None, triton_model: str | None = None,
-                 providers=None, threads: int | None = None, concurrency: int = 4):
+                 providers=None, threads: int | None = None, concurrency: int = 4, precision: str | None = None):
     """onnxruntime for `model`, or a Triton client when `triton_url` is given (spec from `model` if given).
 
     `threads`: onnxruntime intra-op threads (default: every CPU). `concurrency`:
     Triton requests in flight when a batch is split to the server's max batch.
+    `precision`: which graph of an export folder (default fp32); a graph file must be of that precision.
     """
     if triton_url:
         from trapkit.serve.triton_runtime import TritonRuntime
 
+        if precision is not None:
+            raise TrapkitError("--precision picks a local graph; with --triton-url the server's model runs as "
+                               "exported. Leave out --precision")
         path = resolve_model_path(model) if model else None
         spec = read_spec(path) if path else None
         name = triton_model or (spec.name if spec else None)
@@ -65,7 +80,8 @@ def open_runtime(model: str | Path | None, *, triton_url: str | None = None, tri
         return TritonRuntime(triton_url, name, spec=spec, concurrency=concurrency, identity=identity)
     if not model:
         raise TrapkitError("give --model (a model.onnx, an export folder or hf://owner/name)")
-    return OnnxRuntime(resolve_model_path(model), providers=providers, threads=threads)
+    return OnnxRuntime(resolve_model_path(model, precision), providers=providers, threads=threads,
+                       precision=precision)
 
 
 def available_cpus() -> int:
@@ -79,7 +95,7 @@ class OnnxRuntime:
     """A trapkit `model.onnx` in onnxruntime: input `images` (N, S, S, 3) uint8, outputs `probs` (N, C) and,
     when the graph has it, `embedding` (N, D)."""
 
-    def __init__(self, path: str | Path, providers=None, threads: int | None = None):
+    def __init__(self, path: str | Path, providers=None, threads: int | None = None, precision: str | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -94,7 +110,12 @@ class OnnxRuntime:
         options.log_severity_level = 3  # a GPU provider that cannot start is our debug log, not ORT's error
         self.session = self._session(ort, options, providers)
         self.providers = self.session.get_providers()
-        self.spec = spec_from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.spec = spec_from_metadata(meta, self.path)
+        self.precision = meta.get(PRECISION_PROP, "fp32")
+        if precision is not None and self.precision != precision:
+            raise TrapkitError(f"{self.path} is a {self.precision} graph, not {precision}; pass the export folder "
+                               "or the graph of that precision, or leave out --precision")
         self.name = f"{self.spec.name} ({self.path.name}, trapkit {self.spec.trapkit_version})"
         self.identity = _file_digest(self.path)  # which weights: a resumed run must use the same ones
         inputs = {i.name: i.shape for i in self.session.get_inputs()}

@@ -82,15 +82,16 @@ def test_fold_leaves_other_graphs_alone(change):
 
 
 def test_int8_stem_reads_uint8_pixels(tiny_onnx_path, samples_dir):
-    """The trapkit graph (per-channel ImageNet mean, padded stem): no Cast, Sub, Div or QuantizeLinear
-    between the input and the stem; its DequantizeLinear reads the padded uint8 pixels."""
+    """The trapkit graph (per-channel ImageNet mean, padded stem) with every conv quantised (`exclude=()`;
+    by default the stem stays float): no Cast, Sub, Div or QuantizeLinear between the input and the stem;
+    its DequantizeLinear reads the padded uint8 pixels."""
     from trapkit.export.calibration import calibration_images
     from trapkit.graph import read_spec
 
     spec = read_spec(tiny_onnx_path)
     images = calibration_images(spec)  # (25, 32, 32, 3) uint8
     fp32 = tiny_onnx_path.read_bytes()
-    proto = onnx.load_from_string(to_int8(fp32, spec, images))
+    proto = onnx.load_from_string(to_int8(fp32, spec, images, exclude=()))
     nodes = {o: n for n in proto.graph.node for o in n.output}
     stem = next(n for n in proto.graph.node if n.op_type == "Conv")
     dequant = nodes[stem.input[0]]

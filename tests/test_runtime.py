@@ -119,3 +119,54 @@ def test_triton_at_an_ipv6_address_keeps_its_brackets(samples_dir, tiny_onnx_pat
                  "--triton-model", "tiny", "--out", str(tmp_path / "out.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("trapkit: error: Triton server at http://[::1]:9 is not reachable")
+
+
+# -- --precision: which graph of an export folder runs ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_model_dir, tmp_path_factory):
+    """An export folder holding model.onnx (fp32) and model.int8.onnx."""
+    from trapkit.cli import main
+
+    out = tmp_path_factory.mktemp("int8_export") / "out"
+    assert main(["export", str(tiny_model_dir), "--out", str(out), "--quantize", "int8", "--min-agreement", "0"]) == 0
+    return out
+
+
+def test_precision_picks_the_graph_of_an_export_folder(int8_export):
+    with open_runtime(int8_export) as fp32, open_runtime(int8_export, precision="int8") as int8:
+        assert (fp32.path.name, fp32.precision) == ("model.onnx", "fp32")
+        assert (int8.path.name, int8.precision) == ("model.int8.onnx", "int8")
+        assert "model.int8.onnx" in int8.name and int8.identity != fp32.identity  # resume tells them apart
+        batch = np.zeros((2, 32, 32, 3), np.uint8)
+        assert int8.predict(batch).shape == fp32.predict(batch).shape == (2, 5)
+
+
+def test_precision_errors_are_one_line(int8_export, tiny_onnx_path, tmp_path):
+    folder = tmp_path / "fp32_only"
+    folder.mkdir()
+    shutil.copy(tiny_onnx_path, folder / "model.onnx")
+    with pytest.raises(TrapkitError, match="holds no int8 graph .model.int8.onnx.; export one with"):
+        open_runtime(folder, precision="int8")
+    with pytest.raises(TrapkitError, match="is a fp32 graph, not int8"):
+        open_runtime(tiny_onnx_path, precision="int8")
+    with pytest.raises(TrapkitError, match="is a int8 graph, not fp32"):
+        open_runtime(int8_export / "model.int8.onnx", precision="fp32")
+    with pytest.raises(TrapkitError, match="--precision picks a local graph"):
+        open_runtime(int8_export, triton_url="127.0.0.1:9", precision="int8")
+
+
+def test_classify_runs_the_int8_graph(int8_export, samples_dir, tmp_path, capsys):
+    import json
+
+    from trapkit.cli import main
+
+    out = tmp_path / "out.json"
+    assert main(["classify", str(samples_dir), "--model", str(int8_export), "--precision", "int8",
+                 "--detections", str(samples_dir / "md_v5a_detections.json"), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert "model.int8.onnx" in doc["info"]["classifier"]
+    assert any(d.get("classifications") for im in doc["images"] for d in im.get("detections") or [])
+    assert main(["classify", str(samples_dir), "--model", str(int8_export), "--precision", "fp16",
+                 "--out", str(tmp_path / "o.json")]) == 1
+    assert "holds no fp16 graph" in capsys.readouterr().err

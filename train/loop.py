@@ -224,13 +224,13 @@ class _Start:
 
 
 def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
-    from trapkit.train.backbones import backbone_preprocessing
+    from trapkit.train.backbones import backbone_preprocessing, weight_warnings
 
     seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT)
     strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
     pool, without, pool_problems = _pool_rows(settings, settings.data.unlabelled, settings.data.detections,
                                               "--unlabelled")
-    problems = [*problems, *pool_problems]
+    problems = [*weight_warnings(settings.model.weights), *problems, *pool_problems]
     rows, rng = [], np.random.default_rng(settings.select.seed)
     if settings.data.validation:
         val_rows, val_classes, val_problems = _labelled_rows(settings, VALIDATION_ROOT)

@@ -74,11 +74,17 @@ class FinetuneSettings:
 
 @dataclass
 class HeadSettings:
-    max_epochs: int = 200
+    max_epochs: int = 200  # epoch cap once min_steps are done
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 10  # epochs without held-out improvement before stopping
+    # Optimiser steps always taken (full-batch while the set fits one batch): a seed of 80 images is one
+    # batch, and ~10 steps left the first round's head at chance (issue 15).
+    min_steps: int = 300
+    # Labelled examples before 10% are held out for early stopping (50 held out); fewer: exactly min_steps.
+    holdout_min: int = 500
+    l2: float = 3e-3  # penalty on the squared weights (standardised inputs), added to the mean loss
     # Steps of a (256 -> 230 -> 100) MLP are too small to gain from intra-op threads; extra threads
     # only add synchronisation, which costs 5-10x on a busy machine. Restored after training.
     threads: int = 1
@@ -220,6 +226,15 @@ def validate(s: RunSettings) -> None:
         raise TrapkitError(f"--feat-dim must be at least 2, got {s.model.feat_dim}")
     if not 0.0 <= s.data.validation_fraction < 1.0:
         raise TrapkitError("validation_fraction must be in [0, 1)")
+    h = s.head
+    for name, value, least in (("head.max_epochs", h.max_epochs, 1), ("head.min_steps", h.min_steps, 1),
+                               ("head.batch_size", h.batch_size, 1), ("head.patience", h.patience, 1),
+                               ("head.holdout_min", h.holdout_min, 10), ("head.threads", h.threads, 1)):
+        if value < least:
+            raise TrapkitError(f"{name} must be at least {least}, got {value}; fix the config file or flag")
+    if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0):
+        raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2} and weight_decay "
+                           f"{h.weight_decay} at least 0); fix the config file")
     if not 0.0 <= s.data.threshold <= 1.0:
         raise TrapkitError(f"--threshold {s.data.threshold} is out of range; use a detection confidence in [0, 1]")
     if not s.data.categories or not all(s.data.categories):

@@ -3,7 +3,9 @@
 Export writes it and every serving layer reads it, so it lives in the core and
 neither stage imports the other for it:
 
-- the file: `model.onnx` in an export folder, a Triton version folder and a Hub folder;
+- the file: `model.onnx` in an export folder, a Triton version folder and a Hub folder; an export
+  folder also holds the reduced-precision graph it was asked for beside the fp32 `model.onnx`
+  (`GRAPH_FILENAMES`: `model.int8.onnx`, `model.fp16.onnx`), which `trapkit classify --precision` runs;
 - the tensors: input `images` (N, S, S, 3) uint8; outputs `probs` (N, C) and
   `embedding` (N, D) float32;
 - the metadata: `trapkit.spec` (the `ModelSpec` JSON) and `trapkit.precision`
@@ -20,11 +22,14 @@ from trapkit.errors import TrapkitError
 from trapkit.spec import ModelSpec
 
 ONNX_FILENAME = "model.onnx"
+# The graphs an export folder holds, by precision: model.onnx is always fp32.
+GRAPH_FILENAMES = {"fp32": ONNX_FILENAME, "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 INPUT_NAME = "images"
 PROBS, EMBEDDING = "probs", "embedding"
 OUTPUT_NAMES = (PROBS, EMBEDDING)
 SPEC_PROP = "trapkit.spec"
 PRECISION_PROP = "trapkit.precision"
+INT8_TARGET_PROP = "trapkit.int8_target"  # int8 graphs: avx2 | vnni | gpu, what their weights were made for
 TRITON_SPEC_PARAMETER = "trapkit.spec"
 CONFIG_FILENAME = "config.json"
 CARD_FILENAME = "README.md"
