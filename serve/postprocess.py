@@ -31,8 +31,6 @@ and resumed runs agree); `used_categories` drops the ones no detection ended up 
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ import numpy as np
 
 from trapkit.errors import TrapkitError
 from trapkit.serve.settings import PostSettings
-from trapkit.taxonomy import RANKS, Taxon, ancestor, parse_taxon
+from trapkit.taxonomy import RANKS, Taxon, ancestor, csv_rows, few, parse_taxon
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +53,6 @@ UNKNOWN_TAXON = ";;;;;;unknown"
 HUMAN_PATH = ("homo", "sapiens")  # genus, species: kept by every allow-list, as MegaDetector does
 ALLOW_COLUMNS = ("latin", "common", "label")
 THRESHOLD_COLUMNS = ("label", "threshold")
-_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -252,11 +249,11 @@ def _allow(table: _Table, allow: AllowList) -> np.ndarray:
             unknown_rows.append(label or latin or common)
     if not allowed_paths and not allowed_labels:
         hint = "" if table.taxa else " (the model has no taxonomy: name classes in a label column)"
-        raise TrapkitError(f"{allow.source} names no class or taxon of the model ({_few(unknown_rows)}){hint}; "
+        raise TrapkitError(f"{allow.source} names no class or taxon of the model ({few(unknown_rows)}){hint}; "
                            "check the list is meant for this model")
     if unknown_rows:
         log.warning("%d names on %s are not in the model's taxonomy and are skipped: %s", len(unknown_rows),
-                    allow.source, _few(unknown_rows))
+                    allow.source, few(unknown_rows))
     # Every rank on the way down to an allowed taxon is an allowed ancestor.
     ancestors = {p[:d] + ("",) * (len(RANKS) - d) for p in allowed_paths for d in range(1, len(RANKS) + 1)
                  if p[d - 1]}
@@ -294,7 +291,7 @@ def _levels(table: _Table, live: np.ndarray) -> list[dict[int, int]]:
 def read_allow_list(path: str | Path) -> AllowList:
     """An allow-list CSV with any of the columns latin, common, label (MegaDetector's taxa lists work)."""
     path = Path(path)
-    rows = _csv_rows(path, "allow-list", ALLOW_COLUMNS, need_all=False)
+    rows = csv_rows(path, "allow-list", ALLOW_COLUMNS, need_all=False)
     out = []
     for _, row in rows:
         latin = " ".join((row.get("latin") or "").lower().split())
@@ -313,7 +310,7 @@ def read_class_thresholds(path: str | Path, labels) -> dict[str, float]:
     labels = list(labels)
     out: dict[str, float] = {}
     unknown, bad, repeated = [], [], []
-    for n, row in _csv_rows(path, "class thresholds", THRESHOLD_COLUMNS, need_all=True):
+    for n, row in csv_rows(path, "class thresholds", THRESHOLD_COLUMNS, need_all=True):
         label, text = (row.get("label") or "").strip(), (row.get("threshold") or "").strip()
         if not label and not text:
             continue
@@ -332,37 +329,12 @@ def read_class_thresholds(path: str | Path, labels) -> dict[str, float]:
             continue
         out[label] = value
     if unknown:
-        raise TrapkitError(f"class thresholds {path}: {_few(unknown)} name no class of the model; its classes are "
-                           f"{_few(labels)}")
+        raise TrapkitError(f"class thresholds {path}: {few(unknown)} name no class of the model; its classes are "
+                           f"{few(labels)}")
     if bad:
-        raise TrapkitError(f"class thresholds {path}: {_few(bad)} are not confidences in [0, 1]")
+        raise TrapkitError(f"class thresholds {path}: {few(bad)} are not confidences in [0, 1]")
     if repeated:
-        raise TrapkitError(f"class thresholds {path}: {_few(repeated)} repeat a label; keep one row per class")
+        raise TrapkitError(f"class thresholds {path}: {few(repeated)} repeat a label; keep one row per class")
     if not out:
         raise TrapkitError(f"class thresholds {path} has no rows; give label,threshold rows")
     return out
-
-
-def _csv_rows(path: Path, what: str, columns: tuple[str, ...], need_all: bool) -> list[tuple[int, dict]]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise TrapkitError(f"{what} file {path} does not exist; check the path") from None
-    except OSError as e:
-        raise TrapkitError(f"cannot read {what} file {path} ({e.strerror or e}); check the path") from None
-    except UnicodeDecodeError:
-        raise TrapkitError(f"{what} file {path} is not UTF-8 text; save it as CSV UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text))
-    fields = [f.strip().lower() for f in reader.fieldnames or ()]
-    have = [c for c in columns if c in fields]
-    if (need_all and len(have) != len(columns)) or not have:
-        wanted = ",".join(columns) if need_all else " and/or ".join(columns)
-        raise TrapkitError(f"{what} file {path} needs the column{'s' if need_all else ''} {wanted} in its header "
-                           f"(found {','.join(fields) or 'none'})")
-    reader.fieldnames = fields
-    return [(n, row) for n, row in enumerate(reader, 2)]
-
-
-def _few(items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOWN])
-    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")

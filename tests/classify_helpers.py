@@ -120,3 +120,18 @@ def fitted_model(model_dir: Path, dst: Path, samples_dir: Path) -> Path:
         torch.nn.functional.cross_entropy(model.head(embedding), target, label_smoothing=0.4).backward()
         optimiser.step()
     return export_onnx(model.eval(), dst).path
+
+
+def burst_of_copies(samples_dir: Path, root: Path, n: int = 14) -> tuple[Path, Path]:
+    """(images, detections): n copies of the bundled photos in two folders, 1-3 detections each (a made-up box
+    on blanks), for runs long enough to be interrupted."""
+    images = root / "images"
+    entries = []
+    source = json.loads((samples_dir / "md_v5a_detections.json").read_text())["images"]
+    for folder in ("a", "b"):
+        (images / folder).mkdir(parents=True)
+        for im in source:
+            shutil.copy(samples_dir / im["file"], images / folder / im["file"])
+            dets = [d for d in im["detections"] if d["conf"] >= 0.5][:3] or [animal(conf=0.8)]
+            entries.append({"file": f"{folder}/{im['file']}", "detections": dets})
+    return images, write_detections(root / "md.json", entries[:n])

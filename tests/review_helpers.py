@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from trapkit.cli import main
+from web_helpers import only_loopback
 
 SAMPLES = Path(__file__).resolve().parents[1] / "trapkit" / "data" / "camera-traps"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -113,16 +114,7 @@ def browser():
             # bypass_csp: Playwright's wait_for_function evaluates strings, which the page's CSP forbids.
             page = b.new_page(viewport={"width": width, "height": height}, bypass_csp=True)
             page.on("pageerror", lambda e: left_machine.append(f"page error: {e}"))
-
-            def only_loopback(route):
-                target = route.request.url
-                if target.startswith(("http://127.0.0.1", "data:", "blob:")):
-                    route.continue_()
-                else:
-                    left_machine.append(target)
-                    route.abort()
-
-            page.route("**/*", only_loopback)
+            only_loopback(page, left_machine)
             page.goto(url)
             page.wait_for_function("document.body.dataset.shown >= '1'")
             return page

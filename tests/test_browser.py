@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from web_helpers import launched
+from web_helpers import launched, only_loopback
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -36,16 +36,7 @@ def test_browser_upload_shows_a_model_label(tiny_onnx_path, samples_dir):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-
-            def only_loopback(route):
-                target = route.request.url
-                if target.startswith(("http://127.0.0.1", "data:", "blob:")):
-                    route.continue_()
-                else:
-                    left_machine.append(target)
-                    route.abort()
-
-            page.route("**/*", only_loopback)
+            only_loopback(page, left_machine)
             page.goto(url)
             page.locator("#photos input[type=file]").set_input_files(str(samples_dir / "african_elephants.jpg"))
             shown = page.locator("#top-species [data-testid=label-output-value]")

@@ -10,31 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from classify_helpers import animal, write_detections
+from classify_helpers import burst_of_copies
 from trapkit.cli import main
 from trapkit.serve.classify import CHECKPOINT_VERSION, KILL_AFTER_ENV, KILL_SIGNAL_ENV
 
 
 @pytest.fixture
 def burst(samples_dir, tmp_path):
-    """14 copies of the bundled photos in two folders, 1-3 detections each (a made-up box on blanks)."""
-    images = tmp_path / "images"
-    entries = []
-    source = json.loads((samples_dir / "md_v5a_detections.json").read_text())["images"]
-    for folder in ("a", "b"):
-        (images / folder).mkdir(parents=True)
-        for im in source:
-            shutil.copy(samples_dir / im["file"], images / folder / im["file"])
-            dets = [d for d in im["detections"] if d["conf"] >= 0.5][:3] or [animal(conf=0.8)]
-            entries.append({"file": f"{folder}/{im['file']}", "detections": dets})
-    return images, write_detections(tmp_path / "md.json", entries[:14])
+    return burst_of_copies(samples_dir, tmp_path)
 
 
 def _argv(images, md, model, out, *extra) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classify_helpers import animal, write_detections
+from classify_helpers import animal, burst_of_copies, write_detections
 from trapkit.cli import main
 from trapkit.errors import TrapkitError
 
@@ -210,19 +210,7 @@ def test_video_frames_have_rows_and_montage_crops(tiny_onnx_path, tmp_path, capl
 
 @pytest.fixture
 def burst(samples_dir, tmp_path):
-    """14 images in two folders (copies of the bundled photos), 1-3 detections each."""
-    import shutil
-
-    images = tmp_path / "images"
-    entries = []
-    source = json.loads((samples_dir / "md_v5a_detections.json").read_text())["images"]
-    for folder in ("a", "b"):
-        (images / folder).mkdir(parents=True)
-        for im in source:
-            shutil.copy(samples_dir / im["file"], images / folder / im["file"])
-            dets = [d for d in im["detections"] if d["conf"] >= 0.5][:3] or [animal(conf=0.8)]
-            entries.append({"file": f"{folder}/{im['file']}", "detections": dets})
-    return images, write_detections(tmp_path / "md.json", entries[:14])
+    return burst_of_copies(samples_dir, tmp_path)
 
 
 def _argv(images, md, model, out, features, *extra) -> list[str]:

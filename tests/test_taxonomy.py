@@ -54,7 +54,7 @@ def test_csv_gives_strings_in_label_order_lowercased(tmp_path):
      r"row 3 \(coyote\), row 4 \(lynx\) name no class of the model"),
     ([("wolf", WOLF), ("wolf", WOLF)], None, r"row 3 \(wolf\) repeat a label"),
     ([("wolf", WOLF), ("fox", ROWS["fox"])], None, "has no row for canids, blank; add one row per class"),
-    ([("wolf", WOLF)], "label,taxon", "has no taxonomy column"),
+    ([("wolf", WOLF)], "label,taxon", "needs the columns label,taxonomy"),
 ])
 def test_bad_rows_are_one_line_errors_naming_them(tmp_path, rows, header, message):
     path = _csv(tmp_path, rows, header or "label,taxonomy")

@@ -65,6 +65,20 @@ def outside_connections():
 _hooks: list = []
 
 
+def only_loopback(page, left_machine: list) -> None:
+    """Let a browser page fetch from 127.0.0.1 only; any other address is aborted and recorded in left_machine."""
+
+    def route(request_route):
+        target = request_route.request.url
+        if target.startswith(("http://127.0.0.1", "data:", "blob:")):
+            request_route.continue_()
+        else:
+            left_machine.append(target)
+            request_route.abort()
+
+    page.route("**/*", route)
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost", "", "None"):
         return True

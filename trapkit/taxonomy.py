@@ -120,7 +120,7 @@ def check_taxonomy(taxonomy, labels) -> tuple[str, ...]:
         except ValueError as e:
             bad.append(f"{label!r} {e}")
     if bad:
-        raise TrapkitError(f"taxonomy strings are invalid: {_few(bad)}; use {FORMAT}, e.g. "
+        raise TrapkitError(f"taxonomy strings are invalid: {few(bad)}; use {FORMAT}, e.g. "
                            "';mammalia;carnivora;canidae;canis;lupus;gray wolf'")
     return tuple(out)
 
@@ -133,7 +133,7 @@ def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -
     header is row 1).
     """
     path = Path(path)
-    rows = _read_rows(path)
+    rows = csv_rows(path, "taxonomy", CSV_COLUMNS)
     labels = list(labels)
     known = set(labels)
     by_label: dict[str, str] = {}
@@ -153,15 +153,15 @@ def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -
         except ValueError as e:
             problems["bad"].append(f"row {n} ({label}) {e}")
     if problems["bad"]:
-        raise TrapkitError(f"{path}: {_few(problems['bad'])}; write each as {FORMAT}")
+        raise TrapkitError(f"{path}: {few(problems['bad'])}; write each as {FORMAT}")
     if problems["unknown"]:
-        raise TrapkitError(f"{path}: {_few(problems['unknown'])} name no class of the model; its classes are "
-                           f"{_few(labels)} (names must match exactly)")
+        raise TrapkitError(f"{path}: {few(problems['unknown'])} name no class of the model; its classes are "
+                           f"{few(labels)} (names must match exactly)")
     if problems["duplicate"]:
-        raise TrapkitError(f"{path}: {_few(problems['duplicate'])} repeat a label; keep one row per class")
+        raise TrapkitError(f"{path}: {few(problems['duplicate'])} repeat a label; keep one row per class")
     missing = [label for label in labels if label not in by_label]
     if missing:
-        raise TrapkitError(f"{path} has no row for {_few(missing)}; add one row per class")
+        raise TrapkitError(f"{path} has no row for {few(missing)}; add one row per class")
     return tuple(by_label[label] for label in labels)
 
 
@@ -172,27 +172,28 @@ def display_names(labels, taxonomy) -> list[str]:
     return [parse_taxon(t).common or label for label, t in zip(labels, taxonomy)]
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict]]:
+def csv_rows(path: Path, what: str, columns: tuple[str, ...], need_all: bool = True) -> list[tuple[int, dict]]:
+    """(line number, row) of a small UTF-8 CSV whose header (any case) has `columns` (all, or at least one)."""
     try:
-        raw = path.read_bytes()
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
-        raise TrapkitError(f"taxonomy file {path} does not exist; give a CSV with columns label,taxonomy") from None
+        raise TrapkitError(f"{what} file {path} does not exist; check the path") from None
     except OSError as e:
-        raise TrapkitError(f"cannot read taxonomy file {path} ({e.strerror or e}); check the path") from None
-    try:
-        text = raw.decode("utf-8-sig")
+        raise TrapkitError(f"cannot read {what} file {path} ({e.strerror or e}); check the path") from None
     except UnicodeDecodeError:
-        raise TrapkitError(f"taxonomy file {path} is not UTF-8 text; save it as CSV UTF-8") from None
+        raise TrapkitError(f"{what} file {path} is not UTF-8 text; save it as CSV UTF-8") from None
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip().lower() for f in reader.fieldnames or ()]
-    missing = [c for c in CSV_COLUMNS if c not in fields]
-    if missing:
-        raise TrapkitError(f"taxonomy file {path} has no {' or '.join(missing)} column; "
-                           f"its header must be {','.join(CSV_COLUMNS)}")
+    have = [c for c in columns if c in fields]
+    if (need_all and len(have) != len(columns)) or not have:
+        wanted = ",".join(columns) if need_all else " and/or ".join(columns)
+        raise TrapkitError(f"{what} file {path} needs the column{'s' if need_all else ''} {wanted} in its header "
+                           f"(found {','.join(fields) or 'none'})")
     reader.fieldnames = fields
     return [(n, row) for n, row in enumerate(reader, 2)]
 
 
-def _few(items: list[str]) -> str:
+def few(items: list[str]) -> str:
+    """The first few of `items` for an error line, and how many more."""
     shown = ", ".join(items[:_SHOWN])
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
