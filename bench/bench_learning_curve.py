@@ -149,7 +149,9 @@ def check_simulate(paths: list[Path], y: np.ndarray, n_val: int, size: int, work
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(0)
     candidates = np.arange(n_val, n_val + n_seed + n_pool)
-    seed_rows = rng.choice(candidates, n_seed, replace=False)
+    # 3 seed images per class: `al init` refuses validation classes the seed lacks.
+    seed_rows = np.concatenate([rng.choice(candidates[y[candidates] == c], n_seed // len(CLASSES), replace=False)
+                                for c in range(len(CLASSES))])
     oracle = ["File,RelativePath,Species"]
     for split, chosen in (("validation", np.arange(n_small_val)), ("seed", seed_rows),
                           ("pool", np.setdiff1d(candidates, seed_rows))):

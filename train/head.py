@@ -3,7 +3,7 @@
 Trained in PyTorch (not scikit-learn) so it is the same `MLPHead` module the
 exported ONNX graph runs after the embedder.
 
-Why it trains the way it does (issue 15; figures in docs/ARCHITECTURE.md):
+Why it trains the way it does (issue 15; figures in docs/model-quality.md):
 
 - Inputs are L2-normalised embeddings: every dimension spreads by ~0.02-0.03
   around a common direction (0.004 for a random backbone). The head trains on
