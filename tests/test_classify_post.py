@@ -18,6 +18,7 @@ from PIL import Image
 from classify_helpers import (
     FITTED_CLASSES, fitted_model, megadetector_module, megadetector_validate, onnx_with_taxonomy, top1,
 )
+from cli_helpers import one_line_error
 from trapkit.cli import main
 from trapkit.serve.postprocess import build_plan, classify
 from trapkit.serve.settings import PostSettings
@@ -172,13 +173,6 @@ def test_class_thresholds_without_taxonomy_say_unknown(fitted, samples_dir, tmp_
     megadetector_validate(tmp_path / "out.json")
 
 
-def _error(argv, capsys) -> str:
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("trapkit: error: ") and "\n" not in err
-    return err
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--rollup", "1.5"], "--rollup 1.5 is out of range"),
     (["--allow-list", "{t}/allow.csv"], "names no class or taxon of the model (panthera onca)"),
@@ -198,7 +192,7 @@ def test_bad_inputs_are_one_line_errors_and_no_output_is_written(fitted_taxonomy
     (tmp_path / "range.csv").write_text("label,threshold\nbear,1.2\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     flags = [f.format(t=tmp_path) for f in flags]
-    err = _error(["classify", str(samples_dir), "--model", str(fitted_taxonomy), "--detections",
+    err = one_line_error(["classify", str(samples_dir), "--model", str(fitted_taxonomy), "--detections",
                   str(samples_dir / "md_v5a_detections.json"), "--out", str(tmp_path / "out.json"), *flags], capsys)
     assert message.format(t=tmp_path) in err
     # No output, no checkpoint; a run that got as far as opening the model leaves its debug log (OUT.log).

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
+from cli_helpers import one_line_error
+
 from trapkit.cli import main
 from trapkit.export.onnx_export import ort_session, run_session
 from trapkit.graph import read_metadata, read_spec
@@ -60,13 +62,6 @@ def test_variants_keep_the_interface(tiny_model_dir, tmp_path, samples_dir, flag
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-2)
 
 
-def _error(argv, capsys) -> str:
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("trapkit: error: ") and "\n" not in err
-    return err
-
-
 @pytest.mark.parametrize("make_args, message", [
     (lambda t, m: [str(t / "missing")], "does not exist"),
     (lambda t, m: [str(t)], "has no spec.json"),
@@ -82,7 +77,7 @@ def _error(argv, capsys) -> str:
     (lambda t, m: [str(m), "--triton", str(t / "r"), "--max-batch-size", "0"], "at least 1"),
 ])
 def test_one_line_errors(tmp_path, tiny_model_dir, capsys, make_args, message):
-    err = _error(["export", *make_args(tmp_path, tiny_model_dir), "--out", str(tmp_path / "out")], capsys)
+    err = one_line_error(["export", *make_args(tmp_path, tiny_model_dir), "--out", str(tmp_path / "out")], capsys)
     assert message in err
     assert not (tmp_path / "out" / "model.onnx").exists()
 
@@ -90,21 +85,21 @@ def test_one_line_errors(tmp_path, tiny_model_dir, capsys, make_args, message):
 def test_damaged_weights_error(tiny_model_dir, tmp_path, capsys):
     damaged = shutil.copytree(tiny_model_dir, tmp_path / "damaged")
     (damaged / "model.safetensors").write_bytes(b"\0" * 64)
-    assert "damaged" in _error(["export", str(damaged), "--out", str(tmp_path / "out"), "--hub-folder",
+    assert "damaged" in one_line_error(["export", str(damaged), "--out", str(tmp_path / "out"), "--hub-folder",
                                 str(tmp_path / "hub")], capsys)
     assert not (tmp_path / "out").exists() and not (tmp_path / "hub").exists()  # no empty folders left behind
 
 
 def test_unwritable_out_error(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    err = _error(["export", str(tiny_model_dir), "--out", str(tmp_path / "file" / "out")], capsys)
+    err = one_line_error(["export", str(tiny_model_dir), "--out", str(tmp_path / "file" / "out")], capsys)
     assert "cannot write to" in err
 
 
 @pytest.mark.slow
 def test_imagenet_lite0_int8_refused_below_agreement(tmp_path, capsys):
     """The real Lite0: int8 loses top-1 agreement on the bundled photos, so the default threshold refuses it."""
-    err = _error(["export", "imagenet-lite0", "--out", str(tmp_path / "out"), "--quantize", "int8"], capsys)
+    err = one_line_error(["export", "imagenet-lite0", "--out", str(tmp_path / "out"), "--quantize", "int8"], capsys)
     assert re.search(r"agrees with fp32 on only \d+\.\d% of 7 held-out images", err)
     assert not (tmp_path / "out").exists()  # nothing written, no temp files, no empty folder left
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import one_line_error
 from train_helpers import FAST, make_trees
 
 from trapkit.cli import main
@@ -165,27 +166,20 @@ def test_a_calibration_folder_with_a_run_still_measures_on_validation(trained_ru
     assert agreement["calibration"] == {"inputs": 23, "method": "entropy", "source": f"--calibration {samples_dir}"}
 
 
-def _error(argv, capsys) -> str:
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("trapkit: error: ") and "\n" not in err
-    return err
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--int8-target", "vnni"], "--int8-target only applies with --quantize int8"),
     (["--calibration-method", "entropy"], "--calibration-method only applies with --quantize int8"),
     (["--precision", "fp16", "--int8-target", "gpu"], "add --quantize int8"),
 ])
 def test_int8_only_flags_without_int8(tiny_model_dir, tmp_path, capsys, flags, message):
-    assert message in _error(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), *flags], capsys)
+    assert message in one_line_error(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), *flags], capsys)
 
 
 def test_one_calibration_image_leaves_nothing_to_hold_out(tiny_model_dir, tmp_path, samples_dir, capsys):
     folder = tmp_path / "one"
     folder.mkdir()
     (folder / "blank.jpg").write_bytes((samples_dir / "blank.jpg").read_bytes())
-    err = _error(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--quantize", "int8",
+    err = one_line_error(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--quantize", "int8",
                   "--calibration", str(folder)], capsys)
     assert "only 1 calibration input" in err and "nothing left to hold out" in err
 

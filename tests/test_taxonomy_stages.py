@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import one_line_error
 from train_helpers import FAST, make_trees
 
 from trapkit.cli import main
@@ -26,13 +27,6 @@ def _csv(path, labels, rows=None):
     rows = rows if rows is not None else {label: TAXA[label] for label in labels}
     path.write_text("label,taxonomy\n" + "".join(f'{k},"{v}"\n' for k, v in rows.items()), encoding="utf-8")
     return path
-
-
-def _error(argv, capsys) -> str:
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("trapkit: error: ") and "\n" not in err
-    return err
 
 
 def test_export_taxonomy_reaches_the_graph_triton_and_the_hub_card(tiny_model_dir, tmp_path):
@@ -60,7 +54,7 @@ def test_export_taxonomy_reaches_the_graph_triton_and_the_hub_card(tiny_model_di
 def test_export_bad_taxonomy_rows_are_one_line_and_nothing_is_written(tiny_model_dir, tmp_path, capsys, rows,
                                                                          message):
     path = _csv(tmp_path / "t.csv", (), rows)
-    err = _error(["export", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--taxonomy", str(path)], capsys)
+    err = one_line_error(["export", str(tiny_model_dir), "--out", str(tmp_path / "out"), "--taxonomy", str(path)], capsys)
     assert message in err
     assert not (tmp_path / "out" / "model.onnx").exists()
 
@@ -88,6 +82,6 @@ def test_al_init_taxonomy_goes_into_every_model_of_the_run(trees, tmp_path):
 
 def test_al_init_bad_taxonomy_stops_before_the_run_exists(trees, tmp_path, capsys):
     path = _csv(tmp_path / "t.csv", (), {"bear": TAXA["bear"], "cattle": TAXA["cattle"]})
-    err = _error(_init(trees, tmp_path / "run", path), capsys)
+    err = one_line_error(_init(trees, tmp_path / "run", path), capsys)
     assert "has no row for dog; add one row per class" in err
     assert not (tmp_path / "run").exists()
