@@ -14,6 +14,7 @@ from trapkit.flags import given, only_with
 # Kept in step with trapkit.export.quantize (not imported: --help stays instant); a test compares them.
 INT8_TARGETS = ("avx2", "vnni", "gpu")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_MIN_AGREEMENT, DEFAULT_CALIBRATION_METHOD = 0.99, "entropy"  # VariantSettings' defaults
 
 
 def register(subparsers, common) -> None:
@@ -42,14 +43,15 @@ def register(subparsers, common) -> None:
                    "validation images measure it (default: a run's own images, else the bundled photos)")
     v.add_argument("--min-agreement", type=float, default=None,
                    help="with --quantize int8: refuse int8 below this top-1 agreement with fp32 on held-out "
-                   "images (default 0.99)")
+                   f"images (default {DEFAULT_MIN_AGREEMENT:g})")
     v.add_argument("--int8-target", choices=INT8_TARGETS, default=None,
                    help="with --quantize int8: where the graph will run. vnni: CPUs with AVX-512 VNNI, AVX-VNNI "
                    "or AMX (8-bit weights); avx2: older x86 CPUs (7-bit weights, no overflow); gpu: int8 "
-                   "symmetric for TensorRT/CUDA. Default: this machine's CPU")
+                   "symmetric for TensorRT (onnxruntime's CUDA provider runs it slower than fp32). Default: this "
+                   "machine's CPU")
     v.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,
                    help="with --quantize int8: how activation ranges are set from the calibration images "
-                   "(default entropy)")
+                   f"(default {DEFAULT_CALIBRATION_METHOD})")
     t = p.add_argument_group("Triton")
     t.add_argument("--triton", type=Path, metavar="REPO", help="also add the model to this Triton model repository")
     t.add_argument("--name", help="Triton model name (default: the model spec's name)")

@@ -102,6 +102,9 @@ def test_cli_choices_match_the_library():
     from trapkit.export import cli
 
     assert cli.INT8_TARGETS == INT8_TARGETS and cli.CALIBRATION_METHODS == quantize.CALIBRATION_METHODS
+    defaults = VariantSettings()  # the defaults --help states
+    assert (cli.DEFAULT_MIN_AGREEMENT, cli.DEFAULT_CALIBRATION_METHOD) == (defaults.min_agreement,
+                                                                          defaults.calibration_method)
 
 
 # -- export from a model folder and from a run folder -----------------------------------------------------
