@@ -22,7 +22,7 @@ screen, measured by the page itself with performance.measure); keystrokes (and
 clicks) per verified crop; every answer checked against the truth at the end.
 Targets (issue 16): first page < 1 s, every page change < 300 ms, <= 0.1 keystrokes per crop.
 
-    .venv/bin/python bench/bench_review.py [--images 500] [--crops-per-image 10] [--think 3.0]
+    .venv/bin/python bench/bench_review.py [--images 500] [--crops-per-image 10] [--think 3.0] [--pages N]
 """
 
 from __future__ import annotations
@@ -198,6 +198,8 @@ def main() -> int:
     ap.add_argument("--wrong", type=float, default=0.05, help="share of crops whose shown species is wrong")
     ap.add_argument("--think", type=float, default=3.0, help="seconds the person looks at each page")
     ap.add_argument("--keys-only-pages", type=int, default=10, help="last pages fixed with the keyboard alone")
+    ap.add_argument("--pages", type=int, default=None,
+                    help="verify only the first N pages (a season of 100,000 crops is 1,000 pages; default all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -231,7 +233,8 @@ def main() -> int:
                 state = json.loads(urllib.request.urlopen(url + "api/state").read())
                 numbers = {g["name"]: str(n + 1) for n, g in enumerate(g for g in state["groups"] if g["name"])}
                 assert len(numbers) <= 9, "every species must have a number key"
-                pages = -(-len(truth) // PAGE)
+                pages = min(-(-len(truth) // PAGE), args.pages or len(truth))
+                verified: set[str] = set()
                 strokes = {"mouse": 0, "keys": 0}
                 clicks = 0
                 crops = {"mouse": 0, "keys": 0}
@@ -249,6 +252,7 @@ def main() -> int:
                     page.keyboard.press("a")
                     strokes[mode] += s + 1
                     crops[mode] += len(keys)
+                    verified.update(keys)
                     wait_saved(page)
                     if n + 1 < pages:
                         wait_shown(page, before + 1)
@@ -262,9 +266,9 @@ def main() -> int:
         with open(answers, newline="", encoding="utf-8-sig") as f:
             saved = {f"{r['RelativePath'].replace(chr(92), '/')}/{r['File']}#{r['Detection']}": r["Species"]
                      for r in csv.DictReader(f)}
-    correct = sum(saved.get(k) == v for k, v in truth.items())
-    for k, v in truth.items():
-        if saved.get(k) != v:
+    correct = sum(saved.get(k) == truth[k] for k in verified)
+    for k in sorted(verified):
+        if (v := truth[k]) != saved.get(k):
             print(f"wrong answer: {k}: saved {saved.get(k)!r}, truth {v!r}, shown {shown[k]!r}")
     load = os.getloadavg()
     print(f"season: {len(truth)} crops on {args.images} images ({args.crops_per_image} per image), "
@@ -282,9 +286,9 @@ def main() -> int:
     if crops["keys"]:
         print(f"keystrokes per verified crop, keys only: {strokes['keys'] / crops['keys']:.3f} "
               f"over {crops['keys']} crops")
-    print(f"answers: {len(saved)} rows, {correct} of {len(truth)} equal the truth; "
+    print(f"answers: {len(saved)} rows for {len(verified)} verified crops, {correct} equal the truth; "
           f"requests off the machine: {len(outside)}")
-    return 0 if correct == len(truth) and not outside else 1
+    return 0 if correct == len(verified) == len(saved) and not outside else 1
 
 
 if __name__ == "__main__":

@@ -471,6 +471,9 @@ class ThumbCache:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a page's 100 thumbnails reuse a few connections
+    # Headers and body are two writes; on a kept-alive connection Nagle's algorithm holds the body until the
+    # browser's delayed ACK of the headers, about 40 ms per thumbnail (most of a first page's second).
+    disable_nagle_algorithm = True
     server: GridHTTPServer
 
     def log_message(self, fmt, *args):  # noqa: D401 - http.server's hook; requests are debug chatter

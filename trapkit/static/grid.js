@@ -170,8 +170,9 @@ function showPage(data, t0, resume = false, cursor = 0) {
   renderSidebar();
   saveHash();
   window.scrollTo(0, 0);
-  whenShown(t0, S.serial);
-  prefetch(S.page + 1);
+  // The next page is fetched once this one is on screen: before, its thumbnails would queue beside this page's.
+  const serial = S.serial;
+  whenShown(t0, serial).then(() => { if (serial === S.serial) prefetch(S.page + 1); });
 }
 
 async function loadPage(page, t0 = performance.now(), cursor = 0) {
