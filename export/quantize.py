@@ -177,7 +177,8 @@ def make_variant(fp32: bytes, spec: ModelSpec, settings: VariantSettings, run_di
     """
     if settings.kind == "fp32":
         return fp32, None
-    calibration, held_out = calibration_and_held_out(spec, settings.calibration, run_dir)
+    calibration, held_out = calibration_and_held_out(spec, settings.calibration, run_dir,
+                                                     calibrate=settings.kind == "int8")
     if settings.kind == "fp16":
         data = to_fp16(fp32, spec)
     else:
@@ -204,18 +205,20 @@ def _calibration_source(folder: Path | None, run_dir: Path | None) -> str:
     return "the run's labelled and pool images" if run_dir is not None else "the bundled photos"
 
 
-def calibration_and_held_out(spec: ModelSpec, folder: Path | None, run_dir: Path | None
-                             ) -> tuple[np.ndarray, HeldOut]:
+def calibration_and_held_out(spec: ModelSpec, folder: Path | None, run_dir: Path | None, calibrate: bool = True
+                             ) -> tuple[np.ndarray | None, HeldOut]:
     """(calibration inputs (N, S, S, 3) uint8, held-out images): never the same images.
 
     A run folder with validation images: those measure, and the run's own labelled and pool images
-    calibrate (or `folder`'s, if given). Otherwise `folder`'s inputs (default the bundled photos) are
+    calibrate (or `folder`'s, if given; None for `calibrate=False`: fp16 needs only the measure). Otherwise `folder`'s inputs (default the bundled photos) are
     split, seeded: 70% calibrate, 30% measure.
     """
     from trapkit.export.calibration import calibration_images
 
     held_out = run_validation_images(run_dir, spec) if run_dir is not None else None
     if held_out is not None:
+        if not calibrate:
+            return None, held_out
         if folder is not None:
             return calibration_images(spec, folder), held_out
         return run_calibration_images(run_dir, spec), held_out

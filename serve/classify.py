@@ -59,7 +59,7 @@ from trapkit import __version__
 from trapkit import detections as md
 from trapkit.atomic import atomic_write_json, check_writable
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, is_image_file, iter_files, iter_images, safe_join
+from trapkit.images import ImageReadError, is_file_under, is_image_file, iter_files, iter_images, safe_join
 from trapkit.prepare import crops_from_image, prepare_entry
 from trapkit.serve import feature_table, outputs
 from trapkit.serve import video as vid
@@ -256,7 +256,7 @@ class _Job:
     def check_images_found(self) -> None:
         """Stop before any work when not one image to classify is under IMAGES_DIR: the folder is wrong."""
         files = [self.frames[i][0] if i in self.frames else self.doc["images"][i]["file"] for i in sorted(self.targets)]
-        if files and not any(_is_file(self.paths.images_dir, f) for f in files):
+        if files and not any(is_file_under(self.paths.images_dir, f) for f in files):
             raise TrapkitError(
                 f"none of the {len(files)} images to classify in {self.paths.detections} is under "
                 f"{self.paths.images_dir} ({files[0]} is missing); IMAGES_DIR is probably the wrong folder: "
@@ -514,13 +514,6 @@ def _sampled_frames(root: Path, videos: list[str], every: int) -> list[dict]:
             entries.append({"file": vid.frame_file(video, 0), "failure": failure, "detections": None})
         entries += [{"file": vid.frame_file(video, n), "detections": copy.deepcopy(box)} for n in range(0, count, every)]
     return entries
-
-
-def _is_file(root, file: str) -> bool:
-    try:
-        return safe_join(root, file).is_file()
-    except ImageReadError:
-        return False
 
 
 def _load_checkpoint(path: Path, fingerprint: str, resume: bool) -> dict:

@@ -38,7 +38,6 @@ import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ import numpy as np
 from trapkit import __version__
 from trapkit.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.sequences import parse_exif_time
 from trapkit.serve.video import split_frame
 from trapkit.typed_json import checked, refuse_newer
 
@@ -57,7 +57,6 @@ SIDECAR_SUFFIX = ".meta.json"  # features.csv -> features.csv.meta.json
 SUFFIXES = (".parquet", ".csv")
 FIXED_COLUMNS = ("file", "frame", "detection_index", "detection_conf", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
                  "time", "label", "conf")
-_EXIF_TIME = "%Y:%m:%d %H:%M:%S"
 _MAKE_ONE = "make one with trapkit classify ... --features FILE.parquet"
 
 
@@ -158,14 +157,6 @@ def _schema(meta: FeatureMeta):
                      metadata={METADATA_KEY: meta.to_json()})
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text.strip().rstrip("\x00"), _EXIF_TIME)
-    except ValueError:  # "0000:00:00 00:00:00" and other cameras' placeholders
-        return None
-
 
 class FeatureParts:
     """Each checkpointed chunk's embeddings, `part-<first image>.npz` in `folder` (keys (n, 2) int64: image and
@@ -203,17 +194,17 @@ class FeatureParts:
     def _files(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.npz")) if self.folder.is_dir() else []
 
-    def _load(self, path: Path) -> dict[str, np.ndarray]:
+    def _load(self, path: Path, names: tuple[str, ...] = ("keys", "embedding", "images")) -> dict[str, np.ndarray]:
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in ("keys", "embedding", "images")}
+            with np.load(path, allow_pickle=False) as z:  # reads only the arrays asked for
+                return {k: z[k] for k in names}
         except (OSError, ValueError, KeyError) as e:
             raise TrapkitError(f"features checkpoint {path} is unreadable ({e.__class__.__name__}); "
                                "delete the classify checkpoint beside --out to start over") from None
 
     def _index(self):
         for path in self._files():
-            yield path, {str(i) for i in self._load(path)["images"].tolist()}
+            yield path, {str(i) for i in self._load(path, ("images",))["images"].tolist()}
 
     def add(self, images: list[int], embeddings: dict[tuple[int, int], np.ndarray]) -> None:
         """One chunk: the images it covered and {(image, detection): (D,) embedding} for its classified crops."""
@@ -293,7 +284,7 @@ def _batch(schema, keys: np.ndarray, emb: np.ndarray, result: dict, done: dict):
         for name, value in (("file", im["file"]), ("frame", frame), ("detection_index", j),
                             ("detection_conf", det.get("conf")),
                             ("bbox_x", x), ("bbox_y", y), ("bbox_w", w), ("bbox_h", h),
-                            ("time", _parse_time(done[str(i)].get("time"))),
+                            ("time", parse_exif_time(done[str(i)].get("time"))),
                             ("label", labels.get(top[0]) if top[0] is not None else None), ("conf", top[1])):
             fixed[name].append(value)
     feats = np.asfortranarray(emb, dtype=np.float32)  # (n, D): each column contiguous for Arrow

@@ -39,7 +39,7 @@ import numpy as np
 from trapkit.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from trapkit.errors import TrapkitError
 from trapkit.figures import figure_png, new_figure
-from trapkit.images import ImageReadError, safe_join
+from trapkit.images import ImageReadError, is_file_under, safe_join
 from trapkit.serve.feature_table import FeatureTable, feature_columns, read_features, require
 from trapkit.serve.settings import FeatureSettings
 
@@ -328,7 +328,7 @@ def _example_crops(examples, images: Path, meta) -> dict[tuple[int, int], np.nda
     for row in examples.itertuples(index=False):
         item = (row.morph, row.rank, [row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h])
         frame = vid.split_frame(row.file)
-        if frame is not None and _is_file(images, frame[0]):  # MegaDetector's clip.mp4/frame000123.jpg
+        if frame is not None and is_file_under(images, frame[0]):  # MegaDetector's clip.mp4/frame000123.jpg
             videos[frame[0]][frame[1]].append(item)
         elif vid.is_video_file(row.file) and row.frame == row.frame and row.frame is not None:  # not NaN or None
             videos[row.file][int(row.frame)].append(item)  # a detection of a video-level entry
@@ -364,13 +364,6 @@ def _example_crops(examples, images: Path, meta) -> dict[tuple[int, int], np.nda
         raise TrapkitError(f"--images {images} holds none of the montage's photos ({missing[0]} is missing); "
                            "give the IMAGES_DIR given to trapkit classify")
     return crops
-
-
-def _is_file(root: Path, file: str) -> bool:
-    try:
-        return safe_join(root, file).is_file()
-    except ImageReadError:
-        return False
 
 
 def _montage_png(examples, frame, k: int, images: Path, meta) -> bytes:

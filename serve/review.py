@@ -36,7 +36,7 @@ from trapkit.answers import WRONG_BOX, csv_text, read_rows
 from trapkit.atomic import atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.grid import GREY, GridApp, GridItem, cut_thumbnails, frame_image
-from trapkit.images import ImageReadError, read_header, safe_join
+from trapkit.images import ImageReadError, is_file_under, read_header, safe_join
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import sequences
 
@@ -225,7 +225,7 @@ class ReviewSource:
             raise TrapkitError(f"--images {self.images} is not a folder; give the folder RESULTS' file paths "
                                "start from")
         files = sorted({it.file for it in self._items})
-        if not any(_is_file(self.images, f) for f in files):
+        if not any(is_file_under(self.images, f) for f in files):
             raise TrapkitError(f"none of the {len(files)} images of {self.results.name} is under {self.images} "
                                f"({files[0]} is missing); --images is probably the wrong folder: give the one "
                                "RESULTS' file paths start from")
@@ -450,13 +450,6 @@ def verified_results(doc: dict, answers: dict[str, str], answers_name: str) -> d
 
 def _folder(file: str) -> str:
     return str(PurePosixPath(file).parent)
-
-
-def _is_file(root: Path, file: str) -> bool:
-    try:
-        return safe_join(root, file).is_file()
-    except ImageReadError:
-        return False
 
 
 def _exif_time(root: Path, file: str) -> str | None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from trapkit.flags import add_ray_args, ray_settings
 from trapkit.spec import INTERPOLATIONS
-from trapkit.train.settings import LOSSES, MININGS
+from trapkit.train.settings import FLAGS, LOSSES, MININGS, resolve
+from trapkit.train.settings import default_of as d
 from trapkit.web import add_server_args, check_server_args
 
 
@@ -22,8 +23,6 @@ def _categories(text: str) -> tuple[str, ...]:
 def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
     """The options of `al init`, shared by `al simulate`. Defaults are None: 'not given' (config file wins);
     the help states the settings dataclasses' defaults (`default_of`)."""
-    from trapkit.train.settings import default_of as d
-
     p.add_argument("--labelled", required=required, help="seed images, one sub-folder per class")
     p.add_argument("--unlabelled", required=required, help="pool of images to label (any tree)")
     p.add_argument("--validation", help="held-out validation images, one sub-folder per class "
@@ -55,7 +54,6 @@ def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _round_options(p: argparse.ArgumentParser) -> None:
-    from trapkit.train.settings import default_of as d
     from trapkit.train.strategies import STRATEGIES
 
     p.add_argument("--strategy", choices=tuple(STRATEGIES), help=f"selection strategy (default {d('strategy')})")
@@ -76,8 +74,6 @@ def _round_options(p: argparse.ArgumentParser) -> None:
 
 def _flags(args: argparse.Namespace) -> dict:
     """The settings flags given on this command line (every `FLAGS` name its parser has)."""
-    from trapkit.train.settings import FLAGS
-
     return {k: getattr(args, k) for k in FLAGS if hasattr(args, k)}
 
 
@@ -157,7 +153,6 @@ def _report(result) -> None:
 
 def _init(args) -> int:
     from trapkit.train.loop import init_run
-    from trapkit.train.settings import resolve
 
     cluster = ray_settings(args)
     _report(init_run(args.run, resolve(args.config, _flags(args)), taxonomy=args.taxonomy, cluster=cluster))
@@ -210,7 +205,6 @@ def _status(args) -> int:
 def _simulate(args) -> int:
     from trapkit.train.loop import simulate
     from trapkit.train.metrics import shown
-    from trapkit.train.settings import resolve
 
     curve = simulate(args.out, resolve(args.config, _flags(args)), args.oracle, args.budget,
                      allow_new_classes=args.allow_new_classes)

@@ -57,6 +57,7 @@ class LabelSource:
         """Read the request again (`al next` may have started a new round)."""
         self._round = self.run.load_state().round
         self._request = label_api.current_request(self.run_dir)
+        self._crop_margin = self._margin()  # read once a round, not per thumbnail
         if not self._request:
             raise TrapkitError(f"the current round of {self.run_dir} requests no images; run 'trapkit al next'")
         self._label_keys = {item_key(*it.key): it.key for it in self._request}
@@ -99,7 +100,7 @@ class LabelSource:
         except ImageReadError as e:
             log.warning("labelling page: %s", e)
             return [Image.new("RGB", (size, size), grid.GREY) for _ in items]
-        return grid.cut_thumbnails(path, [it.bbox for it in items], size, self._margin())
+        return grid.cut_thumbnails(path, [it.bbox for it in items], size, self._crop_margin)
 
     def frame(self, file: str, size: int):
         from PIL import Image

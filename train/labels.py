@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trapkit.answers import (
+    REQUEST_COLUMNS,
     TRUE_VALUES,
     WRONG_BOX,
     Answer,
@@ -48,7 +49,6 @@ from trapkit.train.run import OK, POOL, Run, format_box, parse_box
 
 log = logging.getLogger(__name__)
 
-REQUEST_COLUMNS = ("File", "RelativePath", "Selected")
 GUESS_COLUMNS = ("File", "RelativePath", "Detection", "X", "Y", "Width", "Height", "Guess", "Confidence")
 MAX_LISTED = 10
 

@@ -371,8 +371,7 @@ def _images_without_items(settings: RunSettings) -> set[str]:
     pool = Path(data.unlabelled).resolve()
     for folder, md in [(data.unlabelled, data.detections), *zip(data.seasons, data.season_detections)]:
         if md:
-            prefix = Path(folder).resolve().relative_to(pool).as_posix()
-            prefix = "" if prefix == "." else prefix + "/"
+            prefix = _season_prefix(pool, Path(folder))
             found = detection_items(folder, md, data.threshold, data.categories, "--detections", "--unlabelled")
             out |= {prefix + p for p in found.without}
     return out
@@ -401,17 +400,23 @@ def _rescan_pool(run: Run, settings: RunSettings, df, n: int):
     return df
 
 
+def _season_prefix(pool: Path, folder: Path) -> str:
+    """What a season folder's manifest paths start with: its path under the pool, '' for the pool itself.
+    ValueError when it is not inside the pool."""
+    prefix = folder.resolve().relative_to(pool).as_posix()
+    return "" if prefix == "." else prefix + "/"
+
+
 def _add_season(run: Run, settings: RunSettings, state: RunState, df, folder: Path, detections, n: int):
     """A new season joins the pool: its items are embedded this round and join selection."""
     pool = Path(settings.data.unlabelled).resolve()
     if not folder.is_dir():
         raise TrapkitError(f"--add-pool folder {folder} does not exist; give the new season's image folder")
     try:
-        prefix = folder.resolve().relative_to(pool).as_posix()
+        prefix = _season_prefix(pool, folder)
     except ValueError:
         raise TrapkitError(f"--add-pool {folder} is not inside the pool folder {pool}; label requests name images "
                            "relative to that one folder (as Timelapse does): move or link the season into it") from None
-    prefix = "" if prefix == "." else prefix + "/"
     if settings.on_detections and detections is None:
         raise TrapkitError("this run's items are MegaDetector detections: add the season's file with --add-pool "
                            f"{folder} --detections MD.json")
@@ -860,7 +865,7 @@ def _write_curve(run: Run, curve: list[dict]) -> None:
 
 def curve_png(curves: dict[str, list[dict]]) -> bytes:
     """Validation accuracy against labels, one line per named curve."""
-    from trapkit.train.metrics import figure_png, new_figure
+    from trapkit.figures import figure_png, new_figure
 
     fig = new_figure(6, 4)
     ax = fig.subplots()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from trapkit.figures import figure_png, new_figure  # noqa: F401 - train.loop draws through here too
+from trapkit.figures import figure_png, new_figure
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -180,7 +180,6 @@ class GridApp:
                 "done": sum(done.values()),
                 "version": self.version,
                 "wrong_box": WRONG_BOX,
-                "default_order": DEFAULT_ORDER,
                 "keys": [list(k) for k in KEYS],
             }
 

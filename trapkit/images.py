@@ -203,6 +203,14 @@ def safe_join(root: str | Path, relative: str) -> Path:
     return Path(root).resolve() / normal
 
 
+def is_file_under(root: str | Path, relative: str) -> bool:
+    """Whether `relative` (as `safe_join` takes it) names a file under `root`; False for an escaping path."""
+    try:
+        return safe_join(root, relative).is_file()
+    except ImageReadError:
+        return False
+
+
 def open_image(path: str | Path, min_size: tuple[int, int] | None = None,
                rows: int | None = None) -> tuple[Image.Image, list[str]]:
     """Open an image upright and in RGB. Returns (image, warnings).

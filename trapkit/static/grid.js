@@ -5,7 +5,8 @@
 "use strict";
 
 const S = {
-  state: null, view: { group: "", order: "high", ref: null },  // the server's default_order replaces it page: 0, pages: 1, total: 0,
+  state: null, view: { group: "", order: "high", ref: null },  // "high": the server's DEFAULT_ORDER
+  page: 0, pages: 1, total: 0,
   items: [], cursor: 0, selected: new Set(), undo: [], version: 0, chain: Promise.resolve(), pending: 0,
   shown: 0, searchHits: [], searchActive: 0,
 };
