@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from trapkit.flags import add_ray_args, ray_settings
-from trapkit.spec import INTERPOLATIONS
+from trapkit.crop_policy import INTERPOLATIONS
 from trapkit.train.settings import FLAGS, LOSSES, MININGS, resolve
 from trapkit.train.settings import default_of as d
 from trapkit.web import add_server_args, check_server_args

@@ -35,13 +35,16 @@ from trapkit.answers import (
     TRUE_VALUES,
     WRONG_BOX,
     Answer,
+    AnswersBook,
+    clean_species,
     csv_text,
     join_key,
-    read_answers,
+    neutralise,
+    now,
     read_rows,
+    restore,
     split_key,
     timelapse_folder,
-    write_answers,
 )
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
@@ -170,7 +173,7 @@ def write_guesses(path: Path, guesses: list[Guess]) -> None:
     for g in guesses:
         folder, name = split_key(g.path)
         box = format_box(g.bbox).split() if g.bbox is not None else [""] * 4
-        rows.append((name, timelapse_folder(folder), _detection_cell(g.detection), *box, g.guess or "",
+        rows.append((name, timelapse_folder(folder), _detection_cell(g.detection), *box, neutralise(g.guess or ""),
                      "" if g.confidence is None else f"{g.confidence:.4f}"))
     atomic_write_text(path, csv_text(GUESS_COLUMNS, rows))
 
@@ -190,7 +193,7 @@ def read_guesses(path: Path) -> list[Guess]:
             box = parse_box(" ".join(cell(k) for k in ("x", "y", "width", "height")))
             out.append(Guess(join_key(cell("relativepath"), cell("file")),
                              int(cell("detection")) if cell("detection") else None, box,
-                             cell("guess") or None, float(cell("confidence")) if cell("confidence") else None))
+                             restore(cell("guess")) or None, float(cell("confidence")) if cell("confidence") else None))
         except ValueError:
             raise TrapkitError(f"{path} line {line} is damaged; delete the file and run 'trapkit al next' "
                                "again") from None
@@ -351,7 +354,7 @@ def class_names(run_dir: str | Path) -> list[str]:
 
 
 def _saved_answers(path: Path) -> dict[tuple[str, int | None], Answer]:
-    return {a.key: a for a in read_answers(path)} if path.is_file() else {}
+    return AnswersBook(path).answers() if path.is_file() else {}
 
 
 def current_request(run_dir: str | Path) -> list[RequestItem]:
@@ -391,7 +394,8 @@ def save_answers(run_dir: str | Path, answers: Mapping, allow_new_classes: bool 
         items = selected_items(run, n)
         keys = {(g.path, g.detection) for g in items}
         images = {g.path for g in items}
-        answers = {_key(k): str(s).strip() for k, s in answers.items()}
+        answers = {_key(k): clean_species(str(s), "labelling page") if str(s).strip() else "" for k, s in
+                   answers.items()}
         bad = [f"{p}" + ("" if d is None else f" detection {d}") for p, d in answers
                if ((p, d) not in keys if d is not None else p not in images)]
         if bad:
@@ -406,11 +410,5 @@ def save_answers(run_dir: str | Path, answers: Mapping, allow_new_classes: bool 
         for warning in case_clashes(new, known):
             log.warning("%s", warning)
         path = page_answers_path(run_dir)
-        merged = _saved_answers(path)
-        for (p, d), species in answers.items():
-            if species:
-                merged[(p, d)] = Answer(f"{path.name}", p, species, True, d)
-            else:
-                merged.pop((p, d), None)
-        write_answers(path, merged.values())
+        AnswersBook(path, "the labelling page's answers file").merge(answers, selected=True, reviewed=now())
     return path

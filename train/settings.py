@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trapkit.atomic import atomic_write_json
+from trapkit.crop_policy import CropPolicy
 from trapkit.errors import TrapkitError
 from trapkit.typed_json import checked, read_json, read_versioned
 
@@ -41,8 +42,8 @@ class DataSettings:
     detections: str | None = None
     seed_detections: str | None = None
     validation_detections: str | None = None
-    threshold: float = 0.1  # detections at or above this confidence are items
-    categories: tuple[str, ...] = ("animal",)  # in these MegaDetector categories (any case)
+    threshold: float = CropPolicy.threshold  # detections at or above this confidence are items
+    categories: tuple[str, ...] = CropPolicy.categories  # in these MegaDetector categories (any case)
     # Seasons added by `al next --add-pool DIR [--detections MD.json]`: folders inside the pool folder.
     seasons: tuple[str, ...] = ()
     season_detections: tuple[str, ...] = ()  # one per season with detections ('' for a whole-image run)
@@ -55,8 +56,8 @@ class ModelSettings:
     feat_dim: int = 256
     input_size: int | None = None  # None: what the backbone's pretrained weights expect
     resize_mode: str = "squash"
-    interpolation: str = "bilinear"
-    crop_margin: float = 0.1  # context around a detection box, as a fraction of its longer side
+    interpolation: str = CropPolicy.interpolation
+    crop_margin: float = CropPolicy.margin  # context around a detection box, as a fraction of its longer side
     head_hidden: tuple[int, ...] = (230, 100)
 
 
@@ -121,6 +122,11 @@ class RunSettings:
     def on_detections(self) -> bool:
         """Items are MegaDetector detections (not whole images)."""
         return self.data.detections is not None
+
+    @property
+    def crop_policy(self) -> CropPolicy:
+        """Which detections are items and how they are cut: what the run's models record in their spec."""
+        return CropPolicy(self.model.crop_margin, self.data.threshold, self.data.categories, self.model.interpolation)
 
     @property
     def sequence_aware(self) -> bool:
@@ -209,7 +215,6 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
 
 def validate(s: RunSettings) -> None:
     from trapkit.flags import only_with
-    from trapkit.spec import INTERPOLATIONS
     from trapkit.train.strategies import STRATEGIES
 
     if s.finetune.loss not in LOSSES:
@@ -235,14 +240,7 @@ def validate(s: RunSettings) -> None:
     if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0):
         raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2} and weight_decay "
                            f"{h.weight_decay} at least 0); fix the config file")
-    if not 0.0 <= s.data.threshold <= 1.0:
-        raise TrapkitError(f"--threshold {s.data.threshold} is out of range; use a detection confidence in [0, 1]")
-    if not s.data.categories or not all(s.data.categories):
-        raise TrapkitError("--categories needs at least one MegaDetector category name, such as animal")
-    if not 0.0 <= s.model.crop_margin <= 2.0:
-        raise TrapkitError(f"--crop-margin {s.model.crop_margin} is out of range; use a fraction between 0 and 2")
-    if s.model.interpolation not in INTERPOLATIONS:
-        raise TrapkitError(f"unknown interpolation {s.model.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+    s.crop_policy  # noqa: B018 - validates threshold, categories, margin and interpolation
     if s.select.sequence_gap < 0:
         raise TrapkitError(f"--sequence-gap must be 0 or more seconds, got {s.select.sequence_gap}")
     only_with("--detections POOL_MD.json", s.data.detections is not None,

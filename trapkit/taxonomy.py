@@ -197,3 +197,21 @@ def few(items: list[str]) -> str:
     """The first few of `items` for an error line, and how many more."""
     shown = ", ".join(items[:_SHOWN])
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+# C0 and C1 control characters (newline and tab included): a class name holding one splits CSV rows,
+# status lines and model-card tables.
+_CONTROL = "".join(map(chr, [*range(0x20), *range(0x7f, 0xa0)]))
+
+
+def check_class_name(name: str, where: str = "class name") -> str:
+    """`name` stripped; a one-line `TrapkitError` for an empty name or one with control characters."""
+    if not isinstance(name, str):
+        raise TrapkitError(f"{where} {name!r} is not text")
+    name = name.strip()
+    if not name:
+        raise TrapkitError(f"{where} is empty; every class needs a name")
+    if any(c in _CONTROL for c in name):
+        raise TrapkitError(f"{where} {name!r} holds control characters (a newline or tab, say); "
+                           "give the class a plain name")
+    return name
