@@ -1,4 +1,4 @@
-"""`trapkit demo` (the Gradio demo page) and `trapkit review` (the verification grid), registered by trapkit.cli.
+"""`trapkit demo` (the Gradio demo page) and `trapkit review` (the verification grid), registered by trapkit.app.cli.
 
 Gradio and the model load inside the adapters, so `trapkit --help` stays fast.
 """

@@ -9,7 +9,7 @@ import pytest
 from review_helpers import browser, press
 from train_helpers import FAST, make_trees
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.answers import read_answers
 from trapkit.errors import TrapkitError
 from trapkit.train import labels

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from trapkit.cli import main
-from trapkit.quickstart import _latest_version_is
+from trapkit.app.cli import main
+from trapkit.app.quickstart import _latest_version_is
 
 
 @pytest.mark.slow

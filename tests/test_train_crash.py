@@ -10,7 +10,7 @@ import sys
 import pytest
 from train_helpers import FAST, make_trees, write_answers
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.train import labels
 from trapkit.train.loop import KILL_ENV
 from trapkit.train.run import Run
@@ -29,7 +29,7 @@ def test_sigkill_at_every_stage_then_resume(tmp_path):
     labels.save_answers(run, page)  # answers from the labelling page, waiting in the inbox
     extra_path = next(p for p in trees["truth"] if p not in page)
     extra = write_answers(tmp_path / "extra.csv", {extra_path: trees["truth"][extra_path]})
-    command = [sys.executable, "-m", "trapkit.cli", "al", "next", str(run), "--labels", str(extra)]
+    command = [sys.executable, "-m", "trapkit.app", "al", "next", str(run), "--labels", str(extra)]
 
     for stage in STAGES:  # the same command, killed one stage later each time
         proc = subprocess.run(command, env={**os.environ, KILL_ENV: stage}, capture_output=True, text=True,

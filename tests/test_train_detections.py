@@ -13,7 +13,7 @@ import pytest
 from train_helpers import FAST, detection_doc, detection_flags, make_detection_trees, make_trees
 
 from trapkit.answers import WRONG_BOX, read_answers
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.train import labels
 from trapkit.train.run import Run

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from train_helpers import FAST, make_trees, write_answers
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.train import labels
 from trapkit.train.run import Run
 

@@ -1,0 +1,5 @@
+import sys
+
+from trapkit.app.cli import main
+
+sys.exit(main())
