@@ -176,9 +176,8 @@ class ReviewSource(FileGridSource):
             return table[[row_of[it.key] for it in items]]
         if self.model is None:
             return None
-        from tqdm import tqdm
-
         from trapkit.prepare import Preprocessing, prepare_image
+        from trapkit.progress import tracked
 
         runtime = self._open_runtime()
         prep = Preprocessing.from_spec(runtime.spec)
@@ -192,7 +191,7 @@ class ReviewSource(FileGridSource):
             rows.clear()
             crops.clear()
 
-        for file, members in tqdm(by_file.items(), desc="embedding crops", unit="img", disable=None, leave=False):
+        for file, members in tracked(by_file.items(), "embedding crops", "image"):
             try:
                 got = prepare_image(safe_join(self.images, file), [items[n].bbox for n in members], prep).crops
             except ImageReadError as e:
