@@ -24,7 +24,7 @@ from trapkit.crop_policy import CropPolicy
 from trapkit.errors import TrapkitError
 from trapkit.typed_json import checked, read_json, read_versioned
 
-SETTINGS_FORMAT_VERSION = 2  # 2: detections, crop policy, sequences, seasons
+SETTINGS_FORMAT_VERSION = 3  # 2: detections, crop policy, sequences, seasons; 3: seasons anywhere
 LOSSES = ("softmax", "triplet")
 MININGS = ("batch-hard", "semi-hard")
 
@@ -44,9 +44,39 @@ class DataSettings:
     validation_detections: str | None = None
     threshold: float = CropPolicy.threshold  # detections at or above this confidence are items
     categories: tuple[str, ...] = CropPolicy.categories  # in these MegaDetector categories (any case)
-    # Seasons added by `al next --add-pool DIR [--detections MD.json]`: folders inside the pool folder.
+    # Seasons added by `al next --add-pool DIR [--detections MD.json]`, one entry each in these four: the folder,
+    # its MegaDetector file ('' for a whole-image run), the prefix its items' paths carry in the run, and the
+    # manifest root its items are read from (`season_list` gives them as `Season`s).
     seasons: tuple[str, ...] = ()
-    season_detections: tuple[str, ...] = ()  # one per season with detections ('' for a whole-image run)
+    season_detections: tuple[str, ...] = ()
+    season_prefixes: tuple[str, ...] = ()
+    season_roots: tuple[str, ...] = ()
+
+    def season_list(self) -> list[Season]:
+        """The run's seasons. A season added by an earlier trapkit lies inside the pool folder: its prefix is
+        its path there."""
+        out = []
+        for i, folder in enumerate(self.seasons):
+            if i < len(self.season_prefixes):
+                prefix, root = self.season_prefixes[i], self.season_roots[i]
+            else:
+                prefix, root = Path(folder).resolve().relative_to(Path(self.unlabelled).resolve()).as_posix(), \
+                    "unlabelled"
+            out.append(Season(Path(folder), self.season_detections[i] if i < len(self.season_detections) else "",
+                              prefix, root))
+        return out
+
+
+@dataclass(frozen=True)
+class Season:
+    """A season of the pool: `folder`, its MegaDetector file `detections` ('' for whole images), the `prefix` its
+    items' paths carry in the run, and the manifest `root` they are read from (the pool's, for a season inside
+    the pool folder)."""
+
+    folder: Path
+    detections: str
+    prefix: str
+    root: str
 
 
 @dataclass

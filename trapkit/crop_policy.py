@@ -43,22 +43,20 @@ class CropPolicy:
 
 def check_margin(margin: float) -> float:
     if not isinstance(margin, (int, float)) or not 0.0 <= margin <= MAX_MARGIN:
-        raise TrapkitError(f"crop margin {margin} is out of range; use a fraction between 0 and {MAX_MARGIN:g} "
-                           "(--crop-margin)")
+        raise TrapkitError(f"crop margin {margin} is out of range; use a fraction between 0 and {MAX_MARGIN:g}")
     return float(margin)
 
 
 def check_threshold(threshold: float) -> float:
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise TrapkitError(f"detection threshold {threshold} is out of range; use a detection confidence in [0, 1] "
-                           "(--threshold)")
+        raise TrapkitError(f"detection threshold {threshold} is out of range; use a detection confidence in [0, 1]")
     return float(threshold)
 
 
 def check_categories(categories) -> tuple[str, ...]:
     categories = tuple(categories or ())
     if not categories or not all(isinstance(c, str) and c.strip() for c in categories):
-        raise TrapkitError("give at least one MegaDetector category to classify, such as animal (--categories)")
+        raise TrapkitError("give at least one MegaDetector category to classify, such as animal")
     return categories
 
 

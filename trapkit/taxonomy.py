@@ -125,12 +125,14 @@ def check_taxonomy(taxonomy, labels) -> tuple[str, ...]:
     return tuple(out)
 
 
-def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -> tuple[str, ...]:
+def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False,
+                      missing: list[str] | None = None) -> tuple[str, ...]:
     """The taxonomy strings for `labels` (in label order) from a `label,taxonomy` CSV.
 
     Every label needs exactly one row and every row a known label (unless `other_labels_ok`);
     the first kind of problem found is one `TrapkitError` line naming the rows (1-based, the
-    header is row 1).
+    header is row 1). With a `missing` list, labels without a row are appended to it instead and
+    get `no_taxon(label)`.
     """
     path = Path(path)
     rows = csv_rows(path, "taxonomy", CSV_COLUMNS)
@@ -159,10 +161,18 @@ def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -
                            f"{few(labels)} (names must match exactly)")
     if problems["duplicate"]:
         raise TrapkitError(f"{path}: {few(problems['duplicate'])} repeat a label; keep one row per class")
-    missing = [label for label in labels if label not in by_label]
-    if missing:
-        raise TrapkitError(f"{path} has no row for {few(missing)}; add one row per class")
+    lacking = [label for label in labels if label not in by_label]
+    if lacking and missing is None:
+        raise TrapkitError(f"{path} has no row for {few(lacking)}; add one row per class")
+    for label in lacking:
+        missing.append(label)
+        by_label[label] = no_taxon(label)
     return tuple(by_label[label] for label in labels)
+
+
+def no_taxon(label: str) -> str:
+    """The string of a class with no taxonomy row: not a taxon, its label as its name (no rollup above it)."""
+    return normalise(";;;;;;" + " ".join(label.replace(";", " ").split()))
 
 
 def display_names(labels, taxonomy) -> list[str]:
