@@ -24,7 +24,6 @@ import numpy as np
 from trapkit import grid
 from trapkit.answers import item_key
 from trapkit.errors import TrapkitError
-from trapkit.images import safe_join
 from trapkit.sequences import sequence_ids
 from trapkit.train import labels as label_api
 from trapkit.train.run import Run
@@ -43,7 +42,6 @@ class LabelSource(grid.FileGridSource):
         self.run = Run(self.run_dir)
         self.run.require()
         self.allow_new_classes = allow_new_classes
-        self.root = label_api.image_root(self.run_dir)
         self._round = None
         self._request: list = []
         self._vectors = None
@@ -52,6 +50,7 @@ class LabelSource(grid.FileGridSource):
     def refresh(self) -> None:
         """Read the request again (`al next` may have started a new round)."""
         self._round = self.run.load_state().round
+        self._settings = self.run.settings()
         self._request = label_api.current_request(self.run_dir)
         self.margin = self._margin()  # read once a round, not per thumbnail
         if not self._request:
@@ -89,7 +88,7 @@ class LabelSource(grid.FileGridSource):
         return self.answers()
 
     def image_path(self, file: str) -> Path:
-        return safe_join(self.root, file)
+        return self.run.pool_file(file, self._settings)
 
     def sequence(self, item: grid.GridItem) -> list[str]:
         """Keys of the requested items in the item's camera-trap sequence (same folder, EXIF times within the

@@ -5,6 +5,12 @@ Selected`, one row per pool image that still has an unlabelled item;
 `RelativePath` is the folder relative to the pool root with Windows
 backslashes, `Selected` is `true` for the images the model asks about.
 
+For Timelapse, each round also writes `round-NNN.choices.txt` (the classes, one per
+line, and `[wrong box]`: paste it into a Choice field's list) and, in a run on
+detections, `round-NNN.detections.json`: a MegaDetector file of the selected
+detections only (with the model's guess as their classification), so Timelapse
+draws the box each request row asks about.
+
 Guesses (`RUN/requests/round-NNN.guesses.csv`): one row per selected item:
 `File, RelativePath, Detection, X, Y, Width, Height, Guess, Confidence`
 (`Detection` is the index into the image's MegaDetector detections and X..Height
@@ -212,6 +218,44 @@ def write_guesses(path: Path, guesses: list[Guess]) -> None:
         rows.append((name, timelapse_folder(folder), _detection_cell(g.detection), *box, neutralise(g.guess or ""),
                      "" if g.confidence is None else f"{g.confidence:.4f}"))
     atomic_write_text(path, csv_text(GUESS_COLUMNS, rows))
+
+
+# MegaDetector's own ids for its categories; any other category name gets the next free id.
+_MD_CATEGORY_IDS = {"animal": "1", "person": "2", "vehicle": "3"}
+
+
+def write_choices(path: Path, classes) -> None:
+    """The classes as a Timelapse Choice list: one per line, then `WRONG_BOX`."""
+    atomic_write_text(path, "".join(f"{c}\n" for c in (*classes, WRONG_BOX)))
+
+
+def write_round_detections(path: Path, guesses: list[Guess], detector: Mapping[tuple[str, int], tuple[str, str]],
+                           classes) -> None:
+    """A MegaDetector batch file of the selected detections (`detector`: (path, detection) -> (conf, category)),
+    each with the model's guess as its classification: what Timelapse needs to draw the asked-about boxes."""
+    from trapkit.atomic import atomic_write_json
+    from trapkit.detections import OUTPUT_FORMAT_VERSION
+
+    categories = dict(_MD_CATEGORY_IDS)
+    ids = {c: str(i) for i, c in enumerate(classes)}
+    images: dict[str, list[dict]] = {}
+    for g in sorted(guesses, key=lambda g: (g.path, _order(g.detection))):
+        if g.detection is None or g.bbox is None:
+            continue
+        conf, category = detector.get((g.path, g.detection), ("", ""))
+        category = category or "animal"
+        cid = categories.setdefault(category, str(max(int(k) for k in categories.values()) + 1))
+        det = {"category": cid, "conf": float(conf) if conf else 1.0, "bbox": list(g.bbox)}
+        if g.guess in ids:
+            det["classifications"] = [[ids[g.guess], float(g.confidence or 0.0)]]
+        images.setdefault(g.path, []).append(det)
+    atomic_write_json(path, {
+        "info": {"format_version": OUTPUT_FORMAT_VERSION, "detector": "the run's detections files",
+                 "classifier": "trapkit (the round's guesses)"},
+        "detection_categories": {v: k for k, v in categories.items()},
+        "classification_categories": {i: c for c, i in ids.items()},
+        "images": [{"file": p, "detections": d} for p, d in images.items()],
+    }, indent=1)
 
 
 def read_guesses(path: Path) -> list[Guess]:

@@ -736,7 +736,13 @@ def _request(r: _Round, counts: np.ndarray) -> np.ndarray:
     candidates = np.flatnonzero(_candidate_mask(df))
     images = list(dict.fromkeys(paths[candidates].tolist()))  # one request row per image, manifest order
     labels_mod.write_request(run.request_path(n), images, set(paths[chosen].tolist()))
-    labels_mod.write_guesses(run.guesses_path(n), [_guess(r, i) for i in chosen])
+    guesses = [_guess(r, i) for i in chosen]
+    labels_mod.write_guesses(run.guesses_path(n), guesses)
+    labels_mod.write_choices(run.choices_path(n), r.classes)
+    if r.settings.on_detections:
+        detector = {(paths[i], int(detections[i])): (df.at[i, "conf"], df.at[i, "category"]) for i in chosen
+                    if detections[i]}
+        labels_mod.write_round_detections(run.round_detections_path(n), guesses, detector, r.classes)
     atomic_write_json(run.round_dir(n) / "request.json", {
         "format_version": REQUEST_FORMAT_VERSION, "items": int(len(chosen)),
         "images": len(set(paths[chosen].tolist())), "sequences": len(set(sequence[chosen].tolist())),

@@ -136,6 +136,12 @@ class Run:
     def guesses_path(self, n: int) -> Path:
         return self.requests_dir / f"round-{n:03d}.guesses.csv"
 
+    def choices_path(self, n: int) -> Path:
+        return self.requests_dir / f"round-{n:03d}.choices.txt"
+
+    def round_detections_path(self, n: int) -> Path:
+        return self.requests_dir / f"round-{n:03d}.detections.json"
+
     def embeddings_path(self, version: str) -> Path:
         return self.embeddings_dir / f"{version}.npy"
 
