@@ -670,7 +670,7 @@ def _evaluate(r: _Round) -> dict:
     m = metrics.compute(_labels_of(df, val, classes), r.probs[val].argmax(axis=1), classes)
     metrics.write(r.run.round_dir(r.n), m | {"round": r.n, "labelled": int(len(r.trained))}, classes)
     card = {k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "micro_precision", "micro_recall",
-                              "per_class_recall")}
+                              "per_class_recall", "per_class_precision")}
     # One meaning per key, in both metrics files: `labelled` counts the items trained on.
     atomic_write_json(r.run.staged_model_dir / "metrics.json",
                       {"format_version": METRICS_FORMAT_VERSION, "round": r.n, "labelled": int(len(r.trained)),
