@@ -20,7 +20,8 @@ from trapkit.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, a
 from trapkit.errors import TrapkitError
 from trapkit.export.changes import Changes
 from trapkit.export.usage import usage_sections
-from trapkit.graph import CARD_FILENAME, CHANGELOG_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
+from trapkit.graph import (CARD_FILENAME, CHANGELOG_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES,
+                           latest_changelog_entry)
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import display_names, parse_taxon
 
@@ -92,12 +93,13 @@ def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettin
     try:
         atomic_copy(onnx_path, folder / ONNX_FILENAME)
         atomic_write_json(folder / CONFIG_FILENAME, hub_config(spec, embedding_dim), indent=2)
-        atomic_write_text(folder / CARD_FILENAME, model_card(spec, embedding_dim, settings.license, metrics,
-                                                             on_detections, changes.markdown if changes else ""))
         if changes is not None:
             add_changelog_entry(folder / CHANGELOG_FILENAME, changes)
             if changes.confusion_png is not None:
                 atomic_write_bytes(folder / FIELD_CONFUSION_FILENAME, changes.confusion_png)
+        latest = latest_changelog_entry(folder)  # an unchanged re-export keeps showing the last change
+        atomic_write_text(folder / CARD_FILENAME, model_card(spec, embedding_dim, settings.license, metrics,
+                                                             on_detections, latest))
     except OSError as e:
         raise TrapkitError(f"cannot write the Hub folder {folder} ({e.strerror or e}); choose a writable --hub-folder") from None
     log.info("Hub folder written to %s (upload with: trapkit publish %s --repo-id OWNER/%s)", folder, folder, spec.name)
@@ -105,7 +107,7 @@ def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettin
 
 
 def model_card(spec: ModelSpec, embedding_dim: int, license: str, metrics: dict | None, on_detections: bool = True,
-               latest_changes: str = "") -> str:
+               latest_changes: tuple[str, str] | None = None) -> str:
     return "\n".join([front_matter(spec, license, metrics),
                       body(spec, embedding_dim, metrics, on_detections, latest_changes)])
 
@@ -159,7 +161,7 @@ def _round_note(metrics: dict) -> str:
 
 
 def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None, on_detections: bool = True,
-         latest_changes: str = "") -> str:
+         latest_changes: tuple[str, str] | None = None) -> str:
     s = spec.input_size
     recall = (metrics or {}).get("per_class_recall") or {}
     if isinstance(recall, list):
@@ -175,7 +177,7 @@ def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None, on_detection
     )
     header = ("| index | class | common name | scientific name | recall |\n| --- | --- | --- | --- | --- |" if latin
               else "| index | class | recall |\n| --- | --- | --- |")
-    changes = f"\n# What changed in this export\n\n{latest_changes.split(chr(10), 1)[1].strip()}\n\nEvery export: `{CHANGELOG_FILENAME}`.\n" \
+    changes = f"\n## What changed: {latest_changes[0]}\n\n{latest_changes[1]}\n\nEvery export: `{CHANGELOG_FILENAME}`.\n" \
         if latest_changes else ""
     summary = ""
     if metrics and isinstance(metrics.get("accuracy"), (int, float)):

@@ -131,7 +131,20 @@ class ReviewSource(FileGridSource):
     # -- GridSource ----------------------------------------------------------------------
 
     def classes(self) -> list[str]:
-        return [self.categories[k] for k in sorted(self.categories, key=lambda k: (len(k), k))]
+        """The model's classes: what number keys and `/` offer."""
+        return [name for k, name in self._categories() if not self._is_taxon(k)]
+
+    def taxa(self) -> list[str]:
+        """Categories above the classes (a rollup's "canidae", "animal"): shown as guesses to confirm or refine."""
+        return [name for k, name in self._categories() if self._is_taxon(k)]
+
+    def _categories(self) -> list[tuple[str, str]]:
+        return [(k, self.categories[k]) for k in sorted(self.categories, key=lambda k: (len(k), k))]
+
+    def _is_taxon(self, category_id: str) -> bool:
+        meta = self.doc["info"].get("classifier_metadata") or {}
+        n = meta.get("model_classes")  # results written before it was recorded: every category is a class
+        return isinstance(n, int) and category_id.isdigit() and int(category_id) >= n
 
     def items(self) -> list[GridItem]:
         return self._items

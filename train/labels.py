@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 GUESS_COLUMNS = ("File", "RelativePath", "Detection", "X", "Y", "Width", "Height", "Guess", "Confidence")
 MAX_LISTED = 10
+# What a classifier says above every taxon (serve/postprocess): "some animal", "cannot tell". A person who
+# confirms one has not named a class: the answer is kept aside like any other taxon.
+ROOT_TAXA = ("animal", "unknown")
 
 # Which items of each image a round selected: image path -> detection indices (None in the set: the whole
 # image), or None for "every item of the image" (a request without its guesses file).
@@ -132,6 +135,7 @@ class Vocabulary:
             for depth in range(1, taxon.depth):
                 name = taxon.path[depth - 1]
                 taxa.setdefault(name.casefold(), name)
+        taxa |= {name: name for name in ROOT_TAXA}
         taxa = {k: v for k, v in taxa.items() if k not in aliases and k not in {c.casefold() for c in classes}}
         return cls(classes, aliases, taxa)
 

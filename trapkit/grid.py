@@ -122,7 +122,8 @@ class GridSource(Protocol):
     def sequence(self, item: GridItem) -> list[str]: ...  # keys of the item's sequence (at least its own)
     def embeddings(self, items: list[GridItem]) -> np.ndarray | None: ...  # (n, D), or None: not available
     # Optional: `stale() -> bool` (the items changed: reload), `close()` (stop background work),
-    # `done_word` (the progress line's "N of M verified").
+    # `done_word` (the progress line's "N of M verified"), `taxa() -> list[str]` (names above the classes that
+    # crops may show, a classifier's rollup: a guess to confirm (`a` keeps it) or refine, never a number key).
 
 
 class FileGridSource:
@@ -215,13 +216,15 @@ class GridApp:
             self.reload()
         with self.lock:
             done = Counter(self.items[i].species or "" for k, i in self.by_key.items() if k in self.answers)
+            taxa = set(_taxa(self.source))
             return {
                 "title": self.source.title,
                 "done_word": getattr(self.source, "done_word", "verified"),
                 "answers_path": str(self.source.answers_path),
                 "classes": self.source.classes(),
                 "allow_new_classes": self.source.allow_new_classes,
-                "groups": [{"name": g, "count": self.counts[g], "done": done[g]} for g in self.groups],
+                "groups": [{"name": g, "count": self.counts[g], "done": done[g], "taxon": g in taxa}
+                           for g in self.groups],
                 "total": len(self.items),
                 "done": sum(done.values()),
                 "version": self.version,
@@ -323,7 +326,7 @@ class GridApp:
         Returns {"applied": [{key, before, after}], "skipped": [keys whose answer was not `expect`], counts}.
         """
         wanted: dict[str, tuple[str | None, object]] = {}
-        classes = set(self.source.classes()) | {WRONG_BOX}
+        classes = set(self.source.classes()) | set(_taxa(self.source)) | {WRONG_BOX}
         for c in changes:
             if not isinstance(c, dict) or not isinstance(c.get("key"), str):
                 raise TrapkitError("each change needs a 'key'")
@@ -394,6 +397,11 @@ class GridApp:
 
 
 _ANY = object()  # no `expect`: the change applies whatever the answer is now
+
+
+def _taxa(source) -> list[str]:
+    taxa = getattr(source, "taxa", None)
+    return taxa() if taxa is not None else []
 
 
 def cut_thumbnails(path: Path, boxes: list, size: int, margin: float) -> list:
