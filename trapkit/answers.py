@@ -173,7 +173,11 @@ def read_rows(path: str | Path, data: bytes | None = None) -> tuple[list[str], l
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
-        rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
+        rows, start = [], reader.line_num + 1
+        for cells in reader:  # a quoted cell may span lines: a row is named by the line it starts on
+            if any(c.strip() for c in cells):
+                rows.append((start, cells))
+            start = reader.line_num + 1
     except StopIteration:
         raise TrapkitError(f"{path} is empty; export the labels from Timelapse as CSV") from None
     except csv.Error as e:  # e.g. a quote that is never closed swallows the rest of the file
