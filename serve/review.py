@@ -4,12 +4,15 @@ Items are the detections that carry `classifications` (what `trapkit classify`
 classified), shown with their top-1 species and confidence and cut by the crop
 policy: the model's with `--model`, else the margin the result records
 (`info.classifier_metadata.crop_margin`).
-Decisions go to ANSWERS.csv, one row per detection:
-`File, RelativePath, Detection, Species, Reviewed` (Timelapse's folder
-convention, `Detection` = the index in that image's `detections`), the format
-`trapkit al next --labels` ingests; "not an animal / wrong box" is the
-reserved species `[wrong box]`. Rows the page does not know (other files,
-extra columns) are kept as they are.
+Decisions go to ANSWERS.csv through the answers book (`trapkit.answers`), one
+row per detection: `File, RelativePath, Detection, Species, Reviewed` and, with
+`--reviewer`, `Reviewer` (Timelapse's folder convention, `Detection` = the
+index in that image's `detections`), the format `trapkit al next --labels`
+ingests; "not an animal / wrong box" is the reserved species `[wrong box]`.
+Rows the page does not know (other files, extra columns) are kept as they are.
+A crop whose classification is a taxon above the model's classes (a rollup's
+"canidae") is shown as a guess to confirm (`a` keeps it) or refine; taxa are
+never number keys.
 
 `--write-verified OUT.json`: a copy of RESULTS where each verified detection
 carries the human's species at confidence 1.0 (the model's list kept in
@@ -339,10 +342,11 @@ def _folder(file: str) -> str:
     return str(PurePosixPath(file).parent)
 
 
-def open_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None) -> GridApp:
+def open_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None,
+                reviewer: str = "") -> GridApp:
     """The review grid for RESULTS (not yet serving); every bad input fails here, in one line."""
     source = ReviewSource(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds,
-                          features=features)
+                          features=features, reviewer=reviewer)
     try:
         return GridApp(source)
     except BaseException:
@@ -351,11 +355,11 @@ def open_review(results, images, answers, model=None, verified=None, gap_seconds
 
 
 def serve_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None,
-                 host="127.0.0.1", port=None) -> None:
+                 reviewer: str = "", host="127.0.0.1", port=None) -> None:
     """Serve the review page until Ctrl+C."""
     from trapkit import grid
 
     app = open_review(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds,
-                      features=features)
+                      features=features, reviewer=reviewer)
     log.info("%d crops to review in %s; answers go to %s", len(app.items), results, answers)
     grid.serve(app, host, port)
