@@ -39,7 +39,7 @@ def test_no_command_prints_usage_and_fails(capsys):
 
 def run_cli(args, tmp_path):
     """Run the real console entry point in a subprocess; return (code, stdout, stderr)."""
-    p = subprocess.run([sys.executable, "-m", "trapkit.app", *args], capture_output=True, text=True, cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *args], capture_output=True, text=True, cwd=tmp_path,
                        env=os.environ | {"PYTHONWARNINGS": "ignore"})
     return p.returncode, p.stdout, p.stderr
 

@@ -249,7 +249,7 @@ def test_a_driver_killed_mid_run_on_ray_resumes_locally(cluster, season, referen
     checkpoint = tmp_path / "out.json.checkpoint.json"
     env = {**os.environ, KILL_AFTER_ENV: "10"}  # SIGKILLed after 10 images came back: 8 checkpointed
     argv = _argv(images, md, tiny_onnx_path, out, "--ray", cluster.address)
-    killed = subprocess.run([sys.executable, "-m", "trapkit.app", *argv], env=env, capture_output=True, text=True,
+    killed = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *argv], env=env, capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()

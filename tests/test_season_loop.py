@@ -109,7 +109,7 @@ def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch):
         label, taxon = by_key[key]
         assert (taxon, label) == ((species, "") if species in taxa else ("", species)), key
     assert [a.species for a in read_answers(verified) if a.species in taxa]  # a taxon was confirmed as shown
-    status = json.loads(subprocess.run([sys.executable, "-m", "trapkit.app", "al", "status", str(run), "--json"],
+    status = json.loads(subprocess.run([sys.executable, "-m", "trapkit.app.cli", "al", "status", str(run), "--json"],
                                        capture_output=True, text=True, check=True).stdout)
     assert sum(status["taxa"].values()) == sum(s in taxa for s in given.values())
     assert str(season["folder"]) in json.loads(r.settings_path.read_text())["data"]["seasons"]
@@ -193,7 +193,7 @@ def test_a_kill_during_add_pool_leaves_the_run_as_it_was(tmp_path):
     r = Run(run)
     files = [r.manifest_path, r.settings_path, r.state_path, *sorted(r.model_dir.iterdir())]
     before = {p: p.read_bytes() for p in files}
-    command = [sys.executable, "-m", "trapkit.app", "al", "next", str(run), "--add-pool", str(season["folder"]),
+    command = [sys.executable, "-m", "trapkit.app.cli", "al", "next", str(run), "--add-pool", str(season["folder"]),
                "--detections", str(season["md"]), *FAST[-4:]]
     for stage in ("embedded", "request-written"):
         proc = subprocess.run(command, env={**os.environ, KILL_ENV: stage}, capture_output=True, text=True,

@@ -37,7 +37,7 @@ def test_sigkill_at_every_stage_then_resume(tmp_path):
     labels.save_answers(run, page)  # answers from the labelling page, waiting in the inbox
     extra_path = next(p for p in trees["truth"] if p not in page)
     extra = write_answers(tmp_path / "extra.csv", {extra_path: trees["truth"][extra_path]})
-    command = [sys.executable, "-m", "trapkit.app", "al", "next", str(run), "--labels", str(extra)]
+    command = [sys.executable, "-m", "trapkit.app.cli", "al", "next", str(run), "--labels", str(extra)]
     before = snapshot(run)
 
     for stage in BEFORE_COMMIT:  # the same command, killed one stage later each time

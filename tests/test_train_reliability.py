@@ -38,7 +38,7 @@ def run(initialised, tmp_path):
 
 
 def _al_next(run, *extra, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trapkit.app", "al", "next", str(run), *extra],
+    return subprocess.Popen([sys.executable, "-m", "trapkit.app.cli", "al", "next", str(run), *extra],
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 

@@ -1,5 +1,0 @@
-import sys
-
-from trapkit.app.cli import main
-
-sys.exit(main())
