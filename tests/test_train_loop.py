@@ -240,3 +240,25 @@ def test_a_tiny_seed_without_validation_reports_no_metrics_and_follows_pool_link
     status = capsys.readouterr().out
     assert "latest: accuracy n/a" in status and "metrics are not measured (give --validation)" in status
     assert "stopping" not in status  # five rounds of "0.000" would have read as levelled off
+
+
+@pytest.mark.slow
+def test_progress_lines_reach_a_log_file_and_the_runs_log(trees, tmp_path):
+    """Sent to a file (nohup, Slurm), `al init` says how far its long steps are: lines with the count done, the
+    total and the time left, on stderr and in RUN/trapkit.log (TRAPKIT_PROGRESS_SECONDS=0: a line per update)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    with open(tmp_path / "stderr.log", "w") as err:  # a file, not a terminal
+        subprocess.run([sys.executable, "-m", "trapkit.app.cli", "al", "init", str(run), "--labelled",
+                        str(trees["labelled"]), "--unlabelled", str(trees["pool"]), "--validation",
+                        str(trees["validation"]), *FAST], stderr=err, stdout=subprocess.DEVNULL, check=True,
+                       env={**os.environ, "TRAPKIT_PROGRESS_SECONDS": "0"})
+    line = re.compile(r"embedding: \d+ of (\d+) items \(\d+%\), 0:\d\d:\d\d so far, about 0:\d\d:\d\d left")
+    logged = (tmp_path / "stderr.log").read_text()
+    assert line.search(logged) and int(line.search(logged).group(1)) == len(Run(run).load_manifest())  # every item
+    assert line.search((run / "trapkit.log").read_text())
+    assert "fine-tuning: " in logged and "\x1b" not in logged and "\r" not in logged  # no bar drawn into a file
