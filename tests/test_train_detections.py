@@ -85,6 +85,31 @@ def test_requests_are_one_row_per_image_and_the_guesses_list_each_detection(run,
     assert all(list(i.bbox) == boxes[i.key] for i in items) and all(i.guess in ("bear", "cattle", "dog") for i in items)
 
 
+def test_each_round_writes_what_timelapse_needs_to_show_the_question(run, trees):
+    """The classes as a Choice list, and a MegaDetector file of exactly the asked-about boxes (the detector's
+    category and confidence, the model's guess), which the megadetector package validates."""
+    from classify_helpers import megadetector_validate
+
+    r = Run(run)
+    assert r.choices_path(1).read_text().splitlines() == ["bear", "cattle", "dog", WRONG_BOX]
+    megadetector_validate(r.round_detections_path(1))
+    asked = json.loads(r.round_detections_path(1).read_text())
+    source = json.loads(trees["pool_md"].read_text())
+    original = {(im["file"], j): d for im in source["images"] for j, d in enumerate(im["detections"])}
+    items = labels.current_request(run)
+    got = {}
+    for im in asked["images"]:
+        for det in im["detections"]:
+            got.setdefault(im["file"], []).append(det)
+    assert sum(len(v) for v in got.values()) == len(items)
+    names = asked["classification_categories"]
+    for item in items:
+        det = next(d for d in got[item.path] if d["bbox"] == list(item.bbox))
+        want = original[item.key]
+        assert (det["conf"], asked["detection_categories"][det["category"]]) == (want["conf"], "animal")
+        assert names[det["classifications"][0][0]] == item.guess
+
+
 def test_one_item_per_sequence_unless_the_pool_runs_out():
     from trapkit.train.strategies import Pool, select_per_sequence
 
