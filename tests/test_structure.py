@@ -1,7 +1,8 @@
 """Imports point one way: stages import the core, never each other (export may import train to build graphs).
 
 Read from the source with `ast`, every import included (those inside functions too), so the picture in
-DESIGN.md stays true: trapkit/ (core) <- train/ <- export/, and serve/ imports the core alone. The top
+DESIGN.md stays true: trapkit/ (core) <- train/ <- export/, and serve/ and ecology/ import the core alone
+(ecology reads results and serves nothing). The top
 layer, trapkit/cli.py and trapkit/quickstart.py, may use every stage; nothing imports it.
 """
 
@@ -11,12 +12,13 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("train", "export", "serve")
-ALLOWED = {"core": set(), "train": set(), "export": {"train"}, "serve": set()}
+STAGES = ("train", "export", "serve", "ecology")
+ALLOWED = {"core": set(), "train": set(), "export": {"train"}, "serve": set(), "ecology": set()}
 TOP = {"trapkit/cli.py", "trapkit/quickstart.py"}
 
 
-PACKAGES = {"core": "trapkit", "train": "trapkit.train", "export": "trapkit.export", "serve": "trapkit.serve"}
+PACKAGES = {"core": "trapkit", "train": "trapkit.train", "export": "trapkit.export", "serve": "trapkit.serve",
+            "ecology": "trapkit.ecology"}
 
 
 def _imports(path: Path, package: str) -> list[tuple[int, str]]:

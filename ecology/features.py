@@ -1,7 +1,7 @@
 """`trapkit features`: a morphological space ecologists can analyse, from `trapkit classify --features` tables.
 
 From one or more features tables of one model (feature size and model digest
-must agree: `trapkit.serve.feature_table`):
+must agree: `trapkit.feature_table`):
 
 1. The space: each row's embedding L2-normalised (cosine geometry: a crop's
    feature magnitude follows its contrast and exposure more than its shape),
@@ -40,8 +40,8 @@ from trapkit.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from trapkit.errors import TrapkitError
 from trapkit.figures import figure_png, new_figure
 from trapkit.images import ImageReadError, is_file_under, safe_join
-from trapkit.serve.feature_table import FeatureTable, feature_columns, read_features, require
-from trapkit.serve.settings import FeatureSettings
+from trapkit.feature_table import FeatureTable, feature_columns, read_features, require
+from trapkit.ecology.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def _example_crops(examples, images: Path, meta) -> dict[tuple[int, int], np.nda
     """{(morph, rank): (S, S, 3) uint8} for the example rows, cut again by the table's crop policy: photos
     through `trapkit.prepare.prepare_image`, video frames from the video itself (one decoding pass each)."""
     from trapkit.prepare import crops_from_image, prepare_image
-    from trapkit.serve import video as vid
+    from trapkit import video as vid
 
     prep = meta.preprocessing()
     photos = defaultdict(list)  # file -> [(morph, rank, box)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trapkit.flags import default_of, given
-from trapkit.serve.settings import FEATURE_GROUPINGS, FEATURE_MAPS, FeatureSettings
+from trapkit.ecology.settings import FEATURE_GROUPINGS, FEATURE_MAPS, FeatureSettings
 
 
 def register(subparsers, common) -> None:
@@ -43,7 +43,7 @@ def register(subparsers, common) -> None:
 
 
 def _features(args) -> int:
-    from trapkit.serve.features import analyse_features, describe
+    from trapkit.ecology.features import analyse_features, describe
 
     settings = FeatureSettings(**given(morphs=args.morphs, max_morphs=args.max_morphs, by=args.by, map=args.map,
                                        examples=args.examples))

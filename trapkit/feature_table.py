@@ -46,7 +46,7 @@ from trapkit import __version__
 from trapkit.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.sequences import parse_exif_time
-from trapkit.serve.video import split_frame
+from trapkit.video import split_frame
 from trapkit.typed_json import checked, refuse_newer
 
 log = logging.getLogger(__name__)
