@@ -373,7 +373,7 @@ def test_empty_table_is_refused(samples_dir, tiny_onnx_path, tmp_path, capsys):
 
 def test_more_morphs_than_rows_is_refused(tiny_tables, tmp_path, capsys):
     assert main(["features", str(tiny_tables[0]), "--out", str(tmp_path / "x"), "--morphs", "14"]) == 1
-    _one_line_error(capsys, "--morphs 14 is more than the 13 detections")
+    _one_line_error(capsys, "--morphs 14 is more than the 13 distinct detections (of 13)")
     assert main(["features", str(tiny_tables[0]), "--out", str(tmp_path / "x"), "--morphs", "0"]) == 1
     _one_line_error(capsys, "--morphs 0 must be at least 1")
 
