@@ -1,18 +1,83 @@
-"""`trapkit features`: the morphological space of classify's features tables (registered by trapkit.cli).
+"""The ecology commands (registered by trapkit.cli): `camtrap-dp`, `report` and `features`.
 
-The adapter turns flags into `FeatureSettings`; scikit-learn, pandas and
-matplotlib load inside the command, so `trapkit --help` stays fast.
+Adapters turn flags into keyword arguments and settings; pandas, scikit-learn,
+matplotlib and PyAV load inside the commands, so `trapkit --help` stays fast.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from trapkit.ecology.settings import CAPTURE_METHODS, FEATURE_GROUPINGS, FEATURE_MAPS, SAMPLING_DESIGNS, FeatureSettings
+from trapkit.errors import TrapkitError
 from trapkit.flags import default_of, given
-from trapkit.ecology.settings import FEATURE_GROUPINGS, FEATURE_MAPS, FeatureSettings
+
+
+def _season_args(p, what: str) -> None:
+    """The flags that say how a classify output becomes a season (shared by camtrap-dp and report)."""
+    p.add_argument("--images", type=Path, required=True, metavar="DIR",
+                   help="the IMAGES_DIR given to trapkit classify (capture times are read from its photos)")
+    p.add_argument("--deployments", type=Path, metavar="CSV",
+                   help="one row per deployment: deploymentID (its folder), latitude, longitude, and optionally "
+                   "deploymentStart, deploymentEnd, locationName, cameraModel, ... (Camtrap DP's columns)"
+                   + (". Without it a template is written and the command stops" if what == "package" else ""))
+    p.add_argument("--timezone", metavar="TZ",
+                   help="the camera clocks' time zone: +02:00, or a name such as Europe/Berlin (required)")
+    p.add_argument("--deployment-depth", type=int, default=None, metavar="N",
+                   help="folder levels under DIR that name a deployment (default 1: its first-level folder)")
+    p.add_argument("--event-gap", type=float, default=None, metavar="SECONDS",
+                   help="most seconds between photos of one event (default: the classify output's sequence gap, "
+                   "else 60)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="detections at or above this confidence are observations (default: the classify output's)")
+    p.add_argument("--file-times", action="store_true",
+                   help="time media without a capture time by their file's modification time (else left out)")
+    p.add_argument("--verified", type=Path, metavar="ANSWERS.csv",
+                   help="the review page's answers (or any answers CSV): they become human observations")
+    p.add_argument("--verified-by", metavar="NAME", help="who verified the answers (classifiedBy of human answers)")
+
+
+def _season(args, template_dir):
+    from trapkit.ecology.season import parse_timezone, read_season
+
+    depth = args.deployment_depth if args.deployment_depth is not None else 1
+    if depth < 1:
+        raise TrapkitError(f"--deployment-depth {depth} must be at least 1")
+    if args.event_gap is not None and not args.event_gap >= 0:
+        raise TrapkitError(f"--event-gap {args.event_gap:g} must be 0 seconds or more")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise TrapkitError(f"--threshold {args.threshold} is out of range; give a detection confidence in [0, 1]")
+    return read_season(args.results, args.images, args.deployments, parse_timezone(args.timezone), depth=depth,
+                       gap=args.event_gap, threshold=args.threshold, file_times=args.file_times,
+                       verified=args.verified, verified_by=args.verified_by or "", template_dir=template_dir)
 
 
 def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "camtrap-dp",
+        parents=[common],
+        help="a Camtrap DP 1.0 data package (GBIF, Agouti, Wildlife Insights, camtrapR) from a classify output",
+        description="Write a Camtrap DP 1.0 package (datapackage.json, deployments.csv, media.csv, observations.csv) "
+        "from a trapkit classify output or its verified copy: media with their capture times, media- and event-level "
+        "observations with taxonomy, human answers as human classifications.",
+    )
+    p.add_argument("results", type=Path, metavar="RESULTS.json",
+                   help="trapkit classify output, or its review --write-verified copy")
+    p.add_argument("--out", type=Path, required=True, metavar="PACKAGE", help="folder for the package")
+    _season_args(p, "package")
+    p.add_argument("--metadata", type=Path, metavar="JSON",
+                   help="project metadata: title, contributors, license, media_license, sampling_design, "
+                   "capture_method, description, project_id (flags win)")
+    p.add_argument("--title", help="the project's title")
+    p.add_argument("--contributor", action="append", metavar="'NAME <EMAIL>'",
+                   help="a contributor (repeat; the first is the contact)")
+    p.add_argument("--license", help="the data's licence (default CC-BY-4.0)")
+    p.add_argument("--media-license", help="the media files' licence (default CC-BY-4.0)")
+    p.add_argument("--sampling-design", choices=SAMPLING_DESIGNS, help="default opportunistic")
+    p.add_argument("--capture-method", choices=CAPTURE_METHODS, action="append",
+                   help="default activityDetection (repeat for both)")
+    p.set_defaults(func=_camtrap_dp)
+
     p = subparsers.add_parser(
         "features",
         parents=[common],
@@ -49,4 +114,18 @@ def _features(args) -> int:
                                        examples=args.examples))
     report = analyse_features(args.tables, args.out, settings, images=args.images)
     print(describe(report))
+    return 0
+
+
+def _camtrap_dp(args) -> int:
+    from trapkit.ecology.camtrap_dp import ProjectMetadata, describe, write_package
+
+    flags = dict(title=args.title, contributors=tuple(args.contributor) if args.contributor else None,
+                 license=args.license, media_license=args.media_license, sampling_design=args.sampling_design,
+                 capture_method=tuple(args.capture_method) if args.capture_method else None)
+    metadata = ProjectMetadata.from_file(args.metadata, **flags) if args.metadata else ProjectMetadata(**flags)
+    season = _season(args, template_dir=args.out)
+    if not season.verified_by and metadata.contributors:
+        season.verified_by = metadata.contributors[0].partition("<")[0].strip()
+    print(describe(write_package(season, args.out, metadata)))
     return 0

@@ -41,3 +41,9 @@ class FeatureSettings:
             raise TrapkitError(f"--by {self.by!r}: use one of {', '.join(FEATURE_GROUPINGS)}")
         if self.map not in FEATURE_MAPS:
             raise TrapkitError(f"--map {self.map!r}: use one of {', '.join(FEATURE_MAPS)}")
+
+
+# Camtrap DP 1.0's values for project.samplingDesign and project.captureMethod.
+SAMPLING_DESIGNS = ("simpleRandom", "systematicRandom", "clusteredRandom", "experimental", "targeted",
+                    "opportunistic")
+CAPTURE_METHODS = ("activityDetection", "timeLapse")
