@@ -27,7 +27,7 @@ from trapkit.typed_json import checked, read_json
 
 log = logging.getLogger(__name__)
 
-CAMTRAP_DP_VERSION = "1.0.2"  # the current patch release of Camtrap DP 1.0 (1.0 itself has a broken )
+CAMTRAP_DP_VERSION = "1.0.2"  # the patch release of Camtrap DP 1.0 (the 1.0 profile has a $ref validators refuse)
 CAMTRAP_DP_BASE = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_DP_VERSION}"
 PROFILE_URL = f"{CAMTRAP_DP_BASE}/camtrap-dp-profile.json"
 TABLES = ("deployments", "media", "observations")
@@ -154,12 +154,11 @@ def _write_media(season: Season, path: Path, meta: ProjectMetadata) -> None:
 class _Event:
     """Running sums of one event's observations of one type and taxon."""
 
-    count: int = 0  # the most individuals in one media
+    count: int = 0  # the most individuals in one photo or video frame
     probability: float | None = None
     human: bool = True
     by: str = ""
     when: datetime | None = None
-    media: int = 0  # media with this observation
 
 
 def _write_observations(season: Season, path: Path, report: PackageReport):
@@ -171,22 +170,23 @@ def _write_observations(season: Season, path: Path, report: PackageReport):
         s[0], s[1] = min(s[0], m.timestamp), max(s[1], m.timestamp)
     events: dict[tuple[str, str, str | None], _Event] = {}
     names: dict[str, Name] = {}
-    per_media: dict[tuple[str, str | None], int] = {}  # (kind, scientific) -> individuals in the current media
-    current = -1
+    # (kind, scientific) -> individuals in the current photo (or video frame: one RESULTS entry)
+    per_media: dict[tuple[str, str | None], int] = {}
+    current = (-1, None)
     counts = report.observations
 
     def close_media(m: int) -> None:
         for (kind, sci), n in per_media.items():
             e = events[(media[m].event, kind, sci)]
-            e.count, e.media = max(e.count, n), e.media + 1
+            e.count = max(e.count, n)
         per_media.clear()
 
     with _rows(path, OBSERVATION_COLUMNS) as writer:
         for obs in season.observations():
-            if obs.media != current:
-                if current >= 0:
-                    close_media(current)
-                current = obs.media
+            if (obs.media, obs.entry) != current:
+                if current[0] >= 0:
+                    close_media(current[0])
+                current = (obs.media, obs.entry)
             m = media[obs.media]
             sci = obs.name.scientific if obs.name is not None else None
             if sci is not None:
@@ -201,7 +201,8 @@ def _write_observations(season: Season, path: Path, report: PackageReport):
                 e.when = obs.when
             at = m.timestamp + timedelta(seconds=obs.offset)
             box = obs.bbox or ("", "", "", "")
-            suffix = obs.detection if obs.detection is not None else obs.kind
+            suffix = obs.kind if obs.detection is None else \
+                obs.detection if len(m.entries) == 1 else f"{obs.entry}-{obs.detection}"  # a video's frames
             writer.writerow([
                 f"{m.id}-{suffix}", m.deployment, m.id, m.event, iso(at), iso(at), "media", obs.kind, "",
                 sci or "", 1 if obs.detection is not None and obs.kind in ("animal", "human", "vehicle") else "",
@@ -209,8 +210,8 @@ def _write_observations(season: Season, path: Path, report: PackageReport):
                 obs.method, obs.by, _utc(obs.when), _number(obs.probability), "",
                 f"{obs.name.label}" if obs.name is not None and obs.name.label != sci else ""])
             counts[f"media {obs.kind}"] = counts.get(f"media {obs.kind}", 0) + 1
-        if current >= 0:
-            close_media(current)
+        if current[0] >= 0:
+            close_media(current[0])
         kinds_in_event: dict[str, set[str]] = {}
         for (event, kind, _) in events:
             kinds_in_event.setdefault(event, set()).add(kind)
