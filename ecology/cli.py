@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapkit.ecology.settings import CAPTURE_METHODS, FEATURE_GROUPINGS, FEATURE_MAPS, SAMPLING_DESIGNS, FeatureSettings
+from trapkit.ecology.settings import (CAPTURE_METHODS, FEATURE_GROUPINGS, FEATURE_MAPS, SAMPLING_DESIGNS, FeatureSettings,
+                                      ReportSettings)
 from trapkit.errors import TrapkitError
 from trapkit.flags import default_of, given
 
 
 def _season_args(p, what: str) -> None:
     """The flags that say how a classify output becomes a season (shared by camtrap-dp and report)."""
-    p.add_argument("--images", type=Path, required=True, metavar="DIR",
+    p.add_argument("--images", type=Path, required=what == "package", metavar="DIR",
                    help="the IMAGES_DIR given to trapkit classify (capture times are read from its photos)")
     p.add_argument("--deployments", type=Path, metavar="CSV",
                    help="one row per deployment: deploymentID (its folder), latitude, longitude, and optionally "
@@ -79,6 +80,29 @@ def register(subparsers, common) -> None:
     p.set_defaults(func=_camtrap_dp)
 
     p = subparsers.add_parser(
+        "report",
+        parents=[common],
+        help="the season report: effort, camera health, events, RAI, occupancy, activity, field accuracy",
+        description="The figures ecologists compute first, from a trapkit classify output (with --images and "
+        "--deployments) or a Camtrap DP package folder: CSV tables, PNG plots and one self-contained report.html.",
+    )
+    p.add_argument("results", type=Path, metavar="RESULTS.json|PACKAGE",
+                   help="trapkit classify output (or its verified copy), or a Camtrap DP package folder")
+    p.add_argument("--out", type=Path, required=True, metavar="REPORT", help="folder for the report")
+    _season_args(p, "report")
+    p.add_argument("--independence", type=float, default=None, metavar="MINUTES",
+                   help=f"minutes between independent events of a species at a deployment (default "
+                   f"{default_of(ReportSettings, 'independence'):g})")
+    p.add_argument("--occasion", type=int, default=None, metavar="DAYS",
+                   help=f"days per occasion of the detection histories (default {default_of(ReportSettings, 'occasion')})")
+    p.add_argument("--overlap", nargs=2, metavar=("SPECIES_A", "SPECIES_B"),
+                   help="the activity overlap coefficient of two species (scientific or common names)")
+    p.add_argument("--target-precision", type=float, default=None, metavar="P",
+                   help=f"per-class thresholds reaching this precision on the verified answers (default "
+                   f"{default_of(ReportSettings, 'target_precision')})")
+    p.set_defaults(func=_report)
+
+    p = subparsers.add_parser(
         "features",
         parents=[common],
         help="morphs, a 2-D map and morph diversity from classify's --features tables",
@@ -128,4 +152,19 @@ def _camtrap_dp(args) -> int:
     if not season.verified_by and metadata.contributors:
         season.verified_by = metadata.contributors[0].partition("<")[0].strip()
     print(describe(write_package(season, args.out, metadata)))
+    return 0
+
+
+def _report(args) -> int:
+    from trapkit.ecology.report import describe, write_report
+    from trapkit.ecology.survey import from_package, from_season
+
+    settings = ReportSettings(**given(independence=args.independence, occasion=args.occasion,
+                                      target_precision=args.target_precision,
+                                      overlap=tuple(args.overlap) if args.overlap else None))
+    if args.results.is_dir():
+        survey = from_package(args.results)
+    else:
+        survey = from_season(_season(args, template_dir=args.out))
+    print(describe(write_report(survey, args.out, settings)))
     return 0

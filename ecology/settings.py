@@ -47,3 +47,35 @@ class FeatureSettings:
 SAMPLING_DESIGNS = ("simpleRandom", "systematicRandom", "clusteredRandom", "experimental", "targeted",
                     "opportunistic")
 CAPTURE_METHODS = ("activityDetection", "timeLapse")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What `trapkit report` counts (`trapkit.ecology.report`).
+
+    `independence`: minutes after a species' previous record at a deployment that make a new event (the usual
+    30). `occasion`: days per occasion of the detection histories. `target_precision`: what the per-class
+    thresholds must reach on the verified answers. `overlap`: two species (scientific or common names) whose
+    activity overlap to compute. Camera health: `gap_days` without a photo, `busy_day` photos in one day,
+    `min_night_photos` photos before a camera without night photos is flagged.
+    """
+
+    independence: float = 30.0
+    occasion: int = 7
+    target_precision: float = 0.95
+    overlap: tuple[str, str] | None = None
+    gap_days: float = 14.0
+    busy_day: int = 200
+    min_night_photos: int = 50
+
+    def __post_init__(self):
+        if not self.independence >= 0:
+            raise TrapkitError(f"--independence {self.independence:g} must be 0 minutes or more")
+        if self.occasion < 1:
+            raise TrapkitError(f"--occasion {self.occasion} must be at least 1 day")
+        if not 0.0 < self.target_precision <= 1.0:
+            raise TrapkitError(f"--target-precision {self.target_precision:g} must be above 0 and at most 1")
+        if self.overlap is not None and len(self.overlap) != 2:
+            raise TrapkitError("--overlap takes two species")
+        if not self.gap_days > 0 or self.busy_day < 1 or self.min_night_photos < 1:
+            raise TrapkitError("--gap-days, --busy-day and --min-night-photos must be positive")
