@@ -118,7 +118,7 @@ def _cell(v):
     if v is None:
         return "NA"
     if isinstance(v, float):
-        return "NA" if math.isnan(v) else f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return "NA" if math.isnan(v) else f"{v:.6g}" if abs(v) < 1e6 else f"{v:.0f}"
     return v
 
 
@@ -380,7 +380,7 @@ def _operation_png(survey: Survey, days, operation, flags) -> bytes:
     flagged = {f[0] for f in flags}
     for i, row in enumerate(operation):
         dep = row[0]
-        start, end = survey.deployments[dep]
+        start, end = (t.replace(tzinfo=None) for t in survey.deployments[dep])  # the camera's clock, as the dates
         ax.plot([start, end], [i, i], color="#c9d8c5", lw=9, solid_capstyle="butt")
         with_photos = [d for d, v in zip(days, row[1:]) if v]
         counts = [v for v in row[1:] if v]
