@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import logging
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from trapkit import __version__
 from trapkit.atomic import atomic_path, atomic_write_json, check_writable
-from trapkit.ecology.season import DEPLOYMENT_COLUMNS, Name, Season, iso
+from trapkit.ecology.season import DEPLOYMENT_COLUMNS, Media, Name, Season, iso
 from trapkit.ecology.settings import CAPTURE_METHODS, SAMPLING_DESIGNS
 from trapkit.errors import TrapkitError
 from trapkit.typed_json import checked, read_json
@@ -181,6 +182,16 @@ def _write_observations(season: Season, path: Path, report: PackageReport):
             e.count = max(e.count, n)
         per_media.clear()
 
+    stamps: dict[int, str] = {}  # media index -> its ISO timestamp (a media has several observations)
+    utc = functools.lru_cache(maxsize=4096)(_utc)  # most rows share the classify run's time
+
+    def stamp(m: Media) -> str:
+        text = stamps.get(id(m))
+        if text is None:
+            stamps.clear()  # observations come media by media: only the current one is needed
+            text = stamps[id(m)] = iso(m.timestamp)
+        return text
+
     with _rows(path, OBSERVATION_COLUMNS) as writer:
         for obs in season.observations():
             if (obs.media, obs.entry) != current:
@@ -199,15 +210,15 @@ def _write_observations(season: Season, path: Path, report: PackageReport):
                 e.probability = max(e.probability or 0.0, obs.probability)
             if obs.when is not None and (e.when is None or obs.when > e.when):
                 e.when = obs.when
-            at = m.timestamp + timedelta(seconds=obs.offset)
+            at = iso(m.timestamp + timedelta(seconds=obs.offset)) if obs.offset else stamp(m)
             box = obs.bbox or ("", "", "", "")
             suffix = obs.kind if obs.detection is None else \
                 obs.detection if len(m.entries) == 1 else f"{obs.entry}-{obs.detection}"  # a video's frames
             writer.writerow([
-                f"{m.id}-{suffix}", m.deployment, m.id, m.event, iso(at), iso(at), "media", obs.kind, "",
+                f"{m.id}-{suffix}", m.deployment, m.id, m.event, at, at, "media", obs.kind, "",
                 sci or "", 1 if obs.detection is not None and obs.kind in ("animal", "human", "vehicle") else "",
                 "", "", "", "", "", "", "", *(_number(v) for v in box),
-                obs.method, obs.by, _utc(obs.when), _number(obs.probability), "",
+                obs.method, obs.by, utc(obs.when), _number(obs.probability), "",
                 f"{obs.name.label}" if obs.name is not None and obs.name.label != sci else ""])
             counts[f"media {obs.kind}"] = counts.get(f"media {obs.kind}", 0) + 1
         if current[0] >= 0:
@@ -228,7 +239,7 @@ def _write_observations(season: Season, path: Path, report: PackageReport):
             writer.writerow([
                 f"{event}-{kind}-{n}", deployment_of[event], "", event, iso(start), iso(end), "event", kind, "", sci or "",
                 e.count if kind in ("animal", "human", "vehicle") and e.count else "", "", "", "", "", "", "", "",
-                "", "", "", "", "human" if e.human else "machine", e.by, _utc(e.when), _number(e.probability),
+                "", "", "", "", "human" if e.human else "machine", e.by, utc(e.when), _number(e.probability),
                 "", ""])
             counts[f"event {kind}"] = counts.get(f"event {kind}", 0) + 1
         report.events = len(spans)

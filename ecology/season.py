@@ -31,9 +31,10 @@ import hashlib
 import io
 import logging
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path, PurePosixPath
@@ -43,7 +44,7 @@ from trapkit import video as vid
 from trapkit.answers import WRONG_BOX, join_key, read_answers, read_rows
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, read_header, safe_join
+from trapkit.images import FAILURE_MISSING, ImageReadError, read_header, safe_join
 from trapkit.sequences import parse_exif_time, sequence_groups
 from trapkit.taxonomy import RANKS, few, parse_taxon
 
@@ -65,7 +66,8 @@ _NON_TAXA = {"blank": "blank", "empty": "blank", "human": "human", "person": "hu
              "vehicle": "vehicle", "animal": "animal", "unknown": "unknown"}
 DEFAULT_THRESHOLD = 0.1  # classify's (the model spec's) default when the result does not record its own
 DEFAULT_GAP = 60.0  # seconds: classify's default sequence gap
-_READERS = 8  # threads reading EXIF headers (the work is file I/O)
+_READERS = 8  # most processes reading EXIF headers
+_CHUNK = 2000  # files per task
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,10 @@ class Season:
             found = unreadable = 0
             for i in media.entries:
                 im = self.doc["images"][i]
-                frame = vid.split_frame(im["file"])
-                offset = frame[1] / media.frame_rate if frame and media.frame_rate else 0.0
+                offset = 0.0
+                if media.frame_rate:  # a video's frame entry: its time after the video's start
+                    frame = vid.split_frame(im["file"])
+                    offset = frame[1] / media.frame_rate if frame else 0.0
                 if im.get("failure") is not None or im.get(md.CLASSIFICATION_FAILURE) is not None:
                     unreadable += 1
                 for j in items.get(i, ()):
@@ -206,8 +210,10 @@ class Season:
         det = im["detections"][j]
         box = _bbox(det["bbox"])
         category = categories.get(det["category"], "").lower()
-        file = im["file"].replace("\\", "/")
-        answer = self.answers.get((file, j)) or self.answers.get((file, None))
+        answer = None
+        if self.answers:
+            file = im["file"].replace("\\", "/")
+            answer = self.answers.get((file, j)) or self.answers.get((file, None))
         if category in ("person", "human", "vehicle") and answer is None:
             kind = "human" if category != "vehicle" else "vehicle"
             return Observation(m, j, i, kind, None, box, by=self.detected_by, probability=det["conf"], offset=offset)
@@ -381,7 +387,7 @@ def _local(text) -> datetime | None:
 
 
 def _media_file(file: str) -> str:
-    frame = vid.split_frame(file)
+    frame = vid.split_frame(file) if "/frame" in file else None  # a video frame: clip.mp4/frame000123.jpg
     return frame[0] if frame is not None else file
 
 
@@ -391,7 +397,7 @@ def _group_media(doc: dict, depth: int, results) -> dict[str, dict[str, list[int
     outside = []
     for i, im in enumerate(doc["images"]):
         file = _media_file(im["file"].replace("\\", "/"))
-        parts = PurePosixPath(file).parts
+        parts = file.split("/", depth)
         if len(parts) <= depth:
             outside.append(file)
             continue
@@ -403,23 +409,24 @@ def _group_media(doc: dict, depth: int, results) -> dict[str, dict[str, list[int
     return dict(sorted(out.items()))
 
 
-def _read_time(images: Path, file: str, file_times: bool) -> tuple[datetime | None, str]:
-    """(naive local capture time or an aware one for videos, source)."""
+def _read_time(images: Path, file: str, file_times: bool) -> tuple[datetime | None, str, bool]:
+    """(naive local capture time, or an aware one for videos; its source; whether the file exists)."""
     try:
         path = safe_join(images, file)
     except ImageReadError:
-        return None, ""
+        return None, "", False
     taken, source = None, ""
     if vid.is_video_file(file):
         taken, source = video_time(path), "video"
     else:
         try:
             taken, source = parse_exif_time(read_header(path).time), "exif"
-        except ImageReadError:
-            taken = None
+        except ImageReadError as e:
+            if e.code == FAILURE_MISSING:
+                return None, "", False
     if taken is None and file_times and path.is_file():
         taken, source = datetime.fromtimestamp(path.stat().st_mtime).replace(microsecond=0), "file"
-    return taken, source
+    return taken, source, taken is not None or path.is_file()
 
 
 def video_time(path: Path) -> datetime | None:
@@ -443,24 +450,31 @@ def video_time(path: Path) -> datetime | None:
     return value.replace(microsecond=0)
 
 
+def _read_chunk(root: Path, files: list[str], file_times: bool) -> list[tuple[datetime | None, str, bool]]:
+    return [_read_time(root, f, file_times) for f in files]
+
+
 def _capture_times(images: Path, by_deployment, file_times: bool):
     files = [f for media in by_deployment.values() for f in media]
-    with ThreadPoolExecutor(_READERS) as pool:
-        read = list(pool.map(lambda f: _read_time(images, f, file_times), files, chunksize=256))
-    times = {f: t for f, (t, _) in zip(files, read)}
-    sources = {f: s for f, (_, s) in zip(files, read)}
-    found = [f for f in files if safe_exists(images, f)]
-    if not found:
+    root = images.resolve()
+    # Reading an EXIF header is mostly Python (Pillow's parser): worker processes, each given chunks of files,
+    # use every core; a small season is read here.
+    parts = [files[k:k + _CHUNK] for k in range(0, len(files), _CHUNK)]
+    if len(parts) > 1:
+        import multiprocessing
+
+        workers = min(len(parts), len(os.sched_getaffinity(0)), _READERS)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            read = [r for part in pool.map(_read_chunk, [root] * len(parts), parts, [file_times] * len(parts))
+                    for r in part]
+    else:
+        read = _read_chunk(root, files, file_times)
+    if not any(exists for _, _, exists in read):
         raise TrapkitError(f"--images {images} holds none of the media of the results ({files[0]} is missing); "
                            "give the IMAGES_DIR given to trapkit classify")
+    times = {f: t for f, (t, _, _) in zip(files, read)}
+    sources = {f: s for f, (_, s, _) in zip(files, read)}
     return times, sources, [f for f in files if times[f] is None]
-
-
-def safe_exists(images: Path, file: str) -> bool:
-    try:
-        return safe_join(images, file).is_file()
-    except ImageReadError:
-        return False
 
 
 def media_id(file: str) -> str:
@@ -483,8 +497,8 @@ def _media(images: Path, by_deployment, times, sources, tz: tzinfo) -> list[Medi
                 continue
             # EXIF and file times are the camera's local clock; a video's creation time is UTC, shown in `tz`.
             aware = taken.astimezone(tz) if taken.tzinfo is not None else taken.replace(tzinfo=tz)
-            kind = _MEDIATYPES.get(PurePosixPath(file).suffix.lower(), "image/jpeg")
-            rate = vid.frame_rate(safe_join(images, file)) if vid.is_video_file(file) else None
+            kind = _MEDIATYPES.get(os.path.splitext(file)[1].lower(), "image/jpeg")
+            rate = vid.frame_rate(safe_join(images, file)) if kind.startswith("video/") else None
             out.append(Media(media_id(file), deployment, file, aware, kind, sources[file], entries, frame_rate=rate))
     return out
 
