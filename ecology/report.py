@@ -301,7 +301,7 @@ def _activity(events: dict[str, list[datetime]], survey: Survey, s: ReportSettin
 def _match(name: str, events, survey: Survey) -> str:
     wanted = name.strip().lower()
     for taxon in events:
-        if wanted in (taxon.lower(), survey.shown.get(taxon, "").lower()):
+        if wanted in (taxon.lower(), survey.shown.get(taxon, "").lower(), survey.label.get(taxon, "").lower()):
             return taxon
     raise TrapkitError(f"--overlap {name!r} is no species with events this season; they are "
                        f"{', '.join(sorted(events)) or 'none'}")

@@ -35,6 +35,7 @@ class Survey:
     sightings: list[tuple[str, datetime, str, int]]  # (deployment, timestamp, taxon, individuals)
     detections: Counter = field(default_factory=Counter)  # (taxon, deployment) -> animal observations
     shown: dict[str, str] = field(default_factory=dict)  # taxon -> common name where known
+    label: dict[str, str] = field(default_factory=dict)  # taxon -> the model's class label
     verified: list[Verified] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # the model's class labels (for class thresholds)
     source: str = ""
@@ -45,7 +46,7 @@ def from_season(season: Season) -> Survey:
     media: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
     for m in season.media:
         media[m.deployment].append((m.file, m.timestamp))
-    sightings, detections, shown = [], Counter(), {}
+    sightings, detections, shown, label = [], Counter(), {}, {}
     per_media: Counter = Counter()  # (entry, taxon) -> individuals, for the current media
     current = -1
 
@@ -66,12 +67,13 @@ def from_season(season: Season) -> Survey:
             continue
         taxon = obs.name.scientific
         shown.setdefault(taxon, obs.name.common)
+        label.setdefault(taxon, obs.name.label)
         per_media[(obs.entry, taxon)] += 1
         detections[(taxon, season.media[obs.media].deployment)] += 1
     if current >= 0:
         close(current)
     labels = list((season.doc.get("classification_categories") or {}).values())
-    return Survey(deployments, {k: sorted(v) for k, v in media.items()}, sightings, detections, shown,
+    return Survey(deployments, {k: sorted(v) for k, v in media.items()}, sightings, detections, shown, label,
                   season.verified(), labels, "classify output")
 
 
