@@ -11,7 +11,7 @@ from pathlib import Path
 from trapkit.ecology.settings import (CAPTURE_METHODS, FEATURE_GROUPINGS, FEATURE_MAPS, SAMPLING_DESIGNS, FeatureSettings,
                                       ReportSettings)
 from trapkit.errors import TrapkitError
-from trapkit.flags import default_of, given
+from trapkit.flags import default_of, given, not_with
 
 
 def _season_args(p, what: str) -> None:
@@ -163,8 +163,18 @@ def _report(args) -> int:
                                       target_precision=args.target_precision,
                                       overlap=tuple(args.overlap) if args.overlap else None))
     if args.results.is_dir():
+        not_with("a Camtrap DP package", True, {
+            "--images": args.images is not None, "--deployments": args.deployments is not None,
+            "--timezone": args.timezone is not None, "--deployment-depth": args.deployment_depth is not None,
+            "--event-gap": args.event_gap is not None, "--threshold": args.threshold is not None,
+            "--file-times": args.file_times, "--verified": args.verified is not None,
+            "--verified-by": args.verified_by is not None}, "the package already holds its deployments, times and "
+            "observations: leave them out")
         survey = from_package(args.results)
     else:
+        if args.images is None:
+            raise TrapkitError("give --images, the IMAGES_DIR given to trapkit classify (or give a Camtrap DP package "
+                               "folder instead of RESULTS.json)")
         survey = from_season(_season(args, template_dir=args.out))
     print(describe(write_report(survey, args.out, settings)))
     return 0

@@ -211,15 +211,26 @@ def test_the_report_reads_trapkits_own_package_as_it_reads_the_results(tmp_path)
         assert a == b, name
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda t: t / "nothing", "is not a Camtrap DP package: it has no datapackage.json"),
+@pytest.mark.parametrize("extra, fragment", [
+    ([], "is not a Camtrap DP package: it has no datapackage.json"),
+    (["--timezone", "+01:00", "--verified", "a.csv"], "--timezone, --verified do not apply with a Camtrap DP package"),
 ])
-def test_bad_report_inputs_are_one_line(tmp_path, capsys, make, fragment):
-    path = make(tmp_path)
-    path.mkdir()
-    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 1
+def test_bad_report_inputs_are_one_line(tmp_path, capsys, extra, fragment):
+    (tmp_path / "nothing").mkdir()
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep"), *extra]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("trapkit: error:") and "\n" not in err and fragment in err, err
+
+
+def test_an_empty_package_is_one_line(tmp_path, capsys):
+    pkg = tmp_path / "empty"
+    pkg.mkdir()
+    (pkg / "datapackage.json").write_text("{}")
+    (pkg / "deployments.csv").write_text("deploymentID,deploymentStart,deploymentEnd\n")
+    (pkg / "media.csv").write_text("mediaID,deploymentID,timestamp\n")
+    (pkg / "observations.csv").write_text("observationID,deploymentID,observationLevel,observationType\n")
+    assert main(["report", str(pkg), "--out", str(tmp_path / "rep")]) == 1
+    assert "an empty season has nothing to report" in capsys.readouterr().err
 
 
 def test_unknown_overlap_species_and_bad_settings_are_one_line(tmp_path, capsys):
