@@ -38,9 +38,19 @@ def _season_args(p, what: str) -> None:
     p.add_argument("--verified-by", metavar="NAME", help="who verified the answers (classifiedBy of human answers)")
 
 
+def _check_out(out: Path) -> None:
+    """A file given as --out, or a place nothing can be written, stops before any photo is read."""
+    from trapkit.atomic import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise TrapkitError(f"--out {out} is a file; give a folder")
+    check_writable("--out", out, out)
+
+
 def _season(args, template_dir):
     from trapkit.ecology.season import parse_timezone, read_season
 
+    _check_out(args.out)
     depth = args.deployment_depth if args.deployment_depth is not None else 1
     if depth < 1:
         raise TrapkitError(f"--deployment-depth {depth} must be at least 1")

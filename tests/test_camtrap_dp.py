@@ -298,3 +298,10 @@ def test_photos_without_any_time_are_one_line(tmp_path, capsys):
     assert _run(tmp_path, res, images, deployments=DEPLOYMENTS[:1]) == 1
     _one_line(capsys, "no photo under")
     assert _run(tmp_path, res, images, "--file-times", deployments=DEPLOYMENTS[:1]) == 0
+
+
+def test_an_out_that_is_a_file_stops_before_any_photo_is_read(tmp_path, capsys):
+    images, res = season(tmp_path, _shots())
+    (tmp_path / "pkg").write_text("not a folder")
+    assert _run(tmp_path, res, images) == 1
+    _one_line(capsys, "is a file; give a folder")
