@@ -109,31 +109,31 @@ def from_package(folder: str | Path) -> Survey:
         t = when(r["timestamp"], "media.csv")
         media[r["deploymentID"]].append((r.get("filePath") or r["mediaID"], t))
         media_of[r["mediaID"]] = (r["deploymentID"], t)
-    by_media: dict[str, list[dict]] = defaultdict(list)
+    # Only what is counted is kept: (scientific name, individuals, by a person) per media; event rows likewise.
+    by_media: dict[str, list[tuple[str, int, bool]]] = defaultdict(list)
     events = []
     for r in rows("observations.csv"):
         if r.get("observationType") != "animal" or not r.get("scientificName"):
             continue
+        count = int(float(r.get("count") or 1))
         if r.get("observationLevel") == "media" and r.get("mediaID") in media_of:
-            by_media[r["mediaID"]].append(r)
+            by_media[r["mediaID"]].append((r["scientificName"], count, r.get("classificationMethod") == "human"))
         elif r.get("observationLevel") == "event":
-            events.append(r)
+            events.append((r["deploymentID"], r["eventStart"], r["scientificName"], count))
     sightings, detections = [], Counter()
     if by_media:
         for media_id, found in by_media.items():
-            if any(r.get("classificationMethod") == "human" for r in found):
-                found = [r for r in found if r.get("classificationMethod") == "human"]
+            if any(human for _, _, human in found):
+                found = [f for f in found if f[2]]
             deployment, t = media_of[media_id]
             per_taxon: Counter = Counter()
-            for r in found:
-                n = int(float(r.get("count") or 1))
-                per_taxon[r["scientificName"]] += n
-                detections[(r["scientificName"], deployment)] += 1
+            for taxon, n, _ in found:
+                per_taxon[taxon] += n
+                detections[(taxon, deployment)] += 1
             sightings += [(deployment, t, taxon, n) for taxon, n in per_taxon.items()]
     else:
-        for r in events:
-            t = when(r["eventStart"], "observations.csv")
-            sightings.append((r["deploymentID"], t, r["scientificName"], int(float(r.get("count") or 1))))
-            detections[(r["scientificName"], r["deploymentID"])] += 1
+        for deployment, start, taxon, n in events:
+            sightings.append((deployment, when(start, "observations.csv"), taxon, n))
+            detections[(taxon, deployment)] += 1
     return Survey(deployments, {k: sorted(v) for k, v in media.items()}, sightings, detections,
                   source=f"Camtrap DP package {folder.name}")
