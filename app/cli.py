@@ -41,7 +41,7 @@ COMMAND_MODULES = (
     "trapkit.train.cli",
     "trapkit.export.cli",
     "trapkit.serve.cli",
-    "trapkit.serve.cli_features",
+    "trapkit.ecology.cli",
     "trapkit.serve.cli_web",
     "trapkit.serve.cli_hub",
 )

@@ -28,7 +28,7 @@ from trapkit.answers import neutralise
 from trapkit.atomic import atomic_copy, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, is_image_file, safe_join
-from trapkit.serve.video import is_video_file, split_frame
+from trapkit.video import is_video_file, split_frame
 from trapkit.detections import CLASSIFICATION_FAILURE
 
 log = logging.getLogger(__name__)

@@ -227,7 +227,7 @@ class ReviewSource(FileGridSource):
 
     def _read_features(self, path) -> tuple[np.ndarray, dict[str, int]]:
         """The (N, D) embeddings of a `classify --features` table and {item key: row}, checked against RESULTS."""
-        from trapkit.serve.feature_table import read_features
+        from trapkit.feature_table import read_features
 
         table = read_features(path)
         keys = [item_key(str(f).replace("\\", "/"), int(d))

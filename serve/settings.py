@@ -127,36 +127,3 @@ class DemoSettings:
         from trapkit.prepare import Preprocessing
 
         return Preprocessing.from_spec(spec, threshold=self.threshold, categories=self.categories, margin=self.margin)
-
-
-FEATURE_GROUPINGS = ("folder", "day")
-FEATURE_MAPS = ("auto", "pca", "umap")
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """How `trapkit features` builds the morphological space (`trapkit.serve.features`).
-
-    `morphs`: k-means clusters (None: the K in 2..`max_morphs` with the best silhouette). `by`: diversity per
-    folder (camera, site) or per day (EXIF time). `map`: the 2-D picture (auto: UMAP when umap-learn is installed,
-    else PCA). `examples`: crops per morph in the montage.
-    """
-
-    morphs: int | None = None
-    max_morphs: int = 10
-    by: str = "folder"
-    map: str = "auto"
-    examples: int = 8
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.morphs is not None and self.morphs < 1:
-            raise TrapkitError(f"--morphs {self.morphs} must be at least 1")
-        if self.max_morphs < 2:
-            raise TrapkitError(f"--max-morphs {self.max_morphs} must be at least 2")
-        if self.examples < 1:
-            raise TrapkitError(f"--examples {self.examples} must be at least 1")
-        if self.by not in FEATURE_GROUPINGS:
-            raise TrapkitError(f"--by {self.by!r}: use one of {', '.join(FEATURE_GROUPINGS)}")
-        if self.map not in FEATURE_MAPS:
-            raise TrapkitError(f"--map {self.map!r}: use one of {', '.join(FEATURE_MAPS)}")

@@ -115,8 +115,9 @@ def _written(tmp_path, rows):
 
 
 @pytest.mark.slow
-def test_classify_csv_neutralises_species_cells(tmp_path, samples_dir):
-    """A class named like a formula is written to `classify --csv` as text Excel will not evaluate."""
+def test_classify_csv_and_features_csv_neutralise_species_cells(tmp_path, samples_dir):
+    """A class named like a formula is written to `classify --csv` and `--features x.csv` as text Excel will not
+    evaluate; reading the features table back restores it."""
     import torch
 
     from trapkit.export.onnx_export import export_onnx
@@ -128,8 +129,11 @@ def test_classify_csv_neutralises_species_cells(tmp_path, samples_dir):
     onnx = export_onnx(build_model(spec, "none").eval(), tmp_path / "model.onnx").path
     assert main(["classify", str(samples_dir), "--model", str(onnx), "--detections",
                  str(samples_dir / "md_v5a_detections.json"), "--out", str(tmp_path / "out.json"),
-                 "--csv", str(tmp_path / "out.csv")]) == 0
-    rows = _cells(tmp_path / "out.csv")
-    species = {r["label"] for r in rows if r["label"]}
-    assert species and all(s.startswith("'") and restore(s) in spec.labels for s in species)
+                 "--csv", str(tmp_path / "out.csv"), "--features", str(tmp_path / "features.csv")]) == 0
+    for table in ("out.csv", "features.csv"):
+        species = {r["label"] for r in _cells(tmp_path / table) if r["label"]}
+        assert species and all(s.startswith("'") and restore(s) in spec.labels for s in species), table
+    from trapkit.feature_table import read_features
+
+    assert set(read_features(tmp_path / "features.csv").frame["label"].dropna()) <= set(spec.labels)  # restored
     assert set(json.loads((tmp_path / "out.json").read_text())["classification_categories"].values()) == set(spec.labels)

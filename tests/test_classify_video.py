@@ -23,7 +23,7 @@ from trapkit.serve.classify import KILL_AFTER_ENV
 from trapkit.serve.postprocess import classify, plain_plan
 from trapkit.serve.runtime import open_runtime
 from trapkit.serve.settings import ClassifySettings
-from trapkit.serve.video import (
+from trapkit.video import (
     FAILURE_MISSING, FAILURE_NO_FRAMES, FAILURE_PAST_END, FAILURE_TRUNCATED, FAILURE_UNREADABLE, read_frames,
 )
 from video_helpers import video_set
