@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -152,6 +153,17 @@ def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch):
             np.testing.assert_allclose(_served(server.url, "serengeti", version, batch), expected, atol=1e-5)
         newest, _ = run_session(ort_session(model / "2" / "model.onnx"), batch)
         np.testing.assert_allclose(_served(server.url, "serengeti", None, batch), newest, atol=1e-5)
+        # The Triton README's tritonclient example, run as written against this server on the season's photos.
+        readme = (model / "README.md").read_text()
+        snippet = re.search(r"or, with tritonclient alone.*?```python\n(.*?)```", readme, re.S).group(1)
+        work = tmp_path / "client"
+        work.mkdir()
+        (work / "photos").symlink_to(season["folder"])
+        shutil.copy(season["md"], work / "md.json")
+        (work / "client.py").write_text(snippet.replace("localhost:8000", server.url.removeprefix("http://")))
+        printed = subprocess.run([sys.executable, "client.py"], cwd=work, capture_output=True, text=True, check=True)
+    answered = [line.split(" ") for line in printed.stdout.splitlines()]
+    assert len(answered) == len(by_key) and {label for *_, label, _ in answered} <= set(TAXONOMY)
     assert read_spec(model / "1" / "model.onnx").labels == tuple(TAXONOMY)
 
     # Publishing each export: one revision each, with its changelog entry as the commit message.
