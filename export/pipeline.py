@@ -111,8 +111,9 @@ def _export(source, out: Path, model_dir, run, variant, triton, hub, tolerance, 
         final.write_bytes(data)
         served = None
         if triton:
-            name = choose_model_name(triton, spec)
-            served = write_triton_model(final, spec, triton, readme=triton_readme(spec, name, on_detections),
+            origin = run.load_state().run_id if run is not None else ""
+            name = choose_model_name(triton, spec, origin)
+            served = write_triton_model(final, spec, triton, name, origin, readme=triton_readme(spec, name, on_detections),
                                         changes=changes.markdown if changes else "")
         hub_dir = write_hub_folder(final, spec, hub, read_metrics(model_dir), on_detections, changes) if hub else None
     onnx_path = out / GRAPH_FILENAMES[variant.kind]

@@ -138,7 +138,7 @@ def record_export(run: Run, record: dict, graph_sha256: str, destinations: dict)
     from trapkit.atomic import atomic_write_json
 
     folder = run.root / EXPORTS_DIR / f"{record['export']:03d}"
-    staging = folder.with_name(f".{folder.name}.tmp")
+    staging = folder.with_name(f".{folder.name}.staging")  # a killed export's is removed by the next one
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run.model_dir, staging / "model")
     atomic_write_json(staging / RECORD_FILENAME, record | {"graph_sha256": graph_sha256, "destinations": destinations})
@@ -165,7 +165,6 @@ def field_accuracy(run: Run, previous: tuple[dict, Path], batch_size: int = 32) 
     the most honest figure a user can get, measured on what people verified since."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
     import torch
 
     from trapkit.prepare import Preprocessing

@@ -28,6 +28,9 @@ from pathlib import Path
 from trapkit.errors import TrapkitError
 
 N_TOKENS = 7
+# What a classifier answers above every taxon: "some animal", "cannot tell" (serve/postprocess's rollup). A
+# person who confirms one has named no class.
+ANIMAL, UNKNOWN = "animal", "unknown"
 RANKS = ("class", "order", "family", "genus", "species")
 FORMAT = "id;class;order;family;genus;species;common name"
 CSV_COLUMNS = ("label", "taxonomy")
