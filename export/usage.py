@@ -64,12 +64,12 @@ _READ = '''\
 doc = json.load(open(DETECTIONS))
 names = {{k: v.lower() for k, v in doc["detection_categories"].items()}}
 for entry in doc["images"]:
-    boxes = [d["bbox"] for d in entry.get("detections") or ()
-             if names.get(d["category"]) in CATEGORIES and d["conf"] >= THRESHOLD]
-    if not boxes:
+    chosen = [(j, d["bbox"]) for j, d in enumerate(entry.get("detections") or ())
+              if names.get(d["category"]) in CATEGORIES and d["conf"] >= THRESHOLD]
+    if not chosen:
         continue
     img = ImageOps.exif_transpose(Image.open(os.path.join(IMAGES, entry["file"]))).convert("RGB")
-    batch = np.stack([np.asarray(crop(img, b), dtype=np.uint8) for b in boxes])  # (k, {s}, {s}, 3) uint8
+    batch = np.stack([np.asarray(crop(img, box), dtype=np.uint8) for _, box in chosen])  # (k, {s}, {s}, 3) uint8
 '''
 
 
@@ -90,7 +90,7 @@ def _detections_script(spec: ModelSpec, runtime: str, setup: list[str], infer: l
         "",
         _READ.format(s=spec.input_size).rstrip(),
         *(f"    {line}" for line in infer),
-        "    for j, p in enumerate(probs):",
+        "    for (j, _), p in zip(chosen, probs):  # j: the detection's index in MegaDetector's list",
         '        print(entry["file"], j, labels[int(p.argmax())], round(float(p.max()), 4))',
     ]) + "\n"
 

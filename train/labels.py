@@ -23,9 +23,10 @@ when none was selected); with `Detection`, that detection alone; a
 detection's own answer wins over its image's. `trapkit.answers.WRONG_BOX`
 takes a detection out of training ("not an animal, or a wrong box").
 
-Labelling page API (image paths relative to `image_root(run)`, with `/`):
+Labelling page API (image paths are the run's names, with `/`: relative to the pool folder, or, for a
+season outside it, under the season's prefix; `Run.pool_file` finds the file):
 `current_request(run) -> list[RequestItem]` (one per selected item),
-`class_names(run)`, `image_root(run)`, `page_answers_path(run)`,
+`class_names(run)`, `page_answers_path(run)`,
 `save_answers(run, {path or (path, detection): species}) -> Path`.
 """
 
@@ -70,7 +71,7 @@ Selection = Mapping[str, "set[int | None] | None"]
 class RequestItem:
     """One item the current request asks about: an image, or one detection in it."""
 
-    relative_path: str  # folder relative to image_root, '/' separated ('' for the root)
+    relative_path: str  # folder of the run's name of the image, '/' separated ('' for the pool's root)
     file: str  # file name
     guess: str | None  # the model's top-1 class for this item, if known
     confidence: float | None  # its probability
@@ -80,7 +81,7 @@ class RequestItem:
 
     @property
     def path(self) -> str:
-        """The image path relative to image_root."""
+        """The run's name of the image (relative to the pool folder, or under a season's prefix)."""
         return join_key(self.relative_path, self.file)
 
     @property
@@ -451,11 +452,6 @@ def page_answers_path(run_dir: str | Path) -> Path:
     return run.inbox_dir / f"round-{run.load_state().round:03d}-page.csv"
 
 
-def image_root(run_dir: str | Path) -> Path:
-    """The unlabelled pool root: request paths are relative to it."""
-    return Path(Run(run_dir).settings().data.unlabelled)
-
-
 def class_names(run_dir: str | Path) -> list[str]:
     """Known class names in head index order (`WRONG_BOX` is never one; offer it beside them)."""
     return list(Run(run_dir).load_state().classes)
@@ -510,7 +506,8 @@ def save_answers(run_dir: str | Path, answers: Mapping, allow_new_classes: bool 
             raise TrapkitError(f"not selected in the current request: {_listed(bad)}; the labelling page answers "
                                "only what the round asks about (give other labels to 'trapkit al next --labels "
                                "CSV'), or reload the page if a new round started")
-        known = set(class_names(run_dir))
+        # A season's first guesses may be a classifier's taxa above the classes: confirming one is an answer.
+        known = set(class_names(run_dir)) | {g.guess for g in items if g.guess}
         new = sorted({s for s in answers.values() if s and s not in known and s != WRONG_BOX})
         if new and not allow_new_classes:
             raise TrapkitError(f"unknown class names {new}; pick one of {', '.join(sorted(known))}, or "

@@ -43,6 +43,7 @@ from trapkit.train.run import (
     Item,
     kill_point,
     Run,
+    trained_mask,
     RunState,
     format_box,
 )
@@ -75,10 +76,6 @@ def head_classes(committed, df) -> tuple[str, ...]:
     return tuple(committed) + tuple(sorted(seen - set(committed)))
 
 
-def _trained_mask(df) -> np.ndarray:
-    """Rows the embedder and head learn from: labelled with a class (not WRONG_BOX), readable, not validation."""
-    return ((df["split"] != VALIDATION) & (df["label"] != "") & (df["label"] != WRONG_BOX)
-            & (df["status"] == OK)).to_numpy()
 
 
 def _candidate_mask(df) -> np.ndarray:
@@ -591,7 +588,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     kill_point("embedded")
 
     # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
-    r.trained = np.flatnonzero(_trained_mask(df))
+    r.trained = np.flatnonzero(trained_mask(df))
     if not len(r.trained):
         raise TrapkitError("no readable labelled images; check the --labelled folder")
     y = _labels_of(df, r.trained, classes)
@@ -624,7 +621,7 @@ def _finetune_if_due(r: _Round, model) -> str:
     from trapkit.train import finetune
 
     settings, state = r.settings, r.state
-    trained = np.flatnonzero(_trained_mask(r.df))
+    trained = np.flatnonzero(trained_mask(r.df))
     due = state.embedder_version is None or len(trained) - state.labels_at_finetune >= settings.finetune.every
     if not due or settings.finetune.epochs <= 0:
         return state.embedder_version or BASE_EMBEDDER
@@ -787,7 +784,7 @@ def status(run_dir: str | Path) -> dict:
     with run.logging("al status"):
         state = run.load_state()
         df = run.load_manifest()
-        lab = df[_trained_mask(df)]
+        lab = df[trained_mask(df)]
         per_class = {c: int((lab["label"] == c).sum()) for c in head_classes(state.classes, df)}
         pool = df[df["split"] == POOL]
         advice = "the run folder is damaged; rerun 'trapkit al next' to write it again"

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trapkit import __version__
+from trapkit.answers import WRONG_BOX
 from trapkit.atomic import atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.images import safe_join
@@ -336,6 +337,13 @@ class Run:
                 while target.exists():
                     target, k = done / f"{path.stem}-{k}{path.suffix}", k + 1
                 os.replace(path, target)
+
+
+def trained_mask(df):
+    """(N,) bool: rows the embedder and head learn from: labelled with a class (not WRONG_BOX), readable, not
+    validation."""
+    return ((df["split"] != VALIDATION) & (df["label"] != "") & (df["label"] != WRONG_BOX)
+            & (df["status"] == OK)).to_numpy()
 
 
 def _manifest_csv(df) -> str:
