@@ -215,7 +215,8 @@ def bench_video(args) -> None:
 
     from trapkit.prepare import crops_from_image
     from trapkit.serve.classify import ClassifyPaths, classify_images
-    from trapkit.serve.runtime import available_cpus, open_runtime
+    from trapkit.machine import available_cpus
+    from trapkit.serve.runtime import open_runtime
     from trapkit.serve.settings import ClassifySettings, Parallelism
     from trapkit.serve.video import read_frames, split_frame
 
@@ -302,7 +303,7 @@ def main() -> None:
         return
 
     from trapkit.serve.settings import Parallelism
-    from trapkit.serve.runtime import available_cpus
+    from trapkit.machine import available_cpus
 
     logging.basicConfig(level=logging.WARNING)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-classify-"))

@@ -116,7 +116,8 @@ def classify_end_to_end(model: Path, workdir: Path, copies: int, gpu: str | None
     """`trapkit classify` over the bundled photos `copies` times: the default runtime against CPU only."""
     from trapkit.samples import SAMPLE_DETECTIONS, SAMPLES_DIR
     from trapkit.serve.classify import ClassifyPaths, classify_images
-    from trapkit.serve.runtime import OnnxRuntime, available_cpus
+    from trapkit.machine import available_cpus
+    from trapkit.serve.runtime import OnnxRuntime
     from trapkit.serve.settings import ClassifySettings, Parallelism
 
     images = workdir / "photos"

@@ -97,7 +97,8 @@ def _register_classify(subparsers, common) -> None:
 def _classify(args) -> int:
     from trapkit.serve.classify import ClassifyPaths, classify_images
     from trapkit.errors import TrapkitError
-    from trapkit.serve.runtime import available_cpus, open_runtime
+    from trapkit.machine import available_cpus
+    from trapkit.serve.runtime import open_runtime
     from trapkit.serve.settings import Parallelism, PostSettings
 
     only_with("--sort-into DIR", args.sort_into is not None, {"--link": args.link})

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from trapkit.errors import TrapkitError
 from trapkit.graph import (
     EMBEDDING, GRAPH_FILENAMES, INPUT_NAME, PRECISION_PROP, PROBS, read_spec, spec_from_metadata,
 )
+from trapkit.machine import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,6 @@ def open_runtime(model: str | Path | None, *, triton_url: str | None = None, tri
         raise TrapkitError("give --model (a model.onnx, an export folder or hf://owner/name)")
     return OnnxRuntime(resolve_model_path(model, precision), providers=providers, threads=threads,
                        precision=precision)
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class OnnxRuntime:

@@ -139,10 +139,10 @@ def embed_on_cluster(cluster, model, rows: list[tuple[int, Item]], prep: Preproc
                      result: Extracted, batch_size: int) -> None:
     """Embed the (manifest row, item) `rows` into `emb` on a Ray cluster, recording failures and times in `result`.
 
-    `trapkit.cluster` prepares each image once for all its rows on CPU tasks, through the core's one
-    preparation path, and `TorchEmbedder` actors (the model's own weights, sent through Ray's object
-    store; a GPU each where there are GPUs) embed the crops; this process writes the cache, so it is a
-    local run's within float16 rounding.
+    `trapkit.cluster` hands chunks of image paths and boxes to `TorchEmbedder` actors (the model's own
+    weights, sent through Ray's object store once; a GPU each where there are GPUs), which prepare each
+    image once for all its rows through the core's one preparation path and embed the crops; this process
+    writes the cache, so it is a local run's within float16 rounding.
     """
     from safetensors.torch import save
 
@@ -175,7 +175,7 @@ def embed_on_cluster(cluster, model, rows: list[tuple[int, Item]], prep: Preproc
 
 
 class TorchEmbedder:
-    """In each inference actor: the run's model rebuilt from its spec and weights (safetensors bytes), on the
+    """In each model actor: the run's model rebuilt from its spec and weights (safetensors bytes), on the
     actor's GPU when Ray gave it one; crops (N, S, S, 3) uint8 -> {"embedding": (N, D) float32}."""
 
     def __init__(self, spec_json: str, weights):
@@ -187,7 +187,7 @@ class TorchEmbedder:
 
         if isinstance(weights, ray.ObjectRef):
             weights = ray.get(weights)
-        torch.set_num_threads(1)  # more cores get more actors (each counts as half a CPU)
+        torch.set_num_threads(1)  # the actor decodes and embeds on its one CPU; more cores get more actors
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = build_model(ModelSpec.from_json(spec_json), "none").eval()
         self.model.load_state_dict(load(weights), strict=True)
