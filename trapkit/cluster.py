@@ -60,8 +60,8 @@ STALL_WARNING_S = 60.0  # no actor started for this long: say what the job waits
 # mid-run, instead of guessing when it is busy.
 PAUSE_ENV = "TRAPKIT_TEST_RAY_PAUSE_DIR"
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
-_TOKEN_ADVICE = ("the cluster's token in ~/.ray/auth_token or in a file named by RAY_AUTH_TOKEN_PATH (print it on "
-                 "the head with 'ray get-auth-token')")
+_TOKEN_ADVICE = ("put the cluster's token in ~/.ray/auth_token or in a file named by RAY_AUTH_TOKEN_PATH ('ray "
+                 "get-auth-token' on the head prints it)")
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,7 @@ def _init(ray, settings: ClusterSettings) -> None:
         return
     if address != AUTO:
         _check_reachable(address)
-        if not address.startswith("ray://"):
-            _check_token(address, address)  # Ray itself retries a refused token for 20 s, then says "failed"
+        _check_token(address, address)
     try:
         try:
             ray.init(address=address, **quiet)
@@ -167,13 +166,13 @@ def _init(ray, settings: ClusterSettings) -> None:
             if found is None:
                 raise TrapkitError("--ray auto found no running Ray cluster on this machine; start one with "
                                    "'ray start --head', or give the head's address") from None
-            _check_token(AUTO, found)
+            _check_token(f"{found} (--ray auto)", found)
         raise TrapkitError(f"cannot connect to the Ray cluster at {address} ({_one_line(e)}); check the address "
                            "and that 'ray status' works there") from None
     except Exception as e:  # noqa: BLE001 - version mismatch, authentication: Ray's reason, on one line
         if type(e).__name__ == "AuthenticationError":  # token mode here, no token found (ray.exceptions)
             raise TrapkitError(f"cannot connect to the Ray cluster at {address}: RAY_AUTH_MODE=token is set here "
-                               f"but no token was found; give {_TOKEN_ADVICE}") from None
+                               f"but no token was found; {_TOKEN_ADVICE}") from None
         raise TrapkitError(f"cannot connect to the Ray cluster at {address} ({_one_line(e)}); the cluster "
                            "and this machine need the same Ray and Python versions") from None
 
@@ -190,9 +189,10 @@ def _check_reachable(address: str) -> None:
                            "'ray start --head' or check the host and port") from None
 
 
-def _check_token(address: str, gcs: str) -> None:
-    """Ask the head's GCS at `gcs` (host:port) for its cluster id, with what Ray would send from here (this
-    machine's token when RAY_AUTH_MODE=token): a refusal is Ray's token authentication, said in one line.
+def _check_token(address: str, target: str) -> None:
+    """Ask the head at `target` (host:port: its GCS, or with `ray://` its Ray Client server) a harmless question,
+    with what Ray would send from here (this machine's token when RAY_AUTH_MODE=token): a refusal is Ray's token
+    authentication, said in one line instead of Ray's retries (20-30 s) and "Failed to connect".
 
     `ray start --head` turns token authentication on when ~/.ray/auth_token exists (an earlier `ray.init()` or
     `--ray local` writes one), while a driver given an address keeps RAY_AUTH_MODE's default, disabled.
@@ -204,25 +204,29 @@ def _check_token(address: str, gcs: str) -> None:
             _get_authentication_metadata_tuple,
         )
         from ray._raylet import AuthenticationMode, get_authentication_mode
-        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc, ray_client_pb2, ray_client_pb2_grpc
     except ImportError as e:
-        log.debug("cannot ask the GCS about token authentication: %s", e)
+        log.debug("cannot ask the cluster about token authentication: %s", e)
         return
-    token_mode = get_authentication_mode() == AuthenticationMode.TOKEN
-    with grpc.insecure_channel(gcs) as channel:
+    client = target.startswith("ray://")
+    with grpc.insecure_channel(target.removeprefix("ray://")) as channel:
+        ask = dict(timeout=CONNECT_TIMEOUT_S, metadata=_get_authentication_metadata_tuple())
         try:
-            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
-                gcs_service_pb2.GetClusterIdRequest(), timeout=CONNECT_TIMEOUT_S,
-                metadata=_get_authentication_metadata_tuple())
+            if client:
+                ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
+                    ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING), **ask)
+            else:
+                gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                    gcs_service_pb2.GetClusterIdRequest(), **ask)
             return
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNAUTHENTICATED:
-                log.debug("GCS at %s: %s", gcs, e)
+                log.debug("asking %s: %s", target, e)
                 return
-    if token_mode:
-        raise TrapkitError(f"the Ray cluster at {address} refused this machine's token; give {_TOKEN_ADVICE}")
-    raise TrapkitError(f"the Ray cluster at {address} uses token authentication; set RAY_AUTH_MODE=token here, "
-                       f"with {_TOKEN_ADVICE}")
+    if get_authentication_mode() == AuthenticationMode.TOKEN:
+        raise TrapkitError(f"the Ray cluster at {address} refused this machine's token; {_TOKEN_ADVICE}")
+    raise TrapkitError(f"the Ray cluster at {address} uses token authentication; set RAY_AUTH_MODE=token here and "
+                       f"{_TOKEN_ADVICE}")
 
 
 def _local_head(ray) -> str | None:
