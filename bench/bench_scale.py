@@ -31,9 +31,10 @@ Configurations alternate, best of `--repeats` each (the machine may be shared).
 CPU ms per crop: the CPU time of every process of the configuration (the driver, and for
 Ray the GCS, raylets, workers and actors: found by an environment variable they all
 inherit; read four times a second, so processes that exit count too), end to end and marginal as
-above. "driver" is the CPU of the driver process alone (its Ray threads included), per crop. It moves far less than wall-clock time when other work shares the machine (where
+above. It moves far less than wall-clock time when other work shares the machine (where
 wall clock favours whichever configuration runs more processes), and on a node of its own,
 CPU-bound, throughput is cores / CPU per crop: the ratio of CPU per crop is Ray's overhead.
+"driver": the CPU of the driver process alone (its Ray threads included), per crop.
 
 Targets: Ray on one node >= 0.9x local's crops/s with <= 1.1x its CPU per crop (at the largest
 core count); a head plus a worker node, 1 CPU each, >= 1.8x local on 1 core. The load average

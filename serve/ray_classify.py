@@ -99,8 +99,10 @@ class OnnxModel:
         self.embedding = embedding
         log.debug("model actor: onnxruntime providers %s", self.runtime.providers)
 
-    def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, crops) -> dict[str, np.ndarray]:
+        """(N, S, S, 3) uint8 crops (an array, or a tensor in GPU memory: read there) -> the graph's outputs."""
+        predict = self.runtime.predict if isinstance(crops, np.ndarray) else self.runtime.predict_device
         if not self.embedding:
-            return {"probs": self.runtime.predict(crops)}  # (N, C) float32
-        probs, embedding = self.runtime.predict(crops, embedding=True)  # (N, C), (N, D) from one run of the graph
+            return {"probs": predict(crops)}  # (N, C) float32
+        probs, embedding = predict(crops, embedding=True)  # (N, C), (N, D) from one run of the graph
         return {"probs": probs, "embedding": embedding}

@@ -165,6 +165,27 @@ class OnnxRuntime:
         probs, *rest = (o.astype(np.float32, copy=False) for o in outputs)  # (N, C) [, (N, D)]
         return (probs, rest[0]) if embedding else probs
 
+    def predict_device(self, batch, embedding: bool = False):
+        """`predict` for a (N, S, S, 3) uint8 torch tensor where it lies (GPU or host memory): onnxruntime reads
+        it through I/O binding, no copy through the host; the outputs come back to host memory, as `predict`'s.
+        The work that made `batch` must be finished (synchronise its CUDA stream first)."""
+        batch = batch.contiguous()
+        if embedding and self.embedding_size is None:
+            raise TrapkitError(f"{self.path} has no '{EMBEDDING}' output; re-export it with 'trapkit export'")
+        binding = self.session.io_binding()
+        device = batch.device
+        binding.bind_input(INPUT_NAME, device.type, device.index or 0, np.uint8, tuple(batch.shape), batch.data_ptr())
+        for name in [PROBS, EMBEDDING] if embedding else [PROBS]:
+            binding.bind_output(name)  # host memory: C (and D) floats per crop
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types, as in predict
+            reason = " ".join(str(e).split())[:200]
+            raise TrapkitError(f"the model failed on a batch of {len(batch)} images ({reason}); if it ran out of "
+                               "memory, lower --batch-size, else re-export the model") from None
+        probs, *rest = (o.astype(np.float32, copy=False) for o in binding.copy_outputs_to_cpu())
+        return (probs, rest[0]) if embedding else probs
+
     def close(self) -> None:
         self.session = None
 

@@ -461,8 +461,19 @@ class Worker:
     preparation path and runs the model over their crops, `batch_size` at a time."""
 
     def __init__(self, model, model_args: tuple, root: str | None, prep: Preprocessing, batch_size: int):
+        import ray
+
         self.model = model(*model_args)
         self.root, self.prep, self.batch_size = root, prep, batch_size
+        self.device = None  # on an actor Ray gave a GPU: JPEGs decoded and cropped there (trapkit.gpu)
+        if ray.get_gpu_ids():
+            from trapkit.gpu import DevicePreparer, choose_decoder
+
+            choice = choose_decoder("auto")
+            if choice.decoder is None:
+                log.warning("model actor: decoding on the CPU: %s", choice.reason)
+            else:
+                self.device = DevicePreparer(prep, "cuda", choice.decoder)
 
     def ready(self) -> bool:
         return True
@@ -476,17 +487,33 @@ class Worker:
 
             raise TrapkitError(_not_visible(ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id(),
                                             f"the image folder {self.root}"))
-        attempts = [prepare_entry(self.root, file, boxes, self.prep) for _, file, boxes in chunk]
+        rows = [(self.root, file, boxes) for _, file, boxes in chunk]
+        if self.device is not None:
+            attempts = self.device.prepare(rows)  # crops: tensors in GPU memory
+        else:
+            attempts = [prepare_entry(*row, self.prep) for row in rows]
         crops = [a.crops for a in attempts if a.crops is not None and len(a.crops)]
         return {"keys": [key for key, _, _ in chunk],
                 "counts": [0 if a.crops is None else len(a.crops) for a in attempts],
                 "failures": [a.failure for a in attempts], "messages": [a.message for a in attempts],
                 "times": [a.time for a in attempts], "warnings": [a.warnings for a in attempts],
-                "outputs": run_batched(self.model, np.concatenate(crops) if crops else None, self.batch_size)}
+                "outputs": run_batched(self.model, _concatenate(crops), self.batch_size)}
 
 
-def run_batched(model, crops: np.ndarray | None, batch_size: int) -> dict[str, np.ndarray]:
-    """`model` over (N, S, S, 3) `crops`, `batch_size` at a time: {name: (N, ...)}; {} for no crops."""
+def _concatenate(parts: list):
+    """(k, S, S, 3) arrays, or tensors in GPU memory, as one (N, S, S, 3); None for none."""
+    if not parts:
+        return None
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
+
+
+def run_batched(model, crops, batch_size: int) -> dict[str, np.ndarray]:
+    """`model` over (N, S, S, 3) `crops` (an array, or a tensor in GPU memory), `batch_size` at a time:
+    {name: (N, ...) array}; {} for no crops."""
     if crops is None or not len(crops):
         return {}
     parts = [model(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DECODE_CHOICES = ("auto", "cpu", "gpu")  # where a command decodes images (`--decode`; trapkit.gpu.choose_decoder)
+
 
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity: a Slurm or container limit), not the machine's count."""
