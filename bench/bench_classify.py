@@ -58,8 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "trapkit" / "data" / "camera-traps"
 
 
-def build_folder(dst: Path, n_images: int, seed: int = 0) -> Path:
-    """`n_images` JPEGs under dst/images and dst/md.json; reused when already built."""
+def build_folder(dst: Path, n_images: int, seed: int = 0, large_every: int = 3) -> Path:
+    """`n_images` JPEGs under dst/images and dst/md.json, every `large_every`-th one 12 MP; reused when built."""
     md_path = dst / "md.json"
     if md_path.exists() and len(json.loads(md_path.read_text())["images"]) == n_images:
         return md_path
@@ -69,7 +69,7 @@ def build_folder(dst: Path, n_images: int, seed: int = 0) -> Path:
     entries = []
     for k in range(n_images):
         im = source[k % len(source)]
-        size = (4000, 3000) if k % 3 == 0 else (2048, 1536)
+        size = (4000, 3000) if k % large_every == 0 else (2048, 1536)
         name = f"cam{k % 4}/{k:04d}_{Path(im['file']).stem}.jpg"
         (dst / "images" / name).parent.mkdir(exist_ok=True)
         with Image.open(SAMPLES / im["file"]) as photo:
