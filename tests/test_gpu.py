@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from classify_helpers import animal, write_detections
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.machine import nvidia_gpu_present
 
 torch = pytest.importorskip("torch")
