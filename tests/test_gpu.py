@@ -40,7 +40,7 @@ def _photo_rows(samples_dir, names=None):
 
 def test_resize_is_pillows_arithmetic():
     from trapkit.gpu import resize
-    from trapkit.images import INTERPOLATIONS, REDUCING_GAP
+    from trapkit.images import PIL_FILTERS, REDUCING_GAP
 
     rng = np.random.default_rng(1)
     for trial in range(24):
@@ -50,7 +50,7 @@ def test_resize_is_pillows_arithmetic():
         box = (left, top, rng.uniform(left + 1, w), rng.uniform(top + 1, h))
         size = int(rng.choice([7, 32, 224]))  # large downscales go through Pillow's reduce first
         for interpolation in ("bilinear", "bicubic"):
-            want = np.asarray(Image.fromarray(pixels).resize((size, size), INTERPOLATIONS[interpolation], box=box,
+            want = np.asarray(Image.fromarray(pixels).resize((size, size), PIL_FILTERS[interpolation], box=box,
                                                               reducing_gap=REDUCING_GAP)).astype(int)
             exact = resize(torch.from_numpy(pixels.copy()), (size, size), box, interpolation, torch.float64)
             near = resize(torch.from_numpy(pixels.copy()), (size, size), box, interpolation, torch.float32)
