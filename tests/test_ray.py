@@ -172,14 +172,15 @@ def test_without_ray_installed_ray_says_how_to_install_it(season, tiny_onnx_path
 @pytest.mark.slow
 def test_token_authentication_says_what_to_set(cluster, season, tiny_onnx_path, tmp_path):
     """The test cluster has Ray's token authentication on: a driver without the token, or with another one,
-    is told in one line what to set (Ray alone retries for 20-30 s and says "Failed to connect")."""
+    is told in one line what to set (Ray alone retries for 20-30 s and says "Failed to connect"). `--ray auto`
+    takes the same path but finds whichever cluster `ray start` last recorded on this machine, which on a shared
+    machine may be someone else's: not tried here."""
     images, md = season
     wrong = tmp_path / "token"
     wrong.write_text("0" * 64)
     cases = [({"RAY_AUTH_MODE": "disabled"}, cluster.address, "uses token authentication; set RAY_AUTH_MODE=token"),
              ({"RAY_AUTH_TOKEN_PATH": str(wrong)}, f"ray://127.0.0.1:{cluster.client_port}",
-              "refused this machine's token"),
-             ({"RAY_AUTH_MODE": "disabled"}, "auto", "(--ray auto) uses token authentication")]
+              "refused this machine's token")]
     for extra, address, fragment in cases:
         out = tmp_path / "out.json"
         done = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *_argv(images, md, tiny_onnx_path, out, "--ray",
