@@ -237,8 +237,9 @@ def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, seas
     killed, finished = [], threading.Event()
 
     def kill_when_paused():
-        # The worker node pauses its first preparing task once `arm` exists (trapkit.cluster.PAUSE_ENV):
-        # the job cannot finish before this kill, whatever the timing.
+        # Once `arm` exists the worker node pauses its first chunk (trapkit.cluster.PAUSE_ENV) and the head holds
+        # its chunks until then (HOLD_ENV): the worker node takes part, and the job cannot finish before this
+        # kill, whatever the timing.
         while not any(cluster.pause.glob("paused.*")):
             if finished.wait(0.05):
                 return

@@ -55,10 +55,12 @@ IN_FLIGHT = 2  # chunks queued on each actor: it starts the next as soon as it h
 TASK_RETRIES = 5  # a chunk whose actor died is handed on this many times; the visibility probe retries as often
 CONNECT_TIMEOUT_S = 5.0
 STALL_WARNING_S = 60.0  # no actor started for this long: say what the job waits for
-# Test-only hook (tests/test_ray.py): a node whose processes have this variable pauses every chunk once the
-# file `<dir>/arm` exists (after writing `<dir>/paused.<pid>`), so the test kills that node at a known point,
-# mid-run, instead of guessing when it is busy.
+# Test-only hooks (tests/test_ray.py): while the file `<dir>/arm` exists, a node whose processes have PAUSE_ENV
+# pauses every chunk (after writing `<dir>/paused.<pid>`), and a node with HOLD_ENV holds its chunks until one
+# has paused: so the paused node surely takes part, and the test kills it at a known point, mid-run, instead of
+# guessing when it is busy.
 PAUSE_ENV = "TRAPKIT_TEST_RAY_PAUSE_DIR"
+HOLD_ENV = "TRAPKIT_TEST_RAY_HOLD_DIR"
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
 _TOKEN_ADVICE = ("put the cluster's token in ~/.ray/auth_token or in a file named by RAY_AUTH_TOKEN_PATH ('ray "
                  "get-auth-token' on the head prints it)")
@@ -525,3 +527,6 @@ def _pause_if_armed() -> None:
     if folder and os.path.exists(os.path.join(folder, "arm")):
         Path(folder, f"paused.{os.getpid()}").touch()
         time.sleep(600)  # until the test kills this node
+    folder = os.environ.get(HOLD_ENV)
+    while folder and os.path.exists(os.path.join(folder, "arm")) and not any(Path(folder).glob("paused.*")):
+        time.sleep(0.05)
