@@ -58,8 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "trapkit" / "data" / "camera-traps"
 
 
-def build_folder(dst: Path, n_images: int, seed: int = 0) -> Path:
-    """`n_images` JPEGs under dst/images and dst/md.json; reused when already built."""
+def build_folder(dst: Path, n_images: int, seed: int = 0, large_every: int = 3) -> Path:
+    """`n_images` JPEGs under dst/images and dst/md.json, every `large_every`-th one 12 MP; reused when built."""
     md_path = dst / "md.json"
     if md_path.exists() and len(json.loads(md_path.read_text())["images"]) == n_images:
         return md_path
@@ -69,7 +69,7 @@ def build_folder(dst: Path, n_images: int, seed: int = 0) -> Path:
     entries = []
     for k in range(n_images):
         im = source[k % len(source)]
-        size = (4000, 3000) if k % 3 == 0 else (2048, 1536)
+        size = (4000, 3000) if k % large_every == 0 else (2048, 1536)
         name = f"cam{k % 4}/{k:04d}_{Path(im['file']).stem}.jpg"
         (dst / "images" / name).parent.mkdir(exist_ok=True)
         with Image.open(SAMPLES / im["file"]) as photo:
@@ -215,7 +215,8 @@ def bench_video(args) -> None:
 
     from trapkit.prepare import crops_from_image
     from trapkit.serve.classify import ClassifyPaths, classify_images
-    from trapkit.serve.runtime import available_cpus, open_runtime
+    from trapkit.machine import available_cpus
+    from trapkit.serve.runtime import open_runtime
     from trapkit.serve.settings import ClassifySettings, Parallelism
     from trapkit.video import read_frames, split_frame
 
@@ -302,7 +303,7 @@ def main() -> None:
         return
 
     from trapkit.serve.settings import Parallelism
-    from trapkit.serve.runtime import available_cpus
+    from trapkit.machine import available_cpus
 
     logging.basicConfig(level=logging.WARNING)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-classify-"))

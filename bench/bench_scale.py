@@ -9,10 +9,14 @@ For each core count in `--cpus`, each configuration runs in its own process, pin
 cores (Ray's processes inherit the pinning, so "1 core" really is one core):
 
 - local: `classify_images` with trapkit's default threads for that many cores;
-- `--ray local`: a Ray cluster inside the process with that many CPUs: Ray Data tasks
-  decoding, onnxruntime actors (one thread each) classifying;
+- `--ray local`: a Ray cluster inside the process with that many CPUs: one model actor
+  per CPU, each pulling chunks of image paths and boxes, decoding, cropping and classifying
+  them (onnxruntime, one thread);
+- with `--ray-data`, the same actors as one fused Ray Data actor stage instead of trapkit's
+  queue (the design measured against; not the product's path);
 - once, a head plus a worker node (`ray start`, half the largest count each, pinned to
-  separate cores) on 127.0.0.1, the driver on all of them.
+  separate cores) on 127.0.0.1, the driver on all of them. On 2 cores that is the widest
+  cluster of whole cores this machine can hold: more nodes would share cores.
 
 Each configuration runs a small job (a fifth of the entries) to warm up (Ray's worker
 processes start and import once per cluster), the small job again, and then the full one,
@@ -30,10 +34,14 @@ inherit; read four times a second, so processes that exit count too), end to end
 above. It moves far less than wall-clock time when other work shares the machine (where
 wall clock favours whichever configuration runs more processes), and on a node of its own,
 CPU-bound, throughput is cores / CPU per crop: the ratio of CPU per crop is Ray's overhead.
+"driver": the CPU of the driver process alone (its Ray threads included), per crop.
 
-Target: Ray on one node within 10% of local (at the largest core count).
+Targets: Ray on one node >= 0.9x local's crops/s with <= 1.1x its CPU per crop (at the largest
+core count); a head plus a worker node, 1 CPU each, >= 1.8x local on 1 core. The load average
+is printed beside every configuration (the machine may be shared).
 
     .venv/bin/python bench/bench_scale.py [--cpus 1 2] [--images-per-core 300] [--repeats 3] [--workdir DIR]
+        [--ray-data] [--images-per-task N]
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+
+from trapkit.cluster import Worker
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -104,25 +116,25 @@ class TreeCPU:
         self.thread.join()
 
 
-def configs(counts: list[int]) -> dict:
-    """name: (cores, Ray address: None for local, "local", or "cluster" for the two-node cluster)."""
+def configs(counts: list[int], ray_data: bool) -> dict:
+    """name: (cores, Ray address: None for local, "local", or "cluster" for the two-node cluster, Ray Data?)."""
     out = {}
     for n in counts:
         cores = set(range(n))
-        out[f"local, {n} core(s)"] = (cores, None)
-        out[f"--ray local, {n} CPU(s)"] = (cores, "local")
+        out[f"local, {n} core(s)"] = (cores, None, False)
+        out[f"--ray local, {n} CPU(s)"] = (cores, "local", False)
+        if ray_data:
+            out[f"Ray Data fused, {n} CPU(s)"] = (cores, "local", True)
     top = max(counts)
     if top >= 2:
-        out[f"head + worker node, {top // 2} CPU(s) each"] = (set(range(top)), "cluster")
+        out[f"head + worker node, {top // 2} CPU(s) each"] = (set(range(top)), "cluster", False)
     return out
 
 
 def child(args) -> None:
-    """One configuration, in this (pinned) process: prints {"small": [s, cpu s, crops], "full": [...]}."""
+    """One configuration, in this (pinned) process: prints {"small": [s, CPU s, crops, driver CPU s], "full": ...}."""
     os.sched_setaffinity(0, set(args.cores))
     import logging
-
-    import numpy as np
 
     from trapkit.cluster import ClusterSettings, connect
     from trapkit.serve import classify
@@ -131,13 +143,18 @@ def child(args) -> None:
     from trapkit.serve.settings import ClassifySettings, Parallelism
 
     logging.basicConfig(level=logging.WARNING)
+    if args.ray_data:
+        from trapkit.cluster import Cluster
+
+        Cluster.map_prepared = ray_data_map_prepared  # the design measured against, in this process only
     cpus = len(args.cores)
     work = Path(args.workdir)
     par = Parallelism.for_cpus(cpus)
     settings = ClassifySettings(workers=par.workers, concurrency=par.concurrency, batch_size=32)
     cluster = None
     if args.address:
-        cluster = ClusterSettings(args.address, cpus=cpus if args.address == "local" else None)
+        cluster = ClusterSettings(args.address, cpus=cpus if args.address == "local" else None,
+                                  **({"images_per_task": args.images_per_task} if args.images_per_task else {}))
 
     tree, results = TreeCPU([m.encode() for m in args.marks]), {}
     with open_runtime(work / "lite0.onnx", threads=1 if cluster else par.threads) as runtime, \
@@ -146,10 +163,11 @@ def child(args) -> None:
         for size in ("warm-up", "small", "full"):  # the warm-up: worker processes start and import once
             out = work / f"out-{os.getpid()}.json"
             md = work / f"md-{'small' if size == 'warm-up' else size}-{cpus}.json"
-            start, cpu = time.perf_counter(), tree.total()
+            start, cpu, driver = time.perf_counter(), tree.total(), time.process_time()
             summary = classify.classify_images(classify.ClassifyPaths(work / "images", out, md), runtime, settings,
                                                executor=RayExecutor(cluster) if cluster else None)
-            results[size] = [time.perf_counter() - start, tree.total() - cpu, summary.classified_detections]
+            results[size] = [time.perf_counter() - start, tree.total() - cpu, summary.classified_detections,
+                             time.process_time() - driver]
             out.unlink()
     tree.stop()
     print(json.dumps(results))
@@ -163,21 +181,59 @@ class _Nothing:
         return False
 
 
-def run_config(workdir: Path, cores: set[int], address: str | None, env: dict, marks: list[str]) -> dict:
+def ray_data_map_prepared(self, work, prep, model, model_args=(), *, root, batch_size):
+    """`trapkit.cluster.Cluster.map_prepared` as one fused Ray Data actor stage: the same `Worker` per CPU, fed
+    by Ray Data's streaming executor (blocks of `images_per_task` rows) instead of trapkit's queue."""
+    import ray.data
+
+    from trapkit.cluster import unpack
+
+    work = [(int(k), str(f), json.dumps(b)) for k, f, b in work]
+    per = self.settings.images_per_task
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    ds = ray.data.from_items([{"key": k, "file": f, "boxes": b} for k, f, b in work],
+                             override_num_blocks=-(-len(work) // per))
+    ds = ds.map_batches(FusedStage, batch_size=per, batch_format="numpy",
+                        fn_constructor_args=(model, tuple(model_args), None if root is None else str(root), prep,
+                                             batch_size),
+                        compute=ray.data.ActorPoolStrategy(size=self.settings.actors or int(max(1, self.cpus))),
+                        num_cpus=1)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for chunk in batch["chunk"]:
+            yield from unpack(chunk)
+
+
+class FusedStage(Worker):
+    """Ray Data's callable: a block of work rows -> one row holding the `Worker.run` result of the block."""
+
+    def __call__(self, batch: dict) -> dict:
+        chunk = [(int(k), str(f), json.loads(str(b))) for k, f, b in zip(batch["key"], batch["file"], batch["boxes"])]
+        return {"chunk": np.array([self.run(chunk)], dtype=object)}
+
+
+def run_config(workdir: Path, cores: set[int], address: str | None, env: dict, marks: list[str],
+               ray_data: bool = False, images_per_task: int | None = None) -> dict:
     """One configuration in a child process; `marks` (VAR=value) find the processes whose CPU time it counts."""
     run = f"{MARK}={os.getpid()}-{time.monotonic_ns()}"
     cmd = [sys.executable, __file__, "--child", "--workdir", str(workdir), "--cores", *map(str, sorted(cores)),
            "--marks", run, *marks]
     if address:
         cmd += ["--address", address]
+    if ray_data:
+        cmd += ["--ray-data"]
+    if images_per_task:
+        cmd += ["--images-per-task", str(images_per_task)]
+    load = os.getloadavg()[0]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, **env, MARK: run.split("=", 1)[1]})
     if done.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{done.stderr[-3000:]}")
     r = json.loads(done.stdout.strip().splitlines()[-1])
-    (t0, c0, n0), (t1, c1, n1) = r["small"], r["full"]
+    (t0, c0, n0, d0), (t1, c1, n1, d1) = r["small"], r["full"]
     return {"marginal": (n1 - n0) / (t1 - t0), "marginal_cpu_ms": 1000 * (c1 - c0) / (n1 - n0),
-            "end_to_end": n1 / t1, "cpu_ms": 1000 * c1 / n1, "crops": n1, "small_s": t0}
+            "end_to_end": n1 / t1, "cpu_ms": 1000 * c1 / n1, "crops": n1, "small_s": t0,
+            "driver_ms": 1000 * d1 / n1, "marginal_driver_ms": 1000 * (d1 - d0) / (n1 - n0), "load": load}
 
 
 def main() -> None:
@@ -190,6 +246,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep the folder and ONNX model here between runs")
     ap.add_argument("--random-weights", action="store_true",
                     help="Lite0 with random weights (same graph and speed; no offline weights package needed)")
+    ap.add_argument("--ray-data", action="store_true",
+                    help="also measure the actors as one fused Ray Data stage (the design trapkit's queue replaced)")
+    ap.add_argument("--images-per-task", type=int, default=None,
+                    help="images per chunk handed to an actor (default: trapkit's ClusterSettings default)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cores", type=int, nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--address", default=None, help=argparse.SUPPRESS)
@@ -211,14 +271,15 @@ def main() -> None:
         for size, count in (("small", args.images_per_core * n // 5), ("full", args.images_per_core * n)):
             entries = [doc["images"][k % len(doc["images"])] for k in range(count)]
             (workdir / f"md-{size}-{n}.json").write_text(json.dumps({**doc, "images": entries}))
-    plan = configs(args.cpus)
+    plan = configs(args.cpus, args.ray_data)
     print(f"{args.images_per_core} entries per core over {args.distinct} photos (a third 4000x3000, the rest "
           f"2048x1536, 1-5 crops each); EfficientNet-Lite0 224 px ONNX, batch 32; {os.cpu_count()} CPUs here; "
           f"load average {os.getloadavg()[0]:.2f} at start; workdir {workdir}")
+    print(f"CPU: {cpu_description()}")
     cluster = None
     best: dict[str, dict] = {}
     try:
-        if any(address == "cluster" for _, address in plan.values()):
+        if any(address == "cluster" for _, address, _ in plan.values()):
             top = max(args.cpus)
             cluster = RayCluster(cpus=top // 2, head_cores=set(range(top // 2)),
                                  worker_cores=set(range(top // 2, top)), object_store=2**30)
@@ -227,12 +288,13 @@ def main() -> None:
         # `--ray local` clusters keep their session files in the work folder, not /tmp/ray.
         local_env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(workdir / "ray")}
         for _ in range(args.repeats):
-            for name, (cores, address) in plan.items():
+            for name, (cores, address, ray_data) in plan.items():
                 if address == "cluster":
                     nodes = [f"{cluster_mark}={node}-{cluster.id}" for node in ("head", "worker")]
-                    r = run_config(workdir, cores, cluster.address, cluster.driver_env, nodes)
+                    r = run_config(workdir, cores, cluster.address, cluster.driver_env, nodes,
+                                   images_per_task=args.images_per_task)
                 else:
-                    r = run_config(workdir, cores, address, local_env, [])
+                    r = run_config(workdir, cores, address, local_env, [], ray_data, args.images_per_task)
                 if name not in best or r["marginal"] > best[name]["marginal"]:
                     best[name] = r
     finally:
@@ -240,9 +302,10 @@ def main() -> None:
             cluster.stop()
     print(f"best of {args.repeats}, load average {os.getloadavg()[0]:.2f} at the end:")
     for name, b in best.items():
-        print(f"  {name:<34} marginal {b['marginal']:6.1f} crops/s, {b['marginal_cpu_ms']:5.1f} CPU ms/crop; end to "
-              f"end {b['end_to_end']:6.1f} crops/s, {b['cpu_ms']:5.1f} CPU ms/crop ({b['crops']} crops; the small "
-              f"job took {b['small_s']:.1f} s)")
+        print(f"  {name:<34} marginal {b['marginal']:6.1f} crops/s, {b['marginal_cpu_ms']:5.1f} CPU ms/crop "
+              f"(driver {b['marginal_driver_ms']:4.2f}); end to end {b['end_to_end']:6.1f} crops/s, "
+              f"{b['cpu_ms']:5.1f} CPU ms/crop (driver {b['driver_ms']:4.2f}); {b['crops']} crops, the small job "
+              f"{b['small_s']:.1f} s; load {b['load']:.2f} before it")
 
     def ratio(a: str, b: str, what: str) -> None:
         if a in best and b in best:
@@ -252,8 +315,9 @@ def main() -> None:
                   f"{best[a]['cpu_ms'] / best[b]['cpu_ms']:.2f}")
 
     for n in args.cpus:
-        target = " (target: crops/s >= 0.90)" if n == max(args.cpus) else ""
+        target = " (target: crops/s >= 0.90, CPU per crop <= 1.10)" if n == max(args.cpus) else ""
         ratio(f"--ray local, {n} CPU(s)", f"local, {n} core(s)", f"Ray on one node / local, {n} core(s){target}")
+        ratio(f"Ray Data fused, {n} CPU(s)", f"local, {n} core(s)", f"Ray Data fused / local, {n} core(s)")
     lo, hi = min(args.cpus), max(args.cpus)
     if lo != hi:
         ratio(f"--ray local, {hi} CPU(s)", f"--ray local, {lo} CPU(s)", f"Ray, {hi} CPUs / {lo}")
@@ -261,6 +325,17 @@ def main() -> None:
     if hi >= 2:
         ratio(f"head + worker node, {hi // 2} CPU(s) each", f"--ray local, {hi} CPU(s)",
               f"head + worker node / one node of {hi} CPUs")
+        ratio(f"head + worker node, {hi // 2} CPU(s) each", f"local, {hi // 2} core(s)",
+              f"head + worker node / local on {hi // 2} core(s)" + (" (target: crops/s >= 1.80)" if hi == 2 else ""))
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its vector flags (AVX2, AVX-512, VNNI): what CPU figures depend on."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return f"{name}; {', '.join(shown) or 'no AVX2'}{'' if 'avx512_vnni' in flags else ' (no AVX-512 VNNI)'}"
 
 
 def model(workdir: Path, random_weights: bool) -> Path:

@@ -52,6 +52,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -71,9 +72,9 @@ from trapkit.typed_json import read_versioned
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 2  # 2: failures are FAILURE_* codes
-# Test hook (documented in tests/test_classify_resume.py): SIGKILL this process
-# after preparing that many images, to prove --resume recovers from a hard kill
-# (or send the signal named in KILL_SIGNAL_ENV: SIGINT is a Ctrl-C).
+# Test hook (documented in tests/test_classify_resume.py): SIGKILL this process once that
+# many images reached `ClassifyJob.commit`, before their chunk is kept, to prove --resume
+# recovers from a hard kill (or send the signal named in KILL_SIGNAL_ENV: SIGINT is a Ctrl-C).
 KILL_AFTER_ENV = "TRAPKIT_TEST_KILL_AFTER_IMAGES"
 KILL_SIGNAL_ENV = "TRAPKIT_TEST_KILL_SIGNAL"
 
@@ -152,12 +153,12 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
                     resume: bool = False, executor=None):
     """Classify, write `paths.out` (and CSV / sorted folders), return a `trapkit.serve.outputs.Summary`.
 
-    `executor(job, todo, done)` runs stages 1-3 over the image indices `todo`, adding each image's
-    `job.record` to `done` and calling `job.save_checkpoint(done)` as blocks complete: this process's
-    threads by default, or a cluster (`trapkit.serve.ray_classify.RayExecutor`). Both write the same
-    checkpoints, so a run started by one resumes with the other.
+    `executor` (an `Executor`) runs stages 1-3 over the images to do, handing each finished chunk to
+    `ClassifyJob.commit`: this process's threads by default (`ClassifyJob.run`), or a cluster
+    (`trapkit.serve.ray_classify.RayExecutor`). All write the same checkpoints, so a run started by one
+    resumes with another.
     """
-    job = _Job(paths, runtime, settings)
+    job = ClassifyJob(paths, runtime, settings)
     if paths.detections is not None:
         job.check_images_found()
     done = _load_checkpoint(paths.checkpoint, job.fingerprint, resume)
@@ -196,8 +197,22 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
     return summary
 
 
-class _Job:
-    """One classify run: its input document, what to classify in it, and the stages over it."""
+class Executor(Protocol):
+    """What runs stages 1-3 of a classify run: `executor(job, todo, done)`.
+
+    It prepares and classifies the images `todo` (indices into `job.doc["images"]`) in any order and any
+    grouping, and hands every finished image to `job.commit` in chunks of about
+    `job.settings.checkpoint_every`, from the calling thread. The photos' work is `job.work(i)` (file and
+    boxes, through `trapkit.prepare.prepare_entry` wherever it runs) and `job.staged(i, attempt)` turns the
+    outcome into the `Staged` that `commit` records. Video entries (`job.frames`, `job.videos`) need one
+    decoder pass per video: `job.run` does those (and is the local executor itself).
+    """
+
+    def __call__(self, job: ClassifyJob, todo: list[int], done: dict) -> None: ...
+
+
+class ClassifyJob:
+    """One classify run: its input document, what to classify in it, and the stages over it (`Executor`)."""
 
     def __init__(self, paths: ClassifyPaths, runtime, settings: ClassifySettings):
         self.paths, self.runtime, self.settings = paths, runtime, settings
@@ -215,6 +230,8 @@ class _Job:
             vid.require_av()
         self.fingerprint = _fingerprint(self.doc, runtime, settings, self.plan)
         self.features: feature_table.FeatureParts | None = None  # set by classify_images with --features
+        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)  # the test hook (see KILL_AFTER_ENV)
+        self.staged_count = 0  # images handed to `commit`, for that hook
 
     def _frames(self) -> dict[int, tuple[str, int]]:
         """{image index: (video, frame number)} for MegaDetector frame entries read from their video.
@@ -377,45 +394,42 @@ class _Job:
             log.warning("not classified: %s", attempt.message)
         return Staged(i, self.targets[i], attempt.crops, attempt.failure, attempt.warnings, attempt.time)
 
-    def record(self, item: Staged, results: dict) -> dict:
-        """The checkpointed record of one image, from its crops' (C,) probabilities in `results[(i, j)]`."""
-        return _record(item, results, self.plan, self.settings.top_k)
-
-    def save_checkpoint(self, done: dict) -> None:
+    def commit(self, chunk: list[Staged], probs: dict, done: dict, embeddings: dict | None = None) -> None:
+        """The end of every chunk, for every executor: each image's record into `done` (its crops' (C,)
+        probabilities in `probs[(i, j)]`), with --features the chunk's (D,) `embeddings[(i, j)]` into the
+        features parts, then the checkpoint that commits them (atomically). Call it from the thread that
+        started the run: the driver-kill test hook (KILL_AFTER_ENV) fires here, before the chunk is kept."""
+        for _ in chunk:
+            self.staged_count += 1
+            if self.kill_after and self.staged_count >= self.kill_after:
+                signal.raise_signal(getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
+        for item in chunk:
+            done[str(item.index)] = _record(item, probs, self.plan, self.settings.top_k)
+        if self.features:  # before the checkpoint that commits the chunk
+            self.features.add([item.index for item in chunk], embeddings or {})
         atomic_write_json(self.paths.checkpoint, {
             "version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "done": done}, indent=None)
 
     def run(self, todo: list[int], done: dict) -> None:
         """Stages 1-3 over `todo`, recording each image into `done` and checkpointing every `checkpoint_every`."""
-        from tqdm import tqdm
+        from trapkit.progress import progress
 
         settings = self.settings
-        kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
         units = self.units(todo)
         batcher = _Batcher(self.runtime, settings, embedding=self.features is not None)
-        bar = tqdm(total=len(todo), unit="img", desc="classify", disable=None)
+        bar = progress(len(todo), "classify", "image")
         try:
             with ThreadPoolExecutor(settings.workers, thread_name_prefix="decode") as pool:
                 chunk: list[Staged] = []
-                n = 0
                 staged = _ordered_map(pool, self.prepare_unit, units, lookahead=4 * settings.workers)
                 for k, items in enumerate(staged, 1):
                     for item in items:
-                        n += 1
                         chunk.append(item)
                         if item.crops is not None:
                             batcher.add(item)
-                        if kill_after and n >= kill_after:
-                            # Raised in this (the main) thread, so a SIGINT is handled before the next line runs.
-                            signal.raise_signal(getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
                     # Units (a video's frames) are never split, so a resumed run sees the same units and batches.
                     if len(chunk) >= settings.checkpoint_every or k == len(units):
-                        results = batcher.finish()
-                        for p in chunk:
-                            done[str(p.index)] = self.record(p, results)
-                        if self.features:  # before the checkpoint that commits the chunk
-                            self.features.add([p.index for p in chunk], batcher.take_embeddings())
-                        self.save_checkpoint(done)
+                        self.commit(chunk, batcher.finish(), done, batcher.take_embeddings())
                         bar.update(len(chunk))
                         chunk = []
         finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from trapkit import __version__
 from trapkit.flags import add_ray_args, default_of, given, not_with, only_with, ray_settings
+from trapkit.machine import DECODE_CHOICES
 from trapkit.logfile import debug_log
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import SMOOTH_MODES, SmoothSettings
@@ -90,6 +91,9 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--triton-model", help="model name on the Triton server (default: the model's spec name)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="batches in flight at once (default: CPUs, at most 4; raise it for a big Triton server)")
+    p.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
+                   help="where JPEGs are decoded and cropped: auto (the GPU when this machine has one, PyTorch with "
+                   "CUDA, a GPU JPEG decoder and onnxruntime-gpu; else the CPU), cpu, or gpu (default auto)")
     add_ray_args(p, "classify")
     p.set_defaults(func=_classify)
 
@@ -97,7 +101,8 @@ def _register_classify(subparsers, common) -> None:
 def _classify(args) -> int:
     from trapkit.serve.classify import ClassifyPaths, classify_images
     from trapkit.errors import TrapkitError
-    from trapkit.serve.runtime import available_cpus, open_runtime
+    from trapkit.machine import available_cpus
+    from trapkit.serve.runtime import open_runtime
     from trapkit.serve.settings import Parallelism, PostSettings
 
     only_with("--sort-into DIR", args.sort_into is not None, {"--link": args.link})
@@ -107,7 +112,8 @@ def _classify(args) -> int:
         raise TrapkitError("--frame-sample only applies without --detections (MegaDetector chose the frames); drop it")
     not_with("--ray", args.ray is not None, {
         "--workers": args.workers is not None, "--threads": args.threads is not None,
-        "--concurrency": args.concurrency is not None, "--triton-url": args.triton_url is not None},
+        "--concurrency": args.concurrency is not None, "--triton-url": args.triton_url is not None,
+        "--decode gpu": args.decode == "gpu"},
         "the cluster decodes and runs the model (onnxruntime in each actor); size it with --ray-actors")
     cluster = ray_settings(args)
     par = Parallelism.for_cpus(available_cpus(), args.workers, args.concurrency, args.threads)
@@ -126,7 +132,8 @@ def _classify(args) -> int:
                                threads=1 if cluster else par.threads, concurrency=par.concurrency,
                                precision=args.precision)
         try:
-            summary = classify_images(paths, runtime, settings, resume=args.resume, executor=_executor(cluster))
+            summary = classify_images(paths, runtime, settings, resume=args.resume,
+                                      executor=_executor(cluster, runtime, args.decode))
         finally:
             runtime.close()
     print(summary.table())
@@ -135,9 +142,12 @@ def _classify(args) -> int:
     return 0
 
 
-def _executor(cluster):
+def _executor(cluster, runtime, decode: str):
+    """The Ray cluster's, this machine's GPU's (when it has one), or None: this machine's CPU threads."""
     if cluster is None:
-        return None
+        from trapkit.serve.gpu_classify import executor_for
+
+        return executor_for(runtime, decode)
     from trapkit.serve.ray_classify import RayExecutor
 
     return RayExecutor(cluster)

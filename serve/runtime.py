@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from trapkit.errors import TrapkitError
 from trapkit.graph import (
     EMBEDDING, GRAPH_FILENAMES, INPUT_NAME, PRECISION_PROP, PROBS, read_spec, spec_from_metadata,
 )
+from trapkit.machine import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,6 @@ def open_runtime(model: str | Path | None, *, triton_url: str | None = None, tri
         raise TrapkitError("give --model (a model.onnx, an export folder or hf://owner/name)")
     return OnnxRuntime(resolve_model_path(model, precision), providers=providers, threads=threads,
                        precision=precision)
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class OnnxRuntime:
@@ -170,6 +163,27 @@ class OnnxRuntime:
             raise TrapkitError(f"the model failed on a batch of {len(batch)} images ({reason}); if it ran out of "
                                "memory, lower --batch-size or --concurrency, else re-export the model") from None
         probs, *rest = (o.astype(np.float32, copy=False) for o in outputs)  # (N, C) [, (N, D)]
+        return (probs, rest[0]) if embedding else probs
+
+    def predict_device(self, batch, embedding: bool = False):
+        """`predict` for a (N, S, S, 3) uint8 torch tensor where it lies (GPU or host memory): onnxruntime reads
+        it through I/O binding, no copy through the host; the outputs come back to host memory, as `predict`'s.
+        The work that made `batch` must be finished (synchronise its CUDA stream first)."""
+        batch = batch.contiguous()
+        if embedding and self.embedding_size is None:
+            raise TrapkitError(f"{self.path} has no '{EMBEDDING}' output; re-export it with 'trapkit export'")
+        binding = self.session.io_binding()
+        device = batch.device
+        binding.bind_input(INPUT_NAME, device.type, device.index or 0, np.uint8, tuple(batch.shape), batch.data_ptr())
+        for name in [PROBS, EMBEDDING] if embedding else [PROBS]:
+            binding.bind_output(name)  # host memory: C (and D) floats per crop
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types, as in predict
+            reason = " ".join(str(e).split())[:200]
+            raise TrapkitError(f"the model failed on a batch of {len(batch)} images ({reason}); if it ran out of "
+                               "memory, lower --batch-size, else re-export the model") from None
+        probs, *rest = (o.astype(np.float32, copy=False) for o in binding.copy_outputs_to_cpu())
         return (probs, rest[0]) if embedding else probs
 
     def close(self) -> None:

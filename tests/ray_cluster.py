@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trapkit.cluster import PAUSE_ENV
+from trapkit.cluster import HOLD_ENV, PAUSE_ENV
 
 MARK = "TRAPKIT_TEST_RAY_NODE"
 # `ray start` with Ray's localhost rewriting off (see the module docstring).
@@ -99,7 +99,8 @@ class RayCluster:
 
     def start(self) -> RayCluster:
         self._ray_start("head", ["--head", f"--port={self.port}", "--include-dashboard=false",
-                         f"--ray-client-server-port={self.client_port}"], self._env("head"))
+                         f"--ray-client-server-port={self.client_port}"],
+                        self._env("head", **{HOLD_ENV: str(self.pause)}))
         self.start_worker()
         return self
 

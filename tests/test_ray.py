@@ -170,6 +170,30 @@ def test_without_ray_installed_ray_says_how_to_install_it(season, tiny_onnx_path
 # -- on the cluster ---------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_token_authentication_says_what_to_set(cluster, season, tiny_onnx_path, tmp_path):
+    """The test cluster has Ray's token authentication on: a driver without the token, or with another one,
+    is told in one line what to set (Ray alone retries for 20-30 s and says "Failed to connect"). `--ray auto`
+    takes the same path but finds whichever cluster `ray start` last recorded on this machine, which on a shared
+    machine may be someone else's: not tried here."""
+    images, md = season
+    wrong = tmp_path / "token"
+    wrong.write_text("0" * 64)
+    cases = [({"RAY_AUTH_MODE": "disabled"}, cluster.address, "uses token authentication; set RAY_AUTH_MODE=token"),
+             ({"RAY_AUTH_TOKEN_PATH": str(wrong)}, f"ray://127.0.0.1:{cluster.client_port}",
+              "refused this machine's token")]
+    for extra, address, fragment in cases:
+        out = tmp_path / "out.json"
+        done = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *_argv(images, md, tiny_onnx_path, out, "--ray",
+                                                                            address)],
+                              env={**os.environ, **extra}, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 1, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("trapkit: error: the Ray cluster at ") and fragment in last, done.stderr
+        assert "~/.ray/auth_token" in last and "RAY_AUTH_TOKEN_PATH" in last
+        assert "Traceback" not in done.stderr and not out.exists()
+
+
+@pytest.mark.slow
 def test_classify_on_a_two_node_cluster_equals_the_local_run(cluster, season, reference, tiny_onnx_path, tmp_path):
     import pandas as pd
 
@@ -213,8 +237,9 @@ def test_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(cluster, seas
     killed, finished = [], threading.Event()
 
     def kill_when_paused():
-        # The worker node pauses its first preparing task once `arm` exists (trapkit.cluster.PAUSE_ENV):
-        # the job cannot finish before this kill, whatever the timing.
+        # Once `arm` exists the worker node pauses its first chunk (trapkit.cluster.PAUSE_ENV) and the head holds
+        # its chunks until then (HOLD_ENV): the worker node takes part, and the job cannot finish before this
+        # kill, whatever the timing.
         while not any(cluster.pause.glob("paused.*")):
             if finished.wait(0.05):
                 return

@@ -41,9 +41,10 @@ class Batch:
     times: list[str | None]  # per item: its image's EXIF capture time
 
 
-def load_items(items: list[Item], prep: Preprocessing, pool: ThreadPoolExecutor) -> Batch:
+def load_items(items: list[Item], prep: Preprocessing, pool: ThreadPoolExecutor, device=None) -> Batch:
     """Prepare `items` through the core's one preparation path, in threads, each image decoded ONCE for all
-    its items in the list (its boxes together; a whole image alone)."""
+    its items in the list (its boxes together; a whole image alone). `device` (a `trapkit.gpu.DevicePreparer`):
+    decoded and cropped on the GPU instead, `images` then a tensor in GPU memory."""
     size = prep.input_size
     groups: dict[tuple[Path, bool], list[int]] = {}  # (image, whole?) -> positions in `items`
     for k, item in enumerate(items):
@@ -58,14 +59,22 @@ def load_items(items: list[Item], prep: Preprocessing, pool: ThreadPoolExecutor)
             return None, None, str(e)
         return prepared.crops, prepared.time, None
 
-    crops: list[np.ndarray | None] = [None] * len(items)
+    if device is not None:
+        rows = [(None, str(path), None if whole else [list(items[k].box) for k in groups[path, whole]])
+                for path, whole in groups]
+        results = [(a.crops, a.time, a.message if a.failure else None) for a in device.prepare(rows)]
+    else:
+        results = pool.map(one, list(groups))
+    crops: list = [None] * len(items)
     reasons: list[str | None] = [None] * len(items)
     times: list[str | None] = [None] * len(items)
-    for key, (out, taken, reason) in zip(groups, pool.map(one, list(groups))):
+    for key, (out, taken, reason) in zip(groups, results):
         for m, k in enumerate(groups[key]):  # a whole image listed twice (a batch drawn with replacement): one crop
             crops[k], times[k], reasons[k] = (out[0 if key[1] else m] if out is not None else None), taken, reason
     ok = [c is not None for c in crops]
     arrays = [c for c in crops if c is not None]
+    if device is not None and arrays:
+        return Batch(torch.stack(arrays), ok, reasons, times)
     stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
     return Batch(stacked, ok, reasons, times)
 
@@ -113,19 +122,27 @@ def extract(model, items: list[Item], out: Path, skip: np.ndarray | None = None,
     if cluster is not None:
         embed_on_cluster(cluster, model, [(int(i), items[i]) for i in todo], prep, emb, result, batch_size)
         todo = todo[:0]  # every row done there: the loop below has nothing to do
-    with ThreadPoolExecutor(workers) as pool, progress(len(todo), "embedding") as bar:
-        for rows in _batches(items, todo, batch_size):
-            batch = load_items([items[i] for i in rows], prep, pool)
-            for i, reason, taken in zip(rows, batch.reasons, batch.times):
-                if reason is not None:
-                    result.failures[int(i)] = reason
-                    log.warning("skipping unreadable image: %s", reason)
-                elif taken:
-                    result.times[int(i)] = taken
-            if len(batch.images):
-                z = model.embedder(model.normalize(torch.from_numpy(batch.images)))  # (n_ok, D)
-                emb[rows[np.array(batch.ok)]] = z.numpy().astype(np.float16)
-            bar.update(len(rows))
+    device = _device_preparer(prep) if len(todo) else None
+    if device is not None:
+        model.to(device.device)
+    try:
+        with ThreadPoolExecutor(workers) as pool, progress(len(todo), "embedding") as bar:
+            for rows in _batches(items, todo, batch_size):
+                batch = load_items([items[i] for i in rows], prep, pool, device)
+                for i, reason, taken in zip(rows, batch.reasons, batch.times):
+                    if reason is not None:
+                        result.failures[int(i)] = reason
+                        log.warning("skipping unreadable image: %s", reason)
+                    elif taken:
+                        result.times[int(i)] = taken
+                if len(batch.images):
+                    z = model.embedder(model.normalize(torch.as_tensor(batch.images)))  # (n_ok, D)
+                    emb[rows[np.array(batch.ok)]] = z.cpu().numpy().astype(np.float16)
+                bar.update(len(rows))
+    finally:
+        if device is not None:
+            model.to("cpu")  # training goes on on the CPU
+            device.close()
     emb.flush()
     del emb
     with open(tmp, "rb+") as f:  # durable before the rename publishes it
@@ -134,14 +151,27 @@ def extract(model, items: list[Item], out: Path, skip: np.ndarray | None = None,
     return result
 
 
+def _device_preparer(prep: Preprocessing):
+    """A `trapkit.gpu.DevicePreparer` on this machine's GPU when it has one (and PyTorch with CUDA, a GPU JPEG
+    decoder), else None: the CPU path, said in one line where a GPU is here."""
+    from trapkit.gpu import DevicePreparer, choose_decoder
+
+    choice = choose_decoder("auto")
+    if choice.decoder is None:
+        (log.warning if choice.gpu_here else log.debug)("embedding: decoding on the CPU: %s", choice.reason)
+        return None
+    log.info("embedding on the GPU: %s", choice.reason)
+    return DevicePreparer(prep, "cuda", choice.decoder)
+
+
 def embed_on_cluster(cluster, model, rows: list[tuple[int, Item]], prep: Preprocessing, emb: np.ndarray,
                      result: Extracted, batch_size: int) -> None:
     """Embed the (manifest row, item) `rows` into `emb` on a Ray cluster, recording failures and times in `result`.
 
-    `trapkit.cluster` prepares each image once for all its rows on CPU tasks, through the core's one
-    preparation path, and `TorchEmbedder` actors (the model's own weights, sent through Ray's object
-    store; a GPU each where there are GPUs) embed the crops; this process writes the cache, so it is a
-    local run's within float16 rounding.
+    `trapkit.cluster` hands chunks of image paths and boxes to `TorchEmbedder` actors (the model's own
+    weights, sent through Ray's object store once; a GPU each where there are GPUs), which prepare each
+    image once for all its rows through the core's one preparation path and embed the crops; this process
+    writes the cache, so it is a local run's within float16 rounding.
     """
     from safetensors.torch import save
 
@@ -173,7 +203,7 @@ def embed_on_cluster(cluster, model, rows: list[tuple[int, Item]], prep: Preproc
 
 
 class TorchEmbedder:
-    """In each inference actor: the run's model rebuilt from its spec and weights (safetensors bytes), on the
+    """In each model actor: the run's model rebuilt from its spec and weights (safetensors bytes), on the
     actor's GPU when Ray gave it one; crops (N, S, S, 3) uint8 -> {"embedding": (N, D) float32}."""
 
     def __init__(self, spec_json: str, weights):
@@ -185,15 +215,15 @@ class TorchEmbedder:
 
         if isinstance(weights, ray.ObjectRef):
             weights = ray.get(weights)
-        torch.set_num_threads(1)  # more cores get more actors (each counts as half a CPU)
+        torch.set_num_threads(1)  # the actor decodes and embeds on its one CPU; more cores get more actors
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = build_model(ModelSpec.from_json(spec_json), "none").eval()
         self.model.load_state_dict(load(weights), strict=True)
         self.model.to(self.device)
 
     @torch.no_grad()
-    def __call__(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
+    def __call__(self, crops) -> dict[str, np.ndarray]:
+        x = torch.as_tensor(crops).to(self.device)  # an array, or a tensor already in GPU memory
         return {"embedding": self.model.embedder(self.model.normalize(x)).float().cpu().numpy()}
 
 

@@ -293,7 +293,7 @@ def open_window(path: str | Path, min_size: tuple[int, int] | None = None,
 
 
 def _decode_window(path: Path, size: tuple[int, int], min_size, region) -> tuple[Window, list[str]]:
-    scale = _draft_scale(size, min_size)
+    scale = draft_scale(size, min_size)
     width, height = -(-size[0] // scale), -(-size[1] // scale)  # libjpeg rounds scaled sides up
     region = region or (0, 0, size[0], size[1])
     left, top, right, bottom = (
@@ -310,7 +310,7 @@ def _decode_window(path: Path, size: tuple[int, int], min_size, region) -> tuple
     return Window(x0, y0, width, height, rgb=pixels, rgb_size=(w, h)), notes
 
 
-def _draft_scale(size: tuple[int, int], min_size: tuple[int, int] | None) -> int:
+def draft_scale(size: tuple[int, int], min_size: tuple[int, int] | None) -> int:
     """The DCT scale denominator Pillow's `draft` picks to keep `size` at least `min_size`."""
     if min_size is None:
         return 1
