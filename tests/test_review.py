@@ -183,6 +183,36 @@ def test_only_this_machine_and_this_page_may_talk_to_the_server(case, tmp_path):
     assert list(read_rows(answers).values()) == [WRONG_BOX]
 
 
+def _raw_post(url: str, length: str | None, body: bytes = b"") -> tuple[int, bytes]:
+    """POST /api/decide with whatever Content-Length header (None: none), then `body` and the end of what
+    is sent; (status, response body), or (0, b"") when the server closed without answering."""
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    head = f"POST /api/decide HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {length}\r\n" if length is not None else ""
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    if not reply:
+        return 0, b""
+    return int(reply.split(b" ", 2)[1]), reply.partition(b"\r\n\r\n")[2]
+
+
+def test_a_bad_content_length_is_refused_before_the_body_is_read(case, tmp_path, capfd):
+    answers = tmp_path / "answers.csv"
+    with grid.start(_app(case, answers)) as server:
+        assert _raw_post(server.url, "abc") == (400, b'{"error": "Content-Length must be a whole number of bytes"}')
+        # -1 or no length: reading the body would go on to the end of the connection, past MAX_BODY.
+        assert _raw_post(server.url, "-1") == (400, b'{"error": "Content-Length must be a whole number of bytes"}')
+        assert _raw_post(server.url, None) == (411, b'{"error": "send a Content-Length"}')
+        change = json.dumps({"changes": [{"key": server.app.items[0].key, "species": WRONG_BOX}]}).encode()
+        assert _raw_post(server.url, str(len(change)), change)[0] == 200  # well sent
+    assert "Traceback" not in capfd.readouterr().err
+    assert list(read_rows(answers).values()) == [WRONG_BOX]
+
+
 # -- bad input: one line each -------------------------------------------------------------------------
 
 

@@ -532,8 +532,16 @@ class _Handler(BaseHTTPRequestHandler):
         origin = self.headers.get("Origin")
         if origin and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
             return self._error(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self.headers.get("Content-Length")
+        if length is None:  # chunked, or to the end of the connection: no telling how much before reading it
+            self.close_connection = True
+            return self._error(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length")
+        length = int(length) if length.strip().isdigit() else -1
+        if length < 0:
+            self.close_connection = True
+            return self._error(HTTPStatus.BAD_REQUEST, "Content-Length must be a whole number of bytes")
         if length > MAX_BODY:
+            self.close_connection = True  # the body is left unread
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too many changes at once")
         app = self.server.app
         try:
