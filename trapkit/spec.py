@@ -87,6 +87,9 @@ class ModelSpec:
         _refuse_newer(self.format_version)
         if not self.labels:
             raise TrapkitError("model spec has no class labels; a model needs at least one class")
+        empty = next((i for i, label in enumerate(self.labels) if not str(label).strip()), None)
+        if empty is not None:
+            raise TrapkitError(f"model spec class {empty} has an empty label; name every class")
         if len(set(self.labels)) != len(self.labels):
             dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
             raise TrapkitError(f"model spec has duplicate class labels {dupes}; make every class name unique")
