@@ -74,3 +74,11 @@ def spec_from_metadata(meta: dict[str, str], path: str | Path) -> ModelSpec:
     if SPEC_PROP not in meta:
         raise TrapkitError(f"{path} has no '{SPEC_PROP}' metadata; export it with 'trapkit export'")
     return ModelSpec.from_json(meta[SPEC_PROP])
+
+
+def check_probs_width(width: int, spec: ModelSpec, model: str, advice: str) -> None:
+    """One line when a model's `probs` are not one per label of its spec (checked when it loads: a model that
+    disagrees would fail on every image, or label them wrongly)."""
+    if width != spec.num_classes:
+        raise TrapkitError(f"{model} gives {width} class probabilities per image but its spec names "
+                           f"{spec.num_classes} classes; {advice}")
