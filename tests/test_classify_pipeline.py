@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from classify_helpers import animal, megadetector_validate, onnx_with_taxonomy, write_detections
+from classify_helpers import animal, megadetector_validate, onnx_with_spec, write_detections
 from trapkit.cli import main
 from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
 from trapkit.serve.runtime import open_runtime
@@ -67,7 +67,7 @@ def test_output_is_megadetector_1_6_and_preserves_the_input(samples_dir, tiny_on
 
 def test_taxonomy_becomes_category_descriptions(samples_dir, tiny_onnx_path, tmp_path):
     taxonomy = tuple(f";mammalia;order;family;genus;{x};{x}" for x in ("bear", "cattle", "dog", "elephant", "ocelot"))
-    model = onnx_with_taxonomy(tiny_onnx_path, tmp_path / "tax.onnx", taxonomy)
+    model = onnx_with_spec(tiny_onnx_path, tmp_path / "tax.onnx", taxonomy=taxonomy)
     code, out = _classify(samples_dir, model, tmp_path, "--categories", "animal", "person", "--threshold", "0.5")
     assert code == 0
     assert out["classification_category_descriptions"]["4"] == taxonomy[4]

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from classify_helpers import onnx_with_spec
 
 from trapkit.errors import TrapkitError
 from trapkit.prepare import Preprocessing, prepare_image
@@ -104,24 +105,11 @@ def test_graph_and_spec_that_disagree_or_fail_at_run_time_are_one_line_errors(tm
         runtime.predict(np.zeros((2, 32, 32, 3), np.uint8))
 
 
-def _relabelled(src, dst, labels):
-    """A copy of the ONNX model `src` whose spec names `labels`, its graph untouched."""
-    import onnx
-
-    from trapkit.graph import SPEC_PROP, read_spec
-
-    model = onnx.load(str(src))
-    (prop,) = [p for p in model.metadata_props if p.key == SPEC_PROP]
-    prop.value = read_spec(src).replace(labels=tuple(labels)).to_json()
-    onnx.save(model, str(dst))
-    return dst
-
-
 def test_a_model_whose_labels_do_not_match_its_outputs_is_refused_when_it_loads(tiny_onnx_path, samples_dir,
                                                                                   tmp_path, capsys):
     from trapkit.cli import main
 
-    three = _relabelled(tiny_onnx_path, tmp_path / "three.onnx", ["bear", "cattle", "dog"])  # the graph gives 5
+    three = onnx_with_spec(tiny_onnx_path, tmp_path / "three.onnx", labels=("bear", "cattle", "dog"))  # gives 5
     with pytest.raises(TrapkitError, match="gives 5 class probabilities per image but its spec names 3 classes; "
                                            "the graph and its metadata disagree: re-export the model"):
         open_runtime(three)

@@ -14,9 +14,9 @@ from trapkit.web import launch
 
 
 @contextlib.contextmanager
-def launched(app, allowed_paths=(SAMPLES_DIR,)):
-    """Serve a gr.Blocks on 127.0.0.1 in a thread; yield its URL; close it."""
-    url = launch(app, "127.0.0.1", None, block=False, allowed_paths=list(allowed_paths))
+def launched(app, allowed_paths=(SAMPLES_DIR,), **options):
+    """Serve a gr.Blocks on 127.0.0.1 in a thread; yield its URL; close it. `options`: more of `launch`'s."""
+    url = launch(app, "127.0.0.1", None, block=False, allowed_paths=list(allowed_paths), **options)
     try:
         yield url
     finally:

@@ -59,7 +59,7 @@ import numpy as np
 from trapkit.answers import WRONG_BOX  # the reserved answer for "not an animal / wrong box": never a class
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, open_image
-from trapkit.web import WILDCARD_HOSTS, allowed_host_names, host_allowed
+from trapkit.web import WILDCARD_HOSTS, allowed_host_names, host_allowed, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -529,8 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
         # without a CORS preflight, which this server never grants.
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send JSON")
-        origin = self.headers.get("Origin")
-        if origin and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+        if not same_origin(self.headers.get("Origin"), self.headers.get("Host")):
             return self._error(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
         length = self.headers.get("Content-Length")
         if length is None:  # chunked, or to the end of the connection: no telling how much before reading it
