@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapkit.flags import given, only_with
+from trapkit.export.triton import BACKENDS, TritonSettings
+from trapkit.flags import default_of, given, only_with
 
 
 # Kept in step with trapkit.export.quantize (not imported: --help stays instant); a test compares them.
@@ -55,12 +56,14 @@ def register(subparsers, common) -> None:
     t = p.add_argument_group("Triton")
     t.add_argument("--triton", type=Path, metavar="REPO", help="also add the model to this Triton model repository")
     t.add_argument("--name", help="Triton model name (default: the model spec's name)")
-    t.add_argument("--triton-backend", choices=("onnxruntime", "python"), default="onnxruntime",
-                   help="onnxruntime (NVIDIA's container) or python (onnxruntime inside Triton's Python backend)")
+    t.add_argument("--triton-backend", choices=BACKENDS, default=None,
+                   help="onnxruntime (NVIDIA's container) or python (onnxruntime inside Triton's Python backend) "
+                   f"(default {default_of(TritonSettings, 'backend')})")
     t.add_argument("--triton-gpu", action="store_true", help="GPU instances (default: CPU)")
     t.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator block (with --triton-gpu)")
     t.add_argument("--openvino", action="store_true", help="OpenVINO accelerator block (CPU instances)")
-    t.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size (default 32)")
+    t.add_argument("--max-batch-size", type=int, default=None,
+                   help=f"Triton max_batch_size (default {default_of(TritonSettings, 'max_batch_size')})")
     p.add_argument("--hub-folder", type=Path, metavar="DIR", help="also write a Hugging Face Hub folder with a model card")
     p.add_argument("--license", default="other", help="license in the Hub model card (default: other)")
     p.set_defaults(func=_run)
@@ -70,12 +73,11 @@ def _run(args) -> int:
     from trapkit.export.hub_folder import HubSettings
     from trapkit.export.pipeline import export_model
     from trapkit.export.quantize import VariantSettings
-    from trapkit.export.triton import TritonSettings
     from trapkit.graph import ONNX_FILENAME
 
     only_with("--triton REPO", args.triton is not None, {
         "--name": args.name is not None, "--triton-gpu": args.triton_gpu, "--tensorrt": args.tensorrt,
-        "--openvino": args.openvino, "--triton-backend": args.triton_backend != "onnxruntime"})
+        "--openvino": args.openvino, "--triton-backend": args.triton_backend is not None})
     only_with("--quantize int8", args.quantize is not None, {
         "--min-agreement": args.min_agreement is not None, "--int8-target": args.int8_target is not None,
         "--calibration-method": args.calibration_method is not None})
@@ -84,9 +86,9 @@ def _run(args) -> int:
     variant = VariantSettings(precision=args.precision, quantize=args.quantize, calibration=args.calibration,
                               **given(min_agreement=args.min_agreement, int8_target=args.int8_target,
                                       calibration_method=args.calibration_method))
-    triton = TritonSettings(repo=args.triton, name=args.name, backend=args.triton_backend, gpu=args.triton_gpu,
-                            tensorrt=args.tensorrt, openvino=args.openvino,
-                            max_batch_size=args.max_batch_size) if args.triton else None
+    triton = TritonSettings(repo=args.triton, name=args.name, gpu=args.triton_gpu, tensorrt=args.tensorrt,
+                            openvino=args.openvino, **given(backend=args.triton_backend,
+                                                            max_batch_size=args.max_batch_size)) if args.triton else None
     hub = HubSettings(folder=args.hub_folder, license=args.license) if args.hub_folder else None
     result = export_model(args.source, args.out, variant=variant, triton=triton, hub=hub,
                           tolerance=args.tolerance, taxonomy=args.taxonomy)

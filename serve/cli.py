@@ -91,7 +91,8 @@ def _register_classify(subparsers, common) -> None:
     p.add_argument("--concurrency", type=int, default=None,
                    help="batches in flight at once (default: CPUs, at most 4; raise it for a big Triton server)")
     add_ray_args(p, "classify")
-    p.set_defaults(func=_classify)
+    p.set_defaults(func=_classify, interrupted="work finished so far is kept: rerun the same command with --resume "
+                   "to go on")
 
 
 def _classify(args) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trapkit.flags import default_of, given
 from trapkit.serve.settings import DemoSettings
-from trapkit.web import add_server_args, check_server_args
+from trapkit.web import PAGE_INTERRUPTED, add_server_args, check_server_args
 
 
 def register(subparsers, common) -> None:
@@ -32,7 +32,7 @@ def register(subparsers, common) -> None:
                    help="requests from concurrent users classified in one model call "
                    f"(default {default_of(DemoSettings, 'max_batch_size')})")
     add_server_args(p)
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_demo, interrupted="the page is stopped")
 
     p = subparsers.add_parser(
         "review",
@@ -62,7 +62,7 @@ def register(subparsers, common) -> None:
                    help="most seconds between photos of one sequence for 'e' (default: the gap RESULTS was "
                    "classified with, else 60)")
     add_server_args(p)
-    p.set_defaults(func=_review)
+    p.set_defaults(func=_review, interrupted=PAGE_INTERRUPTED)
 
 
 def _demo(args) -> int:

@@ -213,6 +213,56 @@ def test_a_bad_content_length_is_refused_before_the_body_is_read(case, tmp_path,
     assert list(read_rows(answers).values()) == [WRONG_BOX]
 
 
+def _stop_when_serving(before_stop=lambda url: None) -> None:
+    """Press Ctrl-C once the page says it serves (its log line), after `before_stop(url)`."""
+    import logging
+    import re
+    import signal
+    import threading
+
+    main_thread = threading.main_thread()
+
+    class Serving(logging.Handler):
+        def emit(self, record):
+            found = re.search(r"open (\S+) \(Ctrl\+C to stop\)", record.getMessage())
+            if found:
+                logging.getLogger("trapkit").removeHandler(self)
+                threading.Thread(target=stop, args=(found[1],), daemon=True).start()
+
+    def stop(url):
+        try:
+            before_stop(url)
+        finally:
+            signal.pthread_kill(main_thread.ident, signal.SIGINT)  # Ctrl-C, to the thread serving the page
+
+    logging.getLogger("trapkit").addHandler(Serving())
+
+
+@pytest.mark.usefixtures("ctrl_c")
+def test_stopping_the_page_names_the_answers_file_only_once_it_holds_answers(case, tmp_path, caplog):
+    import logging
+
+    from web_helpers import free_port
+
+    caplog.set_level(logging.INFO, logger="trapkit")
+    answers = tmp_path / "answers.csv"
+    argv = ["review", str(case["results"]), "--images", str(case["images"]), "--answers", str(answers)]
+    _stop_when_serving()
+    assert main([*argv, "--port", str(free_port())]) == 0
+    assert f"stopped; nothing was answered, so {answers} was not written" in caplog.text
+    assert "answers are in" not in caplog.text and not answers.exists()
+
+    def answer_one(url):
+        key = json.loads(urllib.request.urlopen(url + "api/page?order=high&page=0&size=1", timeout=30).read())
+        change = json.dumps({"changes": [{"key": key["items"][0]["key"], "species": WRONG_BOX}]}).encode()
+        assert _get(url + "api/decide", data=change, content_type="application/json") == 200
+
+    caplog.clear()
+    _stop_when_serving(answer_one)
+    assert main([*argv, "--port", str(free_port())]) == 0
+    assert f"stopped; answers are in {answers}" in caplog.text and len(read_rows(answers)) == 1
+
+
 # -- bad input: one line each -------------------------------------------------------------------------
 
 

@@ -670,28 +670,32 @@ def start(app: GridApp, host: str = "127.0.0.1", port: int | None = None) -> Gri
 
 
 def serve(app: GridApp, host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Serve until Ctrl+C."""
+    """Serve until Ctrl+C (or SIGTERM); a Ctrl+C before the page serves goes on to the command."""
+    server = previous = None
     try:
         server = start(app, host, port)
-    except BaseException:
-        app.close()
-        closer = getattr(app.source, "close", None)
-        if closer is not None:
-            closer()
-        raise
-    log.info("%s: open %s (Ctrl+C to stop)", app.source.title, server.url)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # A service manager's SIGTERM stops the page as Ctrl+C does (the verified copy is written last).
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+        if threading.current_thread() is threading.main_thread():
+            # A service manager's SIGTERM stops the page as Ctrl+C does (the verified copy is written last).
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+        log.info("%s: open %s (Ctrl+C to stop)", app.source.title, server.url)
         server.thread.join()
     except KeyboardInterrupt:  # the way to stop a page: every answer is already on disk
-        log.info("stopped; answers are in %s", app.source.answers_path)
+        if server is None:
+            raise
+        if app.source.answers_path.is_file():
+            log.info("stopped; answers are in %s", app.source.answers_path)
+        else:
+            log.info("stopped; nothing was answered, so %s was not written", app.source.answers_path)
     finally:
-        server.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            server.close()
+        else:  # start failed: what the app opened is closed here
+            app.close()
+            closer = getattr(app.source, "close", None)
+            if closer is not None:
+                closer()
 
 
 def _interrupt(signum, frame):

@@ -44,6 +44,8 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline
                            "connect-src 'self'; worker-src 'self' blob:; base-uri 'self'; form-action 'self'; "
                            "frame-ancestors 'self'")
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# What `trapkit` says when Ctrl-C stops an answers page before it is serving (loading a season, say).
+PAGE_INTERRUPTED = "every answer given on the page is already saved"
 
 
 def launch(app, host: str = DEFAULT_HOST, port: int | None = None, block: bool = True,
