@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapkit.flags import default_of, given
+from trapkit.flags import default_of, given, not_with
 from trapkit.serve.settings import DemoSettings
 from trapkit.web import PAGE_INTERRUPTED, add_server_args, check_server_args
 
@@ -76,6 +76,8 @@ def _demo(args) -> int:
 
 def _review(args) -> int:
     check_server_args(args.host, args.port)
+    not_with("--features", args.features is not None, {"--model": args.model is not None},
+             "'similar' sorts by the table's stored embeddings; give one of the two")
     from trapkit.serve.review import serve_review
 
     serve_review(args.results, args.images, args.answers, model=args.model, verified=args.write_verified,

@@ -223,6 +223,8 @@ def _map(space: np.ndarray, settings: FeatureSettings) -> tuple[np.ndarray, str]
         return np.asarray(reducer.fit_transform(space), np.float64), "UMAP"
     if wanted:
         log.info("UMAP needs at least 5 detections; the map is PCA")
+    elif settings.map == "auto" and n >= UMAP_AUTO_MIN:
+        log.info("the map is PCA: umap-learn is not installed (pip install umap-learn for a UMAP map)")
     xy = space[:, :2]
     if xy.shape[1] < 2:
         xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))

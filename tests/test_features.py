@@ -473,6 +473,20 @@ def test_a_model_without_an_embedding_output_is_refused_before_work(tiny_onnx_pa
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.json.checkpoint.json").exists()
 
 
+def test_the_map_says_when_it_is_pca_for_want_of_umap(tiny_tables, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from trapkit.serve.features import UMAP_AUTO_MIN
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # as where umap-learn is not installed: `import umap` fails
+    tables = [str(t) for t in tiny_tables] * 2  # 52 rows: enough for --map auto to want UMAP
+    assert 4 * 13 >= UMAP_AUTO_MIN
+    caplog.set_level(logging.INFO, logger="trapkit")
+    assert main(["features", *tables, "--out", str(tmp_path / "x"), "--morphs", "2"]) == 0
+    assert json.loads((tmp_path / "x" / "summary.json").read_text())["map"] == "PCA"
+    assert "the map is PCA: umap-learn is not installed (pip install umap-learn for a UMAP map)" in caplog.text
+
+
 def test_umap_map_without_umap_is_one_line(tiny_tables, tmp_path, capsys):
     try:
         import umap  # noqa: F401

@@ -297,6 +297,10 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, samples_dir):
         assert "the file is read-only" in _review(capsys, results, "--images", images, "--answers", locked)
     assert "features table" in _review(capsys, results, "--images", images, "--answers", answers,
                                        "--features", tmp_path / "none.parquet")
+    err = _review(capsys, results, "--images", images, "--answers", answers, "--features", tmp_path / "f.parquet",
+                  "--model", tmp_path / "model.onnx")
+    assert err.endswith("--model does not apply with --features; 'similar' sorts by the table's stored embeddings; "
+                        "give one of the two")
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("name,value\na,1\n")
     assert "is not an answers CSV" in _review(capsys, results, "--images", images, "--answers", foreign)
