@@ -232,6 +232,49 @@ class Run:
         return items
 
 
+class ExportInputs:
+    """What an export of a run calibrates and measures on (`trapkit.export.quantize`): the run's readable items
+    in manifest order, `calibration` ones (seed and pool, never validation) and `validation` ones with their
+    labels, each loaded as the run's embedding saw it (`trapkit.train.embed.load_items`)."""
+
+    def __init__(self, run: Run, manifest):
+        readable = manifest[manifest["status"] == OK]
+        self._run = run
+        self._calibration = readable[readable["split"] != VALIDATION]
+        self._validation = readable[readable["split"] == VALIDATION]
+        self.calibration_count = len(self._calibration)
+        self.validation_labels: tuple[str, ...] = tuple(self._validation["label"])
+
+    def calibration(self, positions, prep):
+        """(images (n, S, S, 3) uint8, the `positions` that could be read) of those calibration items."""
+        return self._load(self._calibration, positions, prep)
+
+    def validation(self, positions, prep):
+        """(images (n, S, S, 3) uint8, the `positions` that could be read) of those validation items."""
+        return self._load(self._validation, positions, prep)
+
+    def _load(self, rows, positions, prep):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import numpy as np
+
+        from trapkit.train.embed import load_items
+
+        positions = np.asarray(positions, dtype=np.int64)
+        items = self._run.items(rows.iloc[positions])  # whole images, or detections cut by the run's crop policy
+        with ThreadPoolExecutor(2) as pool:
+            batch = load_items(items, prep, pool)
+        return batch.images, positions[np.flatnonzero(batch.ok)]
+
+
+def export_inputs(run_dir: str | Path) -> ExportInputs | None:
+    """The `ExportInputs` of the run in `run_dir`; None when it holds none (a model folder)."""
+    run = Run(run_dir)
+    if not run.manifest_path.is_file():
+        return None
+    return ExportInputs(run, run.load_manifest())
+
+
 # -- locks and the log ---------------------------------------------------------------------
 
 @contextlib.contextmanager
