@@ -86,9 +86,11 @@ def _run(args) -> int:
     variant = VariantSettings(precision=args.precision, quantize=args.quantize, calibration=args.calibration,
                               **given(min_agreement=args.min_agreement, int8_target=args.int8_target,
                                       calibration_method=args.calibration_method))
-    triton = TritonSettings(repo=args.triton, name=args.name, gpu=args.triton_gpu, tensorrt=args.tensorrt,
-                            openvino=args.openvino, **given(backend=args.triton_backend,
-                                                            max_batch_size=args.max_batch_size)) if args.triton else None
+    triton = None
+    if args.triton:
+        triton = TritonSettings(repo=args.triton, name=args.name, gpu=args.triton_gpu, tensorrt=args.tensorrt,
+                                openvino=args.openvino,
+                                **given(backend=args.triton_backend, max_batch_size=args.max_batch_size))
     hub = HubSettings(folder=args.hub_folder, license=args.license) if args.hub_folder else None
     result = export_model(args.source, args.out, variant=variant, triton=triton, hub=hub,
                           tolerance=args.tolerance, taxonomy=args.taxonomy)

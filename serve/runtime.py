@@ -134,7 +134,8 @@ class OnnxRuntime:
         classes = outputs[PROBS][-1] if outputs[PROBS] else None  # C, or a name when the graph leaves it open
         if not isinstance(classes, int):
             classes = self.predict(np.zeros((1, size, size, 3), np.uint8)).shape[-1]
-        check_probs_width(classes, self.spec, str(self.path), "the graph and its metadata disagree: re-export the model")
+        check_probs_width(classes, self.spec, str(self.path),
+                          "the graph and its metadata disagree: re-export the model")
 
     def _session(self, ort, options, providers):
         available = ort.get_available_providers()

@@ -97,7 +97,8 @@ def _open(path: Path, options: dict = _PIXEL_LIMIT):
     try:
         container = av.open(str(path), options=options)
     except (av.error.FFmpegError, OSError) as e:
-        raise ImageReadError(f"{path} cannot be opened as a video ({e.__class__.__name__})", FAILURE_UNREADABLE) from None
+        raise ImageReadError(f"{path} cannot be opened as a video ({e.__class__.__name__})",
+                             FAILURE_UNREADABLE) from None
     if not container.streams.video:
         container.close()
         raise ImageReadError(f"{path} has no video stream", FAILURE_NO_FRAMES)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from web_helpers import client, huge_png, launched, outside_connections
+from web_helpers import client, huge_png, launched, outside_connections, status_of
 
 from trapkit.cli import main
 from trapkit.serve.demo import DemoSettings, DetectionIndex, build_demo, classify_requests
@@ -257,7 +257,6 @@ def test_pages_answer_only_their_own_host_names(runtime):
 
 def _upload(url: str, origin: str | None, data: bytes) -> int:
     """POST one file to the page's upload route as a browser form would; the HTTP status."""
-    import urllib.error
     import urllib.request
 
     boundary = "trapkit-test-boundary"
@@ -267,11 +266,7 @@ def _upload(url: str, origin: str | None, data: bytes) -> int:
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     if origin is not None:
         request.add_header("Origin", origin)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
+    return status_of(request)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from classify_helpers import megadetector_validate
 from review_helpers import browser, make_review_case, press, read_rows, row_key
+from web_helpers import free_port, status_of
 
 from trapkit import grid
 from trapkit.cli import main
@@ -159,11 +160,7 @@ def _get(url: str, host: str | None = None, data: bytes | None = None, content_t
         req.add_header("Content-Type", content_type)
     if origin:
         req.add_header("Origin", origin)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
+    return status_of(req)
 
 
 def test_only_this_machine_and_this_page_may_talk_to_the_server(case, tmp_path):
@@ -241,8 +238,6 @@ def _stop_when_serving(before_stop=lambda url: None) -> None:
 @pytest.mark.usefixtures("ctrl_c")
 def test_stopping_the_page_names_the_answers_file_only_once_it_holds_answers(case, tmp_path, caplog):
     import logging
-
-    from web_helpers import free_port
 
     caplog.set_level(logging.INFO, logger="trapkit")
     answers = tmp_path / "answers.csv"

@@ -226,7 +226,8 @@ def test_server_not_there_is_one_line_error(onnx_path, samples_dir, tmp_path, ca
 def test_unknown_model_names_the_served_ones(triton):
     from trapkit.serve.triton_runtime import TritonRuntime
 
-    with pytest.raises(TrapkitError, match=r"no ready model 'nope' \(models there: broken, tiny, tiny_3labels, tiny_nospec\); check"):
+    with pytest.raises(TrapkitError,
+                       match=r"no ready model 'nope' \(models there: broken, tiny, tiny_3labels, tiny_nospec\); check"):
         TritonRuntime(triton.url, "nope")
 
 

@@ -92,7 +92,8 @@ def test_video_frames_over_the_photo_limit_are_refused_from_the_size_the_contain
         list(read_frames(stated_huge, [0, 1]))
     assert e.value.code == FAILURE_TOO_LARGE
     assert "13400x13400" in str(e.value) and "downscale" in str(e.value) and "\n" not in str(e.value)
-    assert [failure for _, _, failure in read_frames(png_video(tmp_path / "fine.avi", (64, 48)), [0, 1])] == [None, None]
+    fine = png_video(tmp_path / "fine.avi", (64, 48))
+    assert [failure for _, _, failure in read_frames(fine, [0, 1])] == [None, None]
 
 
 _READ_HUGE = """

@@ -70,24 +70,16 @@ def video_set(folder: Path, frames: int = 20) -> dict[str, Path]:
     return videos
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    import struct
-    import zlib
-
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def flat_png(width: int, height: int) -> bytes:
     """A valid black greyscale PNG of any size, about 4 KB per megapixel; made 64 rows at a time."""
-    import struct
     import zlib
+
+    from web_helpers import png
 
     packer = zlib.compressobj(3)  # level 3: fast, and ~4 KB per megapixel of black
     rows = bytes(width + 1) * 64  # each row: filter type 0, then `width` black pixels
     body = b"".join(packer.compress(rows[:(width + 1) * min(64, height - y)]) for y in range(0, height, 64))
-    body += packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    return png(width, height, body + packer.flush())
 
 
 def png_video(path: Path, frame: tuple[int, int], stated: tuple[int, int] | None = None, frames: int = 2) -> Path:
