@@ -32,7 +32,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # Camera-trap JPEGs are 1-10 MB; anything far past that is not a photo.
 MAX_UPLOAD = "100mb"
-MAX_STORED_UPLOADS = 1 << 30  # bytes of uploads one page keeps at once
+MAX_STORED_UPLOADS = 10**9  # bytes of uploads one page keeps at once
 UPLOAD_LIFETIME = 3600  # seconds an upload is kept
 # Keyword arguments for every gr.Blocks: no analytics request leaves the machine; uploads (and the pictures
 # made for answers) are deleted once an hour old, checked every 10 minutes.
