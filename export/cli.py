@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapkit.export.triton import BACKENDS, TritonSettings
-from trapkit.flags import default_of, given, only_with
+from trapkit.flags import given, only_with
+
+# Kept in step with trapkit.export.triton.BACKENDS (not imported: --help stays instant); a test compares them.
+BACKENDS = ("onnxruntime", "python")
 
 
 # Kept in step with trapkit.export.quantize (not imported: --help stays instant); a test compares them.
@@ -55,15 +57,15 @@ def register(subparsers, common) -> None:
                    f"(default {DEFAULT_CALIBRATION_METHOD})")
     t = p.add_argument_group("Triton")
     t.add_argument("--triton", type=Path, metavar="REPO", help="also add the model to this Triton model repository")
-    t.add_argument("--name", help="Triton model name (default: the model spec's name)")
-    t.add_argument("--triton-backend", choices=BACKENDS, default=None,
-                   help="onnxruntime (NVIDIA's container) or python (onnxruntime inside Triton's Python backend) "
-                   f"(default {default_of(TritonSettings, 'backend')})")
+    t.add_argument("--name", help="Triton model name (default: the run's folder name; an export that changes the "
+                   "classes goes under NAME-2, NAME-3, ... so older versions keep theirs)")
+    t.add_argument("--triton-backend", choices=BACKENDS, default=BACKENDS[0],
+                   help="onnxruntime (NVIDIA's container) or python (onnxruntime inside Triton's Python backend); "
+                   f"default {BACKENDS[0]}")
     t.add_argument("--triton-gpu", action="store_true", help="GPU instances (default: CPU)")
     t.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator block (with --triton-gpu)")
     t.add_argument("--openvino", action="store_true", help="OpenVINO accelerator block (CPU instances)")
-    t.add_argument("--max-batch-size", type=int, default=None,
-                   help=f"Triton max_batch_size (default {default_of(TritonSettings, 'max_batch_size')})")
+    t.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size (default 32)")
     p.add_argument("--hub-folder", type=Path, metavar="DIR", help="also write a Hugging Face Hub folder with a model card")
     p.add_argument("--license", default="other", help="license in the Hub model card (default: other)")
     p.set_defaults(func=_run)
@@ -73,11 +75,12 @@ def _run(args) -> int:
     from trapkit.export.hub_folder import HubSettings
     from trapkit.export.pipeline import export_model
     from trapkit.export.quantize import VariantSettings
+    from trapkit.export.triton import TritonSettings
     from trapkit.graph import ONNX_FILENAME
 
     only_with("--triton REPO", args.triton is not None, {
         "--name": args.name is not None, "--triton-gpu": args.triton_gpu, "--tensorrt": args.tensorrt,
-        "--openvino": args.openvino, "--triton-backend": args.triton_backend is not None})
+        "--openvino": args.openvino, "--triton-backend": args.triton_backend != "onnxruntime"})
     only_with("--quantize int8", args.quantize is not None, {
         "--min-agreement": args.min_agreement is not None, "--int8-target": args.int8_target is not None,
         "--calibration-method": args.calibration_method is not None})
@@ -86,11 +89,9 @@ def _run(args) -> int:
     variant = VariantSettings(precision=args.precision, quantize=args.quantize, calibration=args.calibration,
                               **given(min_agreement=args.min_agreement, int8_target=args.int8_target,
                                       calibration_method=args.calibration_method))
-    triton = None
-    if args.triton:
-        triton = TritonSettings(repo=args.triton, name=args.name, gpu=args.triton_gpu, tensorrt=args.tensorrt,
-                                openvino=args.openvino,
-                                **given(backend=args.triton_backend, max_batch_size=args.max_batch_size))
+    triton = TritonSettings(repo=args.triton, name=args.name, backend=args.triton_backend, gpu=args.triton_gpu,
+                            tensorrt=args.tensorrt, openvino=args.openvino,
+                            max_batch_size=args.max_batch_size) if args.triton else None
     hub = HubSettings(folder=args.hub_folder, license=args.license) if args.hub_folder else None
     result = export_model(args.source, args.out, variant=variant, triton=triton, hub=hub,
                           tolerance=args.tolerance, taxonomy=args.taxonomy)
@@ -101,7 +102,10 @@ def _run(args) -> int:
     if result.agreement:
         print(f"  {result.agreement.summary()}")
     if result.triton_version_dir:
-        print(f"  Triton: {result.triton_version_dir}")
+        print(f"  Triton: {result.triton_version_dir}" + ("" if result.triton_new_version else
+                                                          " (already served this graph: no new version)"))
     if result.hub_folder:
         print(f"  Hub folder: {result.hub_folder}")
+    if result.changes:
+        print(f"  {result.changes.title}: {Path(args.out) / 'CHANGES.md'}")
     return 0

@@ -238,7 +238,7 @@ def run_validation_images(run_dir: Path, spec: ModelSpec) -> HeldOut | None:
     """A seeded sample of the run's validation images whose class the model knows, with labels; None when it has
     none."""
     from trapkit.prepare import Preprocessing
-    from trapkit.train.run import export_inputs
+    from trapkit.train.runinfo import export_inputs
 
     inputs = export_inputs(run_dir)
     if inputs is None:
@@ -258,7 +258,7 @@ def run_validation_images(run_dir: Path, spec: ModelSpec) -> HeldOut | None:
 def run_calibration_images(run_dir: Path, spec: ModelSpec) -> np.ndarray:
     """(N, S, S, 3) uint8: a seeded sample of the run's labelled and pool images (never validation)."""
     from trapkit.prepare import Preprocessing
-    from trapkit.train.run import export_inputs
+    from trapkit.train.runinfo import export_inputs
 
     inputs = export_inputs(run_dir)
     picks = np.sort(np.random.default_rng(0).permutation(inputs.calibration_count)[:RUN_CALIBRATION_IMAGES])

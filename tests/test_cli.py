@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trapkit.cli import COMMAND_MODULES, main
+from trapkit.app.cli import COMMAND_MODULES, main
 
 HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "gradio", "tritonclient", "huggingface_hub", "pandas",
          "pyarrow", "sklearn", "scipy", "matplotlib")
@@ -15,7 +15,7 @@ HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "gradio", "trito
 def test_help_imports_nothing_heavy():
     # `trapkit --help` must answer at once: building every parser may not import ML libraries.
     code = (
-        "import sys; from trapkit.cli import build_parser; build_parser().format_help(); "
+        "import sys; from trapkit.app.cli import build_parser; build_parser().format_help(); "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -39,7 +39,7 @@ def test_no_command_prints_usage_and_fails(capsys):
 
 def run_cli(args, tmp_path):
     """Run the real console entry point in a subprocess; return (code, stdout, stderr)."""
-    p = subprocess.run([sys.executable, "-m", "trapkit.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *args], capture_output=True, text=True, cwd=tmp_path,
                        env=os.environ | {"PYTHONWARNINGS": "ignore"})
     return p.returncode, p.stdout, p.stderr
 
@@ -92,7 +92,7 @@ def _help(capsys, *command) -> str:
 def test_help_states_the_defaults_of_the_settings(capsys):
     from trapkit.export.triton import TritonSettings
     from trapkit.flags import default_of
-    from trapkit.quickstart import QuickstartSettings
+    from trapkit.app.quickstart import QuickstartSettings
     from trapkit.train.settings import HeadSettings
 
     text = _help(capsys, "quickstart")
@@ -100,7 +100,7 @@ def test_help_states_the_defaults_of_the_settings(capsys):
         default = default_of(QuickstartSettings, name)
         assert f"(default {default})" in text.split(flag, 2)[2][:200], flag  # in the flag's own help
     text = _help(capsys, "export")
-    assert f"(default {default_of(TritonSettings, 'backend')})" in text.split("--triton-backend", 2)[2][:250]
+    assert f"default {default_of(TritonSettings, 'backend')}" in text.split("--triton-backend", 2)[2][:250]
     # The head's epoch cap says what really runs: at least min_steps steps, and no cap below holdout_min labels.
     steps, holdout = default_of(HeadSettings, "min_steps"), default_of(HeadSettings, "holdout_min")
     text = _help(capsys, "al", "init").split("--head-max-epochs", 2)[2][:400]
@@ -109,7 +109,7 @@ def test_help_states_the_defaults_of_the_settings(capsys):
 
 
 def test_ctrl_c_says_what_each_command_keeps():
-    from trapkit.cli import INTERRUPTED, build_parser
+    from trapkit.app.cli import INTERRUPTED, build_parser
 
     parser = build_parser()
 

@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import one_line_error
 from train_helpers import FAST, make_trees
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.export import quantize
 from trapkit.export.calibration import calibration_images
@@ -163,7 +163,8 @@ def test_a_run_folder_is_measured_on_its_validation_images(trained_run, tmp_path
 def test_a_run_gives_export_its_readable_items_never_validation_for_calibration(trained_run, tmp_path):
     import shutil
 
-    from trapkit.train.run import Run, export_inputs
+    from trapkit.train.run import Run
+    from trapkit.train.runinfo import export_inputs
 
     inputs = export_inputs(trained_run)
     assert inputs.calibration_count == 12 + 24 and len(inputs.validation_labels) == 9

@@ -16,7 +16,7 @@ from review_helpers import browser, make_review_case, press, read_rows, row_key
 from web_helpers import free_port, status_of
 
 from trapkit import grid
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.answers import WRONG_BOX
 from trapkit.serve.review import open_review

@@ -107,7 +107,7 @@ def test_graph_and_spec_that_disagree_or_fail_at_run_time_are_one_line_errors(tm
 
 def test_a_model_whose_labels_do_not_match_its_outputs_is_refused_when_it_loads(tiny_onnx_path, samples_dir,
                                                                                   tmp_path, capsys):
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     three = onnx_with_spec(tiny_onnx_path, tmp_path / "three.onnx", labels=("bear", "cattle", "dog"))  # gives 5
     with pytest.raises(TrapkitError, match="gives 5 class probabilities per image but its spec names 3 classes; "
@@ -125,7 +125,7 @@ def test_a_model_whose_labels_do_not_match_its_outputs_is_refused_when_it_loads(
 
 
 def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp_path, capsys):
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", "127.0.0.1:9",
                  "--triton-model", "tiny", "--out", str(tmp_path / "out.json")])
@@ -135,7 +135,7 @@ def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp
 
 
 def test_triton_at_an_ipv6_address_keeps_its_brackets(samples_dir, tiny_onnx_path, tmp_path, capsys):
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", "http://[::1]:9",
                  "--triton-model", "tiny", "--out", str(tmp_path / "out.json")])
@@ -148,7 +148,7 @@ def test_triton_at_an_ipv6_address_keeps_its_brackets(samples_dir, tiny_onnx_pat
 @pytest.fixture(scope="module")
 def int8_export(tiny_model_dir, tmp_path_factory):
     """An export folder holding model.onnx (fp32) and model.int8.onnx."""
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     out = tmp_path_factory.mktemp("int8_export") / "out"
     assert main(["export", str(tiny_model_dir), "--out", str(out), "--quantize", "int8", "--min-agreement", "0"]) == 0
@@ -181,7 +181,7 @@ def test_precision_errors_are_one_line(int8_export, tiny_onnx_path, tmp_path):
 def test_classify_runs_the_int8_graph(int8_export, samples_dir, tmp_path, capsys):
     import json
 
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     out = tmp_path / "out.json"
     assert main(["classify", str(samples_dir), "--model", str(int8_export), "--precision", "int8",

@@ -11,7 +11,7 @@ import pytest
 
 from classify_helpers import megadetector_module, megadetector_validate
 from trapkit.images import FAILURE_TOO_LARGE, MAX_IMAGE_PIXELS, ImageReadError
-from trapkit.serve.video import (
+from trapkit.video import (
     FAILURE_MISSING, FAILURE_NO_FRAMES, FAILURE_PAST_END, FAILURE_TRUNCATED, FAILURE_UNREADABLE,
     frame_file, probe, read_frames, split_frame, video_results,
 )
@@ -100,7 +100,7 @@ _READ_HUGE = """
 import resource, sys
 import av  # imported before the baseline: only reading the videos counts
 from trapkit.images import ImageReadError
-from trapkit.serve.video import read_frames, probe
+from trapkit.video import read_frames, probe
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for video in sys.argv[1:]:
     try:
