@@ -72,23 +72,33 @@ def _validation(now: dict, before: dict | None) -> dict:
 
 
 def _field(field) -> dict | None:
+    """The figures on the crops people verified from the classifier's output (a reviewed season: the field as
+    users meet it) when there are any, else on all; the items active learning asked about are counted apart,
+    as they are its hardest cases."""
     if field is None:
         return None
     truth, predicted = np.array(field.truth, object), np.array(field.predicted, object)
+    classified = np.array(field.classified or [False] * field.n, bool)
+    shown = classified if classified.any() else np.ones(field.n, bool)
     per_class = {}
-    for cls in sorted(set(field.truth)):
-        mine = truth == cls
+    for cls in sorted(set(truth[shown])):
+        mine = shown & (truth == cls)
         per_class[cls] = {"verified": int(mine.sum()), "correct": int((predicted[mine] == cls).sum()),
                           "in_model": cls in field.classes}
-    return {"verified": field.n, "correct": int((truth == predicted).sum()) if field.n else 0,
-            "accuracy": float((truth == predicted).mean()) if field.n else None, "per_class": per_class}
+    right = truth == predicted
+    asked = ~classified
+    return {"on": "classifier output" if classified.any() else "all verified", "verified": int(shown.sum()),
+            "correct": int(right[shown].sum()), "accuracy": float(right[shown].mean()) if shown.any() else None,
+            "per_class": per_class, "asked_by_active_learning": int(asked.sum()),
+            "asked_accuracy": float(right[asked].mean()) if asked.any() and classified.any() else None}
 
 
 def _f(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _cell(text: str) -> str:
+def cell(text) -> str:
+    """Text as one Markdown table cell: a `|` in it would start a new column."""
     return str(text).replace("|", "\\|")
 
 
@@ -105,7 +115,7 @@ def markdown(block: dict, title: str) -> str:
         lines += ["| class | labels added | from |", "| --- | --- | --- |"]
         for cls, sources in block["labels_added"].items():
             where = ", ".join(f"{src} {k:+d}" for src, k in sources.items())
-            lines.append(f"| {_cell(cls)} | {sum(sources.values()):+d} | {_cell(where)} |")
+            lines.append(f"| {cell(cls)} | {sum(sources.values()):+d} | {cell(where)} |")
         lines.append("")
     elif block["previous_export"] is not None:
         lines += ["No labels were added.", ""]
@@ -116,18 +126,21 @@ def markdown(block: dict, title: str) -> str:
               "| class | precision before | precision | recall before | recall | validation images |",
               "| --- | --- | --- | --- | --- | --- |"]
     for cls, f in v["per_class"].items():
-        lines.append(f"| {_cell(cls)} | {_f(f['precision_before'])} | {_f(f['precision'])} | {_f(f['recall_before'])} "
+        lines.append(f"| {cell(cls)} | {_f(f['precision_before'])} | {_f(f['precision'])} | {_f(f['recall_before'])} "
                      f"| {_f(f['recall'])} | {f['support'] if f['support'] is not None else 'n/a'} |")
     lines.append("")
     field = block["field_accuracy"]
     if field is not None:
         if field["verified"]:
+            where = "from its classify output" if field["on"] == "classifier output" else "since"
             lines += [f"Field accuracy of export {block['previous_export']} on the {field['verified']} crops people "
-                      f"verified since: {_f(field['accuracy'])} ({field['correct']} right).", "",
+                      f"verified {where}: {_f(field['accuracy'])} ({field['correct']} right)."
+                      + (f" On the {field['asked_by_active_learning']} items active learning asked about (its hardest "
+                         f"cases): {_f(field['asked_accuracy'])}." if field["asked_accuracy"] is not None else ""), "",
                       "| class (verified) | crops | the previous model was right |", "| --- | --- | --- |"]
             for cls, f in field["per_class"].items():
                 note = "" if f["in_model"] else " (not one of its classes)"
-                lines.append(f"| {_cell(cls)}{note} | {f['verified']} | {f['correct']} |")
+                lines.append(f"| {cell(cls)}{note} | {f['verified']} | {f['correct']} |")
             lines += ["", "The confusion matrix is `field_confusion.png`.", ""]
         else:
             lines += [f"No crops were verified since export {block['previous_export']}: no field accuracy yet.", ""]

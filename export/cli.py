@@ -10,8 +10,10 @@ from pathlib import Path
 
 from trapkit.flags import given, only_with
 
-# Kept in step with trapkit.export.triton.BACKENDS (not imported: --help stays instant); a test compares them.
+# Kept in step with trapkit.export.triton.BACKENDS and pipeline.CHANGES_FILENAME (not imported: --help stays
+# instant); a test compares them.
 BACKENDS = ("onnxruntime", "python")
+CHANGES_FILENAME = "CHANGES.md"
 
 
 # Kept in step with trapkit.export.quantize (not imported: --help stays instant); a test compares them.
@@ -107,5 +109,5 @@ def _run(args) -> int:
     if result.hub_folder:
         print(f"  Hub folder: {result.hub_folder}")
     if result.changes:
-        print(f"  {result.changes.title}: {Path(args.out) / 'CHANGES.md'}")
+        print(f"  {result.changes.title}: {result.onnx_path.with_name(CHANGES_FILENAME)}")
     return 0

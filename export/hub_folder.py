@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.export.changes import Changes
+from trapkit.export.changes import Changes, cell as _cell
 from trapkit.export.usage import usage_sections
 from trapkit.graph import (CARD_FILENAME, CHANGELOG_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES,
                            latest_changelog_entry)
@@ -144,11 +144,6 @@ def front_matter(spec: ModelSpec, license: str, metrics: dict | None) -> str:
                 lines += ["      args:", "        average: macro"]
     lines.append("---")
     return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    """A label as one Markdown table cell: a `|` in it would start a new column."""
-    return text.replace("|", "\\|")
 
 
 def _round_note(metrics: dict) -> str:

@@ -49,7 +49,7 @@ class ExportResult:
     triton_version_dir: Path | None = None
     hub_folder: Path | None = None
     changes: Changes | None = None  # against the run's previous export (None: not from a run, or unchanged)
-    triton_new_version: bool = True
+    triton_new_version: bool | None = None  # False: Triton already served this graph; None: no Triton copy
 
 
 def export_model(source: str | Path, out: str | Path, *, variant: VariantSettings = VariantSettings(),
@@ -111,8 +111,9 @@ def _export(source, out: Path, model_dir, run, variant, triton, hub, tolerance, 
         final.write_bytes(data)
         served = None
         if triton:
-            name = choose_model_name(triton, spec)
-            served = write_triton_model(final, spec, triton, readme=triton_readme(spec, name, on_detections),
+            origin = run.load_state().run_id if run is not None else ""
+            name = choose_model_name(triton, spec, origin)
+            served = write_triton_model(final, spec, triton, name, origin, readme=triton_readme(spec, name, on_detections),
                                         changes=changes.markdown if changes else "")
         hub_dir = write_hub_folder(final, spec, hub, read_metrics(model_dir), on_detections, changes) if hub else None
     onnx_path = out / GRAPH_FILENAMES[variant.kind]
@@ -127,7 +128,7 @@ def _export(source, out: Path, model_dir, run, variant, triton, hub, tolerance, 
             atomic_write_bytes(out / FIELD_CONFUSION_FILENAME, changes.confusion_png)
     parity = ExportReport(**{**asdict(parity), "path": onnx_path, "size_bytes": len(data)})
     result = ExportResult(onnx_path, parity, agreement, served.version_dir if served else None, hub_dir, changes,
-                          served.new if served else True)
+                          served.new if served else None)
     atomic_write_json(out / REPORT_FILENAME, report_dict(source, variant, result))
     if run is not None:
         if taxonomy is not None:

@@ -192,62 +192,73 @@ def next_version(model_dir: Path) -> int:
     return max(versions(model_dir), default=0) + 1
 
 
-# What clients of one Triton model rely on across its versions: the class list and how inputs are prepared.
-# A version that changes any of these is a different model (a new name), so older versions keep theirs.
+# What clients of one Triton model rely on across its versions: the class list and how inputs are prepared,
+# the backend that runs every version, and the study the versions come from. A version that changes any of
+# these is a different model (a new name), so older versions keep theirs.
 CONTRACT_FIELDS = ("labels", "taxonomy", "input_size", "resize_mode", "interpolation", "crop_margin",
                    "detection_threshold", "detection_categories")
+ORIGIN_FILENAME = "origin.txt"  # in each version folder: the run it was exported from (its id)
+_BACKEND = re.compile(r'^backend: "([^"]*)"', re.M)
 
 
-def _contract(spec: ModelSpec) -> dict:
-    return {k: getattr(spec, k) for k in CONTRACT_FIELDS} | {"display": display_names(spec.labels, spec.taxonomy)}
+def _contract(spec: ModelSpec, backend: str, origin: str) -> dict:
+    return {k: getattr(spec, k) for k in CONTRACT_FIELDS} | {
+        "display": display_names(spec.labels, spec.taxonomy), "backend": backend, "origin": origin}
 
 
 def served_contract(model_dir: Path) -> dict | None:
-    """The contract the model folder's versions serve (its newest version's spec.json; for a folder written by
-    an earlier trapkit, labels.txt alone), None for a new model."""
+    """The contract the model folder's versions serve (its newest version's spec.json and origin, the config's
+    backend; for a folder written by an earlier trapkit, labels.txt alone), None for a new model."""
     numbers = versions(model_dir)
     if not numbers:
         return None
-    spec_file = model_dir / str(numbers[-1]) / SPEC_FILENAME
-    if spec_file.is_file():
-        return _contract(ModelSpec.load(spec_file))
+    newest = model_dir / str(numbers[-1])
+    config = model_dir / "config.pbtxt"
+    found = _BACKEND.search(config.read_text(encoding="utf-8")) if config.is_file() else None
+    served = {"backend": found.group(1)} if found else {}
+    if (newest / ORIGIN_FILENAME).is_file():
+        served["origin"] = (newest / ORIGIN_FILENAME).read_text(encoding="utf-8").strip()
+    if (newest / SPEC_FILENAME).is_file():
+        spec = ModelSpec.load(newest / SPEC_FILENAME)
+        return {k: v for k, v in _contract(spec, "", "").items() if k not in ("backend", "origin")} | served
     labels = model_dir / LABELS_FILENAME
-    return {"display": labels.read_text(encoding="utf-8").splitlines()} if labels.is_file() else None
+    return served | ({"display": labels.read_text(encoding="utf-8").splitlines()} if labels.is_file() else {})
 
 
-def _fits(served: dict | None, spec: ModelSpec) -> bool:
-    mine = _contract(spec)
-    return served is None or all(mine[k] == v for k, v in served.items())
+def _fits(served: dict | None, mine: dict) -> bool:
+    return served is None or all(mine[k] == v for k, v in served.items() if not (k == "origin" and not (v and mine[k])))
 
 
-def _differences(served: dict, spec: ModelSpec) -> str:
-    mine = _contract(spec)
-    if "labels" in served and tuple(served["labels"]) != spec.labels:
-        added = [c for c in spec.labels if c not in served["labels"]]
-        gone = [c for c in served["labels"] if c not in spec.labels]
+def _differences(served: dict, mine: dict) -> str:
+    if "labels" in served and tuple(served["labels"]) != tuple(mine["labels"]):
+        added = [c for c in mine["labels"] if c not in served["labels"]]
+        gone = [c for c in served["labels"] if c not in mine["labels"]]
         parts = ([f"adds {', '.join(added)}"] if added else []) + ([f"drops {', '.join(gone)}"] if gone else [])
         return "its class list " + ("; ".join(parts) or "has another order")
+    if served.get("origin") and mine["origin"] and served["origin"] != mine["origin"]:
+        return "it comes from another run"
     return "its " + ", ".join(k for k in served if mine[k] != served[k]) + " differ"
 
 
-def choose_model_name(settings: TritonSettings, spec: ModelSpec) -> str:
-    """The model name this export goes under. A name given with --name must serve the same classes and inputs
-    as its versions (else one line says so); the default (the run's name) moves on to NAME-2, NAME-3, ... when
-    the classes or inputs change, so every older version keeps its own class list."""
+def choose_model_name(settings: TritonSettings, spec: ModelSpec, origin: str = "") -> str:
+    """The model name this export goes under. A name given with --name must serve the same classes, inputs,
+    backend and run as its versions (else one line says so); the default (the run's name) moves on to NAME-2,
+    NAME-3, ... when they change, so every older version keeps its own. `origin`: the run's id ('' unknown)."""
     base = settings.model_name(spec)
     repo = Path(settings.repo)
+    mine = _contract(spec, settings.backend, origin)
     served = served_contract(repo / base)
-    if _fits(served, spec):
+    if _fits(served, mine):
         return base
     if settings.name is not None:
-        raise TrapkitError(f"Triton model {base} in {repo} serves other classes or inputs ({_differences(served, spec)}"
-                           f"); its older versions must keep theirs: give this model another name with --name, "
-                           f"e.g. --name {base}-2")
+        raise TrapkitError(f"Triton model {base} in {repo} serves another model ({_differences(served, mine)}); its "
+                           f"older versions must keep theirs: give this model another name with --name, e.g. --name "
+                           f"{base}-2")
     k = 2
-    while not _fits(served_contract(repo / f"{base}-{k}"), spec):
+    while not _fits(served_contract(repo / f"{base}-{k}"), mine):
         k += 1
-    log.info("Triton model %s serves other classes or inputs (%s): this export goes under %s-%d", base,
-             _differences(served, spec), base, k)
+    log.info("Triton model %s serves another model (%s): this export goes under %s-%d", base,
+             _differences(served, mine), base, k)
     return f"{base}-{k}"
 
 
@@ -257,29 +268,38 @@ class TritonResult:
     new: bool  # False: the newest version already served this very graph
 
 
-def write_triton_model(onnx_path: str | Path, spec: ModelSpec, settings: TritonSettings, readme: str = "",
-                       changes: str = "") -> TritonResult:
-    """Add `onnx_path` to the repository as the next version of its model; returns where it is.
+def write_triton_model(onnx_path: str | Path, spec: ModelSpec, settings: TritonSettings, name: str | None = None,
+                       origin: str = "", readme: str = "", changes: str = "") -> TritonResult:
+    """Add `onnx_path` to the repository as the next version of its model (`name`: `choose_model_name`'s, else
+    chosen here); returns where it is.
 
-    A graph equal to the newest version's writes nothing. The version folder (model.onnx, its spec.json) is
-    assembled under a temporary name and renamed into place, then labels.txt, config.pbtxt (every version
-    served), README.md (`readme`) and CHANGES.md (`changes` added at the top) are replaced atomically: a kill
-    at any point leaves every earlier version servable.
+    A graph equal to the newest version's adds no version (a changed config, say --max-batch-size, is still
+    written). The version folder (model.onnx, its spec.json and origin) is assembled under a temporary name
+    and renamed into place, then labels.txt, config.pbtxt (every version served), README.md (`readme`) and
+    CHANGES.md (`changes` added at the top) are replaced atomically: a kill at any point leaves every earlier
+    version servable.
     """
-    name = choose_model_name(settings, spec)
+    name = name or choose_model_name(settings, spec, origin)
     model_dir = Path(settings.repo) / name
     data = Path(onnx_path).read_bytes()
+    config = config_text(name, onnx_path, settings, spec=spec)
     try:
         numbers = versions(model_dir)
-        if numbers and (model_dir / str(numbers[-1]) / TRITON_MODEL_FILE).read_bytes() == data:
+        newest = model_dir / str(numbers[-1]) / TRITON_MODEL_FILE if numbers else None
+        if newest is not None and newest.is_file() and newest.read_bytes() == data:
             log.info("Triton model %s version %d already serves this graph: no new version", name, numbers[-1])
-            return TritonResult(model_dir / str(numbers[-1]), False)
+            if (model_dir / "config.pbtxt").read_text(encoding="utf-8") != config:
+                atomic_write_text(model_dir / "config.pbtxt", config)
+                log.info("Triton model %s: config.pbtxt written with the new settings", name)
+            return TritonResult(newest.parent, False)
         model_dir.mkdir(parents=True, exist_ok=True)
         version = next_version(model_dir)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
         try:
             (staging / TRITON_MODEL_FILE).write_bytes(data)
             spec.save(staging / SPEC_FILENAME)
+            if origin:
+                (staging / ORIGIN_FILENAME).write_text(origin + "\n", encoding="utf-8")
             if settings.backend == "python":
                 shutil.copyfile(PYTHON_MODEL_TEMPLATE, staging / "model.py")
             os.chmod(staging, 0o755)
@@ -290,7 +310,7 @@ def write_triton_model(onnx_path: str | Path, spec: ModelSpec, settings: TritonS
         # What Triton's classification extension returns: common names where the taxonomy gives them.
         names = display_names(spec.labels, spec.taxonomy)
         atomic_write_text(model_dir / LABELS_FILENAME, "".join(f"{name}\n" for name in names))
-        atomic_write_text(model_dir / "config.pbtxt", config_text(name, onnx_path, settings, spec=spec))
+        atomic_write_text(model_dir / "config.pbtxt", config)
         if readme:
             atomic_write_text(model_dir / README_FILENAME, readme)
         if changes:

@@ -64,60 +64,54 @@ _READ = '''\
 doc = json.load(open(DETECTIONS))
 names = {{k: v.lower() for k, v in doc["detection_categories"].items()}}
 for entry in doc["images"]:
-    boxes = [d["bbox"] for d in entry.get("detections") or ()
-             if names.get(d["category"]) in CATEGORIES and d["conf"] >= THRESHOLD]
-    if not boxes:
+    chosen = [(j, d["bbox"]) for j, d in enumerate(entry.get("detections") or ())
+              if names.get(d["category"]) in CATEGORIES and d["conf"] >= THRESHOLD]
+    if not chosen:
         continue
     img = ImageOps.exif_transpose(Image.open(os.path.join(IMAGES, entry["file"]))).convert("RGB")
-    batch = np.stack([np.asarray(crop(img, b), dtype=np.uint8) for b in boxes])  # (k, {s}, {s}, 3) uint8
+    batch = np.stack([np.asarray(crop(img, box), dtype=np.uint8) for _, box in chosen])  # (k, {s}, {s}, 3) uint8
 '''
 
 
-def onnxruntime_example(spec: ModelSpec) -> str:
-    """A script: MegaDetector's output for a folder in, each detection's species out (onnxruntime alone)."""
+def _detections_script(spec: ModelSpec, runtime: str, setup: list[str], infer: list[str]) -> str:
+    """MegaDetector's output for a folder in, each detection's top species printed: `runtime` imported, `setup`
+    lines after the constants, `infer` lines turning `batch` into `probs` inside the loop."""
     return "\n".join([
         "import json, os",
-        "import numpy as np, onnxruntime as ort",
+        f"import numpy as np, {runtime}",
         "from PIL import Image, ImageOps",
         "",
         'IMAGES, DETECTIONS = "photos", "md.json"  # your photos, and MegaDetector\'s output for them',
         constants(spec),
+        *setup,
+        "",
+        "",
+        CROP_FUNCTION,
+        "",
+        _READ.format(s=spec.input_size).rstrip(),
+        *(f"    {line}" for line in infer),
+        "    for (j, _), p in zip(chosen, probs):  # j: the detection's index in MegaDetector's list",
+        '        print(entry["file"], j, labels[int(p.argmax())], round(float(p.max()), 4))',
+    ]) + "\n"
+
+
+def onnxruntime_example(spec: ModelSpec) -> str:
+    """The detections script with onnxruntime alone."""
+    return _detections_script(spec, "onnxruntime as ort", [
         'session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])',
         'labels = json.load(open("config.json"))["label_names"]',
-        "",
-        "",
-        CROP_FUNCTION,
-        "",
-        _READ.format(s=spec.input_size).rstrip(),
-        '    probs, embedding = session.run(["probs", "embedding"], {"images": batch})',
-        "    for j, p in enumerate(probs):",
-        '        print(entry["file"], j, labels[int(p.argmax())], round(float(p.max()), 4))',
-    ]) + "\n"
+    ], ['probs, embedding = session.run(["probs", "embedding"], {"images": batch})'])
 
 
-def triton_example(spec: ModelSpec, model_name: str) -> str:
-    """The same script against a Triton server (tritonclient[http])."""
-    return "\n".join([
-        "import json, os",
-        "import numpy as np, tritonclient.http as httpclient",
-        "from PIL import Image, ImageOps",
-        "",
-        'IMAGES, DETECTIONS = "photos", "md.json"  # your photos, and MegaDetector\'s output for them',
-        constants(spec),
-        'client = httpclient.InferenceServerClient("localhost:8000")',
+def triton_example(spec: ModelSpec, model_name: str, url: str = "localhost:8000") -> str:
+    """The detections script against a Triton server (tritonclient[http])."""
+    return _detections_script(spec, "tritonclient.http as httpclient", [
+        f'client = httpclient.InferenceServerClient("{url}")',
         f'MODEL = "{model_name}"',
         "labels = json.loads(client.get_model_config(MODEL)['parameters']['trapkit.spec']['string_value'])['labels']",
-        "",
-        "",
-        CROP_FUNCTION,
-        "",
-        _READ.format(s=spec.input_size).rstrip(),
-        '    images = httpclient.InferInput("images", list(batch.shape), "UINT8")',
-        "    images.set_data_from_numpy(batch)",
-        '    probs = client.infer(MODEL, [images], outputs=[httpclient.InferRequestedOutput("probs")]).as_numpy("probs")',
-        "    for j, p in enumerate(probs):",
-        '        print(entry["file"], j, labels[int(p.argmax())], round(float(p.max()), 4))',
-    ]) + "\n"
+    ], ['images = httpclient.InferInput("images", list(batch.shape), "UINT8")',
+        "images.set_data_from_numpy(batch)",
+        'probs = client.infer(MODEL, [images], outputs=[httpclient.InferRequestedOutput("probs")]).as_numpy("probs")'])
 
 
 def whole_image_example(spec: ModelSpec) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 
 from trapkit.errors import TrapkitError
 from trapkit.serve.settings import PostSettings
-from trapkit.taxonomy import RANKS, Taxon, ancestor, csv_rows, few, parse_taxon
+from trapkit.taxonomy import ANIMAL, RANKS, UNKNOWN, Taxon, ancestor, csv_rows, few, parse_taxon
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ CONF_DECIMALS = 4
 # Probabilities are float32: a whole softmax vector sums to 1.0 only within a few 1e-7, so a sum that
 # short of a bar reaches it (a bar of 1 must be reachable); far below what CONF_DECIMALS writes.
 BAR_TOLERANCE = 1e-6
-ANIMAL = "animal"
-UNKNOWN = "unknown"
 # SpeciesNet's own string for "an animal, no more precise", so tools that know it recognise it.
 ANIMAL_TAXON = "1f689929-883d-4dae-958c-3d57ab5b6c16;;;;;;animal"
 UNKNOWN_TAXON = ";;;;;;unknown"

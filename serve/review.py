@@ -35,7 +35,7 @@ import numpy as np
 from trapkit import detections as md
 from trapkit.answers import WRONG_BOX, AnswersBook, item_key, now
 from trapkit.atomic import atomic_write_json
-from trapkit.crop_policy import CropPolicy
+from trapkit.crop_policy import CropPolicy, check_margin
 from trapkit.errors import TrapkitError
 from trapkit.grid import FileGridSource, GridApp, GridItem
 from trapkit.images import ImageReadError, is_file_under, safe_join
@@ -59,7 +59,7 @@ class ReviewSource(FileGridSource):
         self.doc = md.load_detections(self.results)
         self.categories = self.doc.get("classification_categories") or {}
         meta = self.doc["info"].get("classifier_metadata") or {}
-        self.margin = float(meta.get("crop_margin", CropPolicy.margin))
+        self.margin = check_margin(meta.get("crop_margin", CropPolicy.margin))  # a damaged file: one line
         # The gap the result was classified (and smoothed) with, else classify's default.
         recorded = meta.get("sequence_gap")
         self.gap_seconds = gap_seconds if gap_seconds is not None else \

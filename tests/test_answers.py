@@ -43,6 +43,26 @@ def test_the_book_round_trips_formulas_and_keeps_file_names_exact(tmp_path):
     assert {a.species for a in read_answers(tmp_path / "answers.csv")} == set(FORMULAS)
 
 
+def test_formulas_survive_a_file_read_and_written_again_and_again(tmp_path):
+    """Every save re-reads the file (another tab, a restarted page): a cell is quoted once, however often."""
+    path = tmp_path / "answers.csv"
+    for n in range(3):
+        AnswersBook(path).merge({("cam/x.jpg", n): "=1+1"}, reviewer="@lab")
+    rows = _cells(path)
+    assert [(r["Species"], r["Reviewer"]) for r in rows] == [("'=1+1", "'@lab")] * 3
+    assert {(a.species, a.reviewer) for a in read_answers(path)} == {("=1+1", "@lab")}
+
+
+def test_the_book_names_an_image_one_way(tmp_path):
+    """'./cam/x.jpg' (a results file's spelling) and 'cam/x.jpg' are one image: answers saved under either are
+    found again after a restart, and never doubled."""
+    path = tmp_path / "answers.csv"
+    AnswersBook(path).merge({("./cam/x.jpg", 0): "bear"})
+    AnswersBook(path).merge({("cam/x.jpg", 0): "dog"})
+    assert {k: a.species for k, a in AnswersBook(path).answers().items()} == {("cam/x.jpg", 0): "dog"}
+    assert [(r["RelativePath"], r["File"]) for r in _cells(path)] == [("cam", "x.jpg")]
+
+
 def test_the_book_keeps_other_rows_and_columns_and_withdraws_answers(tmp_path):
     path = tmp_path / "timelapse.csv"
     path.write_text("File,RelativePath,DateTime,Species,Notes\r\nimg1.jpg,cam_a,2024-05-01,bear,seen\r\n"
@@ -86,8 +106,8 @@ def test_the_labelling_page_api_refuses_a_newline_and_neutralises_formulas(tmp_p
     run = make_run(tmp_path)
     with pytest.raises(TrapkitError, match="holds control characters"):
         labels.save_answers(run.root, {"cam_a/img1.jpg": "dog\nwolf"}, allow_new_classes=True)
-    path = labels.save_answers(run.root, {"cam_a/img1.jpg": "=1+1", "cam_b/day 1/img3.jpg": "[Wrong Box]"},
-                               allow_new_classes=True)
+    labels.save_answers(run.root, {"cam_a/img1.jpg": "=1+1"}, allow_new_classes=True)
+    path = labels.save_answers(run.root, {"cam_b/day 1/img3.jpg": "[Wrong Box]"}, allow_new_classes=True)
     cells = {r["File"]: r["Species"] for r in _cells(path)}
     assert cells == {"img1.jpg": "'=1+1", "img3.jpg": WRONG_BOX}
     assert {i.path: i.answered for i in labels.current_request(run.root)} == {

@@ -1,13 +1,10 @@
-"""Hub folder: config.json in timm's shape, a model card the huggingface_hub client reads, a snippet that runs."""
+"""Hub folder: config.json in timm's shape, a model card the huggingface_hub client reads (its examples run in
+tests/test_export_usage.py)."""
 
 from __future__ import annotations
 
 import json
-import re
-import runpy
-import shutil
 
-import numpy as np
 import pytest
 
 from trapkit.export.hub_folder import HubSettings, write_hub_folder
@@ -67,3 +64,13 @@ def test_a_label_with_a_pipe_stays_in_its_table_cell(tmp_path, tiny_onnx_path, s
     folder = write_hub_folder(tiny_onnx_path, odd, HubSettings(tmp_path / "hub"))
     row = next(line for line in (folder / "README.md").read_text().splitlines() if line.startswith("| 1 |"))
     assert row == "| 1 | grey \\| red fox | n/a |"
+
+
+def test_the_newest_changelog_entry_is_found_whatever_the_header(tmp_path):
+    from trapkit.graph import latest_changelog_entry
+
+    (tmp_path / "CHANGELOG.md").write_text("## Export 2: round 4\n\nnew labels\n\n## Export 1: round 1\n\nfirst\n")
+    assert latest_changelog_entry(tmp_path) == ("Export 2: round 4", "new labels")
+    (tmp_path / "CHANGELOG.md").write_text("# Changelog\n\nintro\n\n## Export 3: round 5\n\nmore\n## Export 2\n")
+    assert latest_changelog_entry(tmp_path) == ("Export 3: round 5", "more")
+    assert latest_changelog_entry(tmp_path / "absent") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import onnx
 import pytest
@@ -108,7 +109,7 @@ def test_a_class_change_never_rewrites_the_older_versions(tmp_path, tiny_onnx_pa
     write_triton_model(tiny_onnx_path, spec, TritonSettings(repo=tmp_path))
     before = {p.name: p.read_bytes() for p in (tmp_path / "tiny-test-model").iterdir() if p.is_file()}
     grown = spec.replace(labels=spec.labels[:-1] + ("fox",))
-    with pytest.raises(TrapkitError, match=r"serves other classes or inputs \(its class list adds fox; drops ocelot\); "
+    with pytest.raises(TrapkitError, match=r"serves another model \(its class list adds fox; drops ocelot\); "
                                            r"its older versions must keep theirs: give this model another name with "
                                            r"--name, e.g. --name tiny-test-model-2"):
         write_triton_model(tiny_onnx_path, grown, TritonSettings(repo=tmp_path, name="tiny-test-model"))
@@ -146,3 +147,20 @@ def test_python_model_imports_only_what_the_stub_has():
 def test_bad_settings(tmp_path, options, message):
     with pytest.raises(TrapkitError, match=message):
         TritonSettings(repo=tmp_path, **options)
+
+
+def test_the_backend_and_the_study_are_part_of_a_models_contract(tmp_path, tiny_onnx_path, spec):
+    """Versions share their model's config.pbtxt, so a version for another backend (or from another study of
+    the same name) never goes under it; an unchanged graph exported with new settings rewrites only the config."""
+    write_triton_model(tiny_onnx_path, spec, TritonSettings(repo=tmp_path), origin="run-a")
+    config = (tmp_path / "tiny-test-model" / "config.pbtxt").read_text()
+    assert write_triton_model(tiny_onnx_path, spec, TritonSettings(repo=tmp_path, backend="python"),
+                              origin="run-a").version_dir == tmp_path / "tiny-test-model-2" / "1"
+    assert write_triton_model(_another_graph(tiny_onnx_path, tmp_path), spec, TritonSettings(repo=tmp_path),
+                              origin="run-b").version_dir == tmp_path / "tiny-test-model-3" / "1"
+    assert (tmp_path / "tiny-test-model" / "config.pbtxt").read_text() == config  # untouched by both
+    with pytest.raises(TrapkitError, match="it comes from another run"):
+        write_triton_model(tiny_onnx_path, spec, TritonSettings(repo=tmp_path, name="tiny-test-model"), origin="run-b")
+    result = write_triton_model(tiny_onnx_path, spec, TritonSettings(repo=tmp_path, max_batch_size=8), origin="run-a")
+    assert result == TritonResult(tmp_path / "tiny-test-model" / "1", False)
+    assert "max_batch_size: 8" in (tmp_path / "tiny-test-model" / "config.pbtxt").read_text()

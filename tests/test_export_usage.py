@@ -63,11 +63,8 @@ def test_the_cards_onnxruntime_example_gives_trapkits_answers(tmp_path, tiny_mod
                  str(folder / "md.json"), "--out", str(tmp_path / "out.json")]) == 0
     out = json.loads((tmp_path / "out.json").read_text())
     names = out["classification_categories"]
-    ours = {}
-    for im in out["images"]:
-        classified = [d for d in im["detections"] or () if d.get("classifications")]
-        for j, d in enumerate(classified):
-            ours[(im["file"], j)] = (names[d["classifications"][0][0]], d["classifications"][0][1])
+    ours = {(im["file"], j): (names[d["classifications"][0][0]], d["classifications"][0][1])
+            for im in out["images"] for j, d in enumerate(im["detections"] or ()) if d.get("classifications")}
     assert set(theirs) == set(ours) and len(ours) >= 7
     for key, (label, conf) in ours.items():
         assert theirs[key][1] == pytest.approx(conf, abs=0.02), key

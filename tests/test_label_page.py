@@ -164,3 +164,22 @@ def test_unreadable_or_escaping_images_show_a_grey_tile(run_dir):
 def _tiles(page) -> list[tuple[str, str]]:
     return page.eval_on_selector_all("#grid .tile",
                                      "ts => ts.map(t => [t.className, t.querySelector('.sp').textContent])")
+
+
+def test_a_seasons_rolled_up_first_guess_is_a_taxon_to_confirm(tmp_path):
+    """A season's first round shows the classifier's guesses, a rollup's taxon among them: the page offers it as a
+    guess to confirm or refine (never a number key), and confirming it saves it."""
+    from test_train_labels import make_run
+
+    from trapkit.train.label_page import open_label_page
+
+    run = make_run(tmp_path)
+    labels.write_guesses(run.guesses_path(1), [labels.Guess("cam_a/img1.jpg", None, None, "canidae", 0.8),
+                                               labels.Guess("cam_b/day 1/img3.jpg", None, None, "bear", 0.7)])
+    app = open_label_page(run.root)
+    assert app.source.taxa() == ["canidae"] and "canidae" not in app.source.classes()
+    assert [g["taxon"] for g in app.state()["groups"] if g["name"] == "canidae"] == [True]
+    app.decide([{"key": "cam_a/img1.jpg", "species": "canidae"}])  # `a` on the page: as shown
+    assert {it.path: it.answered for it in labels.current_request(run.root)}["cam_a/img1.jpg"] == "canidae"
+    with pytest.raises(TrapkitError, match="unknown class 'felidae'"):
+        app.decide([{"key": "cam_a/img1.jpg", "species": "felidae"}])

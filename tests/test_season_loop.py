@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,7 @@ TOKEN = "hf_trapkitTestToken_4f9c2e7d1b"
 def _season(tmp_path, name: str, seed: int) -> dict:
     """A second season's frames (new photos, the same cameras' naming) in a folder of its own, outside the pool."""
     made = make_detection_trees(tmp_path / f"{name}-source", bursts_per_class=2, seed=seed)
-    folder = shutil.move(str(made["pool"]), str(tmp_path / name))
+    shutil.move(str(made["pool"]), str(tmp_path / name))
     return {"folder": tmp_path / name, "md": made["pool_md"], "truth": made["truth"]}
 
 
@@ -74,13 +75,23 @@ def _served(server_url: str, model: str, version: str | None, batch: np.ndarray)
     return client.infer(model, [images], outputs=[httpclient.InferRequestedOutput("probs")], **kw).as_numpy("probs")
 
 
-def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch):
+@pytest.fixture
+def hub_server():
     from hub_server import HubServer
+
+    with HubServer(TOKEN) as server:
+        yield server
+
+
+def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch, hub_server):
     from triton_server import TritonServer
 
     from trapkit.export.onnx_export import ort_session, run_session
     from trapkit.graph import read_spec
 
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     trees = make_detection_trees(tmp_path / "season1")
     run, repo, hub = tmp_path / "serengeti", tmp_path / "model_repository", tmp_path / "hub"
     assert main(["al", "init", str(run), *detection_flags(trees, batch=6)]) == 0
@@ -88,6 +99,7 @@ def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch):
     assert main(["export", str(run), "--out", str(tmp_path / "export1"), *export,
                  "--taxonomy", str(_taxonomy_csv(tmp_path / "taxonomy.csv"))]) == 0
     assert (run / "taxonomy.csv").is_file()  # the taxonomy is now the run's
+    assert main(["publish", str(hub), "--repo-id", "lab/serengeti"]) == 0
 
     season = _season(tmp_path, "season2", seed=7)
     results = tmp_path / "season2_species.json"
@@ -115,6 +127,7 @@ def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch):
     assert str(season["folder"]) in json.loads(r.settings_path.read_text())["data"]["seasons"]
 
     assert main(["export", str(run), "--out", str(tmp_path / "export2"), *export]) == 0
+    assert main(["publish", str(hub), "--repo-id", "lab/serengeti"]) == 0
 
     # Triton: version 2 beside an intact version 1 of the same model (same classes), the run's name.
     model = repo / "serengeti"
@@ -134,6 +147,7 @@ def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch):
         assert f"| {cls} |" in changes
     report = json.loads((tmp_path / "export2" / "export_report.json").read_text())["changes"]
     field = report["field_accuracy"]
+    assert field["on"] == "classifier output"  # the season as the review page showed it, not the round's picks
     assert field["verified"] == sum(s not in taxa and s != WRONG_BOX for s in given.values())
     assert set(report["labels_added"]) <= set(TAXONOMY) and report["validation"]["per_class"].keys() == TAXONOMY.keys()
     assert (tmp_path / "export2" / "field_confusion.png").read_bytes()[:4] == b"\x89PNG"
@@ -152,22 +166,30 @@ def test_two_seasons_round_the_loop_with_no_hand_edits(tmp_path, monkeypatch):
             np.testing.assert_allclose(_served(server.url, "serengeti", version, batch), expected, atol=1e-5)
         newest, _ = run_session(ort_session(model / "2" / "model.onnx"), batch)
         np.testing.assert_allclose(_served(server.url, "serengeti", None, batch), newest, atol=1e-5)
+        # The Triton README's tritonclient example, run as written against this server on the season's photos.
+        readme = (model / "README.md").read_text()
+        snippet = re.search(r"or, with tritonclient alone.*?```python\n(.*?)```", readme, re.S).group(1)
+        work = tmp_path / "client"
+        work.mkdir()
+        (work / "photos").symlink_to(season["folder"])
+        shutil.copy(season["md"], work / "md.json")
+        (work / "client.py").write_text(snippet.replace("localhost:8000", server.url.removeprefix("http://")))
+        printed = subprocess.run([sys.executable, "client.py"], cwd=work, capture_output=True, text=True, check=True)
+    answered = [line.split(" ") for line in printed.stdout.splitlines()]
+    assert len(answered) == len(by_key) and {label for *_, label, _ in answered} <= set(TAXONOMY)
     assert read_spec(model / "1" / "model.onnx").labels == tuple(TAXONOMY)
 
-    # Publishing each export: one revision each, with its changelog entry as the commit message.
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubServer(TOKEN) as hub_server:
-        monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-        assert main(["publish", str(hub), "--repo-id", "lab/serengeti"]) == 0
-        messages = [c.message for c in hub_server.state.repos["lab/serengeti"].commits.values()]
+    # Each export was published as a revision of the same repo, its changelog entry the commit message.
+    messages = [c.message for c in hub_server.state.repos["lab/serengeti"].commits.values()]
+    assert [m.split(":")[0] for m in messages[-2:]] == ["Export 1", "Export 2"]
     assert messages[-1].startswith("Export 2: round 2")
 
 
-def test_a_new_class_makes_a_new_triton_model_and_old_versions_keep_their_classes(tmp_path):
+def test_a_new_class_makes_a_new_triton_model_and_old_versions_keep_their_classes(tmp_path, caplog):
     trees = make_detection_trees(tmp_path / "season1")
     run, repo = tmp_path / "study", tmp_path / "repo"
-    assert main(["al", "init", str(run), *detection_flags(trees, batch=4)]) == 0
+    assert main(["al", "init", str(run), *detection_flags(trees, batch=4), "--taxonomy",
+                 str(_taxonomy_csv(tmp_path / "taxonomy.csv"))]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "e1"), "--triton", str(repo)]) == 0
     before = {p.name: p.read_bytes() for p in (repo / "study").rglob("*") if p.is_file()}
     from trapkit.train import labels
@@ -176,10 +198,14 @@ def test_a_new_class_makes_a_new_triton_model_and_old_versions_keep_their_classe
     labels.save_answers(run, {items[0].key: "fox", **{it.key: trees["truth"][it.path] for it in items[1:]}},
                         allow_new_classes=True)
     assert main(["al", "next", str(run), "--allow-new-classes", *FAST[-4:]]) == 0
+    caplog.clear()
     assert main(["export", str(run), "--out", str(tmp_path / "e2"), "--triton", str(repo)]) == 0
+    said = [r.getMessage() for r in caplog.records if "has no row for fox" in r.getMessage()]
+    assert len(said) == 1 and "no common name and no rollup until you add a row" in said[0]  # one line, naming it
     after = {p.name: p.read_bytes() for p in (repo / "study").rglob("*") if p.is_file()}
     assert after == before  # labels.txt, config.pbtxt and version 1 of the 3-class model untouched
-    assert (repo / "study-2" / "labels.txt").read_text().splitlines() == ["bear", "cattle", "dog", "fox"]
+    assert (repo / "study-2" / "labels.txt").read_text().splitlines() == [
+        "american black bear", "domestic cattle", "domestic dog", "fox"]
     assert sorted(p.name for p in (repo / "study-2").iterdir() if p.is_dir()) == ["1"]
     # With --name naming the old model, the export is refused in one line that says how.
     assert main(["export", str(run), "--out", str(tmp_path / "e3"), "--triton", str(repo), "--name", "study"]) == 1

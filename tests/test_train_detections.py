@@ -460,3 +460,24 @@ def test_an_image_is_decoded_once_for_all_its_detections(samples_dir, monkeypatc
     expected = np.concatenate([prepare_image(samples_dir / "domestic_cattle.jpg", [list(b) for b in boxes], prep).crops,
                                prepare_image(samples_dir / "ocelot.jpg", None, prep).crops])
     assert batch.images.tobytes() == expected.tobytes()
+
+
+def test_a_season_is_placed_wherever_it_lies(tmp_path):
+    """Inside the pool folder a season keeps its path there; anywhere else (a link into the pool to a drive
+    included) it gets a root of its own and its folder's name as the prefix, made unique in the run."""
+    import pandas as pd
+
+    from trapkit.train.loop import _season_place
+    from trapkit.train.settings import RunSettings
+
+    pool, drive = tmp_path / "pool", tmp_path / "drive"
+    for folder in (pool / "2024" / "sd1", drive / "2025", drive / "cam_a"):
+        folder.mkdir(parents=True)
+    (pool / "link").symlink_to(drive / "2025", target_is_directory=True)
+    settings = RunSettings()
+    settings.data.unlabelled = str(pool)
+    df = pd.DataFrame({"split": ["pool"], "path": ["cam_a/x.jpg"]})
+    assert _season_place(settings, df, pool / "2024" / "sd1") == ("2024/sd1", "unlabelled")
+    assert _season_place(settings, df, pool / "link") == ("link", "season:link")
+    assert _season_place(settings, df, drive / "2025") == ("2025", "season:2025")
+    assert _season_place(settings, df, drive / "cam_a") == ("cam_a-2", "season:cam_a-2")  # the pool has cam_a/

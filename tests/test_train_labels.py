@@ -132,7 +132,7 @@ def make_run(tmp_path) -> Run:
 def test_page_api_lists_request_with_guesses_and_merges_answers(tmp_path):
     run = make_run(tmp_path)
     assert labels.class_names(run.root) == ["bear", "dog"]
-    assert labels.image_root(run.root) == tmp_path / "pool"
+    assert run.pool_file("cam_a/img1.jpg") == (tmp_path / "pool").resolve() / "cam_a" / "img1.jpg"
     items = labels.current_request(run.root)
     assert [(i.relative_path, i.file, i.guess, i.confidence, i.answered) for i in items] == [
         ("cam_a", "img1.jpg", "dog", 0.51, None), ("cam_b/day 1", "img3.jpg", "bear", 0.7, None)]

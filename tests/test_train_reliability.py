@@ -97,7 +97,7 @@ def test_newer_or_damaged_state_files_are_refused_in_one_line(run, capsys):
     r = Run(run)
     state = json.loads(r.state_path.read_text())
     for change, message in (
-        ({"format_version": 99}, "has format 99, newer than this trapkit understands (2); upgrade trapkit"),
+        ({"format_version": 99}, "has format 99, newer than this trapkit understands (3); upgrade trapkit"),
         ({"round": "1"}, "field round must be a whole number, not \"1\""),
         ({"clases": ["bear"]}, "has unknown fields ['clases']"),
     ):

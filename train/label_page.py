@@ -72,6 +72,11 @@ class LabelSource(grid.FileGridSource):
     def classes(self) -> list[str]:
         return label_api.class_names(self.run_dir)
 
+    def taxa(self) -> list[str]:
+        """A season's first guesses that are taxa above the classes (`classify --rollup`): confirm or refine."""
+        classes = set(self.classes())
+        return sorted({it.guess for it in self._request if it.guess and it.guess not in classes})
+
     def items(self) -> list[grid.GridItem]:
         return [grid.GridItem(item_key(*it.key), it.path, it.detection, it.bbox, it.guess, it.confidence)
                 for it in self._request]

@@ -23,9 +23,10 @@ when none was selected); with `Detection`, that detection alone; a
 detection's own answer wins over its image's. `trapkit.answers.WRONG_BOX`
 takes a detection out of training ("not an animal, or a wrong box").
 
-Labelling page API (image paths relative to `image_root(run)`, with `/`):
+Labelling page API (image paths are the run's names, with `/`: relative to the pool folder, or, for a
+season outside it, under the season's prefix; `Run.pool_file` finds the file):
 `current_request(run) -> list[RequestItem]` (one per selected item),
-`class_names(run)`, `image_root(run)`, `page_answers_path(run)`,
+`class_names(run)`, `page_answers_path(run)`,
 `save_answers(run, {path or (path, detection): species}) -> Path`.
 """
 
@@ -60,9 +61,6 @@ log = logging.getLogger(__name__)
 
 GUESS_COLUMNS = ("File", "RelativePath", "Detection", "X", "Y", "Width", "Height", "Guess", "Confidence")
 MAX_LISTED = 10
-# What a classifier says above every taxon (serve/postprocess): "some animal", "cannot tell". A person who
-# confirms one has not named a class: the answer is kept aside like any other taxon.
-ROOT_TAXA = ("animal", "unknown")
 
 # Which items of each image a round selected: image path -> detection indices (None in the set: the whole
 # image), or None for "every item of the image" (a request without its guesses file).
@@ -73,7 +71,7 @@ Selection = Mapping[str, "set[int | None] | None"]
 class RequestItem:
     """One item the current request asks about: an image, or one detection in it."""
 
-    relative_path: str  # folder relative to image_root, '/' separated ('' for the root)
+    relative_path: str  # folder of the run's name of the image, '/' separated ('' for the pool's root)
     file: str  # file name
     guess: str | None  # the model's top-1 class for this item, if known
     confidence: float | None  # its probability
@@ -83,7 +81,7 @@ class RequestItem:
 
     @property
     def path(self) -> str:
-        """The image path relative to image_root."""
+        """The run's name of the image (relative to the pool folder, or under a season's prefix)."""
         return join_key(self.relative_path, self.file)
 
     @property
@@ -114,30 +112,36 @@ class Answered:
 @dataclass(frozen=True)
 class Vocabulary:
     """What answers may name: the classes, other names of a class's own taxon (its Latin or common name), and
-    the taxa above the classes (a rolled-up "canidae"), from the run's taxonomy. Keys are casefolded."""
+    the taxa above the classes (a rolled-up "canidae"), from the run's taxonomy and from the categories a
+    classifier added above its classes in the seasons' detections files. Keys are casefolded."""
 
     classes: tuple[str, ...]
     aliases: Mapping[str, str] = field(default_factory=dict)  # name -> the class it names
     taxa: Mapping[str, str] = field(default_factory=dict)  # name of a taxon above classes -> its name as recorded
+    has_taxonomy: bool = False
 
     @classmethod
-    def of(cls, classes, taxonomy=None) -> Vocabulary:
-        """`taxonomy`: one string per class, or None."""
-        from trapkit.taxonomy import parse_taxon
+    def of(cls, classes, taxonomy=None, other_taxa=()) -> Vocabulary:
+        """`taxonomy`: one string per class, or None. `other_taxa`: names a classifier gave taxa above its classes
+        (a rollup or an allow-list's name for them)."""
+        from trapkit.taxonomy import ANIMAL, UNKNOWN, parse_taxon
 
         classes = tuple(classes)
-        aliases, taxa = {}, {}
+        names: dict[str, set[str]] = {}  # Latin or common name of a class's own taxon -> the classes it names
+        taxa = {name.casefold(): name for name in (ANIMAL, UNKNOWN, *other_taxa)}
         for label, text in zip(classes, taxonomy or ()):
             taxon = parse_taxon(text)
             for name in (taxon.latin, taxon.common):
                 if name and name.casefold() != label.casefold():
-                    aliases.setdefault(name.casefold(), label)
+                    names.setdefault(name.casefold(), set()).add(label)
             for depth in range(1, taxon.depth):
                 name = taxon.path[depth - 1]
                 taxa.setdefault(name.casefold(), name)
-        taxa |= {name: name for name in ROOT_TAXA}
+        # A name two classes share (buck and fawn, both Odocoileus virginianus) is a taxon above them, not either.
+        aliases = {name: next(iter(labels)) for name, labels in names.items() if len(labels) == 1}
+        taxa |= {name: name for name, labels in names.items() if len(labels) > 1}
         taxa = {k: v for k, v in taxa.items() if k not in aliases and k not in {c.casefold() for c in classes}}
-        return cls(classes, aliases, taxa)
+        return cls(classes, aliases, taxa, taxonomy is not None)
 
 
 @dataclass
@@ -343,6 +347,9 @@ def ingest(df, answers: list[Answer] | list[Answered], classes: Vocabulary | tup
     new_classes: set[str] = set()
     for a, asked in pairs:
         rows = rows_of.get(a.path)
+        if rows is None and a.detection is not None and a.path in without_items:
+            not_items.append(f"{a.where}: {a.path} Detection {a.detection}")  # below the run's threshold
+            continue
         if rows is None:
             (no_items if a.path in without_items else not_in_pool).append(f"{a.where}: {a.path}")
             continue
@@ -385,7 +392,7 @@ def ingest(df, answers: list[Answer] | list[Answered], classes: Vocabulary | tup
                            f"categories, so not in the pool ({_listed(no_items)}); leave them out")
     if unknown:
         taxa = "; answers above the class level need the run's taxonomy (al init --taxonomy, or export --taxonomy)" \
-            if not vocabulary.taxa else ""
+            if not vocabulary.has_taxonomy else ""
         raise TrapkitError(f"unknown class names ({_listed(unknown)}); known classes: {', '.join(classes)}. "
                            f"Fix the spelling, or pass --allow-new-classes to add them{taxa}")
     if conflicts:
@@ -445,11 +452,6 @@ def page_answers_path(run_dir: str | Path) -> Path:
     return run.inbox_dir / f"round-{run.load_state().round:03d}-page.csv"
 
 
-def image_root(run_dir: str | Path) -> Path:
-    """The unlabelled pool root: request paths are relative to it."""
-    return Path(Run(run_dir).settings().data.unlabelled)
-
-
 def class_names(run_dir: str | Path) -> list[str]:
     """Known class names in head index order (`WRONG_BOX` is never one; offer it beside them)."""
     return list(Run(run_dir).load_state().classes)
@@ -496,15 +498,16 @@ def save_answers(run_dir: str | Path, answers: Mapping, allow_new_classes: bool 
         items = selected_items(run, n)
         keys = {(g.path, g.detection) for g in items}
         images = {g.path for g in items}
-        answers = {_key(k): clean_species(str(s), "labelling page") if str(s).strip() else "" for k, s in
-                   answers.items()}
+        answers = {_key(k): clean_species(str(s), "labelling page") if s is not None and str(s).strip() else ""
+                   for k, s in answers.items()}
         bad = [f"{p}" + ("" if d is None else f" detection {d}") for p, d in answers
                if ((p, d) not in keys if d is not None else p not in images)]
         if bad:
             raise TrapkitError(f"not selected in the current request: {_listed(bad)}; the labelling page answers "
                                "only what the round asks about (give other labels to 'trapkit al next --labels "
                                "CSV'), or reload the page if a new round started")
-        known = set(class_names(run_dir))
+        # A season's first guesses may be a classifier's taxa above the classes: confirming one is an answer.
+        known = set(class_names(run_dir)) | {g.guess for g in items if g.guess}
         new = sorted({s for s in answers.values() if s and s not in known and s != WRONG_BOX})
         if new and not allow_new_classes:
             raise TrapkitError(f"unknown class names {new}; pick one of {', '.join(sorted(known))}, or "

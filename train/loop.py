@@ -16,7 +16,8 @@ import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,11 @@ from trapkit.train import labels as labels_mod
 from trapkit.train.metrics import FORMAT_VERSION as METRICS_FORMAT_VERSION
 from trapkit.train.run import (
     LABELLED_ROOT,
+    MANIFEST_COLUMNS,
     OK,
     POOL,
     POOL_ROOT,
+    SEASON_ROOT,
     SEED,
     UNREADABLE,
     VALIDATION,
@@ -40,6 +43,7 @@ from trapkit.train.run import (
     Item,
     kill_point,
     Run,
+    trained_mask,
     RunState,
     format_box,
 )
@@ -72,10 +76,6 @@ def head_classes(committed, df) -> tuple[str, ...]:
     return tuple(committed) + tuple(sorted(seen - set(committed)))
 
 
-def _trained_mask(df) -> np.ndarray:
-    """Rows the embedder and head learn from: labelled with a class (not WRONG_BOX), readable, not validation."""
-    return ((df["split"] != VALIDATION) & (df["label"] != "") & (df["label"] != WRONG_BOX)
-            & (df["status"] == OK)).to_numpy()
 
 
 def _candidate_mask(df) -> np.ndarray:
@@ -104,8 +104,6 @@ def _rows(split: str, root: str, items, label=lambda item: "") -> list[dict]:
 def _frame(rows: list[dict], added_round: int):
     import pandas as pd
 
-    from trapkit.train.run import MANIFEST_COLUMNS
-
     df = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c not in ("label_round", "status", "added_round")])
     df = df.fillna("")
     df["label_round"] = np.where(df["split"] == POOL, -1, 0)
@@ -133,8 +131,6 @@ def _pool_rows(settings: RunSettings, folder: str, detections: str | None, optio
                root: str = POOL_ROOT):
     """(rows, images without a qualifying detection, problems) of the pool folder or a season; a season's paths
     start with `prefix` and are read from `root`."""
-    from dataclasses import replace
-
     from trapkit.train.scan import detection_items, scan_pool
 
     if detections is None:
@@ -190,7 +186,7 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
         settings.save(run.settings_path)
         run.save_manifest(start.df)
         state = RunState(round=0, classes=start.classes, scan_problems=tuple(start.problems),
-                         images_without_detections=start.without)
+                         images_without_detections=start.without, run_id=uuid.uuid4().hex)
         run.save_state(state)
         df = start.df
         log.info("run %s: %d seed items in %d classes, %d validation, %d in the pool", run.root,
@@ -300,7 +296,7 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
             )
         log.info("answers: %s", report.summary())
         state.classes = head_classes(state.classes, df)
-        result = _run_round(run, settings, state, df, n, cluster, {str(f.path): f.digest for f in inbox})
+        result = _run_round(run, settings, state, df, n, cluster, {f.path.name: f.digest for f in inbox})
         result.ingest = report
         result.problems = list(report.warnings)
         return result
@@ -329,22 +325,26 @@ def _ingest_answers(run: Run, settings: RunSettings, state: RunState, df, label_
         log.warning("label request %s is missing; every answer is taken as an extra label",
                     run.request_path(state.round))
     known = set(df.loc[df["split"] == POOL, "path"])
-    without = _images_without_items(settings) if settings.on_detections else set()
+    without, other_taxa = _pool_detections(settings) if settings.on_detections else (set(), [])
     prefixes = [""] + [s.prefix + "/" for s in settings.data.season_list()]
     prefer = season.prefix + "/" if season is not None else None
 
-    def located(answers: list, name: str, given: bool) -> list:
-        return _locate(answers, name, known | without, prefixes, labels_root, prefer if given else None)
-
-    groups = [labels_mod.Answered(located(read_answers(f), Path(f).name, True), current) for f in map(Path, label_files)]
+    # --labels files: relative to the folder `labels_root` names, else to the one folder they fit.
+    groups = [labels_mod.Answered(_locate(read_answers(f), Path(f).name, known | without, prefixes, labels_root,
+                                          prefer), current) for f in map(Path, label_files)]
     inbox = _read_inbox(run)
     for f in inbox:
-        # A page file answers its own round's request (an image-level answer labels what that round selected).
         page = _PAGE_FILE.fullmatch(f.path.name)
-        asked = current if page is None or int(page.group(1)) == state.round else \
+        if page is None:  # a CSV dropped into the inbox: the one folder it fits
+            groups.append(labels_mod.Answered(_locate(f.answers, f.path.name, known | without, prefixes, None, None),
+                                              current))
+            continue
+        # A page file names items as the run does, and answers its own round's request (an image-level answer
+        # labels what that round selected).
+        asked = current if int(page.group(1)) == state.round else \
             labels_mod.selection_of(labels_mod.selected_items(run, int(page.group(1)), df))
-        groups.append(labels_mod.Answered(located(f.answers, f.path.name, False), asked))
-    vocabulary = labels_mod.Vocabulary.of(state.classes, run_taxonomy(run, state.classes, warn=False))
+        groups.append(labels_mod.Answered(f.answers, asked))
+    vocabulary = labels_mod.Vocabulary.of(state.classes, run_taxonomy(run, state.classes, warn=False), other_taxa)
     report = labels_mod.ingest(df, groups, vocabulary, None, n, allow_new_classes, without_items=without)
     kill_point("ingested")
     return report, inbox
@@ -354,8 +354,6 @@ def _locate(answers: list, name: str, paths: set[str], prefixes: list[str], give
             prefer: str | None) -> list:
     """`answers` with their paths made the run's: under the one folder (the pool '', or a season's prefix) all the
     file's images are in. `given`: the folder the user named; `prefer`: the season added with this file."""
-    from dataclasses import replace
-
     if not answers:
         return answers
     images = {a.path for a in answers}
@@ -386,19 +384,21 @@ def _read_inbox(run: Run) -> list[_InboxFile]:
     return out
 
 
-def _images_without_items(settings: RunSettings) -> set[str]:
-    """Pool images (seasons included, as manifest paths) whose detections all fall below the threshold."""
+def _pool_detections(settings: RunSettings) -> tuple[set[str], list[str]]:
+    """From the pool's and the seasons' detections files, read once: (images whose detections all fall below the
+    threshold, as manifest paths; the names a classifier gave taxa above its classes)."""
     from trapkit.train.scan import detection_items
 
     data = settings.data
     sources = [(data.unlabelled, data.detections, "")]
     sources += [(str(s.folder), s.detections, s.prefix + "/") for s in data.season_list()]
-    out = set()
+    without, taxa = set(), []
     for folder, md, prefix in sources:
         if md:
             found = detection_items(folder, md, data.threshold, data.categories, "--detections", "--unlabelled")
-            out |= {prefix + p for p in found.without}
-    return out
+            without |= {prefix + p for p in found.without}
+            taxa += found.taxa
+    return without, taxa
 
 
 def _append(df, rows: list[dict], n: int):
@@ -425,8 +425,6 @@ def _rescan_pool(settings: RunSettings, df, n: int):
 def _season_place(settings: RunSettings, df, folder: Path) -> tuple[str, str]:
     """(prefix, manifest root) of a new season: inside the pool folder, its path there and the pool's root;
     anywhere else (a link to a drive included), its folder's name, made unique in the run, and a root of its own."""
-    from trapkit.train.run import SEASON_ROOT
-
     pool = Path(settings.data.unlabelled).resolve()
     for season in settings.data.season_list():
         if season.folder.resolve() == folder.resolve():
@@ -439,7 +437,7 @@ def _season_place(settings: RunSettings, df, folder: Path) -> tuple[str, str]:
         return inside, POOL_ROOT
     taken = {p.split("/", 1)[0] for p in df.loc[df["split"] == POOL, "path"]}
     taken |= {s.prefix.split("/", 1)[0] for s in settings.data.season_list()}
-    base = folder.absolute().name or "season"
+    base = Path(os.path.abspath(folder)).name or "season"  # '..' spelled out; a link keeps its own name
     prefix, k = base, 2
     while prefix in taken:
         prefix, k = f"{base}-{k}", k + 1
@@ -448,8 +446,6 @@ def _season_place(settings: RunSettings, df, folder: Path) -> tuple[str, str]:
 
 def _add_season(settings: RunSettings, state: RunState, df, folder: Path, detections, n: int):
     """A new season joins the pool (in `df` and `settings`, committed with the round); returns (df, Season)."""
-    from trapkit.train.settings import Season
-
     if not folder.is_dir():
         raise TrapkitError(f"--add-pool folder {folder} does not exist; give the new season's image folder")
     if Path(settings.data.unlabelled).resolve() == folder.resolve():
@@ -473,16 +469,17 @@ def _add_season(settings: RunSettings, state: RunState, df, folder: Path, detect
         df = _append(df, fresh, n)
     log.info("--add-pool: %d new item(s) from %s (named %s/... in the run)", len(fresh), folder, prefix)
     state.images_without_detections += len([p for p in without if p not in known])
-    absolute = str(folder.absolute())
     data = settings.data
     seasons = data.season_list()  # seasons an earlier trapkit added carry no prefix yet: write theirs down
     data.season_prefixes, data.season_roots = tuple(s.prefix for s in seasons), tuple(s.root for s in seasons)
-    if absolute not in data.seasons:
-        data.seasons += (absolute,)
-        data.season_detections += (str(Path(detections).resolve()) if detections is not None else "",)
-        data.season_prefixes += (prefix,)
-        data.season_roots += (root,)
-    return df, Season(folder.absolute(), data.season_detections[data.seasons.index(absolute)], prefix, root)
+    known = [i for i, s in enumerate(seasons) if s.folder.resolve() == folder.resolve()]
+    if known:
+        return df, seasons[known[0]]
+    data.seasons += (os.path.abspath(folder),)
+    data.season_detections += (str(Path(detections).resolve()) if detections is not None else "",)
+    data.season_prefixes += (prefix,)
+    data.season_roots += (root,)
+    return df, data.season_list()[-1]
 
 
 # -- one round ------------------------------------------------------------------------------
@@ -574,7 +571,7 @@ class _Round:
 def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, cluster=None,
                ingested: dict[str, str] | None = None) -> RoundResult:
     """One round (module docstring), committed as one transaction; `ingested`: the inbox files it read
-    ({path: sha256}), moved to inbox/done/ once it commits."""
+    ({name in the inbox: sha256}), moved to inbox/done/ once it commits."""
     import torch
 
     from trapkit.train import head
@@ -593,7 +590,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     kill_point("embedded")
 
     # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
-    r.trained = np.flatnonzero(_trained_mask(df))
+    r.trained = np.flatnonzero(trained_mask(df))
     if not len(r.trained):
         raise TrapkitError("no readable labelled images; check the --labelled folder")
     y = _labels_of(df, r.trained, classes)
@@ -626,7 +623,7 @@ def _finetune_if_due(r: _Round, model) -> str:
     from trapkit.train import finetune
 
     settings, state = r.settings, r.state
-    trained = np.flatnonzero(_trained_mask(r.df))
+    trained = np.flatnonzero(trained_mask(r.df))
     due = state.embedder_version is None or len(trained) - state.labels_at_finetune >= settings.finetune.every
     if not due or settings.finetune.epochs <= 0:
         return state.embedder_version or BASE_EMBEDDER
@@ -789,7 +786,7 @@ def status(run_dir: str | Path) -> dict:
     with run.logging("al status"):
         state = run.load_state()
         df = run.load_manifest()
-        lab = df[_trained_mask(df)]
+        lab = df[trained_mask(df)]
         per_class = {c: int((lab["label"] == c).sum()) for c in head_classes(state.classes, df)}
         pool = df[df["split"] == POOL]
         advice = "the run folder is damaged; rerun 'trapkit al next' to write it again"

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trapkit import __version__
+from trapkit.answers import WRONG_BOX
 from trapkit.atomic import atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.images import safe_join
@@ -64,7 +65,7 @@ from trapkit.typed_json import checked, read_versioned
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT_VERSION = 2  # 2: classes and problems typed; pool images without detections counted
+STATE_FORMAT_VERSION = 3  # 2: classes and problems typed, images without detections counted; 3: run_id
 # Splits, and the image roots their paths are relative to.
 SEED, VALIDATION, POOL = "seed", "validation", "pool"
 LABELLED_ROOT, VALIDATION_ROOT, POOL_ROOT = "labelled", "validation", "unlabelled"
@@ -89,6 +90,7 @@ class RunState:
     labels_at_round: int = 0
     scan_problems: tuple[str, ...] = ()
     images_without_detections: int = 0  # pool images whose detections were all below the threshold: left out
+    run_id: str = ""  # made at `al init`: tells this study's exports from another run's of the same name
     format_version: int = STATE_FORMAT_VERSION
 
 
@@ -194,7 +196,10 @@ class Run:
         with self.inbox_lock():
             stale += list(self.inbox_dir.glob(".*.tmp")) if self.inbox_dir.is_dir() else []
             for p in stale:
-                p.unlink(missing_ok=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
         if stale:
             log.info("removed %d temporary file(s) left by an interrupted command", len(stale))
 
@@ -277,7 +282,7 @@ class Run:
 
     def commit(self, df, settings: RunSettings, state: RunState, ingested: dict[str, str] | None = None) -> None:
         """Make the staged model, `df`, `settings` and `state` the run's, all together (module docstring), then
-        move the inbox files the round ingested (`ingested`: {path: sha256 of the bytes read}) to inbox/done/."""
+        move the inbox files the round ingested (`ingested`: {file name: sha256 of the bytes read}) to done/."""
         staged = self.commit_dir
         atomic_write_text(staged / "manifest.csv", _manifest_csv(df))
         atomic_write_json(staged / "settings.json", settings.to_dict())
@@ -324,7 +329,7 @@ class Run:
         done.mkdir(parents=True, exist_ok=True)
         with self.inbox_lock():
             for name, digest in ingested.items():
-                path = Path(name)
+                path = self.inbox_dir / name
                 if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                     log.info("%s changed while the round read it; left in the inbox for the next round", path)
                     continue
@@ -332,6 +337,13 @@ class Run:
                 while target.exists():
                     target, k = done / f"{path.stem}-{k}{path.suffix}", k + 1
                 os.replace(path, target)
+
+
+def trained_mask(df):
+    """(N,) bool: rows the embedder and head learn from: labelled with a class (not WRONG_BOX), readable, not
+    validation."""
+    return ((df["split"] != VALIDATION) & (df["label"] != "") & (df["label"] != WRONG_BOX)
+            & (df["status"] == OK)).to_numpy()
 
 
 def _manifest_csv(df) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from trapkit.answers import WRONG_BOX, now
 from trapkit.atomic import atomic_write_text
-from trapkit.taxonomy import CSV_COLUMNS, read_taxonomy_csv
-from trapkit.train.run import OK, POOL, SEED, VALIDATION, Run
+from trapkit.taxonomy import CSV_COLUMNS, read_taxonomy_partly
+from trapkit.train.run import POOL, SEED, VALIDATION, Run, trained_mask
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ def run_taxonomy(run: Run, classes, warn: bool = True) -> tuple[str, ...] | None
     round) are said in one line and carry none until a row is added."""
     if not run.taxonomy_path.is_file():
         return None
-    missing: list[str] = []
-    strings = read_taxonomy_csv(run.taxonomy_path, list(classes), other_labels_ok=True, missing=missing)
+    strings, missing = read_taxonomy_partly(run.taxonomy_path, list(classes))
     if missing and warn:
         log.warning("%s has no row for %s: %s no common name and no rollup until you add a row (label,taxonomy)",
                     run.taxonomy_path, ", ".join(missing), "it has" if len(missing) == 1 else "they have")
@@ -83,7 +82,7 @@ def labels_by_class(run: Run, df=None) -> dict[str, dict[str, int]]:
     df = run.load_manifest() if df is None else df
     seasons = run.settings().data.season_list()
     out: dict[str, dict[str, int]] = {}
-    trained = df[(df["split"] != VALIDATION) & (df["label"] != "") & (df["label"] != WRONG_BOX) & (df["status"] == OK)]
+    trained = df[trained_mask(df)]
     for root, path, split, label in zip(trained["root"], trained["path"], trained["split"], trained["label"]):
         counts = out.setdefault(label, {})
         source = source_of(root, path, split, seasons)
@@ -127,7 +126,7 @@ def current_record(run: Run) -> dict:
     state = run.load_state()
     previous = last_export(run)
     return {"format_version": RECORD_FORMAT_VERSION, "export": previous[0]["export"] + 1 if previous else 1,
-            "time": now(), "round": state.round, "classes": list(state.classes), "labels": labels_by_class(run),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "round": state.round, "classes": list(state.classes), "labels": labels_by_class(run),
             "validation": validation_figures(run)}
 
 
@@ -139,7 +138,7 @@ def record_export(run: Run, record: dict, graph_sha256: str, destinations: dict)
     from trapkit.atomic import atomic_write_json
 
     folder = run.root / EXPORTS_DIR / f"{record['export']:03d}"
-    staging = folder.with_name(f".{folder.name}.tmp")
+    staging = folder.with_name(f".{folder.name}.staging")  # a killed export's is removed by the next one
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run.model_dir, staging / "model")
     atomic_write_json(staging / RECORD_FILENAME, record | {"graph_sha256": graph_sha256, "destinations": destinations})
@@ -150,11 +149,14 @@ def record_export(run: Run, record: dict, graph_sha256: str, destinations: dict)
 
 @dataclass
 class FieldAccuracy:
-    """How the previous export did on the crops people verified after it: labels and its predictions."""
+    """How the previous export did on the crops people verified after it: labels and its predictions, and for
+    each whether it came from a classifier's output (a season reviewed as `trapkit classify` gave it: the field
+    as users meet it) or was one active learning asked about (its hardest cases, so a lower figure)."""
 
     truth: list[str]
     predicted: list[str]
     classes: list[str]  # the previous model's classes
+    classified: list[bool] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -162,11 +164,10 @@ class FieldAccuracy:
 
 
 def field_accuracy(run: Run, previous: tuple[dict, Path], batch_size: int = 32) -> FieldAccuracy:
-    """The previous export's model run on every item labelled after it (wrong boxes and validation left out):
-    the most honest figure a user can get, measured on what people verified since."""
+    """The previous export's model run on every pool item labelled after it (wrong boxes left out): the most
+    honest figure a user can get, measured on what people verified since."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
     import torch
 
     from trapkit.prepare import Preprocessing
@@ -176,24 +177,25 @@ def field_accuracy(run: Run, previous: tuple[dict, Path], batch_size: int = 32) 
 
     record, folder = previous
     df = run.load_manifest()
-    rows = df.index[((df["split"] == POOL) & (df["label"] != "") & (df["label"] != WRONG_BOX) & (df["status"] == OK)
-                     & (df["label_round"] > record["round"])).to_numpy()]
+    rows = df.index[trained_mask(df) & (df["split"] == POOL).to_numpy() & (df["label_round"] > record["round"]).to_numpy()]
     model = load_model(folder / "model").eval()
     classes = list(model.spec.labels)
     if not len(rows):
         return FieldAccuracy([], [], classes)
     items = run.items(df.loc[rows])
     prep = Preprocessing.from_spec(model.spec)
-    truth, predicted = [], []
+    truth, predicted, classified = [], [], []
     with ThreadPoolExecutor(2) as pool, torch.no_grad(), progress(len(rows), "the previous model on new labels") as bar:
         for start in range(0, len(rows), batch_size):
             batch = load_items(items[start:start + batch_size], prep, pool)
             if len(batch.images):
                 probs, _ = model(torch.from_numpy(batch.images))
                 predicted += [classes[i] for i in probs.argmax(dim=1).tolist()]
-                truth += [label for label, ok in zip(df.loc[rows[start:start + batch_size], "label"], batch.ok) if ok]
+                part = df.loc[rows[start:start + batch_size]]
+                truth += [label for label, ok in zip(part["label"], batch.ok) if ok]
+                classified += [bool(guess) for guess, ok in zip(part["prior_guess"], batch.ok) if ok]
             bar.update(len(batch.ok))
-    return FieldAccuracy(truth, predicted, classes)
+    return FieldAccuracy(truth, predicted, classes, classified)
 
 
 # -- what an export calibrates and measures on -----------------------------------------------------------

@@ -51,6 +51,7 @@ class DetectionItems:
     items: list[Detection]
     without: list[str]  # image paths with no qualifying detection (left out)
     problems: list[str] = field(default_factory=list)
+    taxa: list[str] = field(default_factory=list)  # a classifier's categories above its classes (classify output)
 
 
 def _named(names: list[str]) -> str:
@@ -152,8 +153,18 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
             items.append(Detection(PurePosixPath(im["file"].replace("\\", "/")).as_posix(), j,
                                    tuple(float(v) for v in det["bbox"]), guess, conf, repr(float(det["conf"])),
                                    str(detector.get(str(det["category"]), det["category"])).lower()))
-    without = [im["file"] for i, im in enumerate(images) if i not in chosen and is_image_file(im["file"])]
-    return DetectionItems(items, without, problems)
+    without = [PurePosixPath(im["file"].replace("\\", "/")).as_posix() for i, im in enumerate(images)
+               if i not in chosen and is_image_file(im["file"])]
+    return DetectionItems(items, without, problems, classifier_taxa(doc))
+
+
+def classifier_taxa(doc: dict) -> list[str]:
+    """The names `trapkit classify` gave categories above the model's classes (rollup, allow-list taxa): ids at or
+    past `info.classifier_metadata.model_classes`. None in a file from another tool, or written before it."""
+    n = (doc.get("info", {}).get("classifier_metadata") or {}).get("model_classes")
+    if not isinstance(n, int):
+        return []
+    return [name for k, name in (doc.get("classification_categories") or {}).items() if k.isdigit() and int(k) >= n]
 
 
 def _prior(det: dict, names: dict) -> tuple[str, str]:

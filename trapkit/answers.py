@@ -53,6 +53,7 @@ BOOK_COLUMNS = ("File", "RelativePath", "Detection", "Selected", "Species", "Rev
 REQUIRED_COLUMNS = ("File", "RelativePath", "Species")
 TRUE_VALUES = frozenset({"true", "1", "yes", "y", "x", "selected"})
 FORMULA_STARTS = ("=", "+", "-", "@")  # what a spreadsheet would evaluate
+TEXT_COLUMNS = ("Species", "Reviewer")  # written through `neutralise`, read through `restore`
 _DETECTION = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes "٠" and "²"
 
 Key = tuple[str, "int | None"]  # (image path, detection index or None for the image)
@@ -189,7 +190,7 @@ def read_rows(path: str | Path, data: bytes | None = None) -> tuple[list[str], l
 @dataclass(frozen=True)
 class _Table:
     header: list[str]  # as in the file
-    rows: list[tuple[int, dict[str, str]]]  # (line, {canonical column name or extra header: cell})
+    rows: list[tuple[int, dict[str, str]]]  # (line, {canonical column name or extra header: cell, text restored})
 
 
 def _read_table(path: Path, data: bytes | None = None) -> _Table:
@@ -200,15 +201,17 @@ def _read_table(path: Path, data: bytes | None = None) -> _Table:
         if required not in names:
             raise TrapkitError(f"{path} has no '{required}' column (columns: {', '.join(header)}); "
                                "answer the request CSV by adding a Species column")
-    rows = [(line, {n: (cells[i].strip() if i < len(cells) else "") for i, n in enumerate(names)})
-            for line, cells in lines]
+    rows = []
+    for line, cells in lines:
+        row = {n: (cells[i].strip() if i < len(cells) else "") for i, n in enumerate(names)}
+        rows.append((line, {n: restore(c) if n in TEXT_COLUMNS else c for n, c in row.items()}))
     return _Table(names, rows)
 
 
 def _answer(path: Path, line: int, row: dict[str, str]) -> Answer | None:
     """The row's answer; None while its Species is empty."""
     where = f"{path.name} line {line}"
-    species = restore(row.get("Species", ""))
+    species = row.get("Species", "")
     if not species.strip():
         return None
     selected = row["Selected"].lower() in TRUE_VALUES if "Selected" in row else None
@@ -240,6 +243,23 @@ def _order(key: Key):
     return path, -1 if detection is None else detection
 
 
+def _normal(key: Key) -> Key:
+    """A key as files name it: the path through `join_key` ('./cam/x.jpg' and 'cam\\x.jpg' are 'cam/x.jpg')."""
+    path, detection = key
+    return join_key(*split_key(path.replace("\\", "/"))), detection
+
+
+def _fill(row: dict[str, str], key: Key, species: str, selected: bool | None, reviewed: str, reviewer: str) -> None:
+    """The cells of one answer (`key` normal), in a book row."""
+    path, detection = key
+    folder, name = split_key(path)
+    row.update(File=name, RelativePath=timelapse_folder(folder), Species=species,
+               Detection="" if detection is None else str(detection))
+    if selected is not None:
+        row["Selected"] = "true" if selected else "false"
+    row.update({k: v for k, v in (("Reviewed", reviewed), ("Reviewer", reviewer)) if v})
+
+
 class AnswersBook:
     """One answers CSV as a book of answers keyed by `(image path, detection)`.
 
@@ -254,6 +274,7 @@ class AnswersBook:
         self.option = option  # how the user named the file, for error lines
         self.header: list[str] = list(REQUIRED_COLUMNS)
         self.rows: dict[Key, dict[str, str]] = {}  # every row, answered or not, by key (the last row wins)
+        self.lines: dict[Key, int] = {}  # where each row was read, for error lines
         self._seen = None
         if read:
             self._read()
@@ -294,7 +315,7 @@ class AnswersBook:
 
     def _read(self) -> None:
         self._seen = self._signature()
-        self.rows = {}
+        self.rows, self.lines = {}, {}
         if self._seen is None or not self.path.is_file():
             return
         data = self.path.read_bytes()
@@ -310,7 +331,7 @@ class AnswersBook:
             where = f"{self.path.name} line {line}"
             key = (join_key(row.get("RelativePath", ""), row.get("File", "")),
                    detection_index(row.get("Detection", ""), where))
-            self.rows[key] = row
+            self.rows[key], self.lines[key] = row, line
 
     def refresh(self) -> None:
         if self._signature() != self._seen:
@@ -321,7 +342,7 @@ class AnswersBook:
         self.refresh()
         out = {}
         for key, row in self.rows.items():
-            answer = _answer(self.path, 0, row)
+            answer = _answer(self.path, self.lines.get(key, 0), row)
             if answer is not None:
                 out[key] = answer
         return out
@@ -334,20 +355,11 @@ class AnswersBook:
         """
         self.refresh()
         for key, species in changes.items():
+            key = _normal(key)
             if not species:
                 self.rows.pop(key, None)
                 continue
-            path, detection = key
-            folder, name = split_key(path)
-            row = self.rows.setdefault(key, {})
-            row.update(File=name, RelativePath=timelapse_folder(folder), Species=species,
-                       Detection="" if detection is None else str(detection))
-            if selected is not None:
-                row["Selected"] = "true" if selected else "false"
-            if reviewed:
-                row["Reviewed"] = reviewed
-            if reviewer:
-                row["Reviewer"] = reviewer
+            _fill(self.rows.setdefault(key, {}), key, species, selected, reviewed, reviewer)
         self._write()
         return self.answers()
 
@@ -358,7 +370,7 @@ class AnswersBook:
         lines = []
         for key in sorted(self.rows, key=_order):
             row = self.rows[key]
-            lines.append([neutralise(row.get(c, "")) if c == "Species" else row.get(c, "") for c in columns])
+            lines.append([neutralise(row.get(c, "")) if c in TEXT_COLUMNS else row.get(c, "") for c in columns])
         self.header = columns
         atomic_write_text(self.path, csv_text(columns, lines))
         self._seen = self._signature()
@@ -368,11 +380,6 @@ def write_answers(path: str | Path, answers: Iterable[Answer]) -> None:
     """A new answers CSV (atomic) holding `answers`, sorted by image then detection."""
     book = AnswersBook(path, read=False)
     for a in answers:
-        folder, name = split_key(a.path)
-        row = {"File": name, "RelativePath": timelapse_folder(folder), "Species": a.species,
-               "Detection": "" if a.detection is None else str(a.detection)}
-        if a.selected is not None:
-            row["Selected"] = "true" if a.selected else "false"
-        row.update({k: v for k, v in (("Reviewed", a.reviewed), ("Reviewer", a.reviewer)) if v})
-        book.rows[a.key] = row
+        key = _normal(a.key)
+        _fill(book.rows.setdefault(key, {}), key, a.species, a.selected, a.reviewed, a.reviewer)
     book._write()

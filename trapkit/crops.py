@@ -37,7 +37,6 @@ and `trapkit.detections.qualifying` leaves such boxes out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image

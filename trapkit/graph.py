@@ -16,6 +16,7 @@ neither stage imports the other for it:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
@@ -83,11 +84,10 @@ def latest_changelog_entry(folder: Path) -> tuple[str, str] | None:
     path = Path(folder) / CHANGELOG_FILENAME
     if not path.is_file():
         return None
-    text = path.read_text(encoding="utf-8")
-    parts = text.split("\n## ")
-    if len(parts) < 2:
+    entries = re.split(r"(?m)^## ", path.read_text(encoding="utf-8"))[1:]  # [0]: the header, if any
+    if not entries:
         return None
-    title, _, rest = parts[1].partition("\n")
+    title, _, rest = entries[0].partition("\n")
     return title.strip(), rest.strip()
 
 

@@ -28,6 +28,9 @@ from pathlib import Path
 from trapkit.errors import TrapkitError
 
 N_TOKENS = 7
+# What a classifier answers above every taxon: "some animal", "cannot tell" (serve/postprocess's rollup). A
+# person who confirms one has named no class.
+ANIMAL, UNKNOWN = "animal", "unknown"
 RANKS = ("class", "order", "family", "genus", "species")
 FORMAT = "id;class;order;family;genus;species;common name"
 CSV_COLUMNS = ("label", "taxonomy")
@@ -125,15 +128,26 @@ def check_taxonomy(taxonomy, labels) -> tuple[str, ...]:
     return tuple(out)
 
 
-def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False,
-                      missing: list[str] | None = None) -> tuple[str, ...]:
+def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -> tuple[str, ...]:
     """The taxonomy strings for `labels` (in label order) from a `label,taxonomy` CSV.
 
     Every label needs exactly one row and every row a known label (unless `other_labels_ok`);
     the first kind of problem found is one `TrapkitError` line naming the rows (1-based, the
-    header is row 1). With a `missing` list, labels without a row are appended to it instead and
-    get `no_taxon(label)`.
+    header is row 1).
     """
+    strings, missing = _read_taxonomy(path, labels, other_labels_ok)
+    if missing:
+        raise TrapkitError(f"{path} has no row for {few(missing)}; add one row per class")
+    return strings
+
+
+def read_taxonomy_partly(path: str | Path, labels) -> tuple[tuple[str, ...], list[str]]:
+    """(strings, labels without a row) from a CSV that may lack rows for some labels (a run's, after a class was
+    added) and hold rows for others; a label without a row gets `no_taxon(label)`."""
+    return _read_taxonomy(path, labels, True)
+
+
+def _read_taxonomy(path: str | Path, labels, other_labels_ok: bool) -> tuple[tuple[str, ...], list[str]]:
     path = Path(path)
     rows = csv_rows(path, "taxonomy", CSV_COLUMNS)
     labels = list(labels)
@@ -161,13 +175,8 @@ def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False,
                            f"{few(labels)} (names must match exactly)")
     if problems["duplicate"]:
         raise TrapkitError(f"{path}: {few(problems['duplicate'])} repeat a label; keep one row per class")
-    lacking = [label for label in labels if label not in by_label]
-    if lacking and missing is None:
-        raise TrapkitError(f"{path} has no row for {few(lacking)}; add one row per class")
-    for label in lacking:
-        missing.append(label)
-        by_label[label] = no_taxon(label)
-    return tuple(by_label[label] for label in labels)
+    missing = [label for label in labels if label not in by_label]
+    return tuple(by_label.get(label) or no_taxon(label) for label in labels), missing
 
 
 def no_taxon(label: str) -> str:
