@@ -19,7 +19,7 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_write_text
 from trapkit.taxonomy import CSV_COLUMNS, read_taxonomy_partly
-from trapkit.train.run import POOL, SEED, VALIDATION, Run, trained_mask
+from trapkit.train.run import OK, POOL, SEED, VALIDATION, Run, trained_mask
 
 log = logging.getLogger(__name__)
 
