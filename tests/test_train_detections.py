@@ -180,10 +180,11 @@ def test_image_answers_label_the_selected_detections_and_detection_answers_one(t
     # b.jpg was not selected: its image answer labels every item of it (both kept as unselected labels).
     assert df["label"].tolist() == ["bear", "", WRONG_BOX, "dog", "dog"]
     assert (report.new, report.unselected, report.wrong_boxes) == (4, 2, 1)
-    from trapkit.train.loop import _trained_mask, head_classes
+    from trapkit.train.loop import head_classes
+    from trapkit.train.run import trained_mask
 
     assert head_classes(("bear", "dog"), df) == ("bear", "dog")  # WRONG_BOX is never a class
-    assert _trained_mask(df).tolist() == [True, False, False, True, True]
+    assert trained_mask(df).tolist() == [True, False, False, True, True]
 
 
 def test_answers_that_do_not_fit_the_items_are_refused_in_one_line(tmp_path):
