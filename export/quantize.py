@@ -234,52 +234,35 @@ def calibration_and_held_out(spec: ModelSpec, folder: Path | None, run_dir: Path
                                   f"held-out {n_held} of {len(inputs)} calibration inputs from {where}")
 
 
-def _run_rows(run_dir: Path):
-    from trapkit.train.run import Run
-
-    run = Run(run_dir)
-    if not run.manifest_path.is_file():
-        return None, None
-    df = run.load_manifest()
-    return run, df[df["status"] == "ok"]
-
-
-def _load_rows(run, df, rows, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(images (n, S, S, 3) uint8, kept positions) of manifest `rows`, prepared as the embedding saw them."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from trapkit.prepare import Preprocessing
-    from trapkit.train.embed import load_items
-
-    items = run.items(df.loc[rows])  # whole images, or detections cut by the run's crop policy
-    with ThreadPoolExecutor(2) as pool:
-        batch = load_items(items, Preprocessing.from_spec(spec), pool)
-    return batch.images, np.flatnonzero(batch.ok)
-
-
 def run_validation_images(run_dir: Path, spec: ModelSpec) -> HeldOut | None:
-    """The run's validation images whose class the model knows, with labels; None when it has none."""
-    run, df = _run_rows(run_dir)
-    if run is None:
+    """A seeded sample of the run's validation images whose class the model knows, with labels; None when it has
+    none."""
+    from trapkit.prepare import Preprocessing
+    from trapkit.train.runinfo import export_inputs
+
+    inputs = export_inputs(run_dir)
+    if inputs is None:
         return None
-    val = df[(df["split"] == "validation") & df["label"].isin(spec.labels)]
-    if not len(val):
+    known = np.flatnonzero([label in spec.labels for label in inputs.validation_labels])
+    if not len(known):
         return None
-    rows = val.index[np.sort(np.random.default_rng(0).permutation(len(val))[:RUN_HELDOUT_IMAGES])]
-    images, kept = _load_rows(run, df, rows, spec)
+    picks = known[np.sort(np.random.default_rng(0).permutation(len(known))[:RUN_HELDOUT_IMAGES])]
+    images, kept = inputs.validation(picks, Preprocessing.from_spec(spec))
     if not len(images):
         return None
     index = {name: i for i, name in enumerate(spec.labels)}
-    labels = np.array([index[name] for name in df.loc[rows, "label"]], np.int64)[kept]
+    labels = np.array([index[inputs.validation_labels[k]] for k in kept], np.int64)
     return HeldOut(images, labels, f"the run's validation images ({len(images)})")
 
 
 def run_calibration_images(run_dir: Path, spec: ModelSpec) -> np.ndarray:
     """(N, S, S, 3) uint8: a seeded sample of the run's labelled and pool images (never validation)."""
-    run, df = _run_rows(run_dir)
-    rows = df.index[(df["split"] != "validation").to_numpy()]
-    rows = rows[np.sort(np.random.default_rng(0).permutation(len(rows))[:RUN_CALIBRATION_IMAGES])]
-    images, _ = _load_rows(run, df, rows, spec)
+    from trapkit.prepare import Preprocessing
+    from trapkit.train.runinfo import export_inputs
+
+    inputs = export_inputs(run_dir)
+    picks = np.sort(np.random.default_rng(0).permutation(inputs.calibration_count)[:RUN_CALIBRATION_IMAGES])
+    images, _ = inputs.calibration(picks, Preprocessing.from_spec(spec))
     if not len(images):
         raise TrapkitError(f"no readable labelled or pool images in {run_dir} to calibrate int8; "
                            "give --calibration a folder of photos")

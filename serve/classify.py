@@ -184,7 +184,7 @@ def classify_images(paths: ClassifyPaths, runtime, settings: ClassifySettings = 
         atomic_write_json(paths.sequences_out, cct_document(result["images"], groups, times))
     if paths.video_out:
         atomic_write_json(paths.video_out, vid.video_results(result, job.frame_rates()))
-    summary = outputs.summarize(result, done)
+    summary = outputs.summarize(result, done, detector=paths.detections is not None)
     if paths.csv:
         outputs.write_csv(paths.csv, result, done)
     if paths.sort_into:
@@ -324,7 +324,7 @@ class ClassifyJob:
                 for j, crop in zip(by_number[number], crops_from_image(
                         img, [im["detections"][j]["bbox"] for j in by_number[number]], self.prep)):
                     crops[j] = crop
-        except (vid.VideoReadError, ImageReadError) as e:
+        except ImageReadError as e:
             out.failure = e.code
             log.warning("not classified: %s", e)
             return out
@@ -357,7 +357,7 @@ class ClassifyJob:
                         continue
                     boxes = None if self.whole else [images[i]["detections"][j]["bbox"] for j in staged[i].det_indices]
                     staged[i].crops = crops_from_image(img, boxes, self.prep)
-        except (vid.VideoReadError, ImageReadError) as e:
+        except ImageReadError as e:
             code = e.code
             log.warning("not classified: %s", e)
         except Exception as e:  # noqa: BLE001 - as for images: recorded, the run goes on
@@ -523,7 +523,7 @@ def _sampled_frames(root: Path, videos: list[str], every: int) -> list[dict]:
         try:
             count = vid.probe(safe_join(root, video)).frames
             failure = None if count else vid.FAILURE_NO_FRAMES
-        except (vid.VideoReadError, ImageReadError) as e:
+        except ImageReadError as e:
             count, failure = 0, e.code
             log.warning("not classified: %s", e)
         if failure:

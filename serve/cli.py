@@ -95,7 +95,8 @@ def _register_classify(subparsers, common) -> None:
                    help="where JPEGs are decoded and cropped: auto (the GPU when this machine has one, PyTorch with "
                    "CUDA, a GPU JPEG decoder and onnxruntime-gpu; else the CPU), cpu, or gpu (default auto)")
     add_ray_args(p, "classify")
-    p.set_defaults(func=_classify)
+    p.set_defaults(func=_classify, interrupted="work finished so far is kept: rerun the same command with --resume "
+                   "to go on")
 
 
 def _classify(args) -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapkit.flags import default_of, given
+from trapkit.flags import default_of, given, not_with
 from trapkit.serve.settings import DemoSettings
-from trapkit.web import add_server_args, check_server_args
+from trapkit.web import PAGE_INTERRUPTED, add_server_args, check_server_args
 
 
 def register(subparsers, common) -> None:
@@ -32,7 +32,7 @@ def register(subparsers, common) -> None:
                    help="requests from concurrent users classified in one model call "
                    f"(default {default_of(DemoSettings, 'max_batch_size')})")
     add_server_args(p)
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_demo, interrupted="the page is stopped")
 
     p = subparsers.add_parser(
         "review",
@@ -64,7 +64,7 @@ def register(subparsers, common) -> None:
     p.add_argument("--reviewer", default="", metavar="NAME",
                    help="who is answering: written beside each answer (Reviewer column; Camtrap DP's classifiedBy)")
     add_server_args(p)
-    p.set_defaults(func=_review)
+    p.set_defaults(func=_review, interrupted=PAGE_INTERRUPTED)
 
 
 def _demo(args) -> int:
@@ -78,6 +78,8 @@ def _demo(args) -> int:
 
 def _review(args) -> int:
     check_server_args(args.host, args.port)
+    not_with("--features", args.features is not None, {"--model": args.model is not None},
+             "'similar' sorts by the table's stored embeddings; give one of the two")
     from trapkit.serve.review import serve_review
 
     serve_review(args.results, args.images, args.answers, model=args.model, verified=args.write_verified,

@@ -284,8 +284,11 @@ def build_demo(runtime, detections: DetectionIndex | str | Path | None = None, t
     shown_labels = ", ".join(labels[:_LISTED_CLASSES]) + (
         f" and {len(labels) - _LISTED_CLASSES} more" if len(labels) > _LISTED_CLASSES else "")
     with gr.Blocks(title=f"trapkit demo: {spec.name}", **BLOCKS_OPTIONS) as demo:
-        gr.Markdown(f"## {spec.name}\nUpload camera-trap photos to see the top {settings.top_k} species for "
-                    f"{source}. {len(labels)} classes: {shown_labels}.")
+        # Only trapkit's own words go through Markdown; the model's name and labels are shown as plain text.
+        gr.Markdown(f"## trapkit demo\nUpload camera-trap photos to see the top {settings.top_k} species for "
+                    f"{source}.")
+        gr.Textbox(f"{spec.name}: {len(labels)} classes: {shown_labels}", label="Model", interactive=False,
+                   max_lines=4, elem_id="model")
         with gr.Row():
             with gr.Column(scale=1):
                 files = gr.File(label="Photos", file_count="multiple", elem_id="photos")
@@ -302,8 +305,8 @@ def build_demo(runtime, detections: DetectionIndex | str | Path | None = None, t
                 # JPEG: Gradio's default WebP costs ~130 ms per 1024 px photo, JPEG ~5 ms.
                 gallery = gr.Gallery(label="Labelled photos", columns=2, height="auto", object_fit="contain",
                                      format="jpeg", elem_id="gallery")
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Every region", interactive=False,
-                                     elem_id="table")
+                table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["str", "str", "str", "number", "str"],
+                                     label="Every region", interactive=False, elem_id="table")
         per_photo = gr.State([])
         # `change` also fires when an example fills `files`, so examples classify on click.
         gr.on([button.click, files.change, det_file.change], classify,

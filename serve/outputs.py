@@ -75,13 +75,15 @@ def top_species(im: dict, labels: dict) -> str | None:
     return labels[best["classifications"][0][0]]
 
 
-def summarize(result: dict, done: dict) -> Summary:
+def summarize(result: dict, done: dict, detector: bool = True) -> Summary:
+    """The run's counts. `detector`: the entries' own `failure`s are the detector's (else trapkit's own, as
+    for videos `--frame-sample` could not open)."""
     labels = result["classification_categories"]
     s = Summary(images=len(result["images"]))
     detections, images = Counter(), Counter()
     for i, im in enumerate(result["images"]):
         record = done.get(str(i))
-        if record is not None and record["failure"]:
+        if record is not None and record["failure"] or not detector and im.get("failure") is not None:
             s.failures += 1
             continue
         if im.get("failure") is not None:

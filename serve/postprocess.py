@@ -5,7 +5,8 @@ that is written out, in this order:
 
 1. Allow-list (`--allow-list CSV`, a geofence for a country or site; MegaDetector's
    `restrict_to_taxa_list` semantics without walking down). A class stays when the list
-   names it (its label, its common name, or its scientific name), when it is not a taxon
+   names it (its label, its common name, or its scientific name: all three name the same
+   taxon, with everything below it), when it is not a taxon
    (blank, vehicle) or when it is human. Any other class is removed and its probability
    goes to its nearest allowed ancestor: the lowest rank of its path that is, or is above,
    a taxon on the list (a fox under an allow-list naming only the gray wolf goes to
@@ -45,6 +46,9 @@ from trapkit.taxonomy import ANIMAL, RANKS, UNKNOWN, Taxon, ancestor, csv_rows, 
 log = logging.getLogger(__name__)
 
 CONF_DECIMALS = 4
+# Probabilities are float32: a whole softmax vector sums to 1.0 only within a few 1e-7, so a sum that
+# short of a bar reaches it (a bar of 1 must be reachable); far below what CONF_DECIMALS writes.
+BAR_TOLERANCE = 1e-6
 # SpeciesNet's own string for "an animal, no more precise", so tools that know it recognise it.
 ANIMAL_TAXON = "1f689929-883d-4dae-958c-3d57ab5b6c16;;;;;;animal"
 UNKNOWN_TAXON = ";;;;;;unknown"
@@ -144,14 +148,14 @@ def classify(probs: np.ndarray, plan: Plan, k: int) -> list[list]:
     order = live[np.argsort(-node[live], kind="stable")]  # descending, ties by id
     top = int(order[0])
     bar = plan.bars[top]
-    if math.isnan(bar) or node[top] >= bar:
+    if math.isnan(bar) or node[top] >= bar - BAR_TOLERANCE:
         return [_entry(c, node[c]) for c in order[:k]]
     answer, conf = plan.unknown, node[top]
     for anc in plan.levels:
         has = anc >= 0
         sums = np.bincount(anc[has], weights=node[has], minlength=len(plan.categories))
         best = int(np.argmax(sums))  # ties: the lowest id
-        if sums[best] >= bar:
+        if sums[best] >= bar - BAR_TOLERANCE:
             answer, conf = best, sums[best]
             break
     rest = [c for c in order if c != answer][:k - 1]
@@ -235,6 +239,9 @@ def _allow(table: _Table, allow: AllowList) -> np.ndarray:
     for latin, common, label in allow.rows:
         if label in labels:
             allowed_labels.add(label)
+            named = table.taxa[labels.index(label)] if table.taxa else None
+            if named is not None and named.is_taxon:  # as if named by its scientific name
+                allowed_paths.add(named.path)
         elif latin in names:
             allowed_paths |= names[latin]
             for path in names[latin] if common else ():

@@ -21,7 +21,7 @@ import numpy as np
 
 from trapkit.errors import TrapkitError
 from trapkit.graph import (
-    EMBEDDING, GRAPH_FILENAMES, INPUT_NAME, PRECISION_PROP, PROBS, read_spec, spec_from_metadata,
+    EMBEDDING, GRAPH_FILENAMES, INPUT_NAME, PRECISION_PROP, PROBS, check_probs_width, read_spec, spec_from_metadata,
 )
 from trapkit.machine import available_cpus
 
@@ -124,6 +124,11 @@ class OnnxRuntime:
                                "the graph and its metadata disagree: re-export the model")
         width = outputs.get(EMBEDDING, [None])[-1]
         self.embedding_size = width if isinstance(width, int) else None  # D, or None: no embedding output
+        classes = outputs[PROBS][-1] if outputs[PROBS] else None  # C, or a name when the graph leaves it open
+        if not isinstance(classes, int):
+            classes = self.predict(np.zeros((1, size, size, 3), np.uint8)).shape[-1]
+        check_probs_width(classes, self.spec, str(self.path),
+                          "the graph and its metadata disagree: re-export the model")
 
     def _session(self, ort, options, providers):
         available = ort.get_available_providers()

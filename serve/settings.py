@@ -58,7 +58,7 @@ class ClassifySettings:
     def __post_init__(self):
         for name in ("top_k", "batch_size", "workers", "concurrency", "checkpoint_every", "frame_sample"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise TrapkitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise TrapkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.sequence_gap >= 0:
             raise TrapkitError(f"--sequence-gap {self.sequence_gap:g} must be 0 seconds or more")
         _check_policy_overrides(self)

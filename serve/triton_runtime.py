@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.graph import EMBEDDING, TRITON_SPEC_PARAMETER
+from trapkit.graph import EMBEDDING, TRITON_SPEC_PARAMETER, check_probs_width
 from trapkit.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,16 @@ class TritonRuntime:
         self.io = self._io_from_config(config)
         self.embedding_size = self.io.embedding_size
         self.spec = spec or self._spec_from_config(config)
+        advice = ("pass the --model that was exported to this server, or leave --model out" if spec is not None else
+                  "its config's trapkit.spec and its outputs disagree: re-export it with trapkit export --triton")
         if self.spec.input_size != self.io.input_size or self.io.num_classes not in (-1, self.spec.num_classes):
             raise TrapkitError(
                 f"Triton model {model_name!r} takes {self.io.input_size} px images into {self.io.num_classes} classes "
-                f"but the model spec says {self.spec.input_size} px, {self.spec.num_classes} classes; "
-                "pass the --model that was exported to this server, or leave --model out"
+                f"but the model spec says {self.spec.input_size} px, {self.spec.num_classes} classes; {advice}"
             )
+        if self.io.num_classes == -1:  # the config leaves the width open: ask the model
+            probe = np.zeros((1, self.io.input_size, self.io.input_size, 3), np.uint8)
+            check_probs_width(self._infer_chunk(probe).shape[1], self.spec, f"Triton model {model_name!r}", advice)
         self.name = f"{self.spec.name} (Triton {model_name} at {url})"
         log.info("Triton model %s at %s: %d classes, %d px, max batch %d", model_name, url,
                  self.spec.num_classes, self.io.input_size, self.io.max_batch_size)

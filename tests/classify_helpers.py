@@ -40,8 +40,9 @@ def animal(bbox=(0.2, 0.2, 0.4, 0.4), conf=0.9) -> dict:
     return {"category": "1", "conf": conf, "bbox": list(bbox)}
 
 
-def onnx_with_taxonomy(src: Path, dst: Path, taxonomy: tuple[str, ...]) -> Path:
-    """A copy of a trapkit model.onnx whose spec metadata carries `taxonomy` strings."""
+def onnx_with_spec(src: Path, dst: Path, **changes) -> Path:
+    """A copy of a trapkit model.onnx whose spec metadata has `changes` (taxonomy, labels, name, ...), its graph
+    untouched."""
     import onnx
 
     from trapkit.spec import ModelSpec
@@ -50,7 +51,7 @@ def onnx_with_taxonomy(src: Path, dst: Path, taxonomy: tuple[str, ...]) -> Path:
     proto = onnx.load(str(dst))
     for prop in proto.metadata_props:
         if prop.key == "trapkit.spec":
-            prop.value = ModelSpec.from_json(prop.value).replace(taxonomy=taxonomy).to_json()
+            prop.value = ModelSpec.from_json(prop.value).replace(**changes).to_json()
     onnx.save(proto, str(dst))
     return dst
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "trapkit" / "data" / "camera-traps"
 TINY_LABELS = ("bear", "cattle", "dog", "elephant", "ocelot")
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt during the test, as Ctrl-C does in a terminal, also when the suite was
+    started from a shell that ignores SIGINT (background jobs, some CI runners): Python then leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from classify_helpers import animal, megadetector_validate, onnx_with_taxonomy, write_detections
+from classify_helpers import animal, megadetector_validate, onnx_with_spec, write_detections
 from trapkit.app.cli import main
 from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
 from trapkit.serve.runtime import open_runtime
@@ -67,7 +67,7 @@ def test_output_is_megadetector_1_6_and_preserves_the_input(samples_dir, tiny_on
 
 def test_taxonomy_becomes_category_descriptions(samples_dir, tiny_onnx_path, tmp_path):
     taxonomy = tuple(f";mammalia;order;family;genus;{x};{x}" for x in ("bear", "cattle", "dog", "elephant", "ocelot"))
-    model = onnx_with_taxonomy(tiny_onnx_path, tmp_path / "tax.onnx", taxonomy)
+    model = onnx_with_spec(tiny_onnx_path, tmp_path / "tax.onnx", taxonomy=taxonomy)
     code, out = _classify(samples_dir, model, tmp_path, "--categories", "animal", "person", "--threshold", "0.5")
     assert code == 0
     assert out["classification_category_descriptions"]["4"] == taxonomy[4]
@@ -257,7 +257,7 @@ def test_smooth_flag_runs_end_to_end(samples_dir, tiny_onnx_path, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--link"], "--link only applies with --sort-into"),
     (["--sequence-gap", "5"], "--sequence-gap only applies with --smooth"),
-    (["--batch-size", "0"], "batch-size must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--margin", "-1"], "crop margin -1.0 is out of range"),
 ])
 def test_bad_flags_are_one_line_errors(samples_dir, tiny_onnx_path, tmp_path, capsys, flags, message):
@@ -319,4 +319,5 @@ def test_an_image_with_thousands_of_boxes_is_bounded(samples_dir, tmp_path, capl
     (kept,) = qualifying(doc, 0.1, ["animal"]).values()
     assert len(kept) == MAX_ITEMS_PER_IMAGE and kept == sorted(kept)
     assert min(boxes[j]["conf"] for j in kept) > max(b["conf"] for j, b in enumerate(boxes) if j not in set(kept))
-    assert "only the 500 most confident of each are" in caplog.text
+    assert "1 image(s) have more than 500 qualifying detections (e.g. 'ocelot.jpg'); only the 500 most confident of " \
+        "each are used" in caplog.text

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from classify_helpers import (
-    FITTED_CLASSES, fitted_model, megadetector_module, megadetector_validate, onnx_with_taxonomy, top1,
+    FITTED_CLASSES, fitted_model, megadetector_module, megadetector_validate, onnx_with_spec, top1,
 )
 from cli_helpers import one_line_error
 from trapkit.app.cli import main
@@ -40,7 +40,7 @@ def fitted(tiny_model_dir, samples_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fitted_taxonomy(fitted, tmp_path_factory):
-    return onnx_with_taxonomy(fitted, tmp_path_factory.mktemp("fitted_tax") / "model.onnx", TAXONOMY)
+    return onnx_with_spec(fitted, tmp_path_factory.mktemp("fitted_tax") / "model.onnx", taxonomy=TAXONOMY)
 
 
 def _run(images, model, out, *flags, detections=None) -> dict:

@@ -18,6 +18,7 @@ import pytest
 
 from classify_helpers import megadetector_module, megadetector_validate, top1
 from trapkit.app.cli import main
+from trapkit.images import FAILURE_TOO_LARGE
 from trapkit.prepare import crops_from_image
 from trapkit.serve.classify import KILL_AFTER_ENV
 from trapkit.serve.postprocess import classify, plain_plan
@@ -26,7 +27,7 @@ from trapkit.serve.settings import ClassifySettings
 from trapkit.video import (
     FAILURE_MISSING, FAILURE_NO_FRAMES, FAILURE_PAST_END, FAILURE_TRUNCATED, FAILURE_UNREADABLE, read_frames,
 )
-from video_helpers import video_set
+from video_helpers import png_video, video_set
 
 PHOTOS = ["african_elephants.jpg", "american_black_bear.jpg", "blank.jpg", "blank2.jpg", "blank3.jpg",
           "domestic_cattle.jpg", "domestic_dog.jpg", "human.jpg", "ocelot.jpg", "vehicle.jpg"]  # frame n: n % 10
@@ -159,11 +160,29 @@ def test_frame_sample_classifies_every_nth_frame_whole(videos, tiny_onnx_path, t
     megadetector_validate(tmp_path / "videos.json")
 
 
+def test_frame_sample_counts_its_own_failures_not_the_detectors(videos, tiny_onnx_path, tmp_path, capsys):
+    root, found = videos
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(found["avi"], folder / "trap.avi")
+    shutil.copy(found["junk"], folder / "junk.mp4")
+    png_video(folder / "huge.avi", frame=(64, 48), stated=(13400, 13400))  # over the photo limit, by its header
+    out = tmp_path / "out.json"
+    assert main(["classify", str(folder), "--model", str(tiny_onnx_path), "--frame-sample", "5", "--out",
+                 str(out)]) == 0
+    entries = _by_file(json.loads(out.read_text()))
+    assert entries["junk.mp4/frame000000.jpg"]["failure"] == FAILURE_UNREADABLE
+    assert entries["huge.avi/frame000000.jpg"]["failure"] == FAILURE_TOO_LARGE
+    printed = capsys.readouterr().out
+    assert "4 detections classified in 4 of 6 images; 2 images failed\n" in printed  # no detector ran
+    assert "detector" not in printed
+
+
 def test_frame_sample_must_be_positive(videos, tiny_onnx_path, tmp_path, capsys):
     root, _ = videos
     assert main(["classify", str(root), "--model", str(tiny_onnx_path), "--frame-sample", "0", "--out",
                  str(tmp_path / "out.json")]) == 1
-    assert "frame-sample must be at least 1, got 0" in capsys.readouterr().err
+    assert "--frame-sample must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

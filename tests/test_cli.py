@@ -80,3 +80,45 @@ def test_quickstart_unreadable_image_is_reported_and_others_still_classified(tmp
 def test_verbose_shows_the_traceback(tmp_path):
     code, _, err = run_cli(["quickstart", "-v", "--images", str(tmp_path / "nowhere")], tmp_path)
     assert code == 1 and "Traceback" in err and "trapkit: error:" in err
+
+
+def _help(capsys, *command) -> str:
+    """`trapkit COMMAND --help`, with its lines joined as one text."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_states_the_defaults_of_the_settings(capsys):
+    from trapkit.export.triton import TritonSettings
+    from trapkit.flags import default_of
+    from trapkit.app.quickstart import QuickstartSettings
+    from trapkit.train.settings import HeadSettings
+
+    text = _help(capsys, "quickstart")
+    for flag, name in (("--backbone", "backbone"), ("--weights", "weights"), ("--top-k", "top_k")):
+        default = default_of(QuickstartSettings, name)
+        assert f"(default {default})" in text.split(flag, 2)[2][:200], flag  # in the flag's own help
+    text = _help(capsys, "export")
+    assert f"default {default_of(TritonSettings, 'backend')}" in text.split("--triton-backend", 2)[2][:250]
+    # The head's epoch cap says what really runs: at least min_steps steps, and no cap below holdout_min labels.
+    steps, holdout = default_of(HeadSettings, "min_steps"), default_of(HeadSettings, "holdout_min")
+    text = _help(capsys, "al", "init").split("--head-max-epochs", 2)[2][:400]
+    assert f"first {steps} optimiser steps" in text and f"fewer than {holdout} labels" in text
+    assert f"(default {default_of(HeadSettings, 'max_epochs')})" in text
+
+
+def test_ctrl_c_says_what_each_command_keeps():
+    from trapkit.app.cli import INTERRUPTED, build_parser
+
+    parser = build_parser()
+
+    def said(*argv) -> str:  # what `main` prints after "trapkit: interrupted;" for this command line
+        return getattr(parser.parse_args(list(argv)), "interrupted", INTERRUPTED)
+
+    assert "--resume" in said("classify", "images", "--model", "m.onnx", "--out", "out.json")
+    for argv in (["review", "r.json", "--images", "i", "--answers", "a.csv"], ["label", "run"],
+                 ["demo", "--model", "m.onnx"], ["al", "next", "run"], ["export", "run", "--out", "o"]):
+        assert "--resume" not in said(*argv) and "classify" not in said(*argv), argv
+    assert "answer" in said("review", "r.json", "--images", "i", "--answers", "a.csv")
+    assert "answer" in said("label", "run")

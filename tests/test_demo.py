@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from web_helpers import client, huge_png, launched, outside_connections
+from web_helpers import client, huge_png, launched, outside_connections, status_of
 
 from trapkit.app.cli import main
 from trapkit.serve.demo import DemoSettings, DetectionIndex, build_demo, classify_requests
@@ -253,6 +253,48 @@ def test_pages_answer_only_their_own_host_names(runtime):
 
         assert status_for(f"127.0.0.1:{port}") == 200 and status_for(f"localhost:{port}") == 200
         assert status_for(f"evil.example:{port}") == 400 and status_for("evil.example") == 400
+
+
+def _upload(url: str, origin: str | None, data: bytes) -> int:
+    """POST one file to the page's upload route as a browser form would; the HTTP status."""
+    import urllib.request
+
+    boundary = "trapkit-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"blob.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    if origin is not None:
+        request.add_header("Origin", origin)
+    return status_of(request)
+
+
+@pytest.mark.slow
+def test_uploads_come_only_from_the_page_itself_and_what_they_store_is_capped(runtime, tmp_path, monkeypatch):
+    import os
+    import urllib.request
+
+    store = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(store))  # where this page keeps uploads
+
+    def stored() -> int:  # the uploads (the store also holds copies of the bundled example photos)
+        return sum(f.stat().st_size for f in store.rglob("blob.bin"))
+
+    def blob() -> bytes:  # a new one each time: the store keeps one copy of identical uploads
+        return os.urandom(300_000)
+
+    with launched(build_demo(runtime), max_stored=700_000) as url:
+        # Another website's page, in the browser of someone who has the demo open: refused, nothing kept.
+        for origin in ("http://evil.example", "null", url.rstrip("/") + ".evil.example"):
+            assert _upload(url, origin, blob()) == 403, origin
+        assert stored() == 0
+        assert _upload(url, url.rstrip("/"), blob()) == 200  # the page itself
+        assert _upload(url, None, blob()) == 200  # no Origin: not a browser on another site (gradio_client, curl)
+        assert _upload(url, url.rstrip("/"), blob()) == 413  # a third would pass the cap
+        assert stored() == 600_000
+        with urllib.request.urlopen(url, timeout=60) as page:
+            policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "connect-src 'self'" in policy and "img-src 'self' data: blob:" in policy
 
 
 def test_allowed_host_names_follow_the_listening_address():

@@ -160,6 +160,23 @@ def test_a_run_folder_is_measured_on_its_validation_images(trained_run, tmp_path
     assert agreement["flip_margin"] == pytest.approx(float(lead[flipped].max()) if flipped.any() else 0.0)
 
 
+def test_a_run_gives_export_its_readable_items_never_validation_for_calibration(trained_run, tmp_path):
+    import shutil
+
+    from trapkit.train.run import Run
+    from trapkit.train.runinfo import export_inputs
+
+    inputs = export_inputs(trained_run)
+    assert inputs.calibration_count == 12 + 24 and len(inputs.validation_labels) == 9
+    df = Run(trained_run).load_manifest()
+    assert sorted(inputs.validation_labels) == sorted(df.loc[df["split"] == "validation", "label"])
+    copy = shutil.copytree(trained_run, tmp_path / "run")
+    df.loc[df.index[df["split"] == "pool"][0], "status"] = "unreadable"  # as a round marks a deleted image
+    Run(copy).save_manifest(df)
+    assert export_inputs(copy).calibration_count == 12 + 23
+    assert export_inputs(tmp_path / "not_a_run") is None
+
+
 def test_a_calibration_folder_with_a_run_still_measures_on_validation(trained_run, tmp_path, samples_dir):
     out = tmp_path / "out"
     assert main(["export", str(trained_run), "--out", str(out), "--quantize", "int8", "--min-agreement", "0",

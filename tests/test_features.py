@@ -243,6 +243,7 @@ def test_resume_after_sigkill_writes_the_uninterrupted_table(burst, tiny_onnx_pa
         assert not parts.exists()
 
 
+@pytest.mark.usefixtures("ctrl_c")  # the test sends itself SIGINT
 def test_resume_refuses_a_features_mismatch(burst, tiny_onnx_path, tmp_path, capsys, monkeypatch):
     from trapkit.serve.classify import KILL_AFTER_ENV, KILL_SIGNAL_ENV
 

@@ -105,6 +105,25 @@ def test_class_thresholds_roll_up_or_say_unknown_without_taxonomy():
     assert _named(classify(_p(coyote=0.4, wolf=0.3, fox=0.3), both, 1), both) == [("canis", 0.7)]
 
 
+def _softmax(**logits) -> np.ndarray:
+    """(C,) float32 softmax over the named classes, as a model computes it; the rest zero."""
+    z = np.array(list(logits.values()), np.float32)
+    e = np.exp(z - z.max())
+    return _p(**dict(zip(logits, e / e.sum())))
+
+
+def test_a_bar_of_one_is_reached_by_float32_sums_that_are_one():
+    """A float32 softmax summed falls a few 1e-8 short of 1.0: a bar of 1 must still be reachable."""
+    canids = _softmax(wolf=1, coyote=1, fox=1.3)
+    assert canids.astype(np.float64).sum() < 1.0
+    plan = make_plan(LABELS, TAXONOMY, rollup=1.0)
+    assert _named(classify(canids, plan, 1), plan) == [("canidae", 1.0)]  # not "unknown"
+    mammals = _softmax(deer=3, wolf=1, coyote=1)
+    assert mammals.astype(np.float64).sum() < 1.0
+    plan = make_plan(LABELS, TAXONOMY, thresholds={"deer": 1.0})
+    assert _named(classify(mammals, plan, 1), plan) == [("mammalia", 1.0)]
+
+
 def _allow_csv(tmp_path, rows, header="latin,common"):
     path = tmp_path / "allow.csv"
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
@@ -135,6 +154,23 @@ def test_allow_list_by_label_common_name_and_renamed_taxa(tmp_path):
     # Without taxonomy only labels can be named, and removed classes become unknown.
     plain = build_plan(LABELS, None, PostSettings(allow_list=_allow_csv(tmp_path, ["wolf", "fox"], "label")))
     assert _named(classify(_p(wolf=0.3, coyote=0.4, bobcat=0.3), plain, 2), plain) == [("unknown", 0.7), ("wolf", 0.3)]
+
+
+@pytest.mark.parametrize("name", ["mammal", "wolf"])
+def test_a_class_on_an_allow_list_is_the_same_by_label_latin_or_common_name(tmp_path, name):
+    labels, taxonomy = [*LABELS, "mammal"], [*TAXONOMY, ";mammalia;;;;;mammal"]  # a class at the rank of class
+    spelled = {"mammal": [("label", "mammal"), ("latin", "Mammalia"), ("common", "mammal")],
+               "wolf": [("label", "wolf"), ("latin", "canis lupus"), ("common", "Gray Wolf")]}[name]
+    probs = np.zeros(len(labels), np.float32)
+    probs[[labels.index("deer"), labels.index("coyote"), labels.index("turkey")]] = 0.5, 0.3, 0.2
+    answers = []
+    for header, row in spelled:
+        plan = build_plan(labels, taxonomy, PostSettings(allow_list=_allow_csv(tmp_path, [row], header)))
+        answers.append(_named(classify(probs, plan, 3), plan))
+    assert answers[0] == answers[1] == answers[2], spelled
+    expected = {"mammal": [("mammal", 0.8), ("animal", 0.2)],  # the deer and coyote are mammals
+                "wolf": [("mammal", 0.5), ("canis", 0.3), ("animal", 0.2)]}[name]  # the coyote is of the wolf's genus
+    assert answers[0][:len(expected)] == expected
 
 
 def test_allow_list_matches_megadetectors_restrict_to_taxa_list(tmp_path):

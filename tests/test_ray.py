@@ -285,6 +285,7 @@ def test_a_driver_killed_mid_run_on_ray_resumes_locally(cluster, season, referen
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ctrl_c")  # the test sends itself SIGINT
 def test_ray_local_resumes_an_interrupted_local_run(cluster_env, season, reference, tiny_onnx_path, tmp_path,
                                                     monkeypatch):
     images, md = season

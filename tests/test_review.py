@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from classify_helpers import megadetector_validate
 from review_helpers import browser, make_review_case, press, read_rows, row_key
+from web_helpers import free_port, status_of
 
 from trapkit import grid
 from trapkit.app.cli import main
@@ -159,11 +160,7 @@ def _get(url: str, host: str | None = None, data: bytes | None = None, content_t
         req.add_header("Content-Type", content_type)
     if origin:
         req.add_header("Origin", origin)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
+    return status_of(req)
 
 
 def test_only_this_machine_and_this_page_may_talk_to_the_server(case, tmp_path):
@@ -181,6 +178,84 @@ def test_only_this_machine_and_this_page_may_talk_to_the_server(case, tmp_path):
         assert _get(url + "api/decide", data=change, content_type="application/json") == 200
         assert _get(url + "thumb?key=nothing%230") == 404
     assert list(read_rows(answers).values()) == [WRONG_BOX]
+
+
+def _raw_post(url: str, length: str | None, body: bytes = b"") -> tuple[int, bytes]:
+    """POST /api/decide with whatever Content-Length header (None: none), then `body` and the end of what
+    is sent; (status, response body), or (0, b"") when the server closed without answering."""
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    head = f"POST /api/decide HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {length}\r\n" if length is not None else ""
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    if not reply:
+        return 0, b""
+    return int(reply.split(b" ", 2)[1]), reply.partition(b"\r\n\r\n")[2]
+
+
+def test_a_bad_content_length_is_refused_before_the_body_is_read(case, tmp_path, capfd):
+    answers = tmp_path / "answers.csv"
+    with grid.start(_app(case, answers)) as server:
+        assert _raw_post(server.url, "abc") == (400, b'{"error": "Content-Length must be a whole number of bytes"}')
+        # -1 or no length: reading the body would go on to the end of the connection, past MAX_BODY.
+        assert _raw_post(server.url, "-1") == (400, b'{"error": "Content-Length must be a whole number of bytes"}')
+        assert _raw_post(server.url, None) == (411, b'{"error": "send a Content-Length"}')
+        change = json.dumps({"changes": [{"key": server.app.items[0].key, "species": WRONG_BOX}]}).encode()
+        assert _raw_post(server.url, str(len(change)), change)[0] == 200  # well sent
+    assert "Traceback" not in capfd.readouterr().err
+    assert list(read_rows(answers).values()) == [WRONG_BOX]
+
+
+def _stop_when_serving(before_stop=lambda url: None) -> None:
+    """Press Ctrl-C once the page says it serves (its log line), after `before_stop(url)`."""
+    import logging
+    import re
+    import signal
+    import threading
+
+    main_thread = threading.main_thread()
+
+    class Serving(logging.Handler):
+        def emit(self, record):
+            found = re.search(r"open (\S+) \(Ctrl\+C to stop\)", record.getMessage())
+            if found:
+                logging.getLogger("trapkit").removeHandler(self)
+                threading.Thread(target=stop, args=(found[1],), daemon=True).start()
+
+    def stop(url):
+        try:
+            before_stop(url)
+        finally:
+            signal.pthread_kill(main_thread.ident, signal.SIGINT)  # Ctrl-C, to the thread serving the page
+
+    logging.getLogger("trapkit").addHandler(Serving())
+
+
+@pytest.mark.usefixtures("ctrl_c")
+def test_stopping_the_page_names_the_answers_file_only_once_it_holds_answers(case, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="trapkit")
+    answers = tmp_path / "answers.csv"
+    argv = ["review", str(case["results"]), "--images", str(case["images"]), "--answers", str(answers)]
+    _stop_when_serving()
+    assert main([*argv, "--port", str(free_port())]) == 0
+    assert f"stopped; nothing was answered, so {answers} was not written" in caplog.text
+    assert "answers are in" not in caplog.text and not answers.exists()
+
+    def answer_one(url):
+        key = json.loads(urllib.request.urlopen(url + "api/page?order=high&page=0&size=1", timeout=30).read())
+        change = json.dumps({"changes": [{"key": key["items"][0]["key"], "species": WRONG_BOX}]}).encode()
+        assert _get(url + "api/decide", data=change, content_type="application/json") == 200
+
+    caplog.clear()
+    _stop_when_serving(answer_one)
+    assert main([*argv, "--port", str(free_port())]) == 0
+    assert f"stopped; answers are in {answers}" in caplog.text and len(read_rows(answers)) == 1
 
 
 # -- bad input: one line each -------------------------------------------------------------------------
@@ -217,6 +292,10 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, samples_dir):
         assert "the file is read-only" in _review(capsys, results, "--images", images, "--answers", locked)
     assert "features table" in _review(capsys, results, "--images", images, "--answers", answers,
                                        "--features", tmp_path / "none.parquet")
+    err = _review(capsys, results, "--images", images, "--answers", answers, "--features", tmp_path / "f.parquet",
+                  "--model", tmp_path / "model.onnx")
+    assert err.endswith("--model does not apply with --features; 'similar' sorts by the table's stored embeddings; "
+                        "give one of the two")
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("name,value\na,1\n")
     assert "is not an answers CSV" in _review(capsys, results, "--images", images, "--answers", foreign)

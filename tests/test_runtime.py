@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from classify_helpers import onnx_with_spec
 
 from trapkit.errors import TrapkitError
 from trapkit.prepare import Preprocessing, prepare_image
@@ -67,15 +68,16 @@ def test_model_without_trapkit_metadata_is_refused(tmp_path):
         open_runtime(path)
 
 
-def _graph_with_spec(path, nodes, spec_json: str, side: int = 32):
-    """A tiny ONNX graph `images` (N, side, side, 3) uint8 -> `probs`, carrying a trapkit spec in its metadata."""
+def _graph_with_spec(path, nodes, spec_json: str, side: int = 32, classes: int = 7):
+    """A tiny ONNX graph `images` (N, side, side, 3) uint8 -> `probs` (N, classes), carrying a trapkit spec in
+    its metadata. Its initializer `shape` is (-1, classes): a reshape to it fits only some batch sizes."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("images", TensorProto.UINT8,
                                                                            [None, side, side, 3])],
-                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, None)],
-                              initializer=[helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 7])])
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, classes])],
+                              initializer=[helper.make_tensor("shape", TensorProto.INT64, [2], [-1, classes])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     model.metadata_props.add(key="trapkit.spec", value=spec_json)
     onnx.save(model, str(path))
@@ -94,12 +96,32 @@ def test_graph_and_spec_that_disagree_or_fail_at_run_time_are_one_line_errors(tm
     with pytest.raises(TrapkitError, match="graph and its metadata disagree"):
         open_runtime(_graph_with_spec(tmp_path / "a.onnx", [cast, helper.make_node("Identity", ["f"], ["probs"])],
                                       spec.replace(input_size=48).to_json()))
-    # A graph that fails while it runs (a reshape that cannot fit; an allocation too big fails the same way).
+    # A graph that fails while it runs (a reshape that cannot fit 2 images of 32 x 32 x 3 values into rows of 5;
+    # an allocation too big fails the same way).
     runtime = open_runtime(_graph_with_spec(tmp_path / "b.onnx",
                                             [cast, helper.make_node("Reshape", ["f", "shape"], ["probs"])],
-                                            spec.to_json()))
+                                            spec.to_json(), classes=spec.num_classes))
     with pytest.raises(TrapkitError, match="the model failed on a batch of 2 images"):
         runtime.predict(np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_a_model_whose_labels_do_not_match_its_outputs_is_refused_when_it_loads(tiny_onnx_path, samples_dir,
+                                                                                  tmp_path, capsys):
+    from trapkit.app.cli import main
+
+    three = onnx_with_spec(tiny_onnx_path, tmp_path / "three.onnx", labels=("bear", "cattle", "dog"))  # gives 5
+    with pytest.raises(TrapkitError, match="gives 5 class probabilities per image but its spec names 3 classes; "
+                                           "the graph and its metadata disagree: re-export the model"):
+        open_runtime(three)
+    assert main(["classify", str(samples_dir), "--model", str(three), "--out", str(tmp_path / "out.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "its spec names 3 classes" in err, err
+    assert not (tmp_path / "out.json").exists()
+    from trapkit.serve.demo import serve_demo
+
+    with pytest.raises(TrapkitError, match="its spec names 3 classes"):  # not a page that fails on every photo
+        app, _ = serve_demo(str(three), block=False)
+        app.close()
 
 
 def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp_path, capsys):

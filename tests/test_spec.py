@@ -38,6 +38,8 @@ def test_fields_from_a_newer_writer_are_carried_not_fatal():
     [
         ({"labels": ()}, "no class labels"),
         ({"labels": ("deer", "deer", "fox")}, "duplicate class labels"),
+        ({"labels": ("deer", "", "fox")}, "model spec label is empty; every class needs a name"),
+        ({"labels": ("deer", "fox", " ")}, "model spec label is empty; every class needs a name"),
         ({"taxonomy": ("a",)}, "taxonomy strings"),
         ({"taxonomy": ("a;b", "c;d", "e;f")}, "'deer' has 2 tokens, not 7"),
         ({"taxonomy": TAXONOMY[:2] + (";mammalia;;suidae;;;boar",)}, "'boar' has a family but no order"),

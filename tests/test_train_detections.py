@@ -65,6 +65,22 @@ def test_every_qualifying_detection_is_one_item_with_its_box_time_and_sequence(r
     out = capsys.readouterr().out
     assert "3 pool image(s) have no detection at or above the threshold" in out
     assert "round 1: 4 item(s) from 4 sequence(s)" in out
+    # What the scan found before the run folder existed is in the run's log too.
+    assert "note: 3 pool image(s) have no detection at or above the threshold" in r.log_path.read_text()
+
+
+def test_a_crowded_image_is_a_whole_note_of_the_scan(trees, tmp_path):
+    from trapkit.train.scan import detection_items
+
+    doc = json.loads(trees["pool_md"].read_text())
+    crowded = doc["images"][0]
+    crowded["detections"] = [{"category": "1", "conf": 0.5 + k / 10_000, "bbox": [0.001 * k, 0.1, 0.05, 0.05]}
+                             for k in range(501)]
+    (tmp_path / "md.json").write_text(json.dumps(doc))
+    found = detection_items(trees["pool"], tmp_path / "md.json", 0.1, ["animal"], "--detections", "--unlabelled")
+    assert sum(d.path == crowded["file"] for d in found.items) == 500
+    assert f"1 image(s) have more than 500 qualifying detections (e.g. '{crowded['file']}'); only the 500 most " \
+        "confident of each are used" in found.problems
 
 
 def test_requests_are_one_row_per_image_and_the_guesses_list_each_detection(run, trees):

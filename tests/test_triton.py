@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from triton_repo import copy_broken, copy_without_spec
+from triton_repo import copy_broken, copy_relabelled, copy_without_spec
 from triton_server import TritonServer, free_port
 from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
@@ -47,12 +47,14 @@ def tiny_repo(exported):
 
 @pytest.fixture(scope="module")
 def triton_repo(exported, tmp_path_factory):
-    """The tiny model, the same without a spec parameter, and a model that fails to load."""
+    """The tiny model, the same without a spec parameter, a model that fails to load, and one whose spec names
+    fewer classes than it gives probabilities."""
     repo = tmp_path_factory.mktemp("triton_repo") / "repo"
     shutil.copytree(exported[1], repo)
     copy_without_spec(repo, MODEL, f"{MODEL}_nospec")
     # Its initialize fails: the server stays up and ready (readiness not strict) with it UNAVAILABLE.
     copy_broken(repo, MODEL, "broken", "weights missing")
+    copy_relabelled(repo, MODEL, f"{MODEL}_3labels", ("bear", "cattle", "dog"))  # the model gives 5
     return repo
 
 
@@ -113,6 +115,15 @@ def test_local_spec_that_does_not_fit_the_server_is_refused(triton, onnx_path):
     other = read_spec(onnx_path).replace(labels=("cat", "dog"))
     with pytest.raises(TrapkitError, match=r"into 5 classes but the model spec says 32 px, 2 classes; pass"):
         TritonRuntime(triton.url, MODEL, spec=other)
+
+
+def test_a_served_model_whose_spec_names_other_classes_is_refused_when_it_loads(triton):
+    from trapkit.serve.triton_runtime import TritonRuntime
+
+    with pytest.raises(TrapkitError, match=f"Triton model '{MODEL}_3labels' gives 5 class probabilities per image but "
+                                           "its spec names 3 classes; its config's trapkit.spec and its outputs "
+                                           "disagree: re-export it with trapkit export --triton"):
+        TritonRuntime(triton.url, f"{MODEL}_3labels")
 
 
 def test_predict_matches_onnxruntime_and_single_images(triton, onnx_path, photos):
@@ -215,7 +226,8 @@ def test_server_not_there_is_one_line_error(onnx_path, samples_dir, tmp_path, ca
 def test_unknown_model_names_the_served_ones(triton):
     from trapkit.serve.triton_runtime import TritonRuntime
 
-    with pytest.raises(TrapkitError, match=r"no ready model 'nope' \(models there: broken, tiny, tiny_nospec\); check"):
+    with pytest.raises(TrapkitError,
+                       match=r"no ready model 'nope' \(models there: broken, tiny, tiny_3labels, tiny_nospec\); check"):
         TritonRuntime(triton.url, "nope")
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from classify_helpers import megadetector_module, megadetector_validate
+from trapkit.images import FAILURE_TOO_LARGE, MAX_IMAGE_PIXELS, ImageReadError
 from trapkit.video import (
-    FAILURE_MISSING, FAILURE_NO_FRAMES, FAILURE_PAST_END, FAILURE_TRUNCATED, FAILURE_UNREADABLE, VideoReadError,
+    FAILURE_MISSING, FAILURE_NO_FRAMES, FAILURE_PAST_END, FAILURE_TRUNCATED, FAILURE_UNREADABLE,
     frame_file, probe, read_frames, split_frame, video_results,
 )
-from video_helpers import RATE, photo_frames, video_set
+from video_helpers import RATE, photo_frames, png_video, video_set
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +75,54 @@ def test_frames_it_cannot_reach_get_failure_codes_and_the_rest_still_come(videos
                                         ("missing", FAILURE_MISSING)])
 def test_unopenable_videos_raise_with_a_code(videos, tmp_path, kind, code):
     path = videos.get(kind, tmp_path / "nope.mp4")
-    with pytest.raises(VideoReadError) as e:
+    with pytest.raises(ImageReadError) as e:
         list(read_frames(path, [0]))
     assert e.value.code == code and "\n" not in str(e.value)
+
+
+# Just over trapkit's photo limit (MAX_IMAGE_PIXELS, ~179 MP): one such grey frame decoded is ~180 MB, in RGB ~540 MB.
+HUGE = (13400, 13400)
+
+
+def test_video_frames_over_the_photo_limit_are_refused_from_the_size_the_container_states(tmp_path):
+    assert HUGE[0] * HUGE[1] > MAX_IMAGE_PIXELS
+    # The header states huge frames; the frames themselves are 64x48, so had any been decoded it would have come back.
+    stated_huge = png_video(tmp_path / "huge.avi", frame=(64, 48), stated=HUGE)
+    with pytest.raises(ImageReadError) as e:
+        list(read_frames(stated_huge, [0, 1]))
+    assert e.value.code == FAILURE_TOO_LARGE
+    assert "13400x13400" in str(e.value) and "downscale" in str(e.value) and "\n" not in str(e.value)
+    fine = png_video(tmp_path / "fine.avi", (64, 48))
+    assert [failure for _, _, failure in read_frames(fine, [0, 1])] == [None, None]
+
+
+_READ_HUGE = """
+import resource, sys
+import av  # imported before the baseline: only reading the videos counts
+from trapkit.images import ImageReadError
+from trapkit.video import read_frames, probe
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for video in sys.argv[1:]:
+    try:
+        print([failure for _, _, failure in read_frames(video, [0])][0])
+    except ImageReadError as e:
+        print(e.code)
+    probe(video)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # peak growth, MB
+"""
+
+
+def test_huge_video_frames_are_never_decoded(tmp_path):
+    """Real 180 MP frames (black, so the files are small): refused before FFmpeg allocates one, whether the
+    container states their size or claims they are small."""
+    stated = png_video(tmp_path / "huge.avi", frame=HUGE, frames=1)
+    understated = png_video(tmp_path / "lying.avi", frame=HUGE, stated=(64, 48), frames=1)
+    assert stated.stat().st_size < 2 * 1024 * 1024
+    out = subprocess.run([sys.executable, "-c", _READ_HUGE, str(stated), str(understated)], capture_output=True,
+                         text=True, check=True)
+    *outcomes, grown_mb = out.stdout.splitlines()
+    assert outcomes == [FAILURE_TOO_LARGE, FAILURE_TOO_LARGE]
+    assert int(grown_mb) < 64, f"reading grew the process by {grown_mb} MB: a frame was decoded"
 
 
 def test_frame_names_are_megadetectors():

@@ -46,3 +46,22 @@ def copy_broken(repo: Path, name: str, new_name: str, message: str) -> Path:
             (version / "model.py").write_text(
                 f"class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError({message!r})\n")
     return folder
+
+
+def copy_relabelled(repo: Path, name: str, new_name: str, labels: tuple[str, ...]) -> Path:
+    """A copy of model `name` whose config's spec names `labels` and leaves the width of `probs` open (-1): the
+    model still gives its own number of probabilities."""
+    import json
+
+    from trapkit.spec import ModelSpec
+
+    folder = Path(repo) / new_name
+    shutil.copytree(Path(repo) / name, folder)
+    config = folder / "config.pbtxt"
+    text = config.read_text().replace(f'name: "{name}"', f'name: "{new_name}"', 1)
+    quoted = re.search(r'key: "trapkit.spec" value \{ string_value: ("(?:[^"\\]|\\.)*") \}', text)
+    spec = ModelSpec.from_json(json.loads(quoted.group(1))).replace(labels=tuple(labels))
+    text = text.replace(quoted.group(1), json.dumps(json.dumps(spec.to_dict(), separators=(",", ":"))))
+    text = re.sub(r'(name: "probs"\s+data_type: TYPE_FP32\s+dims: \[ )\d+( \])', r"\g<1>-1\2", text)
+    config.write_text(text)
+    return folder

@@ -68,3 +68,35 @@ def video_set(folder: Path, frames: int = 20) -> dict[str, Path]:
     (folder / "junk.mp4").write_bytes(b"not a video " * 50)
     videos["junk"] = folder / "junk.mp4"
     return videos
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A valid black greyscale PNG of any size, about 4 KB per megapixel; made 64 rows at a time."""
+    import zlib
+
+    from web_helpers import png
+
+    packer = zlib.compressobj(3)  # level 3: fast, and ~4 KB per megapixel of black
+    rows = bytes(width + 1) * 64  # each row: filter type 0, then `width` black pixels
+    body = b"".join(packer.compress(rows[:(width + 1) * min(64, height - y)]) for y in range(0, height, 64))
+    return png(width, height, body + packer.flush())
+
+
+def png_video(path: Path, frame: tuple[int, int], stated: tuple[int, int] | None = None, frames: int = 2) -> Path:
+    """An AVI of `frames` black PNG frames of size `frame` (width, height), whose header states `stated`
+    (default: the true size). Huge frames stay small on disk: 13400x13400 is ~0.8 MB a frame."""
+    from fractions import Fraction
+
+    import av
+
+    png = flat_png(*frame)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=RATE)
+        stream.width, stream.height = stated or frame
+        stream.pix_fmt = "gray"
+        container.start_encoding()
+        for n in range(frames):
+            packet = av.Packet(png)
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, n, n, Fraction(1, RATE)
+            container.mux(packet)
+    return path

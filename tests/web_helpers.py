@@ -14,9 +14,9 @@ from trapkit.web import launch
 
 
 @contextlib.contextmanager
-def launched(app, allowed_paths=(SAMPLES_DIR,)):
-    """Serve a gr.Blocks on 127.0.0.1 in a thread; yield its URL; close it."""
-    url = launch(app, "127.0.0.1", None, block=False, allowed_paths=list(allowed_paths))
+def launched(app, allowed_paths=(SAMPLES_DIR,), **options):
+    """Serve a gr.Blocks on 127.0.0.1 in a thread; yield its URL; close it. `options`: more of `launch`'s."""
+    url = launch(app, "127.0.0.1", None, block=False, allowed_paths=list(allowed_paths), **options)
     try:
         yield url
     finally:
@@ -88,14 +88,30 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def status_of(request) -> int:
+    """The HTTP status a `urllib.request.Request` gets, errors included."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def png(width: int, height: int, data: bytes) -> bytes:
+    """A PNG file of an 8-bit greyscale `width` x `height` picture whose compressed pixel rows are `data`."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
 def huge_png(path: Path, side: int = 20_000) -> Path:
     """A valid PNG header announcing side x side pixels (400 MP), with one empty data chunk: a decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(png(side, side, zlib.compress(b"")))
     return path
 
 

@@ -9,11 +9,11 @@ import argparse
 import json
 from pathlib import Path
 
-from trapkit.flags import add_ray_args, ray_settings
 from trapkit.crop_policy import INTERPOLATIONS
-from trapkit.train.settings import FLAGS, LOSSES, MININGS, resolve
+from trapkit.flags import add_ray_args, default_of, ray_settings
+from trapkit.train.settings import FLAGS, LOSSES, MININGS, HeadSettings, resolve
 from trapkit.train.settings import default_of as d
-from trapkit.web import add_server_args, check_server_args
+from trapkit.web import PAGE_INTERRUPTED, add_server_args, check_server_args
 
 
 def _categories(text: str) -> tuple[str, ...]:
@@ -68,8 +68,11 @@ def _round_options(p: argparse.ArgumentParser) -> None:
                    help=f"embedding fine-tuning epochs per finetune; 0 keeps it frozen (default {d('finetune_epochs')})")
     p.add_argument("--finetune-every", type=int,
                    help=f"finetune again after this many new labels (default {d('finetune_every')})")
+    steps, holdout = default_of(HeadSettings, "min_steps"), default_of(HeadSettings, "holdout_min")
     p.add_argument("--head-max-epochs", type=int,
-                   help=f"MLP head epoch cap (default {d('head_max_epochs')}, early stopping)")
+                   help=f"MLP head: most epochs once its first {steps} optimiser steps are done, stopping early on "
+                   f"held-out loss (default {d('head_max_epochs')}); with fewer than {holdout} labels the head "
+                   f"trains exactly {steps} steps and this cap does not apply")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -141,7 +144,7 @@ def register(subparsers, common) -> None:
     p.add_argument("--allow-new-classes", action="store_true",
                    help="accept species names that are not classes yet ('al next' needs the same flag)")
     add_server_args(p)
-    p.set_defaults(func=_label)
+    p.set_defaults(func=_label, interrupted=PAGE_INTERRUPTED)
 
 
 def _report(result) -> None:

@@ -179,6 +179,8 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     start = _initial_manifest(settings, taxonomy)
     with run.command("al init"):
         _refuse_existing(run)  # again, under the lock: a run may have been started meanwhile
+        for problem in start.problems:  # found before RUN/trapkit.log was open; the terminal shows them at the end
+            log.debug("note: %s", problem)
         if start.taxonomy is not None:
             write_taxonomy(run.taxonomy_path, list(start.classes), start.taxonomy)
         settings.save(run.settings_path)

@@ -4,7 +4,8 @@
   `export --taxonomy`), carried by every later round and export;
 - its export history (`RUN/exports/NNN/`: what each export shipped, with a copy of its model), the labels
   per class and where they came from (seed, pool, season), the model's validation figures, and the field
-  accuracy of the previous export on the answers people gave after it: what export's change report says.
+  accuracy of the previous export on the answers people gave after it: what export's change report says;
+- the images an export calibrates and measures on (`export_inputs`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_write_text
 from trapkit.taxonomy import CSV_COLUMNS, read_taxonomy_partly
-from trapkit.train.run import POOL, SEED, VALIDATION, Run, trained_mask
+from trapkit.train.run import OK, POOL, SEED, VALIDATION, Run, trained_mask
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +196,48 @@ def field_accuracy(run: Run, previous: tuple[dict, Path], batch_size: int = 32) 
                 classified += [bool(guess) for guess, ok in zip(part["prior_guess"], batch.ok) if ok]
             bar.update(len(batch.ok))
     return FieldAccuracy(truth, predicted, classes, classified)
+
+
+# -- what an export calibrates and measures on -----------------------------------------------------------
+
+class ExportInputs:
+    """What an export of a run calibrates and measures on (`trapkit.export.quantize`): the run's readable items
+    in manifest order, `calibration` ones (seed and pool, never validation) and `validation` ones with their
+    labels, each loaded as the run's embedding saw it (`trapkit.train.embed.load_items`)."""
+
+    def __init__(self, run: Run, manifest):
+        readable = manifest[manifest["status"] == OK]
+        self._run = run
+        self._calibration = readable[readable["split"] != VALIDATION]
+        self._validation = readable[readable["split"] == VALIDATION]
+        self.calibration_count = len(self._calibration)
+        self.validation_labels: tuple[str, ...] = tuple(self._validation["label"])
+
+    def calibration(self, positions, prep):
+        """(images (n, S, S, 3) uint8, the `positions` that could be read) of those calibration items."""
+        return self._load(self._calibration, positions, prep)
+
+    def validation(self, positions, prep):
+        """(images (n, S, S, 3) uint8, the `positions` that could be read) of those validation items."""
+        return self._load(self._validation, positions, prep)
+
+    def _load(self, rows, positions, prep):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import numpy as np
+
+        from trapkit.train.embed import load_items
+
+        positions = np.asarray(positions, dtype=np.int64)
+        items = self._run.items(rows.iloc[positions])  # whole images, or detections cut by the run's crop policy
+        with ThreadPoolExecutor(2) as pool:
+            batch = load_items(items, prep, pool)
+        return batch.images, positions[np.flatnonzero(batch.ok)]
+
+
+def export_inputs(run_dir: str | Path) -> ExportInputs | None:
+    """The `ExportInputs` of the run in `run_dir`; None when it holds none (a model folder)."""
+    run = Run(run_dir)
+    if not run.manifest_path.is_file():
+        return None
+    return ExportInputs(run, run.load_manifest())

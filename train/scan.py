@@ -114,8 +114,8 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
         raise TrapkitError(f"{tree_option} folder {root} does not exist; give the folder {option} paths start from")
     doc = md.load_detections(detections)
     images = doc["images"]
-    chosen = md.qualifying(doc, threshold, categories)
     problems = []
+    chosen = md.qualifying(doc, threshold, categories, notes=problems)  # crowded images, boxes with no area
     not_images = [images[i]["file"] for i in chosen if not is_image_file(images[i]["file"])]
     if not_images:
         problems.append(f"{len(not_images)} entries of {detections} are not image files (videos?) and were left "

@@ -132,13 +132,14 @@ def whole_image_results(files: list[str]) -> dict:
     }
 
 
-def qualifying(doc: dict, threshold: float, categories) -> dict[int, list[int]]:
+def qualifying(doc: dict, threshold: float, categories, notes: list[str] | None = None) -> dict[int, list[int]]:
     """{image index: [indices of its detections that are items]}: the ONE rule every stage uses.
 
     An item is a detection in `categories` (names, any case) at or above `threshold`
     with a box that has area inside the frame. Images the detector failed on, and
     images with no such detection, are left out. Unusable boxes are counted in a warning,
-    and so are images with more than `MAX_ITEMS_PER_IMAGE` items (their most confident are kept).
+    and so are images with more than `MAX_ITEMS_PER_IMAGE` items (their most confident are kept):
+    logged, or appended to `notes` for a caller that reports them itself.
     """
     cats = category_ids(doc, categories)
     items, unusable, crowded = {}, [], []
@@ -157,12 +158,18 @@ def qualifying(doc: dict, threshold: float, categories) -> dict[int, list[int]]:
             keep = sorted(sorted(keep, key=lambda j: -im["detections"][j]["conf"])[:MAX_ITEMS_PER_IMAGE])
         if keep:
             items[i] = keep
+    found = []
     if crowded:
-        log.warning("%d image(s) have more than %d detections to classify (e.g. %s); only the %d most confident of "
-                    "each are", len(crowded), MAX_ITEMS_PER_IMAGE, ascii(crowded[0]), MAX_ITEMS_PER_IMAGE)
+        found.append(f"{len(crowded)} image(s) have more than {MAX_ITEMS_PER_IMAGE} qualifying detections (e.g. "
+                     f"{ascii(crowded[0])}); only the {MAX_ITEMS_PER_IMAGE} most confident of each are used")
     if unusable:
-        log.warning("%d detection box(es) with no area inside their image were left out (e.g. in %s)",
-                    len(unusable), ascii(unusable[0]))
+        found.append(f"{len(unusable)} detection box(es) with no area inside their image were left out (e.g. in "
+                     f"{ascii(unusable[0])})")
+    if notes is None:
+        for note in found:
+            log.warning("%s", note)
+    else:
+        notes += found
     return items
 
 

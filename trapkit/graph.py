@@ -90,3 +90,10 @@ def latest_changelog_entry(folder: Path) -> tuple[str, str] | None:
     title, _, rest = entries[0].partition("\n")
     return title.strip(), rest.strip()
 
+
+def check_probs_width(width: int, spec: ModelSpec, model: str, advice: str) -> None:
+    """One line when a model's `probs` are not one per label of its spec (checked when it loads: a model that
+    disagrees would fail on every image, or label them wrongly)."""
+    if width != spec.num_classes:
+        raise TrapkitError(f"{model} gives {width} class probabilities per image but its spec names "
+                           f"{spec.num_classes} classes; {advice}")

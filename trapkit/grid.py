@@ -59,7 +59,7 @@ import numpy as np
 from trapkit.answers import WRONG_BOX, clean_species  # WRONG_BOX: "not an animal / wrong box", never a class
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, open_image, read_header
-from trapkit.web import WILDCARD_HOSTS, allowed_host_names, host_allowed
+from trapkit.web import WILDCARD_HOSTS, allowed_host_names, host_allowed, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -583,11 +583,18 @@ class _Handler(BaseHTTPRequestHandler):
         # without a CORS preflight, which this server never grants.
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send JSON")
-        origin = self.headers.get("Origin")
-        if origin and urlsplit(origin).netloc.lower() != self.headers.get("Host", "").lower():
+        if not same_origin(self.headers.get("Origin"), self.headers.get("Host")):
             return self._error(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self.headers.get("Content-Length")
+        if length is None:  # chunked, or to the end of the connection: no telling how much before reading it
+            self.close_connection = True
+            return self._error(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length")
+        length = int(length) if length.strip().isdigit() else -1
+        if length < 0:
+            self.close_connection = True
+            return self._error(HTTPStatus.BAD_REQUEST, "Content-Length must be a whole number of bytes")
         if length > MAX_BODY:
+            self.close_connection = True  # the body is left unread
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too many changes at once")
         app = self.server.app
         try:
@@ -717,28 +724,32 @@ def start(app: GridApp, host: str = "127.0.0.1", port: int | None = None) -> Gri
 
 
 def serve(app: GridApp, host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Serve until Ctrl+C."""
+    """Serve until Ctrl+C (or SIGTERM); a Ctrl+C before the page serves goes on to the command."""
+    server = previous = None
     try:
         server = start(app, host, port)
-    except BaseException:
-        app.close()
-        closer = getattr(app.source, "close", None)
-        if closer is not None:
-            closer()
-        raise
-    log.info("%s: open %s (Ctrl+C to stop)", app.source.title, server.url)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # A service manager's SIGTERM stops the page as Ctrl+C does (the verified copy is written last).
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+        if threading.current_thread() is threading.main_thread():
+            # A service manager's SIGTERM stops the page as Ctrl+C does (the verified copy is written last).
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+        log.info("%s: open %s (Ctrl+C to stop)", app.source.title, server.url)
         server.thread.join()
     except KeyboardInterrupt:  # the way to stop a page: every answer is already on disk
-        log.info("stopped; answers are in %s", app.source.answers_path)
+        if server is None:
+            raise
+        if app.source.answers_path.is_file():
+            log.info("stopped; answers are in %s", app.source.answers_path)
+        else:
+            log.info("stopped; nothing was answered, so %s was not written", app.source.answers_path)
     finally:
-        server.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            server.close()
+        else:  # start failed: what the app opened is closed here
+            app.close()
+            closer = getattr(app.source, "close", None)
+            if closer is not None:
+                closer()
 
 
 def _interrupt(signum, frame):

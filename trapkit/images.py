@@ -104,7 +104,10 @@ _truncated_lock = _SharedExclusiveLock()
 
 
 class ImageReadError(TrapkitError):
-    """An image that cannot be read: missing, empty, corrupt, or too large. `code`: a `FAILURE_*` string."""
+    """An image (or a video, `trapkit.video`) that cannot be read: missing, empty, corrupt, or too large.
+
+    `code`: a short fixed `FAILURE_*` string (this module's, or the video module's).
+    """
 
     def __init__(self, message: str, code: str = FAILURE_UNREADABLE):
         super().__init__(message)
@@ -353,11 +356,16 @@ def _open_header(path: Path) -> Image.Image:
     if info.st_size == 0:
         raise ImageReadError(f"{path} is an empty file (0 bytes)", FAILURE_EMPTY)
     img = Image.open(path)
-    if img.width * img.height > MAX_IMAGE_PIXELS:
-        raise ImageReadError(
-            f"{path} is {img.width}x{img.height} pixels ({img.width * img.height / 1e6:.0f} MP), over trapkit's limit "
-            f"of {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels per image; downscale or split it", FAILURE_TOO_LARGE)
+    check_pixels(path, img.width, img.height)
     return img
+
+
+def check_pixels(path: str | Path, width: int, height: int, what: str = "is", advice: str = "downscale or split it"):
+    """`ImageReadError` (`FAILURE_TOO_LARGE`) for a picture over `MAX_IMAGE_PIXELS`, before anything is decoded."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            f"{path} {what} {width}x{height} pixels ({width * height / 1e6:.0f} MP), over trapkit's limit "
+            f"of {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels per image; {advice}", FAILURE_TOO_LARGE)
 
 
 def _stop_decoding_after(img: Image.Image, rows: int) -> int | None:

@@ -9,6 +9,9 @@ habit) and the run goes on:
 
 - `FAILURE_MISSING` / `FAILURE_UNREADABLE`: no such file, or FFmpeg cannot open it
   (not a video, or an MP4 cut before its index);
+- `trapkit.images.FAILURE_TOO_LARGE`: frames over the photo limit (`MAX_IMAGE_PIXELS`),
+  refused before one is decoded: the whole video when its container states that size
+  (`ImageReadError`), else each frame FFmpeg finds bigger than stated;
 - `FAILURE_NO_FRAMES`: a video stream with no frames, or no video stream;
 - `FAILURE_TRUNCATED`: decoding ended (or failed) before the wanted frame, short of
   the frame count the container announces;
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from trapkit.errors import TrapkitError
+from trapkit.images import FAILURE_TOO_LARGE, MAX_IMAGE_PIXELS, ImageReadError, check_pixels
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,11 @@ FAILURE_UNREADABLE = "video unreadable"
 FAILURE_NO_FRAMES = "video has no frames"
 FAILURE_TRUNCATED = "video truncated"
 FAILURE_PAST_END = "frame past end of video"
-
-
-class VideoReadError(TrapkitError):
-    """A video that cannot be opened at all. `code`: one of the `FAILURE_*` strings."""
-
-    def __init__(self, message: str, code: str = FAILURE_UNREADABLE):
-        super().__init__(message)
-        self.code = code
+# FFmpeg decodes a frame while it opens a video (to learn the stream) and whenever asked to: with `max_pixels`
+# it refuses, before allocating it, any frame over the photo limit, whatever the container stated.
+_PIXEL_LIMIT = {"max_pixels": str(MAX_IMAGE_PIXELS)}
+# While opening a video only to read what its container states: no decoder may start, so nothing is decoded.
+_NO_DECODING = {"codec_whitelist": "none"}
 
 
 @dataclass(frozen=True)
@@ -87,19 +88,34 @@ def frame_file(video: str, number: int) -> str:
     return f"{video}/{FRAME_NAME.format(number)}"
 
 
-def _open(path: Path):
+def _open(path: Path, options: dict = _PIXEL_LIMIT):
+    """The opened container; `ImageReadError` with a video `FAILURE_*` code when it cannot be."""
     import av
 
     if not path.is_file():
-        raise VideoReadError(f"{path} does not exist or is not a file", FAILURE_MISSING)
+        raise ImageReadError(f"{path} does not exist or is not a file", FAILURE_MISSING)
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=options)
     except (av.error.FFmpegError, OSError) as e:
-        raise VideoReadError(f"{path} cannot be opened as a video ({e.__class__.__name__})") from None
+        raise ImageReadError(f"{path} cannot be opened as a video ({e.__class__.__name__})",
+                             FAILURE_UNREADABLE) from None
     if not container.streams.video:
         container.close()
-        raise VideoReadError(f"{path} has no video stream", FAILURE_NO_FRAMES)
+        raise ImageReadError(f"{path} has no video stream", FAILURE_NO_FRAMES)
     return container
+
+
+def _check_frame_size(path: Path) -> None:
+    """`ImageReadError` (`FAILURE_TOO_LARGE`) when the container states frames over the photo limit.
+
+    Its own open: `max_pixels` (`_open`) makes FFmpeg forget a stated size over the limit, not report it.
+    """
+    container = _open(path, _NO_DECODING)
+    try:
+        stream = container.streams.video[0]
+        check_pixels(path, stream.width, stream.height, what="has frames of", advice="downscale the video")
+    finally:
+        container.close()
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -123,7 +139,7 @@ def frame_rate(path: str | Path) -> float | None:
     """The container's frame rate (nothing decoded); None when unknown or unreadable."""
     try:
         container = _open(Path(path))
-    except VideoReadError:
+    except ImageReadError:
         return None
     try:
         return _rate(container.streams.video[0])
@@ -139,17 +155,20 @@ def _rate(stream) -> float | None:
 def read_frames(path: str | Path, wanted: Iterable[int]) -> Iterator[tuple[int, object, str | None]]:
     """(frame number, PIL RGB image or None, failure code or None) for each wanted frame, in increasing order.
 
-    One decoding pass, stopped after the last wanted frame. Raises `VideoReadError`
-    when the video cannot be opened; frames it cannot reach come back with a failure.
+    One decoding pass, stopped after the last wanted frame. Raises `trapkit.images.ImageReadError`
+    when the video cannot be opened, or its frames are over the photo limit; frames it cannot
+    reach come back with a failure.
     """
     import av
 
     wanted = sorted(set(int(n) for n in wanted))
     if not wanted:
         return
+    _check_frame_size(Path(path))
     container = _open(Path(path))
     try:
         stream = container.streams.video[0]
+        stream.codec_context.options = dict(_PIXEL_LIMIT)
         stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads
         announced = stream.frames  # 0 when the container does not say
         targets = iter(wanted)
@@ -167,7 +186,9 @@ def read_frames(path: str | Path, wanted: Iterable[int]) -> Iterator[tuple[int, 
         except av.error.FFmpegError as e:
             error = e
             log.warning("%s: decoding stopped after %d frames (%s)", path, decoded, e.__class__.__name__)
-        if decoded == 0:
+        if isinstance(error, av.error.ArgumentError):  # EINVAL: a frame over `max_pixels`, bigger than stated
+            code = FAILURE_TOO_LARGE
+        elif decoded == 0:
             code = FAILURE_NO_FRAMES
         elif error is not None or decoded < announced:
             code = FAILURE_TRUNCATED

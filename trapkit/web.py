@@ -7,13 +7,21 @@ are served by the app itself. A page answers only requests whose `Host`
 header names the address it listens on (`allowed_host_names`): a page on
 another site that points its own name at 127.0.0.1 (DNS rebinding) cannot
 read the page or save answers through the person's browser.
+
+A Gradio page also (`_PageGuard`) refuses requests that change something (POST, ...)
+when a browser says they come from another site (`same_origin`, the grid pages' rule
+too), keeps at most `MAX_STORED_UPLOADS` bytes of uploads at once (each deleted after
+`UPLOAD_LIFETIME`), and sends a content security policy that lets it load and fetch
+from itself alone (`CONTENT_SECURITY_POLICY`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from trapkit.errors import TrapkitError
 
@@ -24,26 +32,40 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # Camera-trap JPEGs are 1-10 MB; anything far past that is not a photo.
 MAX_UPLOAD = "100mb"
-# Keyword arguments for every gr.Blocks: no analytics request leaves the machine.
-BLOCKS_OPTIONS = {"analytics_enabled": False}
+MAX_STORED_UPLOADS = 10**9  # bytes of uploads one page keeps at once
+UPLOAD_LIFETIME = 3600  # seconds an upload is kept
+# Keyword arguments for every gr.Blocks: no analytics request leaves the machine; uploads (and the pictures
+# made for answers) are deleted once an hour old, checked every 10 minutes.
+BLOCKS_OPTIONS = {"analytics_enabled": False, "delete_cache": (600, UPLOAD_LIFETIME)}
+# Everything from the page's own origin. Gradio's page has inline scripts and styles, and shows pictures as data:
+# and blob: URLs.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' data: blob:; media-src 'self' data: blob:; font-src 'self' data:; "
+                           "connect-src 'self'; worker-src 'self' blob:; base-uri 'self'; form-action 'self'; "
+                           "frame-ancestors 'self'")
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# What `trapkit` says when Ctrl-C stops an answers page before it is serving (loading a season, say).
+PAGE_INTERRUPTED = "every answer given on the page is already saved"
 
 
 def launch(app, host: str = DEFAULT_HOST, port: int | None = None, block: bool = True,
-           allowed_paths: list[Path] = ()) -> str:
+           allowed_paths: list[Path] = (), max_stored: int = MAX_STORED_UPLOADS) -> str:
     """Serve `app` (a gr.Blocks) on host:port and return its URL.
 
     `block=False` returns at once with the server running in a thread (tests
     drive it with gradio_client or a browser, then call `app.close()`).
     `allowed_paths`: folders whose files the page may serve (the bundled example photos).
+    `max_stored`: bytes of uploads the page keeps at once.
     """
     _check_host(host)
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    guard = Middleware(TrustedHostMiddleware, allowed_hosts=allowed_host_names(host))
+    hosts = Middleware(TrustedHostMiddleware, allowed_hosts=allowed_host_names(host))
+    guard = Middleware(_PageGuard, blocks=app, max_stored=max_stored)
     try:
         app.launch(
-            app_kwargs={"middleware": [guard]},
+            app_kwargs={"middleware": [hosts, guard]},
             server_name=host,
             server_port=port,
             prevent_thread_lock=True,
@@ -97,6 +119,73 @@ def host_allowed(header: str | None, allowed: list[str]) -> bool:
     elif name.count(":") == 1:  # 127.0.0.1:8000
         name = name.split(":")[0]
     return name in allowed
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a request may change something: no `Origin` header (not a browser: gradio_client, curl), or one
+    naming the `Host` it was sent to. A page on another site (or `Origin: null`) is refused."""
+    return not origin or urlsplit(origin).netloc.lower() == (host or "").strip().lower()
+
+
+class _PageGuard:
+    """ASGI middleware of a Gradio page: the module docstring's last paragraph."""
+
+    def __init__(self, app, blocks, max_stored: int):
+        self.app, self.blocks, self.max_stored = app, blocks, max_stored
+        self._incoming = 0  # bytes of uploads being received now
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        method = scope.get("method", "GET")
+        if (scope["type"] == "websocket" or method not in _SAFE_METHODS) and not same_origin(
+                headers.get("origin"), headers.get("host")):
+            return await _refuse(scope, receive, send, 403, "cross-origin requests are refused")
+        if scope["type"] == "websocket":
+            return await self.app(scope, receive, send)
+        size = 0
+        if method == "POST" and scope["path"].rstrip("/").endswith("/upload"):
+            length = headers.get("content-length", "")
+            if not length.isdigit():
+                return await _refuse(scope, receive, send, 411, "send a Content-Length")
+            size = int(length)
+            if self._stored() + self._incoming + size > self.max_stored:
+                return await _refuse(scope, receive, send, 413, (
+                    f"this page keeps at most {self.max_stored / 1e6:.0f} MB of uploads at once, each for "
+                    f"{UPLOAD_LIFETIME // 60} minutes; try again later"))
+
+        async def send_with_policy(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()),
+                                      (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())]
+            await send(message)
+
+        self._incoming += size  # reserved before the first await: the check above cannot interleave with another
+        try:
+            await self.app(scope, receive, send_with_policy)
+        finally:
+            self._incoming -= size
+
+    def _stored(self) -> int:
+        """Bytes of this page's uploads still on disk."""
+        total = 0
+        for path in list(self.blocks.upload_file_set):
+            try:
+                total += os.stat(path).st_size
+            except OSError:  # deleted meanwhile
+                pass
+        return total
+
+
+async def _refuse(scope, receive, send, status: int, message: str) -> None:
+    if scope["type"] == "websocket":
+        from starlette.websockets import WebSocketClose
+
+        return await WebSocketClose(code=1008, reason=message)(scope, receive, send)
+    from starlette.responses import PlainTextResponse
+
+    await PlainTextResponse(message, status_code=status)(scope, receive, send)
 
 
 def add_server_args(p) -> None:
