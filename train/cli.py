@@ -23,7 +23,10 @@ def _categories(text: str) -> tuple[str, ...]:
 def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
     """The options of `al init`, shared by `al simulate`. Defaults are None: 'not given' (config file wins);
     the help states the settings dataclasses' defaults (`default_of`)."""
-    p.add_argument("--labelled", required=required, help="seed images, one sub-folder per class")
+    from trapkit.train.cold_start import FIRST_STRATEGIES
+
+    p.add_argument("--labelled", help="seed images, one sub-folder per class (without it, round 1 asks about a "
+                   "first batch that covers the pool)")
     p.add_argument("--unlabelled", required=required, help="pool of images to label (any tree)")
     p.add_argument("--validation", help="held-out validation images, one sub-folder per class "
                    f"(default: hold out {d('validation_fraction'):.0%} of the seed images)".replace("%", "%%"))
@@ -50,6 +53,9 @@ def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--feat-dim", type=int, help=f"embedding size (default {d('feat_dim')})")
     p.add_argument("--loss", choices=LOSSES, help=f"embedding fine-tuning loss (default {d('loss')})")
     p.add_argument("--mining", choices=MININGS, help=f"triplet mining (default {d('mining')})")
+    p.add_argument("--first-strategy", choices=FIRST_STRATEGIES,
+                   help=f"without --labelled: how round 1 picks a batch that covers the pool (default "
+                   f"{d('first_strategy')})")
     _round_options(p)
 
 

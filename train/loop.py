@@ -27,6 +27,7 @@ from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_t
 from trapkit.errors import TrapkitError
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import read_taxonomy_csv
+from trapkit.train import cold_start
 from trapkit.train import labels as labels_mod
 from trapkit.train.metrics import FORMAT_VERSION as METRICS_FORMAT_VERSION
 from trapkit.train.run import (
@@ -185,8 +186,9 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     """
     run = Run(run_dir)
     _refuse_existing(run)
-    if not settings.data.labelled or not settings.data.unlabelled:
-        raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
+    if not settings.data.unlabelled:
+        raise TrapkitError("give --unlabelled (the pool of images to label), and --labelled (one folder per class) "
+                           "if you have labelled images")
     start = _initial_manifest(settings, taxonomy)
     with run.command("al init"):
         _refuse_existing(run)  # again, under the lock: a run may have been started meanwhile
@@ -203,6 +205,8 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
                  int((df["split"] == POOL).sum()))
         result = _run_round(run, settings, state, df, 1, cluster)
         result.problems = list(start.problems)
+        if not result.labels:
+            result.problems.append(cold_start.note(settings, result.requested))
         return result
 
 
@@ -226,8 +230,8 @@ class _Start:
 def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
     from trapkit.train.backbones import backbone_preprocessing, weight_warnings
 
-    seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT)
-    strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
+    cold = not settings.data.labelled  # no seed: round 1 covers the pool (trapkit.train.cold_start)
+    seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT) if not cold else ([], [], [])
     pool, without, pool_problems = _pool_rows(settings, settings.data.unlabelled, settings.data.detections,
                                               "--unlabelled")
     problems = [*weight_warnings(settings.model.weights), *problems, *pool_problems]
@@ -236,7 +240,9 @@ def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
         val_rows, val_classes, val_problems = _labelled_rows(settings, VALIDATION_ROOT)
         problems += val_problems
         extra = sorted(set(val_classes) - set(seed_classes))
-        if extra:
+        if cold:  # the validation folder names the run's classes
+            seed_classes = val_classes
+        elif extra:
             raise TrapkitError(f"--validation has classes the seed lacks ({', '.join(extra)}); add seed images "
                                "for them or remove them from the validation folder")
         held = set()
@@ -244,10 +250,14 @@ def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
     else:
         held = _stratified_holdout(seed_rows, settings.data.validation_fraction, rng)
         rows += [r | {"split": VALIDATION} for r in seed_rows if r["path"] in held]
-        if not held:
+        if not held and not cold:
             problems.append("no validation folder and the seed is too small to hold images out; "
                             "metrics are not measured (give --validation)")
     rows += [r for r in seed_rows if r["path"] not in held] + pool
+    if taxonomy is not None and not seed_classes:
+        raise TrapkitError("--taxonomy needs the run's class names: give --labelled or --validation, or start "
+                           "without --taxonomy")
+    strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
     if without:
         problems.append(f"{len(without)} pool image(s) have no detection at or above the threshold and are left "
                         "out of the pool")
@@ -291,7 +301,8 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
             df = _add_season(run, settings, state, df, Path(add_pool), add_detections, n)
         elif add_detections is not None:
             raise TrapkitError("--detections on 'al next' is the new season's file; add --add-pool DIR")
-        report = _ingest_answers(run, settings, state, df, label_files, allow_new_classes, n)
+        # A run started without a seed or validation folder has no class until its first answers name them.
+        report = _ingest_answers(run, settings, state, df, label_files, allow_new_classes or not state.classes, n)
         # Labels ingested for this round (now, or by an attempt that was killed) carry label_round > round;
         # items added for it, added_round > round.
         if not (df["label_round"] > state.round).any() and not (df["added_round"] > state.round).any():
@@ -300,10 +311,15 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
                 f"--labels, or save answers into {run.inbox_dir}/"
             )
         log.debug("answers: %s", report.summary())
+        held = cold_start.hold_out_first_answers(df, settings, n)
+        if held:
+            run.save_manifest(df)
         state.classes = head_classes(state.classes, df)
         result = _run_round(run, settings, state, df, n, cluster)
         result.ingest = report
-        result.problems = list(report.warnings)
+        result.problems = list(report.warnings) + ([
+            f"{held} of this round's answers are held out as the validation set (the run has no --validation "
+            "folder); they are never trained on"] if held else [])
         return result
 
 
@@ -549,31 +565,35 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     from trapkit.train.model import build_model, save_model
 
     classes = tuple(state.classes)
+    cold = cold_start.is_cold(settings, df)  # no label yet: no head; the request covers the pool
     torch.manual_seed(settings.select.seed)
-    model = build_model(_spec(settings, classes, _run_taxonomy(run, classes)),
+    model = build_model(_spec(settings, classes or (cold_start.PLACEHOLDER_CLASS,), _run_taxonomy(run, classes)),
                         settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
     r = _Round(run, settings, state, df, n, run.items(df, settings), classes, cluster=cluster)
-    version = _finetune_if_due(r, model)
+    version = BASE_EMBEDDER if cold else _finetune_if_due(r, model)
     _stage("finetuned")
     r.emb = _embed_all(r, model, version)
     _stage("embedded")
 
     # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
     r.trained = np.flatnonzero(_trained_mask(df))
-    if not len(r.trained):
+    if not len(r.trained) and not cold:
         raise TrapkitError("no readable labelled images; check the --labelled folder")
     y = _labels_of(df, r.trained, classes)
-    init = None
-    if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
-        from trapkit.train.model import load_model
+    if cold:
+        r.probs, m = np.ones((len(df), 1), np.float32), dict(cold_start.NOT_MEASURED)
+    else:
+        init = None
+        if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
+            from trapkit.train.model import load_model
 
-        init = load_model(run.model_dir).head
-    model.head = head.fit_head(r.emb[r.trained], y, len(classes), settings.model.head_hidden, settings.head,
-                               seed=settings.select.seed + n, init=init)
-    save_model(run.model_dir, model)
-    r.probs = head.predict(model.head, r.emb)  # (N, C)
-    m = _evaluate(r)
+            init = load_model(run.model_dir).head
+        model.head = head.fit_head(r.emb[r.trained], y, len(classes), settings.model.head_hidden, settings.head,
+                                   seed=settings.select.seed + n, init=init)
+        save_model(run.model_dir, model)
+        r.probs = head.predict(model.head, r.emb)  # (N, C)
+        m = _evaluate(r)
     _stage("model-saved")
 
     chosen = _request(r, np.bincount(y, minlength=len(classes)))
@@ -581,8 +601,9 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     _stage("request-written")
 
     # Commit (settings first: a round that fails never changes them), then drop older embedder versions.
+    # A round without a head (no label yet) leaves the first finetune to the round that brings labels.
     settings.save(run.settings_path)
-    state.round, state.embedder_version, state.labels_at_round = n, version, int(len(r.trained))
+    state.round, state.embedder_version, state.labels_at_round = n, None if cold else version, int(len(r.trained))
     run.save_state(state)
     for old in [*run.embeddings_dir.glob("*.npy"), *run.embedder_dir.glob("*.safetensors")]:
         if old.stem != version:
@@ -675,10 +696,10 @@ def _pick(r: _Round, candidates: np.ndarray, taken: np.ndarray, k: int, counts: 
     from trapkit.train import strategies
 
     pool = strategies.Pool(r.probs, r.emb, candidates, r.trained, counts)
+    strategy = r.settings.select.strategy if len(r.trained) else r.settings.select.first_strategy
     if sequence is None:
-        return strategies.select(r.settings.select.strategy, pool, k, seed=r.settings.select.seed + r.n)
-    return strategies.select_per_sequence(r.settings.select.strategy, pool, k, sequence, taken=taken,
-                                          seed=r.settings.select.seed + r.n)
+        return strategies.select(strategy, pool, k, seed=r.settings.select.seed + r.n)
+    return strategies.select_per_sequence(strategy, pool, k, sequence, taken=taken, seed=r.settings.select.seed + r.n)
 
 
 def _request(r: _Round, counts: np.ndarray) -> np.ndarray:
@@ -738,6 +759,8 @@ def _guess(r: _Round, i: int) -> labels_mod.Guess:
     detection, box = df.at[i, "detection"], df.at[i, "bbox"]
     if df.at[i, "prior_guess"] and df.at[i, "added_round"] == r.n:
         guess, conf = df.at[i, "prior_guess"], float(df.at[i, "prior_confidence"] or "nan")
+    elif not len(r.trained):  # no model yet
+        guess, conf = None, float("nan")
     else:
         guess, conf = r.classes[int(r.probs[i].argmax())], float(r.probs[i].max())
     return labels_mod.Guess(df.at[i, "path"], int(detection) if detection else None,

@@ -23,7 +23,7 @@ from trapkit.atomic import atomic_write_json
 from trapkit.errors import TrapkitError
 from trapkit.typed_json import checked, read_json, read_versioned
 
-SETTINGS_FORMAT_VERSION = 2  # 2: detections, crop policy, sequences, seasons
+SETTINGS_FORMAT_VERSION = 3  # 2: detections, crop policy, sequences, seasons; 3: first_strategy, semi-supervised head
 LOSSES = ("softmax", "triplet")
 MININGS = ("batch-hard", "semi-hard")
 
@@ -93,6 +93,8 @@ class HeadSettings:
 @dataclass
 class SelectSettings:
     strategy: str = "margin"
+    # Round 1 of a run started without a seed (no label, no model): a batch that covers the pool.
+    first_strategy: str = "typiclust"
     batch: int = 100
     seed: int = 0
     # At most one item per camera-trap sequence (same folder, EXIF times within `sequence_gap` seconds) in a
@@ -164,6 +166,7 @@ FLAGS = {
     "finetune_epochs": ("finetune", "epochs"),
     "finetune_every": ("finetune", "every"),
     "strategy": ("select", "strategy"),
+    "first_strategy": ("select", "first_strategy"),
     "batch": ("select", "batch"),
     "seed": ("select", "seed"),
     "per_sequence": ("select", "per_sequence"),
@@ -210,6 +213,7 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
 def validate(s: RunSettings) -> None:
     from trapkit.flags import only_with
     from trapkit.spec import INTERPOLATIONS
+    from trapkit.train.cold_start import FIRST_STRATEGIES
     from trapkit.train.strategies import STRATEGIES
 
     if s.finetune.loss not in LOSSES:
@@ -218,6 +222,9 @@ def validate(s: RunSettings) -> None:
         raise TrapkitError(f"unknown triplet mining {s.finetune.mining!r}; use one of {', '.join(MININGS)}")
     if s.select.strategy not in STRATEGIES:
         raise TrapkitError(f"unknown strategy {s.select.strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if s.select.first_strategy not in FIRST_STRATEGIES:
+        raise TrapkitError(f"--first-strategy {s.select.first_strategy!r} needs no model, so it must be one of "
+                           f"{', '.join(FIRST_STRATEGIES)}")
     if s.select.batch < 1:
         raise TrapkitError(f"--batch must be at least 1, got {s.select.batch}")
     if s.select.seed < 0:
