@@ -76,6 +76,9 @@ def _round_options(p: argparse.ArgumentParser) -> None:
                    help=f"finetune again after this many new labels (default {d('finetune_every')})")
     p.add_argument("--head-max-epochs", type=int,
                    help=f"MLP head epoch cap (default {d('head_max_epochs')}, early stopping)")
+    p.add_argument("--semi-supervised", action=argparse.BooleanOptionalAction, default=None,
+                   help="the head also learns from the pool: labels spread over the embeddings' k-NN graph give "
+                   f"weighted pseudo-labels (default {'on' if d('semi_supervised') else 'off'})")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -150,11 +153,30 @@ def _report(result) -> None:
     m = result.metrics
     print(f"round {result.round}: {result.labels} labels, validation accuracy {shown(m['accuracy'])}, "
           f"macro recall {shown(m['macro_recall'])} ({m['n']} images)")
+    for line in _class_lines(result.per_class):
+        print(line)
     if result.ingest is not None:
         print(f"answers: {result.ingest.summary()}")
     for problem in result.problems:
         print(f"note: {problem}")
     print(f"next: label the {result.requested} selected item(s) in {result.request}")
+
+
+def _class_lines(per_class: dict) -> list[str]:
+    """The per-class table of a round: labels, validation recall, pool items the model gives the class, and how
+    many of them the next request asks about (a class with few labels and low recall gets more)."""
+    from trapkit.train.metrics import shown
+
+    if not per_class:
+        return []
+
+    def count(v) -> str:
+        return "-" if v is None else str(v)
+
+    lines = [f"  {'class':<24} {'labels':>7} {'recall':>7} {'pool (model)':>13} {'asked next':>11}"]
+    lines += [f"  {c:<24} {k['labels']:>7} {shown(k['recall']):>7} {count(k['pool']):>13} {count(k['asked']):>11}"
+              for c, k in per_class.items()]
+    return lines
 
 
 def _init(args) -> int:
@@ -190,8 +212,9 @@ def _status(args) -> int:
               "(left out)")
     if s["wrong_boxes"]:
         print(f"{s['wrong_boxes']} item(s) answered [wrong box] (not trained on)")
-    for c, k in s["labels_per_class"].items():
-        print(f"  {c:<30} {k:>7}")
+    lines = _class_lines(s["per_class"])
+    for line in lines or [f"  {c:<30} {k:>7}" for c, k in s["labels_per_class"].items()]:
+        print(line)
     if s["metrics"]:
         print("latest: " + ", ".join(f"{k} {shown(v)}" for k, v in s["metrics"].items()))
     if len(s["history"]) > 1:

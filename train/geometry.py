@@ -77,6 +77,22 @@ def knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, dist
 
 
+def symmetric_graph(idx: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The symmetrised k-NN graph (i ~ j when either lists the other), as (start (n + 1,), neighbour, weight):
+    node i's edges are positions start[i]:start[i + 1]."""
+    n, k = idx.shape
+    src = np.repeat(np.arange(n), k)
+    a = np.concatenate([src, idx.ravel()])
+    b = np.concatenate([idx.ravel(), src])
+    w = np.concatenate([weight.ravel(), weight.ravel()])
+    order = np.lexsort((b, a))
+    a, b, w = a[order], b[order], w[order]
+    keep = np.ones(len(a), bool)
+    keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])  # an edge both ends list: once
+    a, b, w = a[keep], b[keep], w[keep]
+    return np.searchsorted(a, np.arange(n + 1)), b, w
+
+
 def kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding (Arthur and Vassilvitskii 2007): (k,) row indices of `x`."""
     sq = squared_norms(x)

@@ -74,6 +74,7 @@ class RoundResult:
     metrics: dict
     ingest: labels_mod.IngestReport | None = None
     problems: list[str] = field(default_factory=list)
+    per_class: dict = field(default_factory=dict)  # `trapkit.train.metrics.class_table`
 
 
 def head_classes(committed, df) -> tuple[str, ...]:
@@ -555,13 +556,15 @@ class _Round:
     emb: np.ndarray | None = None  # (N, D) float16, row i = manifest row i
     probs: np.ndarray | None = None  # (N, C) float32
     trained: np.ndarray | None = None  # rows the head learned from
+    recall: np.ndarray | None = None  # (C,) validation recall per class, NaN where not measured
+    per_class: dict = field(default_factory=dict)  # what the round knows per class (`_class_table`)
     cluster: object = None  # trapkit.cluster.ClusterSettings: the items are embedded on that Ray cluster
 
 
 def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, cluster=None) -> RoundResult:
     import torch
 
-    from trapkit.train import head
+    from trapkit.train import head, semi
     from trapkit.train.model import build_model, save_model
 
     classes = tuple(state.classes)
@@ -589,11 +592,13 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
             from trapkit.train.model import load_model
 
             init = load_model(run.model_dir).head
-        model.head = head.fit_head(r.emb[r.trained], y, len(classes), settings.model.head_hidden, settings.head,
-                                   seed=settings.select.seed + n, init=init)
+        model.head = semi.fit_round_head(r.emb, r.trained, y, np.flatnonzero(_candidate_mask(df)), len(classes),
+                                         settings.model.head_hidden, settings.head, seed=settings.select.seed + n,
+                                         init=init)
         save_model(run.model_dir, model)
         r.probs = head.predict(model.head, r.emb)  # (N, C)
         m = _evaluate(r)
+        r.recall = np.array([m["per_class_recall"].get(c, np.nan) for c in classes])
     _stage("model-saved")
 
     chosen = _request(r, np.bincount(y, minlength=len(classes)))
@@ -610,7 +615,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
             old.unlink(missing_ok=True)
     log.debug("round %d: %d labels, validation accuracy %s (%d items); requested %d items in %s",
               n, len(r.trained), m["accuracy"], m["n"], len(chosen), run.request_path(n))
-    return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(r.trained)), m)
+    return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(r.trained)), m, per_class=r.per_class)
 
 
 def _finetune_if_due(r: _Round, model) -> str:
@@ -695,7 +700,8 @@ def _pick(r: _Round, candidates: np.ndarray, taken: np.ndarray, k: int, counts: 
           sequence: np.ndarray | None) -> np.ndarray:
     from trapkit.train import strategies
 
-    pool = strategies.Pool(r.probs, r.emb, candidates, r.trained, counts)
+    pool = strategies.Pool(r.probs, r.emb, candidates, r.trained, counts, _labels_of(r.df, r.trained, r.classes),
+                           r.recall)
     strategy = r.settings.select.strategy if len(r.trained) else r.settings.select.first_strategy
     if sequence is None:
         return strategies.select(strategy, pool, k, seed=r.settings.select.seed + r.n)
@@ -735,8 +741,21 @@ def _request(r: _Round, counts: np.ndarray) -> np.ndarray:
     atomic_write_json(run.round_dir(n) / "request.json", {
         "format_version": REQUEST_FORMAT_VERSION, "items": int(len(chosen)),
         "images": len(set(paths[chosen].tolist())), "sequences": len(set(sequence[chosen].tolist())),
-        "per_sequence": r.settings.sequence_aware})
+        "per_sequence": r.settings.sequence_aware, "per_class": _class_table(r, counts, candidates, chosen)})
     return chosen
+
+
+def _class_table(r: _Round, counts: np.ndarray, candidates: np.ndarray, chosen: np.ndarray) -> dict:
+    """Per class (kept in r.per_class): labels, validation recall, pool items the model gives it, and requested
+    items it gives it."""
+    from trapkit.train.metrics import class_table
+
+    recall = {} if r.recall is None else {c: float(v) for c, v in zip(r.classes, r.recall) if v == v}
+    predicted = (None, None) if not len(r.trained) else (  # no model yet
+        np.bincount(r.probs[candidates].argmax(1), minlength=len(r.classes)),
+        np.bincount(r.probs[chosen].argmax(1), minlength=len(r.classes)))
+    r.per_class = class_table(r.classes, counts, recall, *predicted)
+    return r.per_class
 
 
 def _present(r: _Round, rows: np.ndarray) -> np.ndarray:
@@ -788,6 +807,7 @@ def status(run_dir: str | Path) -> dict:
             return read_versioned(path, version, "round file", advice) if path.is_file() else {}
 
         latest = read(run.round_dir(state.round) / "metrics.json")
+        latest_request = read(run.round_dir(state.round) / "request.json", REQUEST_FORMAT_VERSION)
         inbox = sorted(p.name for p in run.inbox_dir.glob("*.csv")) if run.inbox_dir.is_dir() else []
         request = run.request_path(state.round)
         history = []
@@ -807,6 +827,8 @@ def status(run_dir: str | Path) -> dict:
         return {
             "round": state.round,
             "labels_per_class": per_class,
+            # labels, validation recall, pool items the model gives it, and of the latest request (metrics.class_table)
+            "per_class": latest_request.get("per_class", {}),
             "labelled": int(len(lab)),
             "wrong_boxes": int((df["label"] == WRONG_BOX).sum()),
             "pool_unlabelled": int(((pool["label"] == "") & (pool["status"] == OK)).sum()),

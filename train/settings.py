@@ -85,6 +85,10 @@ class HeadSettings:
     # Labelled examples before 10% are held out for early stopping (50 held out); fewer: exactly min_steps.
     holdout_min: int = 500
     l2: float = 3e-3  # penalty on the squared weights (standardised inputs), added to the mean loss
+    # Label spreading over the pool's k-NN graph gives the head weighted pseudo-labels (trapkit.train.semi);
+    # together they weigh `semi_weight` x the number of labels.
+    semi_supervised: bool = False
+    semi_weight: float = 1.0
     # Steps of a (256 -> 230 -> 100) MLP are too small to gain from intra-op threads; extra threads
     # only add synchronisation, which costs 5-10x on a busy machine. Restored after training.
     threads: int = 1
@@ -172,6 +176,7 @@ FLAGS = {
     "per_sequence": ("select", "per_sequence"),
     "sequence_gap": ("select", "sequence_gap"),
     "head_max_epochs": ("head", "max_epochs"),
+    "semi_supervised": ("head", "semi_supervised"),
 }
 FILE_FLAGS = ("labelled", "unlabelled", "validation", "detections", "seed_detections", "validation_detections")
 
@@ -239,9 +244,9 @@ def validate(s: RunSettings) -> None:
                                ("head.holdout_min", h.holdout_min, 10), ("head.threads", h.threads, 1)):
         if value < least:
             raise TrapkitError(f"{name} must be at least {least}, got {value}; fix the config file or flag")
-    if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0):
-        raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2} and weight_decay "
-                           f"{h.weight_decay} at least 0); fix the config file")
+    if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0 and h.semi_weight >= 0):
+        raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2}, weight_decay "
+                           f"{h.weight_decay} and semi_weight {h.semi_weight} at least 0); fix the config file")
     if not 0.0 <= s.data.threshold <= 1.0:
         raise TrapkitError(f"--threshold {s.data.threshold} is out of range; use a detection confidence in [0, 1]")
     if not s.data.categories or not all(s.data.categories):

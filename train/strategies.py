@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from trapkit.errors import TrapkitError
-from trapkit.train.geometry import clusters, gather, kmeans, knn, min_distances, squared_norms, subsample
+from trapkit.train.geometry import (clusters, gather, kmeans, knn, min_distances, squared_norms, subsample,
+                                    symmetric_graph)
 from trapkit.train.hierarchical import hierarchical_sampling
 
 MAX_CANDIDATES = 100_000  # candidates the quadratic strategies look at (a random subset of a larger pool)
@@ -212,7 +213,7 @@ def graph_density(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarra
         return candidates[:batch]
     idx, d2 = knn(gather(pool.embeddings, nodes), GRAPH_NEIGHBOURS)  # (n, k)
     weight = np.exp(-d2 / max(float(d2.mean()), 1e-12))
-    start, neighbour, edge = _symmetric(idx, weight)  # node i's neighbours: neighbour[start[i]:start[i + 1]]
+    start, neighbour, edge = symmetric_graph(idx, weight)  # node i's neighbours: neighbour[start[i]:start[i + 1]]
     degree = np.diff(start)
     density = np.add.reduceat(edge, start[:-1]) / np.maximum(degree, 1)  # every node has >= k edges
     labelled_nodes = np.arange(len(candidates), len(nodes))
@@ -227,22 +228,6 @@ def graph_density(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarra
         density[neighbour[start[i]:start[i + 1]]] -= density[i]
         density[chosen] = -np.inf
     return candidates[np.array(chosen, dtype=np.int64)]
-
-
-def _symmetric(idx: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The symmetrised k-NN graph (i ~ j when either lists the other), as (start (n + 1,), neighbour, weight):
-    node i's edges are positions start[i]:start[i + 1]."""
-    n, k = idx.shape
-    src = np.repeat(np.arange(n), k)
-    a = np.concatenate([src, idx.ravel()])
-    b = np.concatenate([idx.ravel(), src])
-    w = np.concatenate([weight.ravel(), weight.ravel()])
-    order = np.lexsort((b, a))
-    a, b, w = a[order], b[order], w[order]
-    keep = np.ones(len(a), bool)
-    keep[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])  # an edge both ends list: once
-    a, b, w = a[keep], b[keep], w[keep]
-    return np.searchsorted(a, np.arange(n + 1)), b, w
 
 
 def informative_diverse(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
