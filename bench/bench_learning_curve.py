@@ -336,6 +336,13 @@ def add_detection_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--det-batch", type=int, default=100)
     g.add_argument("--input-size", type=int, default=None, help="model input size (default: the backbone's, 224)")
     g.add_argument("--modes", default="whole,crops,detections")
+    g.add_argument("--det-strategies", metavar="STRATEGIES", default="",
+                   help="instead of the three modes: 'al --detections' with each strategy (and uniform), 3 seeds; the "
+                   "first round, final accuracy and labels to reach uniform's final")
+    g.add_argument("--det-cold", metavar="STRATEGIES", default="",
+                   help="also 'al --detections' without a seed: the first round's accuracy after labelling one "
+                   "--det-batch picked by each of these first strategies (and uniform)")
+    g.add_argument("--det-flags", default="", help="extra 'al simulate' flags for every run, e.g. '--semi-supervised'")
 
 
 def _blank_sources():
@@ -500,6 +507,8 @@ def detections_benchmark(args) -> None:
           f"test {args.test_frames}, {FRAME_SIZE[0]}x{FRAME_SIZE[1]} px, the item 1-5% of the frame "
           f"({time.perf_counter() - t0:.0f} s); budget {args.det_budget} pool labels in batches of {args.det_batch}; "
           f"offline Lite0, input {args.input_size or 'default (224)'} px; seeds 0..{args.seeds - 1}")
+    if args.det_strategies or args.det_cold:
+        return detection_strategies(args)
     modes = [m for m in args.modes.split(",") if m]
     results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for seed in range(args.seeds):
@@ -533,6 +542,73 @@ def detections_benchmark(args) -> None:
               f"{100 * (d[1] - w[1]):+.1f} (classify); target at least +30")
     (args.frames / "results.json").write_text(json.dumps(results))
     print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+def _simulate_detections(args, name: str, seed: int, extra: list[str], seeded: bool = True) -> list[tuple[int, float | None]]:
+    """`al simulate` on the frames' detections (without the seed set unless `seeded`); (labels, validation
+    accuracy) per round (None: not measured)."""
+    import shutil
+
+    from trapkit.cli import main as trapkit
+
+    run = args.frames / "runs" / f"{name}-s{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    flags = _mode_flags(args.frames, "detections")
+    if not seeded:  # drop --labelled SEED --seed-detections SEED.json
+        flags = flags[4:]
+    flags += ["--seed", str(seed), "--batch", str(args.det_batch), *extra, *args.det_flags.split()]
+    if args.input_size:
+        flags += ["--input-size", str(args.input_size)]
+    assert trapkit(["al", "simulate", "--oracle", str(args.frames / "oracle.csv"), "--out", str(run), *flags]) == 0
+    rows = [line.split(",") for line in (run / "curve.csv").read_text().splitlines()[1:]]
+    return [(int(r[0]), float(r[1]) if r[1] else None) for r in rows]
+
+
+def detection_strategies(args) -> None:
+    """'al simulate --detections' per strategy (each against uniform) and, with --det-cold, without a seed."""
+    t0 = time.perf_counter()
+    make_frames(args.frames, args.per_class, args.pool_frames, args.val_frames, args.test_frames,
+                data=args.fashion_mnist)
+    print(f"frames: {args.per_class} seed per class, pool {args.pool_frames}, validation {args.val_frames}; budget "
+          f"{args.det_budget} in batches of {args.det_batch}; offline Lite0 at {args.input_size or 'its own 224'} px, "
+          f"fine-tuned as a run does; seeds 0..{args.seeds - 1}; extra flags '{args.det_flags}'; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    names = ["uniform", *[s for s in args.det_strategies.split(",") if s and s != "uniform"]] if args.det_strategies \
+        else []
+    results = {}
+    for name in names:
+        runs = []
+        for seed in range(args.seeds):
+            t = time.perf_counter()
+            runs.append(_simulate_detections(args, name, seed, ["--strategy", name, "--budget", str(args.det_budget)]))
+            print(f"seed {seed} {name:>20}: " + ", ".join(f"{n}: {a:.4f}" for n, a in runs[-1]) +
+                  f" ({time.perf_counter() - t:.0f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
+        results[name] = (np.array([n for n, _ in runs[0]]), np.array([[a for _, a in r] for r in runs]))
+    if results:
+        print(f"\nmean validation accuracy per label count, {args.seeds} seeds")
+        print("labels  " + "  ".join(f"{n:>16}" for n in names))
+        for i, n_lab in enumerate(results["uniform"][0]):
+            print(f"{n_lab:>6}  " + "  ".join(f"{results[n][1][:, i].mean():>16.4f}" for n in names))
+        print()
+        label_efficiency(results, names, "uniform")
+    cold = ["uniform", *[s for s in args.det_cold.split(",") if s and s != "uniform"]] if args.det_cold else []
+    first = {}
+    for name in cold:
+        acc = []
+        for seed in range(args.seeds):
+            curve = _simulate_detections(args, f"cold-{name}", seed, [
+                "--first-strategy", name, "--budget", str(args.det_batch)], seeded=False)
+            acc.append(curve[-1][1])
+        first[name] = np.array(acc, dtype=float)
+        print(f"without a seed, first batch by {name}: " + ", ".join(f"{a:.4f}" for a in acc), flush=True)
+    if first:
+        print(f"\nwithout a seed: first-round accuracy after labelling one batch of {args.det_batch} detections")
+        for name, acc in first.items():
+            print(f"{name:>14}  {acc.mean():.4f} ({acc.std():.4f})  {100 * (acc.mean() - first['uniform'].mean()):+.1f}")
+    (args.frames / "strategies.json").write_text(json.dumps(
+        {k: {"labels": v[0].tolist(), "accuracy": v[1].tolist()} for k, v in results.items()} |
+        {f"cold-{k}": v.tolist() for k, v in first.items()}))
+    print(f"total {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
