@@ -20,7 +20,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Strategies that need no model: a first batch is picked from the embeddings alone.
-FIRST_STRATEGIES = ("typiclust", "kcenter", "graph_density", "uniform")
+FIRST_STRATEGIES = ("typiclust", "kcenter", "uniform")
 PLACEHOLDER_CLASS = "(no class yet)"  # the embedding model's spec needs one label; no head is trained or saved
 NOT_MEASURED = {"n": 0, "accuracy": None, "macro_recall": None, "macro_precision": None, "per_class_recall": {}}
 
