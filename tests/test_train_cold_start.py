@@ -9,6 +9,7 @@ from train_helpers import FAST, make_trees, write_answers
 
 from trapkit.cli import main
 from trapkit.train import labels
+from trapkit.train.label_page import LabelSource, item_key
 from trapkit.train.run import Run
 
 
@@ -38,14 +39,19 @@ def test_a_run_without_a_seed_asks_a_covering_batch_then_trains_on_its_answers(t
     status = _status(run, capsys)
     assert status["round"] == 1 and status["labels_per_class"] == {} and status["metrics"] == {}
 
-    # The first answers name the classes (no --allow-new-classes needed while there are none); 20% of each
-    # class with 3+ answers is held out as the validation set.
-    answers = write_answers(tmp_path / "a.csv", {it.path: trees["truth"][it.path] for it in items})
+    # The first answers name the classes (no --allow-new-classes needed while there are none), on the labelling
+    # page or in a CSV; 20% of each class with 3+ answers is held out as the validation set.
+    page = LabelSource(run)
+    assert page.allow_new_classes and page.classes() == []
+    first = items[0]
+    page.save({item_key(*first.key): trees["truth"][first.path]})
+    answers = write_answers(tmp_path / "a.csv", {it.path: trees["truth"][it.path] for it in items[1:]})
     assert main(["al", "next", str(run), "--labels", str(answers)]) == 0
     printed = capsys.readouterr().out
     assert "round 2:" in printed and "held out as the validation set" in printed
     state = r.load_state()
     assert state.round == 2 and state.classes == ("bear", "cattle", "dog")
+    assert not LabelSource(run).allow_new_classes  # the classes are known now: a new one needs the flag
     df = r.load_manifest()
     held = df[(df["split"] == "validation")]
     trained = df[(df["split"] == "pool") & (df["label"] != "")]
@@ -57,6 +63,7 @@ def test_a_run_without_a_seed_asks_a_covering_batch_then_trains_on_its_answers(t
     _, selected = labels.read_request(r.request_path(2))
     assert len(selected) == 9 and not selected & set(df.loc[df["label"] != "", "path"])
     # Held-out items are never asked about again, and answering them again changes nothing.
+    answers = write_answers(tmp_path / "a.csv", {it.path: trees["truth"][it.path] for it in items})
     assert main(["al", "next", str(run), "--labels", str(answers)]) == 1
     assert "no new labels" in capsys.readouterr().err
 
