@@ -343,6 +343,8 @@ def add_detection_options(ap: argparse.ArgumentParser) -> None:
                    help="also 'al --detections' without a seed: the first round's accuracy after labelling one "
                    "--det-batch picked by each of these first strategies (and uniform)")
     g.add_argument("--det-flags", default="", help="extra 'al simulate' flags for every run, e.g. '--semi-supervised'")
+    g.add_argument("--det-reuse", action="store_true",
+                   help="reuse the curve of a run an earlier invocation finished with the same flags")
 
 
 def _blank_sources():
@@ -551,15 +553,20 @@ def _simulate_detections(args, name: str, seed: int, extra: list[str], seeded: b
 
     from trapkit.cli import main as trapkit
 
-    run = args.frames / "runs" / f"{name}-s{seed}"
-    shutil.rmtree(run, ignore_errors=True)
     flags = _mode_flags(args.frames, "detections")
     if not seeded:  # drop --labelled SEED --seed-detections SEED.json
         flags = flags[4:]
     flags += ["--seed", str(seed), "--batch", str(args.det_batch), *extra, *args.det_flags.split()]
     if args.input_size:
         flags += ["--input-size", str(args.input_size)]
-    assert trapkit(["al", "simulate", "--oracle", str(args.frames / "oracle.csv"), "--out", str(run), *flags]) == 0
+    tag = "-".join(args.det_flags.split()).strip("-")
+    run = args.frames / "runs" / f"{name}{'-' + tag if tag else ''}-s{seed}"
+    done = run.with_name(run.name + ".flags.json")  # a finished run with these flags is reused (--det-reuse)
+    if not (args.det_reuse and done.is_file() and json.loads(done.read_text()) == flags):
+        shutil.rmtree(run, ignore_errors=True)
+        done.unlink(missing_ok=True)
+        assert trapkit(["al", "simulate", "--oracle", str(args.frames / "oracle.csv"), "--out", str(run), *flags]) == 0
+        done.write_text(json.dumps(flags))
     rows = [line.split(",") for line in (run / "curve.csv").read_text().splitlines()[1:]]
     return [(int(r[0]), float(r[1]) if r[1] else None) for r in rows]
 
