@@ -99,3 +99,17 @@ def test_a_taxonomy_without_any_class_name_is_refused(trees, tmp_path, capsys):
 def _status(run, capsys) -> dict:
     assert main(["al", "status", str(run), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
+
+
+def test_first_strategy_and_semi_settings_resolve_and_are_checked():
+    from trapkit.errors import TrapkitError
+    from trapkit.train.settings import resolve
+
+    s = resolve(None, {"first_strategy": "kcenter", "semi_supervised": True})
+    assert s.select.first_strategy == "kcenter" and s.head.semi_supervised and s.format_version == 3
+    with pytest.raises(TrapkitError, match="needs no model"):
+        resolve(None, {"first_strategy": "margin"})
+    base = resolve(None, {})
+    base.head.semi_weight = -1
+    with pytest.raises(TrapkitError, match="semi_weight -1"):
+        resolve(base=base)
