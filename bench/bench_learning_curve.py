@@ -238,7 +238,8 @@ def cold_start_table(args, emb: np.ndarray, y: np.ndarray, val: np.ndarray, pool
           f"(semi-supervised head: {'on' if settings.head.semi_supervised else 'off'})")
     print(f"{'first batch':>14}  {'accuracy (sd)':>16}  {'vs uniform':>10}  {'classes in it':>13}")
     for name, (acc, covered) in rows.items():
-        print(f"{name:>14}  {acc.mean():>9.4f} ({acc.std():.4f})  {100 * (acc.mean() - rows['uniform'][0].mean()):>+9.1f}  "
+        gain = 100 * (acc.mean() - rows["uniform"][0].mean())
+        print(f"{name:>14}  {acc.mean():>9.4f} ({acc.std():.4f})  {gain:>+9.1f}  "
               f"{covered.mean():>13.1f}")
     print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
@@ -257,7 +258,8 @@ def main() -> None:
     ap.add_argument("--check-simulate", action="store_true",
                     help="also run `al simulate` itself on a small subset and print both curves")
     ap.add_argument("--semi", choices=("default", "on", "off", "both"), default="default",
-                    help="the head's semi-supervised pseudo-labels: the default setting, on, off, or each curve both ways")
+                    help="the head's semi-supervised pseudo-labels: the default setting, on, off, or each curve "
+                    "both ways")
     ap.add_argument("--cold-start", metavar="STRATEGIES", default="",
                     help="also measure a start without a seed: first batches of --start items by these strategies "
                     "(e.g. typiclust,kcenter) against a uniform one")
@@ -460,7 +462,7 @@ def _mode_flags(root: Path, mode: str) -> list[str]:
 
 def _classify_top1(root: Path, run: Path, truth: dict) -> float:
     """Export the run's model and classify the held-out frames' detections with 'trapkit classify'."""
-    from trapkit.cli import main as trapkit
+    from trapkit.app.cli import main as trapkit
 
     export = run.with_name(run.name + "-export")
     out = run.with_name(run.name + "-test.json")
@@ -499,7 +501,7 @@ def detections_benchmark(args) -> None:
 
     import torch
 
-    from trapkit.cli import main as trapkit
+    from trapkit.app.cli import main as trapkit
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
@@ -546,12 +548,13 @@ def detections_benchmark(args) -> None:
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 
-def _simulate_detections(args, name: str, seed: int, extra: list[str], seeded: bool = True) -> list[tuple[int, float | None]]:
+def _simulate_detections(args, name: str, seed: int, extra: list[str],
+                         seeded: bool = True) -> list[tuple[int, float | None]]:
     """`al simulate` on the frames' detections (without the seed set unless `seeded`); (labels, validation
     accuracy) per round (None: not measured)."""
     import shutil
 
-    from trapkit.cli import main as trapkit
+    from trapkit.app.cli import main as trapkit
 
     flags = _mode_flags(args.frames, "detections")
     if not seeded:  # drop --labelled SEED --seed-detections SEED.json
@@ -611,7 +614,8 @@ def detection_strategies(args) -> None:
     if first:
         print(f"\nwithout a seed: first-round accuracy after labelling one batch of {args.det_batch} detections")
         for name, acc in first.items():
-            print(f"{name:>14}  {acc.mean():.4f} ({acc.std():.4f})  {100 * (acc.mean() - first['uniform'].mean()):+.1f}")
+            gain = 100 * (acc.mean() - first["uniform"].mean())
+            print(f"{name:>14}  {acc.mean():.4f} ({acc.std():.4f})  {gain:+.1f}")
     (args.frames / "strategies.json").write_text(json.dumps(
         {k: {"labels": v[0].tolist(), "accuracy": v[1].tolist()} for k, v in results.items()} |
         {f"cold-{k}": v.tolist() for k, v in first.items()}))

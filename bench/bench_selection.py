@@ -66,7 +66,8 @@ def main() -> None:
             dt = time.perf_counter() - t
             peak = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
-            ok = len(picked) == args.batch and len(np.unique(picked)) == args.batch and not np.isin(picked, labelled).any()
+            ok = (len(picked) == args.batch and len(np.unique(picked)) == args.batch
+                  and not np.isin(picked, labelled).any())
             print(f"{name:>16} {dtype:>8} {dt:8.2f} {dt / base:7.1f} {peak:8.0f}{'' if ok else '  WRONG BATCH'}"
                   f"{'' if dt < 10 else '  OVER 10 s'}", flush=True)
         del emb

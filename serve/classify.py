@@ -456,6 +456,8 @@ class _Job:
         prep, post = self.prep, self.settings.post
         info["classifier_metadata"] = {
             "trapkit_version": __version__, "threshold": prep.threshold, "categories": list(prep.categories),
+            # Ids below this are the model's classes; the others are taxa above them (rollup, allow-lists).
+            "model_classes": self.runtime.spec.num_classes,
             "top_k": self.settings.top_k, "crop_margin": prep.margin, "input_size": prep.input_size,
             "interpolation": prep.interpolation,
             # File names only: local paths never go into shared results.

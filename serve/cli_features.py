@@ -1,4 +1,4 @@
-"""`trapkit features`: the morphological space of classify's features tables (registered by trapkit.cli).
+"""`trapkit features`: the morphological space of classify's features tables (registered by trapkit.app.cli).
 
 The adapter turns flags into `FeatureSettings`; scikit-learn, pandas and
 matplotlib load inside the command, so `trapkit --help` stays fast.

@@ -12,7 +12,7 @@ import pytest
 
 from cli_helpers import one_line_error
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.export.onnx_export import ort_session, run_session
 from trapkit.graph import read_metadata, read_spec
 from trapkit.spec import ModelSpec

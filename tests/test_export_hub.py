@@ -62,28 +62,6 @@ def test_card_without_metrics_has_no_model_index(tmp_path, tiny_onnx_path, spec)
     assert "| 4 | ocelot | n/a |" in card.text
 
 
-@pytest.mark.parametrize("resize_mode", ["squash", "center_crop"])
-def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, capsys, monkeypatch, resize_mode):
-    """The card's 'onnxruntime alone' code, run as written on a real photo, matches trapkit's answer."""
-    from trapkit.export.onnx_export import ort_session, run_session
-
-    spec = spec.replace(resize_mode=resize_mode)
-    folder = write_hub_folder(tiny_onnx_path, spec, HubSettings(tmp_path / "hub"))
-    snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
-    shutil.copy(samples_dir / "ocelot.jpg", folder / "photo.jpg")
-    (folder / "snippet.py").write_text(snippet)
-    monkeypatch.chdir(folder)
-    runpy.run_path("snippet.py")
-    label, confidence = capsys.readouterr().out.rsplit(" ", 1)
-    from trapkit.prepare import Preprocessing, prepare_image
-
-    inputs = prepare_image(folder / "photo.jpg", None, Preprocessing.from_spec(spec)).crops  # (1, 32, 32, 3)
-    probs, _ = run_session(ort_session(tiny_onnx_path), inputs)
-    assert label == spec.labels[int(probs[0].argmax())]
-    assert float(confidence) == pytest.approx(float(probs[0].max()), abs=1e-2)  # plain resize vs draft decode
-    assert np.isfinite(float(confidence))
-
-
 def test_a_label_with_a_pipe_stays_in_its_table_cell(tmp_path, tiny_onnx_path, spec):
     odd = spec.replace(labels=(spec.labels[0], "grey | red fox", *spec.labels[2:]))
     folder = write_hub_folder(tiny_onnx_path, odd, HubSettings(tmp_path / "hub"))

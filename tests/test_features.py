@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from classify_helpers import animal, burst_of_copies, write_detections
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -227,7 +227,7 @@ def test_resume_after_sigkill_writes_the_uninterrupted_table(burst, tiny_onnx_pa
         reference = tmp_path / f"reference{suffix}"
         assert main(_argv(images, md, tiny_onnx_path, tmp_path / "reference.json", reference)) == 0
         out, features = tmp_path / f"out{suffix}.json", tmp_path / f"features{suffix}"
-        killed = subprocess.run([sys.executable, "-m", "trapkit.cli", *_argv(images, md, tiny_onnx_path, out,
+        killed = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *_argv(images, md, tiny_onnx_path, out,
                                                                              features)],
                                 env={**os.environ, KILL_AFTER_ENV: "10"}, capture_output=True, text=True, timeout=120)
         assert killed.returncode == -signal.SIGKILL, killed.stderr

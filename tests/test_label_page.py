@@ -9,7 +9,8 @@ import pytest
 from review_helpers import browser, press
 from train_helpers import FAST, make_trees
 
-from trapkit.cli import main
+from trapkit.app.cli import main
+from trapkit.answers import read_answers
 from trapkit.errors import TrapkitError
 from trapkit.train import labels
 from trapkit.train.run import Run
@@ -38,7 +39,7 @@ def _ingest(run):
     r = Run(run)
     state = r.load_state()
     _, requested = labels.read_request(r.request_path(state.round))
-    answers = labels.read_answers(labels.page_answers_path(run))
+    answers = read_answers(labels.page_answers_path(run))
     df = r.load_manifest()
     report = labels.ingest(df, answers, list(state.classes), requested, state.round + 1)
     return report, df
@@ -46,7 +47,7 @@ def _ingest(run):
 
 def _rows(run) -> dict[str, str]:
     path = labels.page_answers_path(run)
-    return {a.path: a.species for a in labels.read_answers(path)} if path.exists() else {}
+    return {a.path: a.species for a in read_answers(path)} if path.exists() else {}
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from classify_helpers import megadetector_validate
 from review_helpers import browser, make_review_case, press, read_rows, row_key
 
 from trapkit import grid
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.answers import WRONG_BOX
 from trapkit.serve.review import open_review

@@ -59,7 +59,8 @@ def test_spread_solves_the_linear_system(monkeypatch):
         dense[i, neighbour[start[i]:start[i + 1]]] = w[start[i]:start[i + 1]]
     d = 1 / np.sqrt(dense.sum(1))
     s = d[:, None] * dense * d[None, :]
-    np.testing.assert_allclose(f, np.linalg.solve(np.eye(40) - semi.ALPHA * s, seeds), rtol=1e-4)  # float32 edge weights
+    expected = np.linalg.solve(np.eye(40) - semi.ALPHA * s, seeds)
+    np.testing.assert_allclose(f, expected, rtol=1e-4)  # float32 edge weights
 
 
 def test_the_head_learns_the_curves_from_pseudo_labels():

@@ -42,6 +42,8 @@ class Detection:
     bbox: tuple[float, float, float, float]
     prior_guess: str = ""  # top-1 class of `trapkit classify` output (or another classifier's), if the file has it
     prior_confidence: str = ""
+    conf: str = ""  # the detector's confidence, as written
+    category: str = ""  # the detector's category name (animal, ...)
 
 
 @dataclass
@@ -140,6 +142,7 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
                            f"({_named(outside)}); boxes must be [x, y, width, height] as fractions of the image "
                            "in [0, 1], as MegaDetector writes them")
     names = doc.get("classification_categories") or {}
+    detector = doc.get("detection_categories") or {}
     items = []
     for i in sorted(chosen):
         im = images[i]
@@ -147,7 +150,8 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
             det = im["detections"][j]
             guess, conf = _prior(det, names)
             items.append(Detection(PurePosixPath(im["file"].replace("\\", "/")).as_posix(), j,
-                                   tuple(float(v) for v in det["bbox"]), guess, conf))
+                                   tuple(float(v) for v in det["bbox"]), guess, conf, repr(float(det["conf"])),
+                                   str(detector.get(str(det["category"]), det["category"])).lower()))
     without = [im["file"] for i, im in enumerate(images) if i not in chosen and is_image_file(im["file"])]
     return DetectionItems(items, without, problems)
 

@@ -125,12 +125,14 @@ def check_taxonomy(taxonomy, labels) -> tuple[str, ...]:
     return tuple(out)
 
 
-def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -> tuple[str, ...]:
+def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False,
+                      missing: list[str] | None = None) -> tuple[str, ...]:
     """The taxonomy strings for `labels` (in label order) from a `label,taxonomy` CSV.
 
     Every label needs exactly one row and every row a known label (unless `other_labels_ok`);
     the first kind of problem found is one `TrapkitError` line naming the rows (1-based, the
-    header is row 1).
+    header is row 1). With a `missing` list, labels without a row are appended to it instead and
+    get `no_taxon(label)`.
     """
     path = Path(path)
     rows = csv_rows(path, "taxonomy", CSV_COLUMNS)
@@ -159,10 +161,18 @@ def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -
                            f"{few(labels)} (names must match exactly)")
     if problems["duplicate"]:
         raise TrapkitError(f"{path}: {few(problems['duplicate'])} repeat a label; keep one row per class")
-    missing = [label for label in labels if label not in by_label]
-    if missing:
-        raise TrapkitError(f"{path} has no row for {few(missing)}; add one row per class")
+    lacking = [label for label in labels if label not in by_label]
+    if lacking and missing is None:
+        raise TrapkitError(f"{path} has no row for {few(lacking)}; add one row per class")
+    for label in lacking:
+        missing.append(label)
+        by_label[label] = no_taxon(label)
     return tuple(by_label[label] for label in labels)
+
+
+def no_taxon(label: str) -> str:
+    """The string of a class with no taxonomy row: not a taxon, its label as its name (no rollup above it)."""
+    return normalise(";;;;;;" + " ".join(label.replace(";", " ").split()))
 
 
 def display_names(labels, taxonomy) -> list[str]:
@@ -197,3 +207,21 @@ def few(items: list[str]) -> str:
     """The first few of `items` for an error line, and how many more."""
     shown = ", ".join(items[:_SHOWN])
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+# C0 and C1 control characters (newline and tab included): a class name holding one splits CSV rows,
+# status lines and model-card tables.
+_CONTROL = "".join(map(chr, [*range(0x20), *range(0x7f, 0xa0)]))
+
+
+def check_class_name(name: str, where: str = "class name") -> str:
+    """`name` stripped; a one-line `TrapkitError` for an empty name or one with control characters."""
+    if not isinstance(name, str):
+        raise TrapkitError(f"{where} {name!r} is not text")
+    name = name.strip()
+    if not name:
+        raise TrapkitError(f"{where} is empty; every class needs a name")
+    if any(c in _CONTROL for c in name):
+        raise TrapkitError(f"{where} {name!r} holds control characters (a newline or tab, say); "
+                           "give the class a plain name")
+    return name

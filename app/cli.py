@@ -37,7 +37,7 @@ class _PrintableFormatter(logging.Formatter):
 
 # Order is the order in `trapkit --help`.
 COMMAND_MODULES = (
-    "trapkit.quickstart",
+    "trapkit.app.quickstart",
     "trapkit.train.cli",
     "trapkit.export.cli",
     "trapkit.serve.cli",
