@@ -107,7 +107,7 @@ def test_first_strategy_and_semi_settings_resolve_and_are_checked():
     from trapkit.train.settings import resolve
 
     s = resolve(None, {"first_strategy": "kcenter", "semi_supervised": True})
-    assert s.select.first_strategy == "kcenter" and s.head.semi_supervised and s.format_version == 3
+    assert s.select.first_strategy == "kcenter" and s.head.semi_supervised and s.format_version == 4
     with pytest.raises(TrapkitError, match="needs no model"):
         resolve(None, {"first_strategy": "margin"})
     base = resolve(None, {})

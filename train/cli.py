@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trapkit.flags import add_ray_args, ray_settings
 from trapkit.crop_policy import INTERPOLATIONS
-from trapkit.train.settings import FLAGS, LOSSES, MININGS, resolve
+from trapkit.train.settings import FIRST_STRATEGIES, FLAGS, LOSSES, MININGS, resolve
 from trapkit.train.settings import default_of as d
 from trapkit.web import add_server_args, check_server_args
 
@@ -23,8 +23,6 @@ def _categories(text: str) -> tuple[str, ...]:
 def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
     """The options of `al init`, shared by `al simulate`. Defaults are None: 'not given' (config file wins);
     the help states the settings dataclasses' defaults (`default_of`)."""
-    from trapkit.train.cold_start import FIRST_STRATEGIES
-
     p.add_argument("--labelled", help="seed images, one sub-folder per class (without it, round 1 asks about a "
                    "first batch that covers the pool)")
     p.add_argument("--unlabelled", required=required, help="pool of images to label (any tree)")

@@ -19,18 +19,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Strategies that need no model: a first batch is picked from the embeddings alone.
-FIRST_STRATEGIES = ("typiclust", "kcenter", "uniform")
 PLACEHOLDER_CLASS = "(no class yet)"  # the embedding model's spec needs one label; no head is trained or saved
 NOT_MEASURED = {"n": 0, "accuracy": None, "macro_recall": None, "macro_precision": None, "per_class_recall": {}}
-
-
-def is_cold(settings, df) -> bool:
-    """A run started without a seed that has no usable label yet: round 1 (or a round whose answers were all
-    `[wrong box]`)."""
-    from trapkit.train.loop import _trained_mask
-
-    return not settings.data.labelled and not _trained_mask(df).any()
 
 
 def note(settings, requested: int) -> str:
@@ -42,11 +32,11 @@ def note(settings, requested: int) -> str:
             f"you want: the next round trains the first model. Validation: {where}")
 
 
-def hold_out_first_answers(df, settings, n: int) -> int:
+def hold_out_first_answers(df, settings, n: int, stratified_holdout) -> int:
     """Move a stratified share of round `n`'s answers to the validation split, while a run without a seed or a
-    validation folder has no validation item yet. Returns how many items were held out (0: none, or not due)."""
+    validation folder has no validation item yet (`stratified_holdout(rows, fraction, rng)`: the seed's rule).
+    Returns how many items were held out (0: none, or not due)."""
     from trapkit.answers import WRONG_BOX
-    from trapkit.train.loop import _stratified_holdout
     from trapkit.train.run import OK, POOL, VALIDATION
 
     if settings.data.labelled or settings.data.validation or (df["split"] == VALIDATION).any():
@@ -54,7 +44,7 @@ def hold_out_first_answers(df, settings, n: int) -> int:
     answered = ((df["split"] == POOL) & (df["label_round"] == n) & (df["label"] != "") & (df["label"] != WRONG_BOX)
                 & (df["status"] == OK))
     rows = df.loc[answered, ["path", "label"]].to_dict("records")
-    held = _stratified_holdout(rows, settings.data.validation_fraction, np.random.default_rng(settings.select.seed + n))
+    held = stratified_holdout(rows, settings.data.validation_fraction, np.random.default_rng(settings.select.seed + n))
     moved = answered & df["path"].isin(held)
     df.loc[moved, "split"] = VALIDATION
     if moved.any():

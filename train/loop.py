@@ -309,7 +309,7 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
                 f"--labels, or save answers into {run.inbox_dir}/"
             )
         log.info("answers: %s", report.summary())
-        held = cold_start.hold_out_first_answers(df, settings, n)  # in memory: the round commits it
+        held = cold_start.hold_out_first_answers(df, settings, n, _stratified_holdout)  # in memory, committed
         state.classes = head_classes(state.classes, df)
         result = _run_round(run, settings, state, df, n, cluster, {str(f.path): f.digest for f in inbox})
         result.ingest = report
@@ -596,7 +596,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     from trapkit.train.model import build_model, save_model
 
     classes = tuple(state.classes)
-    cold = cold_start.is_cold(settings, df)  # no label yet: no head; the request covers the pool
+    cold = not settings.data.labelled and not _trained_mask(df).any()  # no seed, no label yet: trapkit.train.cold_start
     torch.manual_seed(settings.select.seed)
     run.stage()
     model = build_model(_spec(settings, classes or (cold_start.PLACEHOLDER_CLASS,), run_taxonomy(run, classes),

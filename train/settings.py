@@ -27,6 +27,7 @@ from trapkit.typed_json import checked, read_json, read_versioned
 SETTINGS_FORMAT_VERSION = 4  # 2: detections, crop policy, sequences, seasons; 3: seasons anywhere;
 # 4: first_strategy, the semi-supervised head
 LOSSES = ("softmax", "triplet")
+FIRST_STRATEGIES = ("typiclust", "kcenter", "uniform")  # a run without a seed: round 1 needs no model
 MININGS = ("batch-hard", "semi-hard")
 
 
@@ -254,7 +255,6 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
 
 def validate(s: RunSettings) -> None:
     from trapkit.flags import only_with
-    from trapkit.train.cold_start import FIRST_STRATEGIES
     from trapkit.train.strategies import STRATEGIES
 
     if s.finetune.loss not in LOSSES:
