@@ -55,13 +55,12 @@ def hierarchical_sampling(embeddings: np.ndarray, candidates: np.ndarray, labell
     n_c = len(candidates)
     tree.fill(leaf[:n_c], leaf[n_c:], lab_y, num_classes)
     pruning, label = tree.best_pruning()
-    owner = tree.owner(pruning)  # leaf -> position in `pruning`
-    members = [[] for _ in pruning]
-    for pos, node in enumerate(owner[leaf[:n_c]]):
-        members[node].append(pos)
+    node_of = tree.owner(pruning)[leaf[:n_c]]  # candidate -> position of its node in `pruning`
+    order = np.argsort(node_of, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(node_of, minlength=len(pruning)))[:-1])
     lower = tree.lower
     weight = np.array([tree.size[v] * (1.0 - (lower[v, label[v]] if label[v] >= 0 else 0.0)) for v in pruning])
-    weight[[not m for m in members]] = 0.0
+    weight[[not len(m) for m in members]] = 0.0
     shuffled: dict[int, list[int]] = {}
     chosen: list[int] = []
     while len(chosen) < min(batch, n_c) and weight.sum() > 0:
