@@ -183,3 +183,12 @@ def test_balanced_margin_gives_low_recall_classes_more():
     predicted = pool.probs[strategies.select("balanced_margin", pool, 40)].argmax(1)
     counts = np.bincount(predicted, minlength=4)
     assert counts[2] > counts[3] > counts[0]  # low recall > not measured (0.5) > high recall
+
+
+def test_kcenter_without_labels_starts_at_a_random_item_then_goes_farthest():
+    pool = make_pool(n=200, labelled=0, dtype=np.float32)
+    firsts = {int(strategies.select("kcenter", pool, 1, seed=s)[0]) for s in range(5)}
+    assert len(firsts) > 1  # the seed picks the first centre
+    picked = strategies.select("kcenter", pool, 6, seed=1)
+    assert np.array_equal(picked[1:], brute_kcenter(pool.embeddings, picked[:1], np.setdiff1d(
+        pool.candidates, picked[:1]), 5))

@@ -103,13 +103,14 @@ def kcenter(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
     candidates = subsample(pool.candidates, MAX_CANDIDATES, rng)
     x = gather(pool.embeddings, candidates)  # (M, D)
     sq = squared_norms(x)
+    chosen = []
     if len(pool.labelled):
         dist = min_distances(x, gather(pool.embeddings, pool.labelled), sq)[0]
-    else:  # no centre yet: a random first pick
-        dist = np.full(len(x), np.inf, np.float32)
-        dist[rng.integers(len(x))] = np.float32(np.finfo(np.float32).max)
-    chosen = []
-    for _ in range(min(batch, len(x))):
+    else:  # no centre yet: a random first pick is the first centre
+        chosen.append(int(rng.integers(len(x))))
+        dist = min_distances(x, x[chosen], sq)[0]
+        dist[chosen] = -np.inf
+    while len(chosen) < min(batch, len(x)):
         i = int(np.argmax(dist))
         chosen.append(i)
         d = x @ x[i]
