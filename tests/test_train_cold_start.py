@@ -38,6 +38,8 @@ def test_a_run_without_a_seed_asks_a_covering_batch_then_trains_on_its_answers(t
 
     status = _status(run, capsys)
     assert status["round"] == 1 and status["labels_per_class"] == {} and status["metrics"] == {}
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 1
+    assert "has no model yet: label the items its current request asks about" in capsys.readouterr().err
 
     # The first answers name the classes (no --allow-new-classes needed while there are none), on the labelling
     # page or in a CSV; 20% of each class with 3+ answers is held out as the validation set.
@@ -114,3 +116,4 @@ def test_first_strategy_and_semi_settings_resolve_and_are_checked():
     base.head.semi_weight = -1
     with pytest.raises(TrapkitError, match="semi_weight -1"):
         resolve(base=base)
+
