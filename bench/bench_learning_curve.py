@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import time
 from pathlib import Path
@@ -74,13 +75,16 @@ def write_images(root: Path, n_pool: int, n_val: int) -> tuple[list[Path], np.nd
     return paths, np.array(labels, np.int64), n_val
 
 
-def product_settings(size: int):
-    """The settings of a run made with defaults, `--finetune-epochs 0 --input-size SIZE`."""
+def product_settings(size: int, semi_supervised: bool | None = None):
+    """The settings of a run made with defaults, `--finetune-epochs 0 --input-size SIZE` (and
+    `--[no-]semi-supervised` when given)."""
     from trapkit.train.settings import RunSettings
 
     settings = RunSettings()
     settings.model.input_size = size
     settings.finetune.epochs = 0
+    if semi_supervised is not None:
+        settings.head.semi_supervised = semi_supervised
     return settings
 
 
@@ -110,24 +114,27 @@ def curve(strategy: str, seed: int, emb: np.ndarray, y: np.ndarray, val: np.ndar
 
     Rows are a run's manifest rows: `y` their class indices (head order), `val` and `pool_rows` indices.
     """
-    from trapkit.train import head, metrics, strategies
+    from trapkit.train import head, metrics, semi, strategies
 
     settings.select.seed, settings.select.strategy, settings.select.batch = seed, strategy, batch
     classes = [str(c) for c in range(int(y.max()) + 1)]
     start = len(labelled)
     points, mlp = [], None
     for n in range(1, 10 ** 6):
-        # loop._run_round: the head on the labelled rows (manifest order), warm-started, seed + round.
-        mlp = head.fit_head(emb[labelled], y[labelled], len(classes), settings.model.head_hidden, settings.head,
-                            seed=settings.select.seed + n, init=mlp)
+        # loop._run_round: the head on the labelled rows (manifest order), warm-started, seed + round; with
+        # `head.semi_supervised`, the unlabelled pool's pseudo-labels too.
+        candidates = np.setdiff1d(pool_rows, labelled)  # every unlabelled pool row
+        mlp = semi.fit_round_head(emb, labelled, y[labelled], candidates, len(classes), settings.model.head_hidden,
+                                  settings.head, seed=settings.select.seed + n, init=mlp)
         probs = head.predict(mlp, emb)  # (N, C)
-        points.append((len(labelled), metrics.compute(y[val], probs[val].argmax(1), classes)["accuracy"]))
+        m = metrics.compute(y[val], probs[val].argmax(1), classes)
+        points.append((len(labelled), m["accuracy"]))
         if len(labelled) - start >= budget:
             return points
         # loop._request: every unlabelled pool row is a candidate; simulate answers the whole batch.
-        candidates = np.setdiff1d(pool_rows, labelled)
         counts = np.bincount(y[labelled], minlength=len(classes))
-        pool = strategies.Pool(probs, emb, candidates, labelled, counts)
+        recall = np.array([m["per_class_recall"].get(c, np.nan) for c in classes])
+        pool = strategies.Pool(probs, emb, candidates, labelled, counts, y[labelled], recall)
         k = min(batch, budget - (len(labelled) - start))
         picked = strategies.select(strategy, pool, k, seed=settings.select.seed + n)
         labelled = np.sort(np.concatenate([labelled, picked]))
@@ -185,6 +192,58 @@ def check_simulate(paths: list[Path], y: np.ndarray, n_val: int, size: int, work
     print(f"  identical: {same}")
 
 
+def label_efficiency(results: dict, names: list[str], baseline: str) -> None:
+    """Per curve: first round, final, mean, and the labels it needs to reach the baseline's final accuracy;
+    "fewer labels" = the labels the baseline's own curve first reaches its final accuracy with (its curve is
+    noisy: it may touch it before the end) / the labels this curve needs; and the budget's end / that."""
+    labels_axis, base_acc = results[baseline]
+    target = base_acc.mean(axis=0)[-1]
+    own = int(labels_axis[np.flatnonzero(base_acc.mean(axis=0) >= target)[0]])
+    base = base_acc.mean()
+    print(f"{'strategy':>22}  {'first round':>11}  {'final':>6}  {'mean over budget':>16}  labels to reach "
+          f"{baseline}'s final {target:.4f}  fewer labels than {baseline} (its first touch {own} / end "
+          f"{labels_axis[-1]})")
+    for n in names:
+        acc = results[n][1]
+        reached = np.flatnonzero(acc.mean(axis=0) >= target)
+        need = int(labels_axis[reached[0]]) if len(reached) else None
+        ratio = f"{own / need:.2f}x / {labels_axis[-1] / need:.2f}x" if need else "-"
+        print(f"{n:>22}  {acc[:, 0].mean():>11.4f}  {acc[:, -1].mean():>6.4f}  "
+              f"{acc.mean():>8.4f} ({100 * (acc.mean() - base):+.2f})  {need or 'not within the budget':>14}  {ratio}")
+
+
+def cold_start_table(args, emb: np.ndarray, y: np.ndarray, val: np.ndarray, pool_rows: np.ndarray) -> None:
+    """Without a seed (`al init` with no `--labelled`): the first round's accuracy after labelling a first batch
+    of `--start` items picked by each strategy, against a uniform batch of the same size. As the run does it:
+    round 1 picks with seed + 1 on the embeddings alone, round 2 fits the head on the answers (seed + 2) with
+    the pool's pseudo-labels when `head.semi_supervised` is on; validation: the test split (`--validation`)."""
+    from trapkit.train import head, metrics, semi, strategies
+
+    names = ["uniform", *[s for s in args.cold_start.split(",") if s and s != "uniform"]]
+    classes = [str(c) for c in range(int(y.max()) + 1)]
+    rows = {}
+    for name in names:
+        acc, covered = [], []
+        settings = product_settings(args.size, None if args.semi in ("default", "both") else args.semi == "on")
+        for seed in range(args.seeds):
+            pool = strategies.Pool(np.ones((len(y), 1), np.float32), emb, pool_rows, np.zeros(0, np.int64))
+            picked = np.sort(strategies.select(name, pool, args.start, seed=seed + 1))
+            mlp = semi.fit_round_head(emb, picked, y[picked], np.setdiff1d(pool_rows, picked), len(classes),
+                                      settings.model.head_hidden, settings.head, seed=seed + 2)
+            probs = head.predict(mlp, emb[val])
+            acc.append(metrics.compute(y[val], probs.argmax(1), classes)["accuracy"])
+            covered.append(len(np.unique(y[picked])))
+        rows[name] = (np.array(acc), np.array(covered))
+    print(f"\nwithout a seed: first-round accuracy after labelling a first batch of {args.start}, {args.seeds} seeds "
+          f"(semi-supervised head: {'on' if settings.head.semi_supervised else 'off'})")
+    print(f"{'first batch':>14}  {'accuracy (sd)':>16}  {'vs uniform':>10}  {'classes in it':>13}")
+    for name, (acc, covered) in rows.items():
+        gain = 100 * (acc.mean() - rows["uniform"][0].mean())
+        print(f"{name:>14}  {acc.mean():>9.4f} ({acc.std():.4f})  {gain:>+9.1f}  "
+              f"{covered.mean():>13.1f}")
+    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--strategies", default="cluster_margin,margin", help="comma-separated, compared against uniform")
@@ -198,6 +257,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/trapkit-bench/learning-curve"))
     ap.add_argument("--check-simulate", action="store_true",
                     help="also run `al simulate` itself on a small subset and print both curves")
+    ap.add_argument("--semi", choices=("default", "on", "off", "both"), default="default",
+                    help="the head's semi-supervised pseudo-labels: the default setting, on, off, or each curve "
+                    "both ways")
+    ap.add_argument("--cold-start", metavar="STRATEGIES", default="",
+                    help="also measure a start without a seed: first batches of --start items by these strategies "
+                    "(e.g. typiclust,kcenter) against a uniform one")
     add_detection_options(ap)
     args = ap.parse_args()
     if args.detections:
@@ -212,35 +277,42 @@ def main() -> None:
           f"{settings.model.head_hidden} with the run's HeadSettings, warm-started")
     paths, y, n_val = write_images(args.workdir / "images", args.pool, args.val)
     emb = embed_rows(paths, settings, args.workdir / f"emb-{args.size}px-{args.pool}-{args.val}.npy")
-    names = ["uniform", *[s for s in args.strategies.split(",") if s and s != "uniform"]]
     val, pool_rows = np.arange(n_val), np.arange(n_val, len(y))
+    if args.cold_start:
+        cold_start_table(args, emb, y, val, pool_rows)
+    strategies_given = [s for s in args.strategies.split(",") if s and s != "uniform"]
+    semi_modes = {"default": [None], "on": [True], "off": [False], "both": [False, True]}[args.semi]
+    variants = [(f"{name}{'+semi' if semi else ''}", name, semi) for semi in semi_modes
+                for name in ["uniform", *strategies_given]]
     results = {}
-    for name in names:
+    for label, name, semi in variants:
         t = time.perf_counter()
         # Each seed starts from `start` random pool images, the same ones for every strategy.
         runs = [curve(name, seed, emb, y, val, pool_rows,
                       np.sort(np.random.default_rng(seed).choice(pool_rows, args.start, replace=False)),
-                      args.batch, args.budget, product_settings(args.size))
+                      args.batch, args.budget, product_settings(args.size, semi))
                 for seed in range(args.seeds)]
-        results[name] = (np.array([p[0] for p in runs[0]]), np.array([[p[1] for p in r] for r in runs]))
-        print(f"{name}: {time.perf_counter() - t:.1f} s for {args.seeds} seeds")
-    labels_axis = results["uniform"][0]
+        results[label] = (np.array([p[0] for p in runs[0]]), np.array([[p[1] for p in r] for r in runs]))
+        print(f"{label}: {time.perf_counter() - t:.1f} s for {args.seeds} seeds; load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+    names = [v[0] for v in variants]
+    labels_axis = results[names[0]][0]
     print("\nmean validation accuracy per label count")
-    print("labels  " + "  ".join(f"{n:>14}" for n in names))
+    print("labels  " + "  ".join(f"{n:>16}" for n in names))
     for i, n_lab in enumerate(labels_axis):
-        print(f"{n_lab:>6}  " + "  ".join(f"{results[n][1][:, i].mean():>14.4f}" for n in names))
-    target = results["uniform"][1].mean(axis=0)[-1]
-    base = results["uniform"][1].mean()
-    print(f"\n{'strategy':>16}  {'first round':>11}  {'final':>6}  {'mean over budget':>16}  "
-          f"labels to reach uniform's final {target:.4f} (at {labels_axis[-1]})")
-    for n in names:
-        acc = results[n][1]
-        reached = np.flatnonzero(acc.mean(axis=0) >= target)
-        need = f"{labels_axis[reached[0]]}" if len(reached) else "not within the budget"
-        print(f"{n:>16}  {acc[:, 0].mean():>11.4f}  {acc[:, -1].mean():>6.4f}  "
-              f"{acc.mean():>8.4f} ({100 * (acc.mean() - base):+.2f})  {need}")
+        print(f"{n_lab:>6}  " + "  ".join(f"{results[n][1][:, i].mean():>16.4f}" for n in names))
+    for semi in semi_modes:
+        baseline = "uniform" + ("+semi" if semi else "")
+        print(f"\nagainst {baseline}:")
+        label_efficiency(results, [v[0] for v in variants if v[2] == semi], baseline)
+    if len(semi_modes) == 2:
+        print("\nwith the pool's pseudo-labels, against uniform without them:")
+        label_efficiency(results, [v[0] for v in variants if v[2]], "uniform")
     print(f"first round = the {args.start}-label seed alone (sd over seeds "
-          f"{results['uniform'][1][:, 0].std():.4f}); load average {os.getloadavg()[0]:.1f} at end")
+          f"{results[names[0]][1][:, 0].std():.4f}); load average {os.getloadavg()[0]:.1f} at end")
+    out = args.workdir / f"results-{args.semi}-{args.seeds}seeds.json"
+    out.write_text(json.dumps({k: {"labels": v[0].tolist(), "accuracy": v[1].tolist()} for k, v in results.items()}))
+    print(f"curves written to {out}")
     if args.check_simulate:
         check_simulate(paths, y, n_val, args.size, args.workdir)
 
@@ -266,6 +338,15 @@ def add_detection_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--det-batch", type=int, default=100)
     g.add_argument("--input-size", type=int, default=None, help="model input size (default: the backbone's, 224)")
     g.add_argument("--modes", default="whole,crops,detections")
+    g.add_argument("--det-strategies", metavar="STRATEGIES", default="",
+                   help="instead of the three modes: 'al --detections' with each strategy (and uniform), 3 seeds; the "
+                   "first round, final accuracy and labels to reach uniform's final")
+    g.add_argument("--det-cold", metavar="STRATEGIES", default="",
+                   help="also 'al --detections' without a seed: the first round's accuracy after labelling one "
+                   "--det-batch picked by each of these first strategies (and uniform)")
+    g.add_argument("--det-flags", default="", help="extra 'al simulate' flags for every run, e.g. '--semi-supervised'")
+    g.add_argument("--det-reuse", action="store_true",
+                   help="reuse the curve of a run an earlier invocation finished with the same flags")
 
 
 def _blank_sources():
@@ -325,7 +406,6 @@ def make_frames(root: Path, per_class: int, n_pool: int, n_val: int, n_test: int
     root/crops/{seed,val,pool}/... the same names, hand-cut; root/oracle.csv (pool truth per image).
     """
     import csv
-    import json
 
     done = root / "made.json"
     if done.is_file() and json.loads(done.read_text()) == [per_class, n_pool, n_val, n_test, seed]:
@@ -382,8 +462,6 @@ def _mode_flags(root: Path, mode: str) -> list[str]:
 
 def _classify_top1(root: Path, run: Path, truth: dict) -> float:
     """Export the run's model and classify the held-out frames' detections with 'trapkit classify'."""
-    import json
-
     from trapkit.app.cli import main as trapkit
 
     export = run.with_name(run.name + "-export")
@@ -419,7 +497,6 @@ def detections_benchmark(args) -> None:
     For each: validation accuracy at the end of the budget (the run's own validation items), and top-1 of
     `trapkit classify` on held-out frames with their detections (the exported model, its own crop policy).
     """
-    import json
     import shutil
 
     import torch
@@ -434,6 +511,8 @@ def detections_benchmark(args) -> None:
           f"test {args.test_frames}, {FRAME_SIZE[0]}x{FRAME_SIZE[1]} px, the item 1-5% of the frame "
           f"({time.perf_counter() - t0:.0f} s); budget {args.det_budget} pool labels in batches of {args.det_batch}; "
           f"offline Lite0, input {args.input_size or 'default (224)'} px; seeds 0..{args.seeds - 1}")
+    if args.det_strategies or args.det_cold:
+        return detection_strategies(args)
     modes = [m for m in args.modes.split(",") if m]
     results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for seed in range(args.seeds):
@@ -467,6 +546,80 @@ def detections_benchmark(args) -> None:
               f"{100 * (d[1] - w[1]):+.1f} (classify); target at least +30")
     (args.frames / "results.json").write_text(json.dumps(results))
     print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+def _simulate_detections(args, name: str, seed: int, extra: list[str],
+                         seeded: bool = True) -> list[tuple[int, float | None]]:
+    """`al simulate` on the frames' detections (without the seed set unless `seeded`); (labels, validation
+    accuracy) per round (None: not measured)."""
+    import shutil
+
+    from trapkit.app.cli import main as trapkit
+
+    flags = _mode_flags(args.frames, "detections")
+    if not seeded:  # drop --labelled SEED --seed-detections SEED.json
+        flags = flags[4:]
+    flags += ["--seed", str(seed), "--batch", str(args.det_batch), *extra, *args.det_flags.split()]
+    if args.input_size:
+        flags += ["--input-size", str(args.input_size)]
+    tag = "-".join(args.det_flags.split()).strip("-")
+    run = args.frames / "runs" / f"{name}{'-' + tag if tag else ''}-s{seed}"
+    done = run.with_name(run.name + ".flags.json")  # a finished run with these flags is reused (--det-reuse)
+    if not (args.det_reuse and done.is_file() and json.loads(done.read_text()) == flags):
+        shutil.rmtree(run, ignore_errors=True)
+        done.unlink(missing_ok=True)
+        assert trapkit(["al", "simulate", "--oracle", str(args.frames / "oracle.csv"), "--out", str(run), *flags]) == 0
+        done.write_text(json.dumps(flags))
+    rows = [line.split(",") for line in (run / "curve.csv").read_text().splitlines()[1:]]
+    return [(int(r[0]), float(r[1]) if r[1] else None) for r in rows]
+
+
+def detection_strategies(args) -> None:
+    """'al simulate --detections' per strategy (each against uniform) and, with --det-cold, without a seed."""
+    t0 = time.perf_counter()
+    make_frames(args.frames, args.per_class, args.pool_frames, args.val_frames, args.test_frames,
+                data=args.fashion_mnist)
+    print(f"frames: {args.per_class} seed per class, pool {args.pool_frames}, validation {args.val_frames}; budget "
+          f"{args.det_budget} in batches of {args.det_batch}; offline Lite0 at {args.input_size or 'its own 224'} px, "
+          f"fine-tuned as a run does; seeds 0..{args.seeds - 1}; extra flags '{args.det_flags}'; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    names = ["uniform", *[s for s in args.det_strategies.split(",") if s and s != "uniform"]] if args.det_strategies \
+        else []
+    results = {}
+    for name in names:
+        runs = []
+        for seed in range(args.seeds):
+            t = time.perf_counter()
+            runs.append(_simulate_detections(args, name, seed, ["--strategy", name, "--budget", str(args.det_budget)]))
+            print(f"seed {seed} {name:>20}: " + ", ".join(f"{n}: {a:.4f}" for n, a in runs[-1]) +
+                  f" ({time.perf_counter() - t:.0f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
+        results[name] = (np.array([n for n, _ in runs[0]]), np.array([[a for _, a in r] for r in runs]))
+    if results:
+        print(f"\nmean validation accuracy per label count, {args.seeds} seeds")
+        print("labels  " + "  ".join(f"{n:>16}" for n in names))
+        for i, n_lab in enumerate(results["uniform"][0]):
+            print(f"{n_lab:>6}  " + "  ".join(f"{results[n][1][:, i].mean():>16.4f}" for n in names))
+        print()
+        label_efficiency(results, names, "uniform")
+    cold = ["uniform", *[s for s in args.det_cold.split(",") if s and s != "uniform"]] if args.det_cold else []
+    first = {}
+    for name in cold:
+        acc = []
+        for seed in range(args.seeds):
+            curve = _simulate_detections(args, f"cold-{name}", seed, [
+                "--first-strategy", name, "--budget", str(args.det_batch)], seeded=False)
+            acc.append(curve[-1][1])
+        first[name] = np.array(acc, dtype=float)
+        print(f"without a seed, first batch by {name}: " + ", ".join(f"{a:.4f}" for a in acc), flush=True)
+    if first:
+        print(f"\nwithout a seed: first-round accuracy after labelling one batch of {args.det_batch} detections")
+        for name, acc in first.items():
+            gain = 100 * (acc.mean() - first["uniform"].mean())
+            print(f"{name:>14}  {acc.mean():.4f} ({acc.std():.4f})  {gain:+.1f}")
+    (args.frames / "strategies.json").write_text(json.dumps(
+        {k: {"labels": v[0].tolist(), "accuracy": v[1].tolist()} for k, v in results.items()} |
+        {f"cold-{k}": v.tolist() for k, v in first.items()}))
+    print(f"total {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ def resolve_source_dir(ref: str | Path) -> Path | None:
         return path
     if (path / "model" / SPEC_FILENAME).is_file():
         return path / "model"
+    from trapkit.train.run import Run
+
+    if Run(path).state_path.is_file():  # a run started without labelled images, before its first answers
+        raise TrapkitError(f"{path} has no model yet: label the items its current request asks about, then "
+                           f"'trapkit al next {path}' trains the first one")
     raise TrapkitError(
         f"{path} has no {SPEC_FILENAME} (nor model/{SPEC_FILENAME}); give a run folder, a saved model folder "
         f"or {IMAGENET_LITE0}"

@@ -82,6 +82,28 @@ def test_next_ingests_dirty_csv_and_unselected_labels(run, trees, tmp_path, caps
     assert status["round"] == 2 and sum(status["labels_per_class"].values()) == 18 and status["unreadable"] == 2
 
 
+def test_status_and_the_round_report_show_what_is_known_per_class(run, trees, tmp_path, capsys):
+    items = labels.current_request(run)
+    csv = write_answers(tmp_path / "a.csv", {i.path: trees["truth"][i.path] for i in items})
+    assert main(["al", "next", str(run), "--labels", str(csv)]) == 0
+    report = capsys.readouterr().out
+    assert main(["al", "status", str(run), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    per_class = status["per_class"]
+    assert set(per_class) == {"bear", "cattle", "dog"}
+    assert {c: k["labels"] for c, k in per_class.items()} == status["labels_per_class"]  # all trained on
+    card = json.loads((run / "model" / "metrics.json").read_text())
+    assert {c: k["recall"] for c, k in per_class.items()} == card["per_class_recall"]
+    assert sum(k["pool"] for k in per_class.values()) == status["pool_unlabelled"]  # every unlabelled item once
+    assert sum(k["asked"] for k in per_class.values()) == 5  # the batch, by the model's guess
+    assert main(["al", "status", str(run)]) == 0
+    for printed in (report, capsys.readouterr().out):
+        assert "pool (model)" in printed and "asked next" in printed
+        row = next(line for line in printed.splitlines() if line.strip().startswith("bear "))
+        k = per_class["bear"]
+        assert row.split()[1:] == [str(k["labels"]), f"{k['recall']:.3f}", str(k["pool"]), str(k["asked"])]
+
+
 def test_partial_answers_keep_the_rest_requested(run, trees):
     items = labels.current_request(run)
     labels.save_answers(run, {i.path: trees["truth"][i.path] for i in items[:2]})  # the labelling page, half done

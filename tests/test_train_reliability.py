@@ -106,7 +106,7 @@ def test_newer_or_damaged_state_files_are_refused_in_one_line(run, capsys):
         assert message in capsys.readouterr().err
     r.state_path.write_text(json.dumps(state))
     settings = json.loads(r.settings_path.read_text())
-    r.settings_path.write_text(json.dumps(settings | {"format_version": 4}))
+    r.settings_path.write_text(json.dumps(settings | {"format_version": 5}))
     assert main(["al", "next", str(run)]) == 1
     assert "run settings" in capsys.readouterr().err
     r.settings_path.write_text(json.dumps(settings))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trapkit.crop_policy import INTERPOLATIONS
 from trapkit.flags import add_ray_args, default_of, ray_settings
-from trapkit.train.settings import FLAGS, LOSSES, MININGS, HeadSettings, resolve
+from trapkit.train.settings import FIRST_STRATEGIES, FLAGS, LOSSES, MININGS, HeadSettings, resolve
 from trapkit.train.settings import default_of as d
 from trapkit.web import PAGE_INTERRUPTED, add_server_args, check_server_args
 
@@ -23,7 +23,8 @@ def _categories(text: str) -> tuple[str, ...]:
 def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
     """The options of `al init`, shared by `al simulate`. Defaults are None: 'not given' (config file wins);
     the help states the settings dataclasses' defaults (`default_of`)."""
-    p.add_argument("--labelled", required=required, help="seed images, one sub-folder per class")
+    p.add_argument("--labelled", help="seed images, one sub-folder per class (without it, round 1 asks about a "
+                   "first batch that covers the pool)")
     p.add_argument("--unlabelled", required=required, help="pool of images to label (any tree)")
     p.add_argument("--validation", help="held-out validation images, one sub-folder per class "
                    f"(default: hold out {d('validation_fraction'):.0%} of the seed images)".replace("%", "%%"))
@@ -50,6 +51,9 @@ def _init_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--feat-dim", type=int, help=f"embedding size (default {d('feat_dim')})")
     p.add_argument("--loss", choices=LOSSES, help=f"embedding fine-tuning loss (default {d('loss')})")
     p.add_argument("--mining", choices=MININGS, help=f"triplet mining (default {d('mining')})")
+    p.add_argument("--first-strategy", choices=FIRST_STRATEGIES,
+                   help=f"without --labelled: how round 1 picks a batch that covers the pool (default "
+                   f"{d('first_strategy')})")
     _round_options(p)
 
 
@@ -73,6 +77,9 @@ def _round_options(p: argparse.ArgumentParser) -> None:
                    help=f"MLP head: most epochs once its first {steps} optimiser steps are done, stopping early on "
                    f"held-out loss (default {d('head_max_epochs')}); with fewer than {holdout} labels the head "
                    f"trains exactly {steps} steps and this cap does not apply")
+    p.add_argument("--semi-supervised", action=argparse.BooleanOptionalAction, default=None,
+                   help="the head also learns from the pool: labels spread over the embeddings' k-NN graph give "
+                   f"weighted pseudo-labels (default {'on' if d('semi_supervised') else 'off'})")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -153,11 +160,30 @@ def _report(result) -> None:
     m = result.metrics
     print(f"round {result.round}: {result.labels} labels, validation accuracy {shown(m['accuracy'])}, "
           f"macro recall {shown(m['macro_recall'])} ({m['n']} images)")
+    for line in _class_lines(result.per_class):
+        print(line)
     if result.ingest is not None:
         print(f"answers: {result.ingest.summary()}")
     for problem in result.problems:
         print(f"note: {problem}")
     print(f"next: label the {result.requested} selected item(s) in {result.request}")
+
+
+def _class_lines(per_class: dict) -> list[str]:
+    """The per-class table of a round: labels, validation recall, pool items the model gives the class, and how
+    many of them the next request asks about (a class with few labels and low recall gets more)."""
+    from trapkit.train.metrics import shown
+
+    if not per_class:
+        return []
+
+    def count(v) -> str:
+        return "-" if v is None else str(v)
+
+    lines = [f"  {'class':<24} {'labels':>7} {'recall':>7} {'pool (model)':>13} {'asked next':>11}"]
+    lines += [f"  {c:<24} {k['labels']:>7} {shown(k['recall']):>7} {count(k['pool']):>13} {count(k['asked']):>11}"
+              for c, k in per_class.items()]
+    return lines
 
 
 def _init(args) -> int:
@@ -196,8 +222,9 @@ def _status(args) -> int:
     if s["taxa"]:
         print(f"{sum(s['taxa'].values())} item(s) answered at a higher taxon, kept aside (not trained on, not asked "
               "again): " + ", ".join(f"{name} {k}" for name, k in sorted(s["taxa"].items())))
-    for c, k in s["labels_per_class"].items():
-        print(f"  {c:<30} {k:>7}")
+    lines = _class_lines(s["per_class"])
+    for line in lines or [f"  {c:<30} {k:>7}" for c, k in s["labels_per_class"].items()]:
+        print(line)
     if s["metrics"]:
         print("latest: " + ", ".join(f"{k} {shown(v)}" for k, v in s["metrics"].items()))
     if len(s["history"]) > 1:

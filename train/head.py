@@ -106,24 +106,27 @@ def rescale_input(head: MLPHead, shift: np.ndarray, scale: float, inverse: bool 
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, num_classes: int, hidden: tuple[int, ...], settings: HeadSettings,
-             seed: int = 0, init: MLPHead | None = None) -> MLPHead:
+             seed: int = 0, init: MLPHead | None = None,
+             extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> MLPHead:
     """Train an MLPHead on (N, D) embeddings and (N,) int labels; it reads raw embeddings.
 
     At least `settings.min_steps` optimiser steps. With `settings.holdout_min`
     or more examples, 10% are held out and training stops once their loss has
     not improved for `patience` epochs (the best epoch's weights are kept);
     fewer, and it trains exactly `min_steps` steps. `init` warm-starts (grown
-    if needed).
+    if needed). `extra` = (x (P, D), labels (P,), weights (P,)): weighted examples
+    trained on beside the labels (`trapkit.train.semi`'s pseudo-labels), never
+    held out; the loss is then the weighted mean, each label weighing 1.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, settings.threads))
     try:
-        return _fit(x, y, num_classes, hidden, settings, seed, init)
+        return _fit(x, y, num_classes, hidden, settings, seed, init, extra)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(x, y, num_classes, hidden, settings, seed, init) -> MLPHead:
+def _fit(x, y, num_classes, hidden, settings, seed, init, extra) -> MLPHead:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     shift, scale = standardisation(x)
@@ -137,6 +140,13 @@ def _fit(x, y, num_classes, hidden, settings, seed, init) -> MLPHead:
     perm = torch.randperm(n, generator=gen)
     n_hold = n // 10 if n >= settings.holdout_min else 0
     hold, train = perm[:n_hold], perm[n_hold:]
+    weight = None
+    if extra is not None:  # standardised as the labels are; trained on, never held out
+        x_extra, y_extra, w_extra = extra
+        x_t = torch.cat([x_t, (as_float32(x_extra) - torch.from_numpy(shift.astype(np.float32))) / scale])
+        y_t = torch.cat([y_t, torch.from_numpy(np.asarray(y_extra, dtype=np.int64))])
+        weight = torch.cat([torch.ones(n), torch.from_numpy(np.asarray(w_extra, dtype=np.float32))])
+        train = torch.cat([train, torch.arange(n, len(y_t))])
     weights = [m.weight for m in head.layers if isinstance(m, torch.nn.Linear)]
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     # Full-batch steps while the set fits one batch; at most ~200 steps an epoch for big sets (bigger batches).
@@ -149,7 +159,11 @@ def _fit(x, y, num_classes, hidden, settings, seed, init) -> MLPHead:
         order = train[torch.randperm(len(train), generator=gen)]
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            loss = F.cross_entropy(head(x_t[idx]), y_t[idx])
+            if weight is None:
+                loss = F.cross_entropy(head(x_t[idx]), y_t[idx])
+            else:
+                loss = (weight[idx] * F.cross_entropy(head(x_t[idx]), y_t[idx], reduction="none")).sum() / \
+                    weight[idx].sum().clamp_min(1e-12)
             if settings.l2:
                 loss = loss + settings.l2 * sum((w ** 2).sum() for w in weights)
             opt.zero_grad(set_to_none=True)

@@ -41,7 +41,7 @@ class LabelSource(grid.FileGridSource):
         self.run_dir = Path(run_dir)
         self.run = Run(self.run_dir)
         self.run.require()
-        self.allow_new_classes = allow_new_classes
+        self._allow_new_classes = allow_new_classes
         self._round = None
         self._request: list = []
         self._vectors = None
@@ -66,6 +66,11 @@ class LabelSource(grid.FileGridSource):
             self.refresh()
             return True
         return False
+
+    @property
+    def allow_new_classes(self) -> bool:
+        """`--allow-new-classes`, or a run with no class yet (started without a seed): its first answers name them."""
+        return self._allow_new_classes or not self.classes()
 
     # -- GridSource ----------------------------------------------------------------------
 

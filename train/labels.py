@@ -55,7 +55,7 @@ from trapkit.answers import (
 )
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.train.run import OK, POOL, Run, format_box, parse_box
+from trapkit.train.run import OK, POOL, VALIDATION, VALIDATION_ROOT, Run, format_box, parse_box
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,9 @@ def ingest(df, answers: list[Answer] | list[Answered], classes: Vocabulary | tup
         pairs = [(a, selection(group.requested)) for group in answers for a in group.answers]
     else:
         pairs = [(a, selection(requested or {})) for a in answers]
-    pool = df.index[(df["split"] == POOL).to_numpy()]
+    # Pool items, and those of them held out for validation (a run without a seed): answers may name them again.
+    from_pool = (df["split"] == POOL) | ((df["split"] == VALIDATION) & (df["root"] != VALIDATION_ROOT))
+    pool = df.index[from_pool.to_numpy()]
     rows_of: dict[str, dict[int | None, int]] = {}
     for i, p, d in zip(pool, df.loc[pool, "path"], df.loc[pool, "detection"]):
         rows_of.setdefault(p, {})[int(d) if d else None] = i
@@ -509,7 +511,7 @@ def save_answers(run_dir: str | Path, answers: Mapping, allow_new_classes: bool 
         # A season's first guesses may be a classifier's taxa above the classes: confirming one is an answer.
         known = set(class_names(run_dir)) | {g.guess for g in items if g.guess}
         new = sorted({s for s in answers.values() if s and s not in known and s != WRONG_BOX})
-        if new and not allow_new_classes:
+        if new and not allow_new_classes and known:  # a run with no class yet takes the first names given
             raise TrapkitError(f"unknown class names {new}; pick one of {', '.join(sorted(known))}, or "
                                f"{WRONG_BOX} for a box with no animal")
         for warning in case_clashes(new, known):

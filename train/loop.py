@@ -27,6 +27,7 @@ from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_t
 from trapkit.errors import TrapkitError
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import read_taxonomy_csv
+from trapkit.train import cold_start
 from trapkit.train import labels as labels_mod
 from trapkit.train.metrics import FORMAT_VERSION as METRICS_FORMAT_VERSION
 from trapkit.train.run import (
@@ -66,6 +67,7 @@ class RoundResult:
     metrics: dict
     ingest: labels_mod.IngestReport | None = None
     problems: list[str] = field(default_factory=list)
+    per_class: dict = field(default_factory=dict)  # `trapkit.train.metrics.class_table`
 
 
 def head_classes(committed, df) -> tuple[str, ...]:
@@ -174,8 +176,9 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     """
     run = Run(run_dir)
     _refuse_existing(run)
-    if not settings.data.labelled or not settings.data.unlabelled:
-        raise TrapkitError("give both --labelled (one folder per class) and --unlabelled (the pool)")
+    if not settings.data.unlabelled:
+        raise TrapkitError("give --unlabelled (the pool of images to label), and --labelled (one folder per class) "
+                           "if you have labelled images")
     start = _initial_manifest(settings, taxonomy)
     with run.command("al init"):
         _refuse_existing(run)  # again, under the lock: a run may have been started meanwhile
@@ -194,6 +197,8 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
                  int((df["split"] == POOL).sum()))
         result = _run_round(run, settings, state, df, 1, cluster)
         result.problems = list(start.problems)
+        if not result.labels:
+            result.problems.append(cold_start.note(settings, result.requested))
         return result
 
 
@@ -217,8 +222,8 @@ class _Start:
 def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
     from trapkit.train.backbones import backbone_preprocessing, weight_warnings
 
-    seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT)
-    strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
+    cold = not settings.data.labelled  # no seed: round 1 covers the pool (trapkit.train.cold_start)
+    seed_rows, seed_classes, problems = _labelled_rows(settings, LABELLED_ROOT) if not cold else ([], [], [])
     pool, without, pool_problems = _pool_rows(settings, settings.data.unlabelled, settings.data.detections,
                                               "--unlabelled")
     problems = [*weight_warnings(settings.model.weights), *problems, *pool_problems]
@@ -227,7 +232,9 @@ def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
         val_rows, val_classes, val_problems = _labelled_rows(settings, VALIDATION_ROOT)
         problems += val_problems
         extra = sorted(set(val_classes) - set(seed_classes))
-        if extra:
+        if cold:  # the validation folder names the run's classes
+            seed_classes = val_classes
+        elif extra:
             raise TrapkitError(f"--validation has classes the seed lacks ({', '.join(extra)}); add seed images "
                                "for them or remove them from the validation folder")
         held = set()
@@ -235,10 +242,14 @@ def _initial_manifest(settings: RunSettings, taxonomy) -> _Start:
     else:
         held = _stratified_holdout(seed_rows, settings.data.validation_fraction, rng)
         rows += [r | {"split": VALIDATION} for r in seed_rows if r["path"] in held]
-        if not held:
+        if not held and not cold:
             problems.append("no validation folder and the seed is too small to hold images out; "
                             "metrics are not measured (give --validation)")
     rows += [r for r in seed_rows if r["path"] not in held] + pool
+    if taxonomy is not None and not seed_classes:
+        raise TrapkitError("--taxonomy needs the run's class names: give --labelled or --validation, or start "
+                           "without --taxonomy")
+    strings = read_taxonomy_csv(taxonomy, sorted(seed_classes)) if taxonomy is not None else None
     if without:
         problems.append(f"{len(without)} pool image(s) have no detection at or above the threshold and are left "
                         "out of the pool")
@@ -287,18 +298,22 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
             df, season = _add_season(settings, state, df, Path(add_pool), add_detections, n)
         elif add_detections is not None:
             raise TrapkitError("--detections on 'al next' is the new season's file; add --add-pool DIR")
-        report, inbox = _ingest_answers(run, settings, state, df, label_files, allow_new_classes, n,
-                                        _labels_root(settings, labels_root), season)
+        # A run started without a seed or validation folder has no class until its first answers name them.
+        report, inbox = _ingest_answers(run, settings, state, df, label_files, allow_new_classes or not state.classes,
+                                        n, _labels_root(settings, labels_root), season)
         if not (df["label_round"] > state.round).any() and not (df["added_round"] > state.round).any():
             raise TrapkitError(
                 f"no new labels; fill the Species column of {run.request_path(state.round)} and pass it with "
                 f"--labels, or save answers into {run.inbox_dir}/"
             )
         log.info("answers: %s", report.summary())
+        held = cold_start.hold_out_first_answers(df, settings, n, _stratified_holdout)  # in memory, committed
         state.classes = head_classes(state.classes, df)
         result = _run_round(run, settings, state, df, n, cluster, {f.path.name: f.digest for f in inbox})
         result.ingest = report
-        result.problems = list(report.warnings)
+        result.problems = list(report.warnings) + ([
+            f"{held} of this round's answers are held out as the validation set (the run has no --validation "
+            "folder); they are never trained on"] if held else [])
         return result
 
 
@@ -565,6 +580,8 @@ class _Round:
     emb: np.ndarray | None = None  # (N, D) float16, row i = manifest row i
     probs: np.ndarray | None = None  # (N, C) float32
     trained: np.ndarray | None = None  # rows the head learned from
+    recall: np.ndarray | None = None  # (C,) validation recall per class, NaN where not measured
+    per_class: dict = field(default_factory=dict)  # what the round knows per class (`_class_table`)
     cluster: object = None  # trapkit.cluster.ClusterSettings: the items are embedded on that Ray cluster
 
 
@@ -574,36 +591,43 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     ({name in the inbox: sha256}), moved to inbox/done/ once it commits."""
     import torch
 
-    from trapkit.train import head
+    from trapkit.train import head, semi
     from trapkit.train.model import build_model, save_model
 
     classes = tuple(state.classes)
+    cold = not settings.data.labelled and not trained_mask(df).any()  # no seed, no label yet: trapkit.train.cold_start
     torch.manual_seed(settings.select.seed)
     run.stage()
-    model = build_model(_spec(settings, classes, run_taxonomy(run, classes), model_name(run.root)),
+    model = build_model(_spec(settings, classes or (cold_start.PLACEHOLDER_CLASS,), run_taxonomy(run, classes),
+                              model_name(run.root)),
                         settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
     r = _Round(run, settings, state, df, n, run.items(df, settings), classes, cluster=cluster)
-    version = _finetune_if_due(r, model)
+    version = BASE_EMBEDDER if cold else _finetune_if_due(r, model)
     kill_point("finetuned")
     r.emb = _embed_all(r, model, version)
     kill_point("embedded")
 
     # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
     r.trained = np.flatnonzero(trained_mask(df))
-    if not len(r.trained):
+    if not len(r.trained) and not cold:
         raise TrapkitError("no readable labelled images; check the --labelled folder")
     y = _labels_of(df, r.trained, classes)
-    init = None
-    if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
-        from trapkit.train.model import load_model
+    if cold:
+        r.probs, m = np.ones((len(df), 1), np.float32), dict(cold_start.NOT_MEASURED)
+    else:
+        init = None
+        if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
+            from trapkit.train.model import load_model
 
-        init = load_model(run.model_dir).head
-    model.head = head.fit_head(r.emb[r.trained], y, len(classes), settings.model.head_hidden, settings.head,
-                               seed=settings.select.seed + n, init=init)
-    save_model(run.staged_model_dir, model)
-    r.probs = head.predict(model.head, r.emb)  # (N, C)
-    m = _evaluate(r)
+            init = load_model(run.model_dir).head
+        model.head = semi.fit_round_head(r.emb, r.trained, y, np.flatnonzero(_candidate_mask(df)), len(classes),
+                                         settings.model.head_hidden, settings.head, seed=settings.select.seed + n,
+                                         init=init)
+        save_model(run.staged_model_dir, model)
+        r.probs = head.predict(model.head, r.emb)  # (N, C)
+        m = _evaluate(r)
+        r.recall = np.array([m["per_class_recall"].get(c, np.nan) for c in classes])
     kill_point("model-saved")
 
     chosen = _request(r, np.bincount(y, minlength=len(classes)))
@@ -615,7 +639,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     run.commit(df, settings, state, ingested)
     log.debug("round %d: %d labels, validation accuracy %s (%d items); requested %d items in %s",
               n, len(r.trained), m["accuracy"], m["n"], len(chosen), run.request_path(n))
-    return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(r.trained)), m)
+    return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(r.trained)), m, per_class=r.per_class)
 
 
 def _finetune_if_due(r: _Round, model) -> str:
@@ -624,7 +648,9 @@ def _finetune_if_due(r: _Round, model) -> str:
 
     settings, state = r.settings, r.state
     trained = np.flatnonzero(trained_mask(r.df))
-    due = state.embedder_version is None or len(trained) - state.labels_at_finetune >= settings.finetune.every
+    # Never finetuned yet (the seed's round, or the first answers of a run started without a seed), or due again.
+    due = state.embedder_version in (None, BASE_EMBEDDER) or \
+        len(trained) - state.labels_at_finetune >= settings.finetune.every
     if not due or settings.finetune.epochs <= 0:
         return state.embedder_version or BASE_EMBEDDER
     finetune.finetune(model, [r.items[i] for i in trained], _labels_of(r.df, trained, r.classes), len(r.classes),
@@ -699,11 +725,12 @@ def _pick(r: _Round, candidates: np.ndarray, taken: np.ndarray, k: int, counts: 
           sequence: np.ndarray | None) -> np.ndarray:
     from trapkit.train import strategies
 
-    pool = strategies.Pool(r.probs, r.emb, candidates, r.trained, counts)
+    pool = strategies.Pool(r.probs, r.emb, candidates, r.trained, counts, _labels_of(r.df, r.trained, r.classes),
+                           r.recall)
+    strategy = r.settings.select.strategy if len(r.trained) else r.settings.select.first_strategy
     if sequence is None:
-        return strategies.select(r.settings.select.strategy, pool, k, seed=r.settings.select.seed + r.n)
-    return strategies.select_per_sequence(r.settings.select.strategy, pool, k, sequence, taken=taken,
-                                          seed=r.settings.select.seed + r.n)
+        return strategies.select(strategy, pool, k, seed=r.settings.select.seed + r.n)
+    return strategies.select_per_sequence(strategy, pool, k, sequence, taken=taken, seed=r.settings.select.seed + r.n)
 
 
 def _request(r: _Round, counts: np.ndarray) -> np.ndarray:
@@ -745,8 +772,21 @@ def _request(r: _Round, counts: np.ndarray) -> np.ndarray:
     atomic_write_json(run.round_dir(n) / "request.json", {
         "format_version": REQUEST_FORMAT_VERSION, "items": int(len(chosen)),
         "images": len(set(paths[chosen].tolist())), "sequences": len(set(sequence[chosen].tolist())),
-        "per_sequence": r.settings.sequence_aware})
+        "per_sequence": r.settings.sequence_aware, "per_class": _class_table(r, counts, candidates, chosen)})
     return chosen
+
+
+def _class_table(r: _Round, counts: np.ndarray, candidates: np.ndarray, chosen: np.ndarray) -> dict:
+    """Per class (kept in r.per_class): labels, validation recall, pool items the model gives it, and requested
+    items it gives it."""
+    from trapkit.train.metrics import class_table
+
+    recall = {} if r.recall is None else {c: float(v) for c, v in zip(r.classes, r.recall) if v == v}
+    predicted = (None, None) if not len(r.trained) else (  # no model yet
+        np.bincount(r.probs[candidates].argmax(1), minlength=len(r.classes)),
+        np.bincount(r.probs[chosen].argmax(1), minlength=len(r.classes)))
+    r.per_class = class_table(r.classes, counts, recall, *predicted)
+    return r.per_class
 
 
 def _present(r: _Round, rows: np.ndarray) -> np.ndarray:
@@ -768,6 +808,8 @@ def _guess(r: _Round, i: int) -> labels_mod.Guess:
     detection, box = df.at[i, "detection"], df.at[i, "bbox"]
     if df.at[i, "prior_guess"] and df.at[i, "added_round"] == r.n:
         guess, conf = df.at[i, "prior_guess"], float(df.at[i, "prior_confidence"] or "nan")
+    elif not len(r.trained):  # no model yet
+        guess, conf = None, float("nan")
     else:
         guess, conf = r.classes[int(r.probs[i].argmax())], float(r.probs[i].max())
     return labels_mod.Guess(df.at[i, "path"], int(detection) if detection else None,
@@ -795,6 +837,7 @@ def status(run_dir: str | Path) -> dict:
             return read_versioned(path, version, "round file", advice) if path.is_file() else {}
 
         latest = read(run.round_dir(state.round) / "metrics.json")
+        latest_request = read(run.round_dir(state.round) / "request.json", REQUEST_FORMAT_VERSION)
         inbox = sorted(p.name for p in run.inbox_dir.glob("*.csv")) if run.inbox_dir.is_dir() else []
         request = run.request_path(state.round)
         history = []
@@ -814,6 +857,8 @@ def status(run_dir: str | Path) -> dict:
         return {
             "round": state.round,
             "labels_per_class": per_class,
+            # labels, validation recall, pool items the model gives it, and of the latest request (metrics.class_table)
+            "per_class": latest_request.get("per_class", {}),
             "labelled": int(len(lab)),
             "wrong_boxes": int((df["label"] == WRONG_BOX).sum()),
             "taxa": {str(k): int(v) for k, v in df.loc[df["taxon"] != "", "taxon"].value_counts().items()},

@@ -45,6 +45,17 @@ def compute(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     }
 
 
+def class_table(classes, labels: np.ndarray, recall: dict, pool_predicted: np.ndarray | None,
+                asked: np.ndarray | None) -> dict[str, dict]:
+    """Per class, what a round knows of it: `labels` trained on, validation `recall` (None: no validation item),
+    `pool` items the model gives it and items of the next request it gives it (`asked`) (None: no model yet)."""
+    def count(values, i):
+        return None if values is None else int(values[i])
+
+    return {c: {"labels": int(labels[i]) if i < len(labels) else 0, "recall": recall.get(c),
+                "pool": count(pool_predicted, i), "asked": count(asked, i)} for i, c in enumerate(classes)}
+
+
 def shown(value: float | None, digits: int = 3) -> str:
     """A score for people: 'n/a' where nothing was measured."""
     return "n/a" if value is None else f"{value:.{digits}f}"

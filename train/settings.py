@@ -24,8 +24,10 @@ from trapkit.crop_policy import CropPolicy
 from trapkit.errors import TrapkitError
 from trapkit.typed_json import checked, read_json, read_versioned
 
-SETTINGS_FORMAT_VERSION = 3  # 2: detections, crop policy, sequences, seasons; 3: seasons anywhere
+SETTINGS_FORMAT_VERSION = 4  # 2: detections, crop policy, sequences, seasons; 3: seasons anywhere;
+# 4: first_strategy, the semi-supervised head
 LOSSES = ("softmax", "triplet")
+FIRST_STRATEGIES = ("typiclust", "kcenter", "uniform")  # a run without a seed: round 1 needs no model
 MININGS = ("batch-hard", "semi-hard")
 
 
@@ -116,6 +118,10 @@ class HeadSettings:
     # Labelled examples before 10% are held out for early stopping (50 held out); fewer: exactly min_steps.
     holdout_min: int = 500
     l2: float = 3e-3  # penalty on the squared weights (standardised inputs), added to the mean loss
+    # Label spreading over the pool's k-NN graph gives the head weighted pseudo-labels (trapkit.train.semi);
+    # together they weigh `semi_weight` x the number of labels.
+    semi_supervised: bool = False
+    semi_weight: float = 1.0
     # Steps of a (256 -> 230 -> 100) MLP are too small to gain from intra-op threads; extra threads
     # only add synchronisation, which costs 5-10x on a busy machine. Restored after training.
     threads: int = 1
@@ -124,6 +130,8 @@ class HeadSettings:
 @dataclass
 class SelectSettings:
     strategy: str = "margin"
+    # Round 1 of a run started without a seed (no label, no model): a batch that covers the pool.
+    first_strategy: str = "typiclust"
     batch: int = 100
     seed: int = 0
     # At most one item per camera-trap sequence (same folder, EXIF times within `sequence_gap` seconds) in a
@@ -200,11 +208,13 @@ FLAGS = {
     "finetune_epochs": ("finetune", "epochs"),
     "finetune_every": ("finetune", "every"),
     "strategy": ("select", "strategy"),
+    "first_strategy": ("select", "first_strategy"),
     "batch": ("select", "batch"),
     "seed": ("select", "seed"),
     "per_sequence": ("select", "per_sequence"),
     "sequence_gap": ("select", "sequence_gap"),
     "head_max_epochs": ("head", "max_epochs"),
+    "semi_supervised": ("head", "semi_supervised"),
 }
 FILE_FLAGS = ("labelled", "unlabelled", "validation", "detections", "seed_detections", "validation_detections")
 
@@ -253,6 +263,9 @@ def validate(s: RunSettings) -> None:
         raise TrapkitError(f"unknown triplet mining {s.finetune.mining!r}; use one of {', '.join(MININGS)}")
     if s.select.strategy not in STRATEGIES:
         raise TrapkitError(f"unknown strategy {s.select.strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if s.select.first_strategy not in FIRST_STRATEGIES:
+        raise TrapkitError(f"--first-strategy {s.select.first_strategy!r} needs no model, so it must be one of "
+                           f"{', '.join(FIRST_STRATEGIES)}")
     if s.select.batch < 1:
         raise TrapkitError(f"--batch must be at least 1, got {s.select.batch}")
     if s.select.seed < 0:
@@ -267,9 +280,9 @@ def validate(s: RunSettings) -> None:
                                ("head.holdout_min", h.holdout_min, 10), ("head.threads", h.threads, 1)):
         if value < least:
             raise TrapkitError(f"{name} must be at least {least}, got {value}; fix the config file or flag")
-    if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0):
-        raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2} and weight_decay "
-                           f"{h.weight_decay} at least 0); fix the config file")
+    if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0 and h.semi_weight >= 0):
+        raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2}, weight_decay "
+                           f"{h.weight_decay} and semi_weight {h.semi_weight} at least 0); fix the config file")
     s.crop_policy  # noqa: B018 - validates threshold, categories, margin and interpolation
     if s.select.sequence_gap < 0:
         raise TrapkitError(f"--sequence-gap must be 0 or more seconds, got {s.select.sequence_gap}")

@@ -5,16 +5,30 @@ calls are always correct (k-center recomputes its distances from the
 labelled set each call), handles any batch size up to the number of
 candidates, and only returns candidate rows (never a labelled image).
 Memory stays O(N (C + D)): distances are computed in chunks or against one
-centre at a time, never as an N x N matrix.
+centre at a time, never as an N x N matrix (`trapkit.train.geometry`).
+
+The names are those of the reference active-learning loop for camera traps (Norouzzadeh et al. 2020,
+itself following Google's active-learning repository), plus a few of trapkit's own:
 
 - uniform: random.
 - margin / entropy / confidence: most uncertain by top-2 margin, entropy, or top-1 probability.
-- kcenter: greedy k-center (core-set) on embeddings, from the labelled set.
-- cluster_margin: the 10 x batch lowest-margin images, k-means'd into `batch` clusters; the most
-  uncertain of each cluster (uncertain and diverse).
+- kcenter: greedy k-center (core-set, Sener and Savarese 2018) on embeddings, from the labelled set.
+- graph_density: the densest points of a k-NN graph of the embeddings, the density of a pick's (and of every
+  labelled point's) neighbours lowered so the batch spreads (Ebert et al. 2012, "RALF").
+- informative_diverse: lowest margin first, but no k-means cluster (as many clusters as classes) gets more of
+  the batch than its share of the pool (informative and diverse, after Xu et al. 2003).
+- hierarchical: Dasgupta and Hsu's hierarchical sampling (2008) on a cluster tree of the embeddings
+  (`trapkit.train.hierarchical`).
+- typiclust: the most typical point of each of the largest uncovered k-means clusters (Hacohen et al. 2022);
+  made for tiny budgets, and the cover of a first batch without any label (`trapkit.train.cold_start`).
+- cluster_margin (the reference loop's margin_cluster_mean): the 10 x batch lowest-margin images, k-means'd
+  into `batch` clusters; the most uncertain of each cluster (uncertain and diverse).
 - badge: k-means++ seeding on gradient embeddings (p - onehot(argmax)) x z (uncertain and diverse).
-- balanced_margin: class-balance aware for long-tailed data: the batch is shared among predicted
-  classes in inverse proportion to their labelled counts, lowest margin first within each.
+- balanced_margin: the batch is shared among predicted classes, more to a class the fewer labels it has and
+  the lower its validation recall; lowest margin first within each.
+
+Strategies whose cost grows faster than the pool (kcenter, badge, graph_density, typiclust, hierarchical)
+look at a random `MAX_CANDIDATES` of a larger pool (the same ones for a given seed).
 
 `select_per_sequence` wraps any of them for camera traps: at most one item per sequence (a burst of
 photos, `trapkit.sequences`) in a batch, unless the pool runs out of sequences.
@@ -27,8 +41,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from trapkit.errors import TrapkitError
+from trapkit.train.geometry import (clusters, gather, kmeans, knn, min_distances, squared_norms, subsample,
+                                    symmetric_graph)
+from trapkit.train.hierarchical import hierarchical_sampling
 
-CHUNK = 65536
+MAX_CANDIDATES = 100_000  # candidates the quadratic strategies look at (a random subset of a larger pool)
+GRAPH_NODES = 10_000  # candidates in graph_density's k-NN graph (its cost is nodes^2 D)
+GRAPH_LABELLED = 5_000  # labelled rows in that graph (their neighbours' density is lowered)
+GRAPH_NEIGHBOURS = 10  # k of the k-NN graph (Ebert et al. and the reference loop use 10)
+TYPICAL_NEIGHBOURS = 20  # typicality: inverse mean distance to the 20 nearest in the cluster (TypiClust)
+TYPICLUST_MAX_CLUSTERS = 500  # as TypiClust's own code caps k-means
+TYPICLUST_MIN_SIZE = 5  # clusters smaller than this are never picked from (TypiClust)
+TYPICAL_SAMPLE = 2_000  # members of a large cluster typicality is measured among
 
 
 @dataclass
@@ -38,14 +62,8 @@ class Pool:
     candidates: np.ndarray  # (M,) int rows that may be picked: unlabelled, readable
     labelled: np.ndarray  # (L,) int rows already labelled
     label_counts: np.ndarray | None = None  # (C,) labelled examples per class
-
-
-def _gather(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """x[rows] as float32, chunked so a float16 memmap is never copied whole at once in float64."""
-    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
-    for s in range(0, len(rows), CHUNK):
-        out[s:s + CHUNK] = x[rows[s:s + CHUNK]]
-    return out
+    labels: np.ndarray | None = None  # (L,) class index of each labelled row; -1: asked, not answered yet
+    class_recall: np.ndarray | None = None  # (C,) validation recall per class; NaN: not measured
 
 
 def _lowest(scores: np.ndarray, k: int) -> np.ndarray:
@@ -82,52 +100,26 @@ def uniform(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def kcenter(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
-    x = _gather(pool.embeddings, pool.candidates)  # (M, D)
-    sq = np.einsum("ij,ij->i", x, x)
-    if len(pool.labelled):
-        lab = _gather(pool.embeddings, pool.labelled)  # (L, D)
-        lab_sq = np.einsum("ij,ij->i", lab, lab)
-        dist = np.empty(len(x), np.float32)
-        step = max(256, 2**24 // max(len(lab), 1))  # chunk x L floats stays ~64 MB
-        for s in range(0, len(x), step):
-            d = sq[s:s + step, None] - 2.0 * x[s:s + step] @ lab.T + lab_sq[None, :]
-            dist[s:s + step] = d.min(axis=1)
-    else:
-        dist = np.full(len(x), np.inf, np.float32)
-        dist[rng.integers(len(x))] = np.float32(np.finfo(np.float32).max)
+    candidates = subsample(pool.candidates, MAX_CANDIDATES, rng)
+    x = gather(pool.embeddings, candidates)  # (M, D)
+    sq = squared_norms(x)
     chosen = []
-    for _ in range(min(batch, len(x))):
+    if len(pool.labelled):
+        dist = min_distances(x, gather(pool.embeddings, pool.labelled), sq)[0]
+    else:  # no centre yet: a random first pick is the first centre
+        chosen.append(int(rng.integers(len(x))))
+        dist = min_distances(x, x[chosen], sq)[0]
+        dist[chosen] = -np.inf
+    while len(chosen) < min(batch, len(x)):
         i = int(np.argmax(dist))
         chosen.append(i)
-        d = sq - 2.0 * (x @ x[i]) + sq[i]
+        d = x @ x[i]
+        d *= -2.0
+        d += sq
+        d += sq[i]
         np.minimum(dist, d, out=dist)
         dist[i] = -np.inf
-    return pool.candidates[np.array(chosen, dtype=np.int64)]
-
-
-def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20) -> np.ndarray:
-    """Lloyd's k-means with k-means++ init; returns (n,) cluster ids. x is small (a few thousand rows)."""
-    centres = x[_kmeanspp(x, k, rng)]
-    for _ in range(iters):
-        d = (x**2).sum(1)[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None, :]
-        assign = d.argmin(axis=1)
-        for c in range(k):
-            members = x[assign == c]
-            if len(members):
-                centres[c] = members.mean(axis=0)
-    return assign
-
-
-def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    sq = (x**2).sum(1)
-    chosen = [int(rng.integers(len(x)))]
-    dist = np.maximum(sq - 2 * x @ x[chosen[0]] + sq[chosen[0]], 0)
-    for _ in range(k - 1):
-        total = dist.sum()
-        i = int(rng.choice(len(x), p=dist / total)) if total > 0 else int(rng.integers(len(x)))
-        chosen.append(i)
-        np.minimum(dist, np.maximum(sq - 2 * x @ x[i] + sq[i], 0), out=dist)
-    return np.array(chosen)
+    return candidates[np.array(chosen, dtype=np.int64)]
 
 
 def cluster_margin(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -135,8 +127,8 @@ def cluster_margin(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarr
     shortlist = _lowest(margins, 10 * batch)
     if batch >= len(shortlist):
         return pool.candidates[shortlist]
-    x = _gather(pool.embeddings, pool.candidates[shortlist])
-    assign = _kmeans(x, batch, rng)
+    x = gather(pool.embeddings, pool.candidates[shortlist])
+    assign = kmeans(x, batch, rng)[1]
     picked = []
     for c in np.unique(assign):
         members = np.flatnonzero(assign == c)
@@ -152,11 +144,12 @@ def badge(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
 
     |g_i - g_j|^2 = |u_i|^2 |z_i|^2 + |u_j|^2 |z_j|^2 - 2 (u_i . u_j)(z_i . z_j), u = p - onehot.
     """
-    p = pool.probs[pool.candidates]  # (M, C)
+    candidates = subsample(pool.candidates, MAX_CANDIDATES, rng)
+    p = pool.probs[candidates]  # (M, C)
     u = p.copy()
     u[np.arange(len(u)), p.argmax(axis=1)] -= 1.0
-    z = _gather(pool.embeddings, pool.candidates)  # (M, D)
-    norm = np.einsum("ij,ij->i", u, u) * np.einsum("ij,ij->i", z, z)  # |g|^2, (M,)
+    z = gather(pool.embeddings, candidates)  # (M, D)
+    norm = np.einsum("ij,ij->i", u, u) * squared_norms(z)  # |g|^2, (M,)
     k = min(batch, len(z))
     chosen = [int(np.argmax(norm))]
     dist = np.full(len(z), np.inf, np.float32)
@@ -171,7 +164,17 @@ def badge(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
         nxt = int(rng.choice(len(z), p=dist / total)) if total > 0 else \
             int(rng.choice(np.setdiff1d(np.arange(len(z)), chosen)))
         chosen.append(nxt)
-    return pool.candidates[np.array(chosen, dtype=np.int64)]
+    return candidates[np.array(chosen, dtype=np.int64)]
+
+
+def class_needs(counts: np.ndarray, recall: np.ndarray | None) -> np.ndarray:
+    """(C,) how much of a batch each class should get: more the fewer labels it has and the lower its
+    validation recall, (1 - recall + 0.1) / (labels + 1); a class not measured counts as recall 0.5."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if recall is None:
+        return 1.0 / (counts + 1.0)
+    r = np.where(np.isnan(recall), 0.5, np.asarray(recall, dtype=np.float64))
+    return (1.0 - r + 0.1) / (counts + 1.0)
 
 
 def balanced_margin(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -180,7 +183,7 @@ def balanced_margin(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndar
     margins = margin_scores(p)
     counts = pool.label_counts if pool.label_counts is not None else np.zeros(p.shape[1])
     present = np.unique(predicted)
-    weight = 1.0 / (np.asarray(counts, dtype=np.float64)[present] + 1.0)
+    weight = class_needs(counts, pool.class_recall)[present]
     quota = np.floor(batch * weight / weight.sum()).astype(int)
     picked: list[int] = []
     for c, q in zip(present, quota):
@@ -194,12 +197,124 @@ def balanced_margin(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndar
     return pool.candidates[np.array(picked, dtype=np.int64)]
 
 
+def graph_density(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Ebert et al. 2012's graph density, as the reference loop selects with it.
+
+    A symmetric k-NN graph (k = 10) of candidates and labelled rows, edges weighted by a Gaussian kernel of
+    the Euclidean distance (bandwidth: the mean squared neighbour distance); a node's density is the mean
+    weight of its edges. Greedy: the densest candidate is picked and each neighbour's density drops by the
+    pick's. Labelled rows lower their neighbours' density the same way first (the reference keeps these
+    drops from one batch to the next; here they are recomputed from the labelled set, as k-center does).
+    Pools larger than `GRAPH_NODES` candidates: a random `GRAPH_NODES` of them are the graph's nodes.
+    """
+    candidates = subsample(pool.candidates, GRAPH_NODES, rng)
+    labelled = subsample(pool.labelled, GRAPH_LABELLED, rng)
+    nodes = np.concatenate([candidates, labelled])
+    if len(nodes) < 2:
+        return candidates[:batch]
+    idx, d2 = knn(gather(pool.embeddings, nodes), GRAPH_NEIGHBOURS)  # (n, k)
+    weight = np.exp(-d2 / max(float(d2.mean()), 1e-12))
+    start, neighbour, edge = symmetric_graph(idx, weight)  # node i's neighbours: neighbour[start[i]:start[i + 1]]
+    degree = np.diff(start)
+    density = np.add.reduceat(edge, start[:-1]) / np.maximum(degree, 1)  # every node has >= k edges
+    labelled_nodes = np.arange(len(candidates), len(nodes))
+    owner = np.repeat(np.arange(len(nodes)), degree)  # the node each edge starts from
+    from_labelled = owner >= len(candidates)
+    np.subtract.at(density, neighbour[from_labelled], density[owner[from_labelled]].copy())
+    density[labelled_nodes] = -np.inf
+    chosen = []
+    for _ in range(min(batch, len(candidates))):
+        i = int(np.argmax(density))
+        chosen.append(i)
+        density[neighbour[start[i]:start[i + 1]]] -= density[i]
+        density[chosen] = -np.inf
+    return candidates[np.array(chosen, dtype=np.int64)]
+
+
+def informative_diverse(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """The reference loop's informative and diverse sampler: k-means with as many clusters as classes; then,
+    lowest margin first, a candidate joins the batch while its cluster's part of the batch is below the
+    cluster's share of the pool (rounded up); what is left of the batch is filled by margin alone."""
+    margins = margin_scores(pool.probs[pool.candidates])
+    k = min(pool.probs.shape[1], len(pool.candidates))
+    cluster = clusters(pool.embeddings, pool.candidates, k, rng)[1]
+    share = np.bincount(cluster, minlength=k) / len(cluster)
+    quota = np.ceil(batch * share).astype(int)
+    picked = []
+    for c in range(k):  # each cluster's `quota` lowest margins; then the lowest of all of them
+        members = np.flatnonzero(cluster == c)
+        picked.append(members[_lowest(margins[members], quota[c])])
+    picked = np.concatenate(picked)
+    picked = picked[_lowest(margins[picked], batch)]
+    if len(picked) < batch:
+        rest = np.setdiff1d(np.arange(len(margins)), picked)
+        picked = np.concatenate([picked, rest[_lowest(margins[rest], batch - len(picked))]])
+    return pool.candidates[picked]
+
+
+def hierarchical(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
+    labels = pool.labels if pool.labels is not None else pool.probs[pool.labelled].argmax(axis=1)
+    candidates = subsample(pool.candidates, MAX_CANDIDATES, rng)
+    return hierarchical_sampling(pool.embeddings, candidates, pool.labelled, labels, pool.probs.shape[1], batch, rng)
+
+
+def typiclust(pool: Pool, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """TypiClust (Hacohen, Dekel and Weinshall 2022): k-means into labelled + batch clusters (at most 500);
+    then, one pick at a time, the cluster with the fewest labelled or picked items (the largest first among
+    equals; clusters under 5 items never) gives its most typical unpicked candidate: the one with the
+    smallest mean distance to its 20 nearest neighbours in the cluster."""
+    candidates = subsample(pool.candidates, MAX_CANDIDATES, rng)
+    rows = np.concatenate([candidates, pool.labelled])
+    k = max(1, min(len(pool.labelled) + batch, TYPICLUST_MAX_CLUSTERS, len(rows)))
+    cluster = clusters(pool.embeddings, rows, k, rng)[1]
+    size = np.bincount(cluster, minlength=k)
+    covered = np.bincount(cluster[len(candidates):], minlength=k)
+    is_candidate = np.zeros(len(rows), bool)
+    is_candidate[:len(candidates)] = True
+    typical: dict[int, list[int]] = {}  # cluster -> its candidates, most typical first
+    chosen = []
+    eligible = size >= min(TYPICLUST_MIN_SIZE, int(size.max()))
+    while len(chosen) < min(batch, len(candidates)):
+        open_ = eligible & np.array([typical.get(c, [None]) != [] for c in range(k)])
+        if not open_.any():
+            break
+        order = np.lexsort((np.arange(k), -size, covered))  # fewest covered, then largest, then id
+        c = int(next(c for c in order if open_[c]))
+        if c not in typical:
+            typical[c] = _most_typical(pool.embeddings, rows, np.flatnonzero(cluster == c), is_candidate, rng)
+        if not typical[c]:
+            continue
+        chosen.append(typical[c].pop(0))
+        covered[c] += 1
+    if len(chosen) < min(batch, len(candidates)):  # clusters ran out: fill at random
+        rest = np.setdiff1d(np.arange(len(candidates)), chosen)
+        chosen += rng.choice(rest, size=min(batch, len(candidates)) - len(chosen), replace=False).tolist()
+    return candidates[np.array(chosen, dtype=np.int64)]
+
+
+def _most_typical(embeddings, rows, members, is_candidate, rng) -> list[int]:
+    """Positions of a cluster's candidates, most typical first (typicality among at most `TYPICAL_SAMPLE`
+    members of a large cluster)."""
+    members = subsample(members, TYPICAL_SAMPLE, rng)
+    if len(members) < 2:
+        return [int(i) for i in members if is_candidate[i]]
+    x = gather(embeddings, rows[members])
+    d2 = knn(x, TYPICAL_NEIGHBOURS)[1]
+    typicality = 1.0 / (np.sqrt(d2).mean(axis=1) + 1e-12)
+    order = np.lexsort((members, -typicality))
+    return [int(members[i]) for i in order if is_candidate[members[i]]]
+
+
 STRATEGIES = {
     "uniform": uniform,
     "margin": _uncertainty("margin"),
     "entropy": _uncertainty("entropy"),
     "confidence": _uncertainty("confidence"),
     "kcenter": kcenter,
+    "graph_density": graph_density,
+    "informative_diverse": informative_diverse,
+    "hierarchical": hierarchical,
+    "typiclust": typiclust,
     "cluster_margin": cluster_margin,
     "badge": badge,
     "balanced_margin": balanced_margin,
@@ -236,8 +351,7 @@ def select_per_sequence(strategy: str, pool: Pool, batch: int, sequence: np.ndar
     for attempt in range(batch):
         if len(chosen) >= batch or not len(rest):
             break
-        sub = Pool(pool.probs, pool.embeddings, rest, np.concatenate([pool.labelled, taken, chosen]).astype(np.int64),
-                   pool.label_counts)
+        sub = _asked(pool, rest, np.concatenate([taken, chosen]))
         for i in select(strategy, sub, batch - len(chosen), seed=seed + attempt):
             if sequence[i] not in used:
                 chosen.append(int(i))
@@ -246,7 +360,14 @@ def select_per_sequence(strategy: str, pool: Pool, batch: int, sequence: np.ndar
     if len(chosen) < batch:  # the pool ran out of new sequences
         left = np.setdiff1d(candidates, chosen)
         if len(left):
-            sub = Pool(pool.probs, pool.embeddings, left, np.concatenate([pool.labelled, taken, chosen]).astype(np.int64),
-                       pool.label_counts)
+            sub = _asked(pool, left, np.concatenate([taken, chosen]))
             chosen += select(strategy, sub, batch - len(chosen), seed=seed + batch).tolist()
     return np.array(chosen, dtype=np.int64)
+
+
+def _asked(pool: Pool, candidates: np.ndarray, asked: np.ndarray) -> Pool:
+    """`pool` with other candidates, and the `asked` rows (picked, not answered) counted among the labelled."""
+    asked = np.asarray(asked, dtype=np.int64)
+    labels = None if pool.labels is None else np.concatenate([pool.labels, np.full(len(asked), -1)])
+    return Pool(pool.probs, pool.embeddings, candidates, np.concatenate([pool.labelled, asked]).astype(np.int64),
+                pool.label_counts, labels, pool.class_recall)
