@@ -122,7 +122,7 @@ def export_addaxai(source: str | Path, settings: AddaxaiSettings, *, taxonomy: s
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=True) + "\n")
     atomic_write_text(folder / README, readme(spec, names, manifest, rows, metrics))
     for note in notes:
-        log.warning("%s", note)
+        log.debug("%s", note)
     return AddaxaiResult(folder, model_id, names, prob_diff, crops, levels, notes)
 
 
@@ -162,9 +162,10 @@ def _checked_names(spec: ModelSpec, names_csv: Path | None, imagenet: bool) -> t
 def _read_names(path: Path, labels) -> dict[str, str]:
     known, names, problems = set(labels), {}, []
     for n, row in csv_rows(Path(path), "AddaxAI names", NAMES_COLUMNS):
-        label, name = (row.get("label") or "").strip(), row.get("name") or ""
-        if not label and not name.strip():
+        label, name = row.get("label") or "", row.get("name") or ""
+        if not label.strip() and not name.strip():
             continue
+        label = label if label in known else label.strip()
         if label not in known:
             problems.append(f"row {n} ({label or 'no label'}) names no class of the model")
         elif label in names:
@@ -178,9 +179,9 @@ def _read_names(path: Path, labels) -> dict[str, str]:
 
 def imagenet_names(labels) -> list[str]:
     """ImageNet's labels are WordNet synonym lists ("tench, Tinca tinca"): each class's first synonym, or, where
-    two classes share it, its synonyms joined by " / "."""
-    first = [label.split(",")[0].strip() for label in labels]
-    return [f if first.count(f) == 1 else " / ".join(s.strip() for s in label.split(","))
+    two classes share it in any case (maillot, Cardigan and cardigan), its synonyms joined by " / "."""
+    first = [label.split(",")[0].strip().lower() for label in labels]
+    return [label.split(",")[0].strip() if first.count(f) == 1 else " / ".join(s.strip() for s in label.split(","))
             for f, label in zip(first, labels)]
 
 
@@ -369,9 +370,9 @@ def check_against_trapkit(model, folder: Path, tolerance: float) -> tuple[float,
     """(max |probs diff|, crops, largest mean |crop difference|): the folder's inference.py against trapkit on the bundled photos' detections.
 
     Fed trapkit's crops, its probabilities must be trapkit's model's within `tolerance`. Its own crops of each
-    photo as AddaxAI opens it (stored orientation, RGB) must be trapkit's byte for byte where `trapkit classify`
-    decodes at full scale, and within `CROP_LEVELS` (mean absolute difference) where it decodes at a reduced
-    scale: a misplaced or unturned crop differs by tens of levels.
+    photo as AddaxAI opens it (stored orientation, RGB) must be trapkit's crops of the decoded upright photo byte
+    for byte where `trapkit classify` decodes at full scale, and within `CROP_LEVELS` (mean absolute difference)
+    of `trapkit classify`'s everywhere: a misplaced or unturned crop differs by tens of levels.
     """
     import numpy as np
     import torch
@@ -379,14 +380,14 @@ def check_against_trapkit(model, folder: Path, tolerance: float) -> tuple[float,
 
     from trapkit import detections as md
     from trapkit.crops import min_decode_size
-    from trapkit.images import _draft_scale, read_header
-    from trapkit.prepare import Preprocessing, prepare_image
+    from trapkit.images import _draft_scale, open_image, read_header
+    from trapkit.prepare import Preprocessing, crops_from_image, prepare_image
     from trapkit.samples import SAMPLES_DIR
 
     inference = load_inference(folder)
     prep = Preprocessing.from_spec(model.spec)
     doc = md.load_detections(SAMPLES_DIR / "md_v5a_detections.json")
-    ours, theirs, full_scale = [], [], []
+    ours, theirs, exact = [], [], True
     for i, dets in sorted(md.qualifying(doc, prep.threshold, prep.categories).items()):
         path = SAMPLES_DIR / doc["images"][i]["file"]
         width, height = read_header(path).size
@@ -396,11 +397,11 @@ def check_against_trapkit(model, folder: Path, tolerance: float) -> tuple[float,
             box = doc["images"][i]["detections"][j]["bbox"]
             ours.append(prepare_image(path, [box], prep).crops[0])  # decoded for this box alone, as AddaxAI does
             theirs.append(inference.get_tensor(inference.get_crop(image, tuple(box))))
-            scale = _draft_scale((width, height), min_decode_size([box], width, height, prep.input_size, prep.margin))
-            full_scale.append(scale == 1)
-    ours, theirs, full_scale = np.stack(ours), np.stack(theirs), np.array(full_scale)
+            if _draft_scale((width, height), min_decode_size([box], width, height, prep.input_size, prep.margin)) == 1:
+                exact &= np.array_equal(crops_from_image(open_image(path)[0], [box], prep)[0], theirs[-1])
+    ours, theirs = np.stack(ours), np.stack(theirs)
     levels = np.abs(ours.astype(np.int16) - theirs).reshape(len(ours), -1).mean(axis=1)
-    if np.any(levels[full_scale] != 0) or np.any(levels > CROP_LEVELS):
+    if not exact or np.any(levels > CROP_LEVELS):
         raise TrapkitError(f"the AddaxAI folder's crops differ from trapkit's (by {levels.max():.1f} levels); nothing "
                            "written. Re-run with -v and report it")
     with torch.no_grad():

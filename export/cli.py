@@ -162,4 +162,6 @@ def _run_addaxai(args, settings) -> int:
     print(f"  its inference.py against trapkit on {result.crops_checked} crops of the bundled photos: max |probs diff| "
           f"{result.max_prob_diff:.2e}, crops within {result.crop_levels:.1f} levels")
     print(f"  the models.json entry to propose to AddaxAI's zoo is in {result.folder / 'README.md'}")
+    for note in result.notes:
+        print(f"  {note}")
     return 0
