@@ -159,8 +159,8 @@ def _run_addaxai(args, settings) -> int:
 
     result = export_addaxai(args.source, settings, taxonomy=args.taxonomy, tolerance=check_tolerance(args.tolerance))
     print(f"wrote the AddaxAI model {result.model_id} to {result.folder}: copy it to ~/AddaxAI/models/cls/{result.model_id}/")
-    print(f"  its inference.py against trapkit on {result.crops_checked} crops of the bundled photos: max |probs diff| "
-          f"{result.max_prob_diff:.2e}, crops within {result.crop_levels:.1f} levels")
+    print(f"  its inference.py against trapkit on {result.crops_checked} crops of the bundled photos: the same crops, "
+          f"max |probs diff| {result.max_prob_diff:.2e}")
     print(f"  the models.json entry to propose to AddaxAI's zoo is in {result.folder / 'README.md'}")
     for note in result.notes:
         print(f"  {note}")
