@@ -223,9 +223,8 @@ def dct_emulated(inference, image: Image.Image, bbox) -> Image.Image:
     width, height = upright.size
     scale = _draft_scale((width, height), min_decode_size([bbox], width, height, spec["input_size"],
                                                           spec["crop_margin"]))
-    if scale > 1:  # reduced in the stored orientation, as libjpeg decodes, then turned
-        turned = image.getexif().get(0x0112, 1) != 1
-        upright = ImageOps.exif_transpose(image.reduce(scale)) if not turned else upright.reduce(scale)
+    if scale > 1:  # (the measured photos are stored upright; libjpeg reduces a turned one before it is turned)
+        upright = upright.reduce(scale)
     return module.cut_square(upright, bbox, spec["input_size"], spec["crop_margin"],
                              module.RESAMPLING[spec["interpolation"]])
 
