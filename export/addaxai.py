@@ -85,12 +85,20 @@ class AddaxaiResult:
 def export_addaxai(source: str | Path, settings: AddaxaiSettings, *, taxonomy: str | Path | None = None,
                    tolerance: float = 1e-4) -> AddaxaiResult:
     """Write the AddaxAI folder for `source` (a run folder, a model folder or `imagenet-lite0`)."""
-    from trapkit.export.hub_folder import read_metrics
-    from trapkit.export.onnx_export import ensure_writable_dir, load_source, resolve_source_dir
+    from trapkit.export.onnx_export import ensure_writable_dir, resolve_source_dir
+    from trapkit.export.pipeline import removed_if_failed
 
     model_dir = resolve_source_dir(source)
     folder = Path(settings.folder)
-    ensure_writable_dir(folder)
+    with removed_if_failed([folder]):
+        ensure_writable_dir(folder)
+        return _export(source, model_dir, folder, settings, taxonomy, tolerance)
+
+
+def _export(source, model_dir: Path | None, folder: Path, settings: AddaxaiSettings, taxonomy, tolerance: float):
+    from trapkit.export.hub_folder import read_metrics
+    from trapkit.export.onnx_export import load_source
+
     if model_dir is not None:  # bad names and rows fail before the slow load
         spec = ModelSpec.load(model_dir)
         _checked_names(spec, settings.names, imagenet=False)
@@ -101,7 +109,7 @@ def export_addaxai(source: str | Path, settings: AddaxaiSettings, *, taxonomy: s
         model.spec = model.spec.replace(taxonomy=read_taxonomy_csv(taxonomy, model.spec.labels))
     spec = model.spec
     names = _checked_names(spec, settings.names, imagenet=model_dir is None)
-    name = _run_name(source, model_dir, spec)
+    name = _run_name(model_dir, spec)
     model_id = model_id_for(name, spec)
     metrics = read_metrics(model_dir)
     weights = _weights(model, names)
@@ -181,12 +189,12 @@ def imagenet_names(labels) -> list[str]:
             for f, label in zip(first, labels)]
 
 
-def _run_name(source, model_dir: Path | None, spec: ModelSpec) -> str:
+def _run_name(model_dir: Path | None, spec: ModelSpec) -> str:
     """The run's folder name (RUN for RUN/model), a model folder's name, or the spec's name."""
     if model_dir is None:
         return spec.name
-    folder = model_dir.parent if model_dir.name == "model" and model_dir != Path(source) else model_dir
-    return folder.resolve().name or spec.name
+    folder = model_dir.resolve()
+    return (folder.parent if folder.name == "model" else folder).name or spec.name
 
 
 def model_id_for(name: str, spec: ModelSpec) -> str:
