@@ -124,7 +124,7 @@ def _export(source, model_dir: Path | None, folder: Path, settings: AddaxaiSetti
     atomic_write_text(folder / INFERENCE, inference)
     atomic_write_text(folder / TAXONOMY, taxonomy_csv(rows))
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=True) + "\n")
-    atomic_write_text(folder / README, readme(spec, names, manifest, rows, metrics))
+    atomic_write_text(folder / README, readme(spec, names, manifest, rows, metrics, folder.resolve().name))
     for note in notes:
         log.debug("%s", note)
     return AddaxaiResult(folder, model_id, names, prob_diff, crops, notes)
@@ -210,7 +210,7 @@ def inference_source() -> str:
     from trapkit import crops, images
 
     copied = (crops.square_region, crops._clamp)
-    geometry = "\n\n\n".join(inspect.getsource(f).strip() + "\n" for f in copied)
+    geometry = "\n\n".join(inspect.getsource(f).strip() + "\n" for f in copied)
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         crop_geometry=geometry, pad_value=repr(crops.PAD_VALUE), reducing_gap=repr(images.REDUCING_GAP))
 
@@ -270,9 +270,8 @@ def manifest_entry(spec: ModelSpec, names: tuple[str, ...], settings: AddaxaiSet
 
 
 def default_description(spec: ModelSpec, metrics: dict | None) -> str:
-    text = (f"A {spec.num_classes}-class species classifier trained with trapkit (active learning) on "
-            f"MegaDetector crops: {spec.arch} backbone, {spec.input_size} px square crops with a "
-            f"{spec.crop_margin:g} margin.")
+    text = (f"A {spec.num_classes}-class classifier exported by trapkit: {spec.arch} backbone, "
+            f"{spec.input_size} px square crops of MegaDetector detections with a {spec.crop_margin:g} margin.")
     figures = validation_figures(metrics)
     return f"{text} {figures}" if figures else text
 
@@ -297,7 +296,7 @@ def zoo_entry(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in ("species_list", "input_size")}
 
 
-def readme(spec: ModelSpec, names, manifest: dict, rows: list[dict], metrics: dict | None) -> str:
+def readme(spec: ModelSpec, names, manifest: dict, rows: list[dict], metrics: dict | None, here: str) -> str:
     model_id = manifest["model_id"]
     recall = (metrics or {}).get("per_class_recall") or {}
     table = "\n".join(
@@ -307,7 +306,7 @@ def readme(spec: ModelSpec, names, manifest: dict, rows: list[dict], metrics: di
     figures = validation_figures(metrics) or "No validation figures: the source has no metrics.json."
     return f"""# {manifest['friendly_name']} for AddaxAI
 
-A {spec.num_classes}-class species classifier trained with [trapkit]({INFO_URL}), exported for AddaxAI's
+A {spec.num_classes}-class classifier ({spec.arch} backbone) exported by [trapkit]({INFO_URL}) for AddaxAI's
 species classification step. It runs in AddaxAI's `pytorch` environment as it ships.
 
 {figures}
@@ -318,7 +317,7 @@ Copy this folder into AddaxAI's classification models, named by the model ID `{m
 AddaxAI: the model appears among the species classifiers.
 
 ```bash
-cp -r {_shell_word(model_id)} ~/AddaxAI/models/cls/{model_id}      # this folder, whatever its name here
+cp -r {_shell_word(here)} ~/AddaxAI/models/cls/{model_id}
 # Windows: %USERPROFILE%\\AddaxAI\\models\\cls\\{model_id}
 ```
 
