@@ -209,7 +209,7 @@ def inference_source() -> str:
     """inference.py: the template with trapkit's crop geometry copied in, so both cut the same square."""
     from trapkit import crops, images
 
-    copied = (crops.square_region, crops._clamp)
+    copied = (crops.usable_box, crops.square_region, crops._clamp)
     geometry = "\n\n".join(inspect.getsource(f).strip() + "\n" for f in copied)
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         crop_geometry=geometry, pad_value=repr(crops.PAD_VALUE), reducing_gap=repr(images.REDUCING_GAP))

@@ -84,7 +84,9 @@ def main(model_dir: str, model_path: str, input_json: str, output_json: str) -> 
             continue
         for index in indices:
             crop = model.get_crop(image, tuple(items[index]["bbox"]))
-            if mode == "batch":
+            if crop is None:
+                results[index] = {"success": False, "error": f"invalid crop for bbox {items[index]['bbox']}"}
+            elif mode == "batch":
                 pending.append((index, model.get_tensor(crop)))
                 if len(pending) >= batch_size:
                     flush()

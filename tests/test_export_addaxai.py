@@ -228,6 +228,9 @@ def test_get_crop_turns_the_image_as_stored_and_cuts_trapkits_crop(tiny_model_di
             assert np.array_equal(crops_from_image(open_image(path)[0], [box], prep)[0], theirs), (orientation, box)
             levels = np.abs(prepare_image(path, [box], prep).crops[0].astype(int) - theirs).mean()  # classify's crop
             assert levels < 4, (orientation, box, levels)
+        # A box with no area inside the frame is no crop (trapkit classifies none; AddaxAI records it invalid).
+        assert inference.get_crop(image, (0.5, 0.5, 0.0, 0.1)) is None
+        assert inference.get_crop(image, (1.2, 0.1, 0.1, 0.1)) is None
 
 
 def test_a_torchvision_backbone_is_rebuilt_too(tmp_path):
