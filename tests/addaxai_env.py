@@ -32,7 +32,10 @@ def closure(names=ADDAXAI_PYTORCH) -> dict[str, metadata.Distribution]:
         name = _key(todo.pop())
         if name in found:
             continue
-        found[name] = dist = metadata.distribution(name)
+        try:
+            found[name] = dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:  # required on paper, not installed: the package imports without it
+            continue
         for text in dist.requires or ():
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
