@@ -195,7 +195,7 @@ def trapkit_answers(images: Path, detections: Path, model_dir: Path, out: Path) 
     import contextlib
     import io
 
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     with contextlib.redirect_stdout(io.StringIO()):  # classify's species table
         assert main(["classify", str(images), "--model", str(model_dir), "--detections", str(detections),

@@ -34,7 +34,7 @@ bench/trained_runs.py in the workdir first. CPU flags are printed beside them.
 `--video`: camera-trap video instead (`trapkit[video]`). H.264 MP4s at 1280x720,
 10 fps, encoded from the bundled photos, with MegaDetector frame-level results
 for every 5th frame (each frame carries its photo's boxes). Timed in the same
-run, best of `--repeats`: decoding alone (`trapkit.serve.video.read_frames`, the
+run, best of `--repeats`: decoding alone (`trapkit.video.read_frames`, the
 wanted frames converted to RGB), inference alone on the same crops pre-made,
 and `classify_images` end to end; frames per second decoded and classified.
 
@@ -217,7 +217,7 @@ def bench_video(args) -> None:
     from trapkit.serve.classify import ClassifyPaths, classify_images
     from trapkit.serve.runtime import available_cpus, open_runtime
     from trapkit.serve.settings import ClassifySettings, Parallelism
-    from trapkit.serve.video import read_frames, split_frame
+    from trapkit.video import read_frames, split_frame
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trapkit-bench-video-"))
     md_path = build_videos(workdir, args.videos, args.frames)

@@ -46,7 +46,7 @@ def free_port() -> int:
 def serve(model: Path, max_batch: int, port: int) -> subprocess.Popen:
     from trapkit.samples import SAMPLE_DETECTIONS
 
-    cmd = [sys.executable, "-m", "trapkit.cli", "demo", "--model", str(model), "--detections",
+    cmd = [sys.executable, "-m", "trapkit.app.cli", "demo", "--model", str(model), "--detections",
            str(SAMPLE_DETECTIONS), "--max-batch", str(max_batch), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180

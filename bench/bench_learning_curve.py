@@ -384,7 +384,7 @@ def _classify_top1(root: Path, run: Path, truth: dict) -> float:
     """Export the run's model and classify the held-out frames' detections with 'trapkit classify'."""
     import json
 
-    from trapkit.cli import main as trapkit
+    from trapkit.app.cli import main as trapkit
 
     export = run.with_name(run.name + "-export")
     out = run.with_name(run.name + "-test.json")
@@ -424,7 +424,7 @@ def detections_benchmark(args) -> None:
 
     import torch
 
-    from trapkit.cli import main as trapkit
+    from trapkit.app.cli import main as trapkit
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()

@@ -100,7 +100,7 @@ def free_port() -> int:
 
 
 def start_server(results: Path, images: Path, answers: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "trapkit.cli", "review", str(results), "--images", str(images), "--answers",
+    cmd = [sys.executable, "-m", "trapkit.app.cli", "review", str(results), "--images", str(images), "--answers",
            str(answers), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

@@ -42,7 +42,7 @@ def main() -> None:
 
     from bench_review import build_season
     from trapkit import grid
-    from trapkit.cli import main as trapkit
+    from trapkit.app.cli import main as trapkit
     from trapkit.serve.review import open_review
     from trapkit.train.label_page import open_label_page
 

@@ -15,12 +15,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from trapkit.detections import first_problem, qualifying
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, iter_images
 from trapkit.prepare import Preprocessing, prepare_image
+from trapkit.progress import tracked
 from trapkit.samples import SAMPLES_DIR
 from trapkit.spec import ModelSpec
 from trapkit.typed_json import read_json
@@ -38,7 +38,7 @@ def calibration_images(spec: ModelSpec, folder: str | Path | None = None, whole_
     boxes = _detection_boxes(folder, prep)
     out: list[np.ndarray] = []  # (k, S, S, 3) uint8 each
     skipped = 0
-    for path in tqdm(iter_images(folder), desc="calibration images", unit="img", leave=False, disable=None):
+    for path in tracked(iter_images(folder), "calibration images", "image"):
         try:
             if whole_images:
                 out.append(prepare_image(path, None, prep).crops)

@@ -11,6 +11,11 @@ from pathlib import Path
 from trapkit.errors import TrapkitError
 from trapkit.flags import given, only_with
 
+# Kept in step with trapkit.export.triton.BACKENDS and pipeline.CHANGES_FILENAME (not imported: --help stays
+# instant); a test compares them.
+BACKENDS = ("onnxruntime", "python")
+CHANGES_FILENAME = "CHANGES.md"
+
 
 # Kept in step with trapkit.export.quantize (not imported: --help stays instant); a test compares them.
 INT8_TARGETS = ("avx2", "vnni", "gpu")
@@ -57,9 +62,11 @@ def register(subparsers, common) -> None:
                    f"(default {DEFAULT_CALIBRATION_METHOD})")
     t = p.add_argument_group("Triton")
     t.add_argument("--triton", type=Path, metavar="REPO", help="also add the model to this Triton model repository")
-    t.add_argument("--name", help="Triton model name (default: the model spec's name)")
-    t.add_argument("--triton-backend", choices=("onnxruntime", "python"), default="onnxruntime",
-                   help="onnxruntime (NVIDIA's container) or python (onnxruntime inside Triton's Python backend)")
+    t.add_argument("--name", help="Triton model name (default: the run's folder name; an export that changes the "
+                   "classes goes under NAME-2, NAME-3, ... so older versions keep theirs)")
+    t.add_argument("--triton-backend", choices=BACKENDS, default=BACKENDS[0],
+                   help="onnxruntime (NVIDIA's container) or python (onnxruntime inside Triton's Python backend); "
+                   f"default {BACKENDS[0]}")
     t.add_argument("--triton-gpu", action="store_true", help="GPU instances (default: CPU)")
     t.add_argument("--tensorrt", action="store_true", help="TensorRT accelerator block (with --triton-gpu)")
     t.add_argument("--openvino", action="store_true", help="OpenVINO accelerator block (CPU instances)")
@@ -128,9 +135,12 @@ def _run_onnx(args) -> int:
     if result.agreement:
         print(f"  {result.agreement.summary()}")
     if result.triton_version_dir:
-        print(f"  Triton: {result.triton_version_dir}")
+        print(f"  Triton: {result.triton_version_dir}" + ("" if result.triton_new_version else
+                                                          " (already served this graph: no new version)"))
     if result.hub_folder:
         print(f"  Hub folder: {result.hub_folder}")
+    if result.changes:
+        print(f"  {result.changes.title}: {result.onnx_path.with_name(CHANGES_FILENAME)}")
     return 0
 
 

@@ -16,9 +16,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from trapkit.atomic import atomic_copy, atomic_write_json, atomic_write_text
+from trapkit.atomic import atomic_copy, atomic_write_bytes, atomic_write_json, atomic_write_text
 from trapkit.errors import TrapkitError
-from trapkit.graph import CARD_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES
+from trapkit.export.changes import Changes, cell as _cell
+from trapkit.export.usage import usage_sections
+from trapkit.graph import (CARD_FILENAME, CHANGELOG_FILENAME, CONFIG_FILENAME, INPUT_NAME, ONNX_FILENAME, OUTPUT_NAMES,
+                           latest_changelog_entry)
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import display_names, parse_taxon
 
@@ -26,6 +29,8 @@ from trapkit.taxonomy import display_names, parse_taxon
 log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.json"
+FIELD_CONFUSION_FILENAME = "field_confusion.png"
+CHANGELOG_HEADER = "# Changelog\n\nOne entry per `trapkit export`, newest first.\n\n"
 TAGS = ("trapkit", "onnx", "image-classification", "camera-traps", "ecology", "biology")
 
 
@@ -75,8 +80,11 @@ def hub_config(spec: ModelSpec, embedding_dim: int) -> dict:
     return config
 
 
-def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettings, metrics: dict | None = None) -> Path:
-    """Write model.onnx, config.json and README.md into `settings.folder`; returns the folder."""
+def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettings, metrics: dict | None = None,
+                     on_detections: bool = True, changes: Changes | None = None) -> Path:
+    """Write model.onnx, config.json and README.md into `settings.folder`, and add this export's entry at the top
+    of its CHANGELOG.md (with `field_confusion.png`); returns the folder. The changelog's newest entry is the
+    commit message `trapkit publish` gives the Hub revision."""
     from trapkit.export.triton import graph_io
 
     folder = Path(settings.folder)
@@ -85,15 +93,23 @@ def write_hub_folder(onnx_path: str | Path, spec: ModelSpec, settings: HubSettin
     try:
         atomic_copy(onnx_path, folder / ONNX_FILENAME)
         atomic_write_json(folder / CONFIG_FILENAME, hub_config(spec, embedding_dim), indent=2)
-        atomic_write_text(folder / CARD_FILENAME, model_card(spec, embedding_dim, settings.license, metrics))
+        if changes is not None:
+            add_changelog_entry(folder / CHANGELOG_FILENAME, changes)
+            if changes.confusion_png is not None:
+                atomic_write_bytes(folder / FIELD_CONFUSION_FILENAME, changes.confusion_png)
+        latest = latest_changelog_entry(folder)  # an unchanged re-export keeps showing the last change
+        atomic_write_text(folder / CARD_FILENAME, model_card(spec, embedding_dim, settings.license, metrics,
+                                                             on_detections, latest))
     except OSError as e:
         raise TrapkitError(f"cannot write the Hub folder {folder} ({e.strerror or e}); choose a writable --hub-folder") from None
     log.info("Hub folder written to %s (upload with: trapkit publish %s --repo-id OWNER/%s)", folder, folder, spec.name)
     return folder
 
 
-def model_card(spec: ModelSpec, embedding_dim: int, license: str, metrics: dict | None) -> str:
-    return "\n".join([front_matter(spec, license, metrics), body(spec, embedding_dim, metrics)])
+def model_card(spec: ModelSpec, embedding_dim: int, license: str, metrics: dict | None, on_detections: bool = True,
+               latest_changes: tuple[str, str] | None = None) -> str:
+    return "\n".join([front_matter(spec, license, metrics),
+                      body(spec, embedding_dim, metrics, on_detections, latest_changes)])
 
 
 def _q(value) -> str:
@@ -130,11 +146,6 @@ def front_matter(spec: ModelSpec, license: str, metrics: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(text: str) -> str:
-    """A label as one Markdown table cell: a `|` in it would start a new column."""
-    return text.replace("|", "\\|")
-
-
 def _round_note(metrics: dict) -> str:
     parts = []
     if "round" in metrics:
@@ -144,13 +155,9 @@ def _round_note(metrics: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None) -> str:
+def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None, on_detections: bool = True,
+         latest_changes: tuple[str, str] | None = None) -> str:
     s = spec.input_size
-    resample = f"Image.{spec.interpolation.upper()}"
-    prepare = (f"ImageOps.fit(img, ({s}, {s}), {resample})" if spec.resize_mode == "center_crop"
-               else f"img.resize(({s}, {s}), {resample})")
-    resize = ("stretched to a square" if spec.resize_mode == "squash"
-              else "short side scaled, centre square cropped")
     recall = (metrics or {}).get("per_class_recall") or {}
     if isinstance(recall, list):
         recall = dict(zip(spec.labels, recall))
@@ -165,6 +172,8 @@ def body(spec: ModelSpec, embedding_dim: int, metrics: dict | None) -> str:
     )
     header = ("| index | class | common name | scientific name | recall |\n| --- | --- | --- | --- | --- |" if latin
               else "| index | class | recall |\n| --- | --- | --- |")
+    changes = f"\n## What changed: {latest_changes[0]}\n\n{latest_changes[1]}\n\nEvery export: `{CHANGELOG_FILENAME}`.\n" \
+        if latest_changes else ""
     summary = ""
     if metrics and isinstance(metrics.get("accuracy"), (int, float)):
         summary = (f"\nOn the held-out validation set{_round_note(metrics)}: accuracy {metrics['accuracy']:.3f}"
@@ -176,48 +185,19 @@ A {spec.num_classes}-class image classifier ({spec.arch} backbone) trained with
 [trapkit](https://github.com/trapkit/trapkit), exported as one ONNX graph:
 input `images` uint8 (N, {s}, {s}, 3) RGB; outputs `probs` (N, {spec.num_classes}) and
 `embedding` (N, {embedding_dim}). Normalisation (mean {list(spec.mean)}, std {list(spec.std)}) is inside the
-graph: feed raw pixels, {resize} to {s} x {s}.
+graph: feed raw pixels, prepared as below.
 {summary}
-## Use with trapkit
-
-```bash
-pip install "trapkit[serve]"
-trapkit classify path/to/images --model model.onnx --out classified.json
-# or straight from the Hub: --model hf://OWNER/{spec.name}
-```
-
-## Use with onnxruntime alone
-
-```python
-import json
-import numpy as np, onnxruntime as ort
-from PIL import Image, ImageOps
-
-session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-labels = json.load(open("config.json"))["label_names"]
-img = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")
-img = {prepare}
-batch = np.asarray(img, dtype=np.uint8)[None]  # (1, {s}, {s}, 3) uint8, NHWC
-probs, embedding = session.run(["probs", "embedding"], {{"images": batch}})
-print(labels[int(probs[0].argmax())], float(probs[0].max()))
-```
-
-## Use with Triton Inference Server
-
-Triton's onnxruntime backend fills in the configuration from the graph itself:
-
-```bash
-mkdir -p model_repository/{spec.name}/1 && cp model.onnx model_repository/{spec.name}/1/
-docker run --rm -p8000:8000 -p8001:8001 -v $PWD/model_repository:/models \\
-  nvcr.io/nvidia/tritonserver:24.08-py3 tritonserver --model-repository=/models
-trapkit classify path/to/images --model model.onnx --triton-url localhost:8000 --out classified.json
-```
-
-From the training run, `trapkit export RUN --out export --triton model_repository` writes the full
-configuration instead (dynamic batching, labels for Triton's classification extension).
-
+{usage_sections(spec, spec.name, on_detections)}
 ## Classes and per-class recall
 
 {header}
 {rows}
-"""
+{changes}"""
+
+
+def add_changelog_entry(path: Path, changes: Changes) -> None:
+    """Put this export's entry at the top of a CHANGELOG.md (the header kept, older entries below)."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    entries = old[len(CHANGELOG_HEADER):] if old.startswith(CHANGELOG_HEADER) else old
+    atomic_write_text(path, CHANGELOG_HEADER + changes.markdown.rstrip() + "\n\n" + entries)
+

@@ -15,7 +15,7 @@ Pipeline (one pass, three overlapping stages):
 With `ClassifyPaths.features`, the graph's `embedding` output comes back with
 the probabilities from the same batches, and each checkpointed chunk's
 embeddings are kept beside the checkpoint until the features table is
-written (`trapkit.serve.feature_table`).
+written (`trapkit.feature_table`).
 
 Work is checkpointed (atomically) every `checkpoint_every` images. Batches
 never straddle a checkpoint boundary, so a resumed run feeds the model exactly
@@ -28,9 +28,9 @@ details go to the log), and the run goes on.
 
 MegaDetector's frame-level video results (`clip.mp4/frame000123.jpg`) are
 classified from the video itself: each video is one unit of stage 1, decoded
-once for all its wanted frames (`trapkit.serve.video.read_frames`), each frame
+once for all its wanted frames (`trapkit.video.read_frames`), each frame
 cut by `trapkit.prepare.crops_from_image`; frames it cannot give get a
-`trapkit.serve.video.FAILURE_*` code. Without detections, `frame_sample`
+`trapkit.video.FAILURE_*` code. Without detections, `frame_sample`
 classifies every N-th frame of every video whole.
 
 Each detection's full probability vector then goes through
@@ -55,14 +55,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trapkit import __version__
+from trapkit import __version__, feature_table
 from trapkit import detections as md
+from trapkit import video as vid
 from trapkit.atomic import atomic_write_json, check_writable
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, is_file_under, is_image_file, iter_files, iter_images, safe_join
 from trapkit.prepare import crops_from_image, prepare_entry
-from trapkit.serve import feature_table, outputs
-from trapkit.serve import video as vid
+from trapkit.serve import outputs
 from trapkit.serve.postprocess import Plan, build_plan, classify, plain_plan, used_categories
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import cct_document, sequences, smooth
@@ -94,7 +94,7 @@ class ClassifyPaths:
     link: bool = False
     sequences_out: Path | None = None  # COCO Camera Traps: the sequences smoothing used
     video_out: Path | None = None  # MegaDetector's video-level file
-    features: Path | None = None  # the features table (.parquet or .csv), `trapkit.serve.feature_table`
+    features: Path | None = None  # the features table (.parquet or .csv), `trapkit.feature_table`
 
     def __post_init__(self):
         if self.features is not None:
@@ -456,6 +456,8 @@ class _Job:
         prep, post = self.prep, self.settings.post
         info["classifier_metadata"] = {
             "trapkit_version": __version__, "threshold": prep.threshold, "categories": list(prep.categories),
+            # Ids below this are the model's classes; the others are taxa above them (rollup, allow-lists).
+            "model_classes": self.runtime.spec.num_classes,
             "top_k": self.settings.top_k, "crop_margin": prep.margin, "input_size": prep.input_size,
             "interpolation": prep.interpolation,
             # File names only: local paths never go into shared results.

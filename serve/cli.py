@@ -1,4 +1,4 @@
-"""CLI commands of this stage (registered by trapkit.cli).
+"""CLI commands of this stage (registered by trapkit.app.cli).
 
 Adapters turn argparse namespaces into plain keyword arguments; heavy imports
 (onnxruntime, tritonclient) happen inside them so `trapkit --help` stays fast.

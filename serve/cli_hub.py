@@ -1,4 +1,4 @@
-"""`trapkit publish`: upload an exported Hub folder to the Hugging Face Hub (registered by trapkit.cli)."""
+"""`trapkit publish`: upload an exported Hub folder to the Hugging Face Hub (registered by trapkit.app.cli)."""
 
 from __future__ import annotations
 

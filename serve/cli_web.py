@@ -1,4 +1,4 @@
-"""`trapkit demo` (the Gradio demo page) and `trapkit review` (the verification grid), registered by trapkit.cli.
+"""`trapkit demo` (the Gradio demo page) and `trapkit review` (the verification grid), registered by trapkit.app.cli.
 
 Gradio and the model load inside the adapters, so `trapkit --help` stays fast.
 """
@@ -61,6 +61,8 @@ def register(subparsers, common) -> None:
     p.add_argument("--sequence-gap", type=float, default=None, metavar="SECONDS",
                    help="most seconds between photos of one sequence for 'e' (default: the gap RESULTS was "
                    "classified with, else 60)")
+    p.add_argument("--reviewer", default="", metavar="NAME",
+                   help="who is answering: written beside each answer (Reviewer column; Camtrap DP's classifiedBy)")
     add_server_args(p)
     p.set_defaults(func=_review)
 
@@ -79,5 +81,6 @@ def _review(args) -> int:
     from trapkit.serve.review import serve_review
 
     serve_review(args.results, args.images, args.answers, model=args.model, verified=args.write_verified,
-                 gap_seconds=args.sequence_gap, features=args.features, host=args.host, port=args.port)
+                 gap_seconds=args.sequence_gap, features=args.features, reviewer=args.reviewer, host=args.host,
+                 port=args.port)
     return 0

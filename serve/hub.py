@@ -1,8 +1,9 @@
 """Publish an exported model to the Hugging Face Hub and load one back by `hf://owner/name[@revision]`.
 
 `publish` uploads the Hub folder that `trapkit export --hub-folder` writes
-(model.onnx, config.json, README.md) in one commit, creating the repo if
-needed. `resolve_model` downloads a repo snapshot into the Hugging Face cache
+(model.onnx, config.json, README.md, CHANGELOG.md) in one commit, creating the
+repo if needed: each export becomes a new revision of the same repo, whose
+commit message is the export's changelog entry. `resolve_model` downloads a repo snapshot into the Hugging Face cache
 (`HF_HOME`, `HF_HUB_CACHE`) and returns its folder; with `HF_HUB_OFFLINE=1`,
 or when the Hub cannot be reached, it answers from the cache.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
-from trapkit.graph import HUB_FILES, ONNX_FILENAME
+from trapkit.graph import HUB_FILES, ONNX_FILENAME, latest_changelog_entry
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ def publish(folder: str | Path, repo_id: str, private: bool = False, token_env: 
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         log.info("uploading %d files (%s) to %s", len(files), ", ".join(p.name for p in files), repo_url)
         ops = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files]
-        commit = api.create_commit(repo_id, ops, commit_message=f"Upload {Path(folder).name} with trapkit",
+        entry = latest_changelog_entry(Path(folder))  # this export's change report: the revision's message
+        title, description = entry if entry else (f"Upload {Path(folder).name} with trapkit", "")
+        commit = api.create_commit(repo_id, ops, commit_message=title, commit_description=description or None,
                                    repo_type="model")
     except Exception as e:  # narrowed by _hub_error into one user-facing line
         if isinstance(e, TrapkitError):

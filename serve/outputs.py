@@ -24,10 +24,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trapkit.answers import neutralise
 from trapkit.atomic import atomic_copy, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.images import ImageReadError, is_image_file, safe_join
-from trapkit.serve.video import is_video_file, split_frame
+from trapkit.video import is_video_file, split_frame
 from trapkit.detections import CLASSIFICATION_FAILURE
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,9 @@ def write_csv(path: str | Path, result: dict, done: dict) -> None:
         for j, det in enumerate(im["detections"]):
             for rank, (cid, conf) in enumerate(det.get("classifications") or (), 1):
                 category = categories.get(det["category"], det["category"])
-                writer.writerow([im["file"], j, category, det["conf"], json.dumps(det["bbox"]), labels[cid], conf,
-                                 rank, warning, "", CSV_SCHEMA_VERSION])
+                # Species names go through `neutralise` (no spreadsheet formula); file names stay exact.
+                writer.writerow([im["file"], j, category, det["conf"], json.dumps(det["bbox"]), neutralise(labels[cid]),
+                                 conf, rank, warning, "", CSV_SCHEMA_VERSION])
     atomic_write_text(path, buf.getvalue())
 
 

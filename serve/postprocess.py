@@ -40,13 +40,11 @@ import numpy as np
 
 from trapkit.errors import TrapkitError
 from trapkit.serve.settings import PostSettings
-from trapkit.taxonomy import RANKS, Taxon, ancestor, csv_rows, few, parse_taxon
+from trapkit.taxonomy import ANIMAL, RANKS, UNKNOWN, Taxon, ancestor, csv_rows, few, parse_taxon
 
 log = logging.getLogger(__name__)
 
 CONF_DECIMALS = 4
-ANIMAL = "animal"
-UNKNOWN = "unknown"
 # SpeciesNet's own string for "an animal, no more precise", so tools that know it recognise it.
 ANIMAL_TAXON = "1f689929-883d-4dae-958c-3d57ab5b6c16;;;;;;animal"
 UNKNOWN_TAXON = ";;;;;;unknown"

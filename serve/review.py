@@ -4,12 +4,15 @@ Items are the detections that carry `classifications` (what `trapkit classify`
 classified), shown with their top-1 species and confidence and cut by the crop
 policy: the model's with `--model`, else the margin the result records
 (`info.classifier_metadata.crop_margin`).
-Decisions go to ANSWERS.csv, one row per detection:
-`File, RelativePath, Detection, Species, Reviewed` (Timelapse's folder
-convention, `Detection` = the index in that image's `detections`), the format
-`trapkit al next --labels` ingests; "not an animal / wrong box" is the
-reserved species `[wrong box]`. Rows the page does not know (other files,
-extra columns) are kept as they are.
+Decisions go to ANSWERS.csv through the answers book (`trapkit.answers`), one
+row per detection: `File, RelativePath, Detection, Species, Reviewed` and, with
+`--reviewer`, `Reviewer` (Timelapse's folder convention, `Detection` = the
+index in that image's `detections`), the format `trapkit al next --labels`
+ingests; "not an animal / wrong box" is the reserved species `[wrong box]`.
+Rows the page does not know (other files, extra columns) are kept as they are.
+A crop whose classification is a taxon above the model's classes (a rollup's
+"canidae") is shown as a guess to confirm (`a` keeps it) or refine; taxa are
+never number keys.
 
 `--write-verified OUT.json`: a copy of RESULTS where each verified detection
 carries the human's species at confidence 1.0 (the model's list kept in
@@ -23,153 +26,40 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from trapkit import detections as md
-from trapkit.answers import WRONG_BOX, csv_text, read_rows
-from trapkit.atomic import atomic_write_json, atomic_write_text
+from trapkit.answers import WRONG_BOX, AnswersBook, item_key, now
+from trapkit.atomic import atomic_write_json
+from trapkit.crop_policy import CropPolicy, check_margin
 from trapkit.errors import TrapkitError
-from trapkit.grid import GREY, GridApp, GridItem, cut_thumbnails, frame_image
-from trapkit.images import ImageReadError, is_file_under, read_header, safe_join
+from trapkit.grid import FileGridSource, GridApp, GridItem
+from trapkit.images import ImageReadError, is_file_under, safe_join
 from trapkit.serve.settings import ClassifySettings
 from trapkit.serve.smoothing import sequences
 
 log = logging.getLogger(__name__)
 
-ANSWER_COLUMNS = ("File", "RelativePath", "Detection", "Species", "Reviewed")
-DEFAULT_MARGIN = 0.1
 _EMBED_BATCH = 32
 
 
-def item_key(file: str, detection: int | None) -> str:
-    """'cam_a/IMG_1.JPG#0': how a detection is named in the page and joined to ANSWERS rows."""
-    return f"{file}#{'' if detection is None else detection}"
-
-
-class AnswersFile:
-    """ANSWERS.csv, one row per detection, merged by key and written atomically.
-
-    Re-read whenever it changed on disk since this process last wrote it, so a
-    second server or an editor never loses rows to this one.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._check_writable()
-        self.header: list[str] = list(ANSWER_COLUMNS)
-        self.rows: dict[str, dict[str, str]] = {}
-        self._seen = None
-        self._read()
-
-    def _check_writable(self) -> None:
-        path = self.path
-        if path.is_dir():
-            raise TrapkitError(f"--answers {path} is a folder; give a CSV file name")
-        folder = path.parent
-        if not folder.is_dir():
-            blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
-            if blocking is not None and not blocking.is_dir():
-                raise TrapkitError(f"cannot write --answers {path}: {blocking} is a file, not a folder; "
-                                   "choose another place")
-            raise TrapkitError(f"cannot write --answers {path}: the folder {folder} does not exist; create it first")
-        try:
-            if path.exists():
-                with open(path, "ab"):
-                    pass
-            with tempfile.TemporaryFile(dir=folder):  # answers are written to a temp file, then renamed
-                pass
-        except PermissionError:
-            what = "the file is read-only" if path.exists() and not os.access(path, os.W_OK) else \
-                f"no file can be made in {folder}"
-            raise TrapkitError(f"cannot write --answers {path}: {what}; make it writable or choose another "
-                               "file") from None
-        except OSError as e:
-            raise TrapkitError(f"cannot write --answers {path}: no file can be made in {folder} "
-                               f"({e.strerror or e}); choose a writable place") from None
-
-    def _signature(self):
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
-    def _read(self) -> None:
-        self._seen = self._signature()
-        self.rows = {}
-        if self._seen is None:
-            return
-        data = self.path.read_bytes()
-        if not data.strip():
-            return  # an empty file: start it
-        header, lines = read_rows(self.path, data)  # the one tolerant reader: Excel, Timelapse, UTF-16, ...
-        rows = [dict(zip(header, cells)) for _, cells in lines]
-        lower = {h.lower(): h for h in header}
-        if "file" not in lower or "species" not in lower:
-            raise TrapkitError(f"--answers {self.path} is not an answers CSV (columns: {', '.join(header)}); it "
-                               "needs File and Species columns: choose another file name to start a new one")
-        self.header = list(ANSWER_COLUMNS) + [h for h in header if h.lower() not in {c.lower() for c in
-                                                                                          ANSWER_COLUMNS}]
-        for n, raw in enumerate(rows):
-            row = {canon: (raw.get(lower.get(canon.lower(), canon)) or "").strip() for canon in self.header}
-            folder = row["RelativePath"].replace("\\", "/").strip("/")
-            file = f"{folder}/{row['File']}" if folder not in ("", ".") else row["File"]
-            detection = row["Detection"]
-            key = item_key(file, int(detection) if detection.isdigit() else None) if detection.strip() else \
-                f"{file}#?{n}"  # a whole-image row: kept, never matched to a crop
-            self.rows[key] = row
-
-    def refresh(self) -> None:
-        if self._signature() != self._seen:
-            self._read()
-
-    def answers(self) -> dict[str, str]:
-        self.refresh()
-        return {k: r["Species"] for k, r in self.rows.items() if r.get("Species")}
-
-    def save(self, changes: dict[str, str | None]) -> dict[str, str]:
-        self.refresh()
-        now = time.strftime("%Y-%m-%d %H:%M:%S")
-        for key, species in changes.items():
-            if species is None:
-                self.rows.pop(key, None)
-                continue
-            file, _, detection = key.rpartition("#")
-            folder, _, name = file.rpartition("/")
-            row = self.rows.setdefault(key, {h: "" for h in self.header})
-            row.update(File=name, RelativePath=folder.replace("/", "\\"), Detection=detection, Species=species,
-                       Reviewed=now)
-        rows = ([self.rows[key].get(h, "") for h in self.header] for key in sorted(self.rows, key=_row_order))
-        atomic_write_text(self.path, csv_text(self.header, rows))
-        self._seen = self._signature()
-        return {k: r["Species"] for k, r in self.rows.items() if r.get("Species")}
-
-
-def _row_order(key: str):
-    file, _, detection = key.rpartition("#")
-    return file, int(detection) if detection.isdigit() else -1, detection
-
-
-class ReviewSource:
+class ReviewSource(FileGridSource):
     """A classify result as a grid source (see trapkit.grid.GridSource)."""
-
-    allow_new_classes = False
 
     def __init__(self, results: str | Path, images: str | Path, answers: str | Path, model: str | Path | None = None,
                  verified: str | Path | None = None, gap_seconds: float | None = None,
-                 features: str | Path | None = None):
+                 features: str | Path | None = None, reviewer: str = ""):
+        super().__init__()
         self.results = Path(results)
         self.images = Path(images)
         self.doc = md.load_detections(self.results)
         self.categories = self.doc.get("classification_categories") or {}
         meta = self.doc["info"].get("classifier_metadata") or {}
-        self.margin = float(meta.get("crop_margin", DEFAULT_MARGIN))
+        self.margin = check_margin(meta.get("crop_margin", CropPolicy.margin))  # a damaged file: one line
         # The gap the result was classified (and smoothed) with, else classify's default.
         recorded = meta.get("sequence_gap")
         self.gap_seconds = gap_seconds if gap_seconds is not None else \
@@ -181,8 +71,10 @@ class ReviewSource:
         self.verified = Path(verified) if verified else None
         if self.verified is not None:
             self._check_verified_path()
-        self.file = AnswersFile(answers)
-        self.answers_path = self.file.path
+        self.book = AnswersBook(answers)
+        self.book.check_writable()
+        self.answers_path = self.book.path
+        self.reviewer = reviewer
         self.title = f"trapkit review: {self.results.name}"
         self.model = model
         self._runtime = None
@@ -193,7 +85,6 @@ class ReviewSource:
                 raise TrapkitError(f"--model {model} has no 'embedding' output to compare crops with; re-export it "
                                    "with 'trapkit export'")
             self.margin = runtime.spec.crop_margin  # the model's crop policy wins over the result's record
-        self._times: dict[int, str | None] = {}
         self._sequence_of: dict[int, tuple[int, ...]] = {}
         self._writer = _VerifiedWriter(self) if self.verified is not None else None
         self._stop = threading.Event()
@@ -243,35 +134,37 @@ class ReviewSource:
     # -- GridSource ----------------------------------------------------------------------
 
     def classes(self) -> list[str]:
-        return [self.categories[k] for k in sorted(self.categories, key=lambda k: (len(k), k))]
+        """The model's classes: what number keys and `/` offer."""
+        return [name for k, name in self._categories() if not self._is_taxon(k)]
+
+    def taxa(self) -> list[str]:
+        """Categories above the classes (a rollup's "canidae", "animal"): shown as guesses to confirm or refine."""
+        return [name for k, name in self._categories() if self._is_taxon(k)]
+
+    def _categories(self) -> list[tuple[str, str]]:
+        return [(k, self.categories[k]) for k in sorted(self.categories, key=lambda k: (len(k), k))]
+
+    def _is_taxon(self, category_id: str) -> bool:
+        meta = self.doc["info"].get("classifier_metadata") or {}
+        n = meta.get("model_classes")  # results written before it was recorded: every category is a class
+        return isinstance(n, int) and category_id.isdigit() and int(category_id) >= n
 
     def items(self) -> list[GridItem]:
         return self._items
 
     def answers(self) -> dict[str, str]:
-        return self.file.answers()
+        """{item key: species} of every answered detection (whole-image rows of the file are kept, unshown)."""
+        return {item_key(*k): a.species for k, a in self.book.answers().items()}
 
     def save(self, changes: dict[str, str | None]) -> dict[str, str]:
-        saved = self.file.save(changes)
+        keys = {it.key: (it.file, it.detection) for it in self._items}
+        self.book.merge({keys[k]: s for k, s in changes.items()}, reviewed=now(), reviewer=self.reviewer)
         if self._writer is not None:
             self._writer.changed()
-        return saved
+        return self.answers()
 
-    def crops(self, file: str, items: list[GridItem], size: int) -> list[Image.Image]:
-        """Thumbnails cut by the crop policy (the model's margin, else the result's), one decode for the image."""
-        try:
-            path = safe_join(self.images, file)
-        except ImageReadError as e:
-            log.warning("review: %s", e)
-            return [Image.new("RGB", (size, size), GREY) for _ in items]
-        return cut_thumbnails(path, [it.bbox for it in items], size, self.margin)
-
-    def frame(self, file: str, size: int) -> Image.Image:
-        try:
-            return frame_image(safe_join(self.images, file), size)
-        except ImageReadError as e:
-            log.warning("review: %s", e)
-            return Image.new("RGB", (size, size * 3 // 4), GREY)
+    def image_path(self, file: str) -> Path:
+        return safe_join(self.images, file)
 
     def sequence(self, item: GridItem) -> list[str]:
         """Keys of every crop in the item's sequence: images of its folder within the gap (as `classify --smooth`)."""
@@ -299,9 +192,8 @@ class ReviewSource:
             return table[[row_of[it.key] for it in items]]
         if self.model is None:
             return None
-        from tqdm import tqdm
-
         from trapkit.prepare import Preprocessing, prepare_image
+        from trapkit.progress import tracked
 
         runtime = self._open_runtime()
         prep = Preprocessing.from_spec(runtime.spec)
@@ -315,7 +207,7 @@ class ReviewSource:
             rows.clear()
             crops.clear()
 
-        for file, members in tqdm(by_file.items(), desc="embedding crops", unit="img", disable=None, leave=False):
+        for file, members in tracked(by_file.items(), "embedding crops", "image"):
             try:
                 got = prepare_image(safe_join(self.images, file), [items[n].bbox for n in members], prep).crops
             except ImageReadError as e:
@@ -335,7 +227,7 @@ class ReviewSource:
 
     def _read_features(self, path) -> tuple[np.ndarray, dict[str, int]]:
         """The (N, D) embeddings of a `classify --features` table and {item key: row}, checked against RESULTS."""
-        from trapkit.serve.feature_table import read_features
+        from trapkit.feature_table import read_features
 
         table = read_features(path)
         keys = [item_key(str(f).replace("\\", "/"), int(d))
@@ -356,9 +248,7 @@ class ReviewSource:
     # -- EXIF times ----------------------------------------------------------------------
 
     def _time(self, index: int) -> str | None:
-        if index not in self._times:
-            self._times[index] = _exif_time(self.images, self.doc["images"][index]["file"])
-        return self._times[index]
+        return self.capture_time(self.doc["images"][index]["file"].replace("\\", "/"))
 
     def _read_times_in_background(self) -> None:
         """Capture times of every image, so the first `e` in a big folder need not wait for its headers."""
@@ -371,7 +261,7 @@ class ReviewSource:
 
     def write_verified(self) -> dict:
         """Write --write-verified now; returns its info.review block."""
-        doc = verified_results(self.doc, self.file.answers(), self.answers_path.name)
+        doc = verified_results(self.doc, self.answers(), self.answers_path.name)
         atomic_write_json(self.verified, doc)
         return doc["info"]["review"]
 
@@ -452,17 +342,11 @@ def _folder(file: str) -> str:
     return str(PurePosixPath(file).parent)
 
 
-def _exif_time(root: Path, file: str) -> str | None:
-    try:
-        return read_header(safe_join(root, file)).time
-    except ImageReadError:
-        return None
-
-
-def open_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None) -> GridApp:
+def open_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None,
+                reviewer: str = "") -> GridApp:
     """The review grid for RESULTS (not yet serving); every bad input fails here, in one line."""
     source = ReviewSource(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds,
-                          features=features)
+                          features=features, reviewer=reviewer)
     try:
         return GridApp(source)
     except BaseException:
@@ -471,11 +355,11 @@ def open_review(results, images, answers, model=None, verified=None, gap_seconds
 
 
 def serve_review(results, images, answers, model=None, verified=None, gap_seconds=None, features=None,
-                 host="127.0.0.1", port=None) -> None:
+                 reviewer: str = "", host="127.0.0.1", port=None) -> None:
     """Serve the review page until Ctrl+C."""
     from trapkit import grid
 
     app = open_review(results, images, answers, model=model, verified=verified, gap_seconds=gap_seconds,
-                      features=features)
+                      features=features, reviewer=reviewer)
     log.info("%d crops to review in %s; answers go to %s", len(app.items), results, answers)
     grid.serve(app, host, port)

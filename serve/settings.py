@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trapkit.crop_policy import check_categories, check_margin, check_threshold
 from trapkit.errors import TrapkitError
 from trapkit.serve.smoothing import SmoothSettings
 
@@ -60,16 +61,21 @@ class ClassifySettings:
                 raise TrapkitError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.sequence_gap >= 0:
             raise TrapkitError(f"--sequence-gap {self.sequence_gap:g} must be 0 seconds or more")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise TrapkitError(f"threshold {self.threshold} is out of range; use a detection confidence in [0, 1]")
-        if self.margin is not None and not 0.0 <= self.margin <= 2.0:
-            raise TrapkitError(f"crop margin {self.margin} is out of range; use a fraction between 0 and 2")
+        _check_policy_overrides(self)
 
     def preprocessing(self, spec):
         """The model's `trapkit.prepare.Preprocessing` and crop policy, with these settings on top."""
         from trapkit.prepare import Preprocessing
 
         return Preprocessing.from_spec(spec, threshold=self.threshold, categories=self.categories, margin=self.margin)
+
+
+def _check_policy_overrides(settings) -> None:
+    """The crop-policy fields a settings object overrides (None: the model's own), checked by the policy's rules."""
+    for value, check in ((settings.threshold, check_threshold), (settings.margin, check_margin),
+                         (settings.categories, check_categories)):
+        if value is not None:
+            check(value)
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,7 @@ class DemoSettings:
     def __post_init__(self):
         if self.top_k < 1:
             raise TrapkitError(f"--top-k {self.top_k} must be at least 1")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise TrapkitError(f"detection threshold {self.threshold} must be between 0 and 1")
+        _check_policy_overrides(self)
         if self.max_batch_size < 1:
             raise TrapkitError(f"--max-batch {self.max_batch_size} must be at least 1")
 
@@ -122,36 +127,3 @@ class DemoSettings:
         from trapkit.prepare import Preprocessing
 
         return Preprocessing.from_spec(spec, threshold=self.threshold, categories=self.categories, margin=self.margin)
-
-
-FEATURE_GROUPINGS = ("folder", "day")
-FEATURE_MAPS = ("auto", "pca", "umap")
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """How `trapkit features` builds the morphological space (`trapkit.serve.features`).
-
-    `morphs`: k-means clusters (None: the K in 2..`max_morphs` with the best silhouette). `by`: diversity per
-    folder (camera, site) or per day (EXIF time). `map`: the 2-D picture (auto: UMAP when umap-learn is installed,
-    else PCA). `examples`: crops per morph in the montage.
-    """
-
-    morphs: int | None = None
-    max_morphs: int = 10
-    by: str = "folder"
-    map: str = "auto"
-    examples: int = 8
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.morphs is not None and self.morphs < 1:
-            raise TrapkitError(f"--morphs {self.morphs} must be at least 1")
-        if self.max_morphs < 2:
-            raise TrapkitError(f"--max-morphs {self.max_morphs} must be at least 2")
-        if self.examples < 1:
-            raise TrapkitError(f"--examples {self.examples} must be at least 1")
-        if self.by not in FEATURE_GROUPINGS:
-            raise TrapkitError(f"--by {self.by!r}: use one of {', '.join(FEATURE_GROUPINGS)}")
-        if self.map not in FEATURE_MAPS:
-            raise TrapkitError(f"--map {self.map!r}: use one of {', '.join(FEATURE_MAPS)}")

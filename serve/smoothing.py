@@ -40,7 +40,7 @@ from pathlib import PurePosixPath
 
 from trapkit.errors import TrapkitError
 from trapkit.sequences import parse_exif_time, sequence_groups
-from trapkit.serve.video import split_frame
+from trapkit.video import split_frame
 
 log = logging.getLogger(__name__)
 

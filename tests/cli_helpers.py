@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 
 
 def one_line_error(argv: list[str], capsys) -> str:

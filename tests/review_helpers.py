@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from web_helpers import only_loopback
 
 SAMPLES = Path(__file__).resolve().parents[1] / "trapkit" / "data" / "camera-traps"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.detections import first_problem, load_detections, upgrade_to_output
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from classify_helpers import animal, megadetector_validate, onnx_with_taxonomy, write_detections
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.serve.classify import ClassifyPaths, ClassifySettings, classify_images
 from trapkit.serve.runtime import open_runtime
 

@@ -19,7 +19,7 @@ from classify_helpers import (
     FITTED_CLASSES, fitted_model, megadetector_module, megadetector_validate, onnx_with_taxonomy, top1,
 )
 from cli_helpers import one_line_error
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.serve.postprocess import build_plan, classify
 from trapkit.serve.settings import PostSettings
 

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from classify_helpers import burst_of_copies
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.serve.classify import CHECKPOINT_VERSION, KILL_AFTER_ENV, KILL_SIGNAL_ENV
 
 
@@ -46,7 +46,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_output(burst, tiny_onnx_pa
     out = tmp_path / "out.json"
     checkpoint = tmp_path / "out.json.checkpoint.json"
     env = {**os.environ, KILL_AFTER_ENV: "10"}  # killed after 10 images: 8 checkpointed, 2 lost
-    killed = subprocess.run([sys.executable, "-m", "trapkit.cli", *_argv(images, md, tiny_onnx_path, out)],
+    killed = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *_argv(images, md, tiny_onnx_path, out)],
                             env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()

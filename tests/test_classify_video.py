@@ -17,13 +17,13 @@ import sys
 import pytest
 
 from classify_helpers import megadetector_module, megadetector_validate, top1
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.prepare import crops_from_image
 from trapkit.serve.classify import KILL_AFTER_ENV
 from trapkit.serve.postprocess import classify, plain_plan
 from trapkit.serve.runtime import open_runtime
 from trapkit.serve.settings import ClassifySettings
-from trapkit.serve.video import (
+from trapkit.video import (
     FAILURE_MISSING, FAILURE_NO_FRAMES, FAILURE_PAST_END, FAILURE_TRUNCATED, FAILURE_UNREADABLE, read_frames,
 )
 from video_helpers import video_set
@@ -179,7 +179,7 @@ def test_a_killed_video_run_resumes_to_the_same_output(videos, samples_dir, tiny
     reference = tmp_path / "reference.json"
     assert main(argv(reference)) == 0
     out = tmp_path / "out.json"
-    killed = subprocess.run([sys.executable, "-m", "trapkit.cli", *argv(out)], env={**os.environ, KILL_AFTER_ENV: "11"},
+    killed = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *argv(out)], env={**os.environ, KILL_AFTER_ENV: "11"},
                             capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     done = json.loads((tmp_path / "out.json.checkpoint.json").read_text())["done"]

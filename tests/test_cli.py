@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from trapkit.cli import COMMAND_MODULES, main
+from trapkit.app.cli import COMMAND_MODULES, main
 
 HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "gradio", "tritonclient", "huggingface_hub", "pandas",
          "pyarrow", "sklearn", "scipy", "matplotlib")
@@ -15,7 +15,7 @@ HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "gradio", "trito
 def test_help_imports_nothing_heavy():
     # `trapkit --help` must answer at once: building every parser may not import ML libraries.
     code = (
-        "import sys; from trapkit.cli import build_parser; build_parser().format_help(); "
+        "import sys; from trapkit.app.cli import build_parser; build_parser().format_help(); "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -39,7 +39,7 @@ def test_no_command_prints_usage_and_fails(capsys):
 
 def run_cli(args, tmp_path):
     """Run the real console entry point in a subprocess; return (code, stdout, stderr)."""
-    p = subprocess.run([sys.executable, "-m", "trapkit.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *args], capture_output=True, text=True, cwd=tmp_path,
                        env=os.environ | {"PYTHONWARNINGS": "ignore"})
     return p.returncode, p.stdout, p.stderr
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from web_helpers import client, huge_png, launched, outside_connections
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.serve.demo import DemoSettings, DetectionIndex, build_demo, classify_requests
 from trapkit.serve.runtime import open_runtime
 
@@ -211,7 +211,7 @@ def test_demo_command_serves_the_page_until_stopped(tiny_onnx_path, samples_dir,
     from web_helpers import free_port
 
     port = free_port()
-    cmd = [sys.executable, "-m", "trapkit.cli", "demo", "--model", str(tiny_onnx_path), "--port", str(port),
+    cmd = [sys.executable, "-m", "trapkit.app.cli", "demo", "--model", str(tiny_onnx_path), "--port", str(port),
            "--detections", str(samples_dir / "md_v5a_detections.json")]
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:

@@ -17,7 +17,7 @@ from PIL import Image
 from train_helpers import detection_flags, make_detection_trees
 
 import addaxai_env
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.spec import ModelSpec
 
 WORKER = Path(__file__).resolve().parent / "addaxai_worker.py"

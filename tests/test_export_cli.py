@@ -12,7 +12,7 @@ import pytest
 
 from cli_helpers import one_line_error
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.export.onnx_export import ort_session, run_session
 from trapkit.graph import read_metadata, read_spec
 from trapkit.spec import ModelSpec
@@ -115,3 +115,10 @@ def test_a_failed_triton_copy_leaves_the_previous_export_whole(run_dir, tiny_mod
     assert main(["export", str(run_dir), "--out", str(out), "--triton", str(repo), "--name", "species"]) == 1
     assert "cannot write Triton model into" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old model and its report, nothing half-new
+
+
+def test_the_clis_copies_of_export_names_match_their_homes():
+    """export/cli.py keeps a few names without importing the heavy modules (--help stays instant)."""
+    from trapkit.export import cli, pipeline, triton
+
+    assert cli.BACKENDS == triton.BACKENDS and cli.CHANGES_FILENAME == pipeline.CHANGES_FILENAME

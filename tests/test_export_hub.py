@@ -1,13 +1,10 @@
-"""Hub folder: config.json in timm's shape, a model card the huggingface_hub client reads, a snippet that runs."""
+"""Hub folder: config.json in timm's shape, a model card the huggingface_hub client reads (its examples run in
+tests/test_export_usage.py)."""
 
 from __future__ import annotations
 
 import json
-import re
-import runpy
-import shutil
 
-import numpy as np
 import pytest
 
 from trapkit.export.hub_folder import HubSettings, write_hub_folder
@@ -62,30 +59,18 @@ def test_card_without_metrics_has_no_model_index(tmp_path, tiny_onnx_path, spec)
     assert "| 4 | ocelot | n/a |" in card.text
 
 
-@pytest.mark.parametrize("resize_mode", ["squash", "center_crop"])
-def test_onnxruntime_snippet_runs(tmp_path, tiny_onnx_path, spec, samples_dir, capsys, monkeypatch, resize_mode):
-    """The card's 'onnxruntime alone' code, run as written on a real photo, matches trapkit's answer."""
-    from trapkit.export.onnx_export import ort_session, run_session
-
-    spec = spec.replace(resize_mode=resize_mode)
-    folder = write_hub_folder(tiny_onnx_path, spec, HubSettings(tmp_path / "hub"))
-    snippet = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
-    shutil.copy(samples_dir / "ocelot.jpg", folder / "photo.jpg")
-    (folder / "snippet.py").write_text(snippet)
-    monkeypatch.chdir(folder)
-    runpy.run_path("snippet.py")
-    label, confidence = capsys.readouterr().out.rsplit(" ", 1)
-    from trapkit.prepare import Preprocessing, prepare_image
-
-    inputs = prepare_image(folder / "photo.jpg", None, Preprocessing.from_spec(spec)).crops  # (1, 32, 32, 3)
-    probs, _ = run_session(ort_session(tiny_onnx_path), inputs)
-    assert label == spec.labels[int(probs[0].argmax())]
-    assert float(confidence) == pytest.approx(float(probs[0].max()), abs=1e-2)  # plain resize vs draft decode
-    assert np.isfinite(float(confidence))
-
-
 def test_a_label_with_a_pipe_stays_in_its_table_cell(tmp_path, tiny_onnx_path, spec):
     odd = spec.replace(labels=(spec.labels[0], "grey | red fox", *spec.labels[2:]))
     folder = write_hub_folder(tiny_onnx_path, odd, HubSettings(tmp_path / "hub"))
     row = next(line for line in (folder / "README.md").read_text().splitlines() if line.startswith("| 1 |"))
     assert row == "| 1 | grey \\| red fox | n/a |"
+
+
+def test_the_newest_changelog_entry_is_found_whatever_the_header(tmp_path):
+    from trapkit.graph import latest_changelog_entry
+
+    (tmp_path / "CHANGELOG.md").write_text("## Export 2: round 4\n\nnew labels\n\n## Export 1: round 1\n\nfirst\n")
+    assert latest_changelog_entry(tmp_path) == ("Export 2: round 4", "new labels")
+    (tmp_path / "CHANGELOG.md").write_text("# Changelog\n\nintro\n\n## Export 3: round 5\n\nmore\n## Export 2\n")
+    assert latest_changelog_entry(tmp_path) == ("Export 3: round 5", "more")
+    assert latest_changelog_entry(tmp_path / "absent") is None

@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import one_line_error
 from train_helpers import FAST, make_trees
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.export import quantize
 from trapkit.export.calibration import calibration_images

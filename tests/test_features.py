@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from classify_helpers import animal, burst_of_copies, write_detections
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -174,7 +174,7 @@ def test_video_frames_have_rows_and_montage_crops(tiny_onnx_path, tmp_path, capl
 
     from trapkit.graph import read_spec
     from trapkit.prepare import Preprocessing, crops_from_image
-    from trapkit.serve.video import read_frames
+    from trapkit.video import read_frames
     from video_helpers import encode, photo_frames
 
     folder = tmp_path / "videos"
@@ -199,7 +199,7 @@ def test_video_frames_have_rows_and_montage_crops(tiny_onnx_path, tmp_path, capl
         crop = crops_from_image(frames[row.frame], [box["bbox"]], prep)
         (embedding,) = session.run(["embedding"], {"images": crop})
         np.testing.assert_allclose(np.asarray(row[len(FIXED):], np.float32), embedding[0], atol=1e-5, rtol=0)
-    with caplog.at_level(logging.WARNING, logger="trapkit.serve.features"):
+    with caplog.at_level(logging.WARNING, logger="trapkit.ecology.features"):
         assert main(["features", str(tmp_path / "f.parquet"), "--out", str(tmp_path / "space"), "--images",
                      str(folder), "--morphs", "2", "--examples", "2"]) == 0
     assert "montage:" not in caplog.text  # every example crop was cut again from its video
@@ -227,7 +227,7 @@ def test_resume_after_sigkill_writes_the_uninterrupted_table(burst, tiny_onnx_pa
         reference = tmp_path / f"reference{suffix}"
         assert main(_argv(images, md, tiny_onnx_path, tmp_path / "reference.json", reference)) == 0
         out, features = tmp_path / f"out{suffix}.json", tmp_path / f"features{suffix}"
-        killed = subprocess.run([sys.executable, "-m", "trapkit.cli", *_argv(images, md, tiny_onnx_path, out,
+        killed = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *_argv(images, md, tiny_onnx_path, out,
                                                                              features)],
                                 env={**os.environ, KILL_AFTER_ENV: "10"}, capture_output=True, text=True, timeout=120)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -299,7 +299,7 @@ def test_outputs_without_images_and_by_day(tiny_tables, tmp_path, caplog):
     import pandas as pd
 
     out = tmp_path / "space"
-    with caplog.at_level(logging.INFO, logger="trapkit.serve.features"):
+    with caplog.at_level(logging.INFO, logger="trapkit.ecology.features"):
         assert main(["features", str(tiny_tables[0]), "--out", str(out), "--by", "day", "--morphs", "3",
                      "--map", "pca", "--examples", "2"]) == 0
     assert "no --images: no montage" in caplog.text and "no EXIF capture time" in caplog.text
@@ -373,7 +373,7 @@ def test_empty_table_is_refused(samples_dir, tiny_onnx_path, tmp_path, capsys):
 
 def test_more_morphs_than_rows_is_refused(tiny_tables, tmp_path, capsys):
     assert main(["features", str(tiny_tables[0]), "--out", str(tmp_path / "x"), "--morphs", "14"]) == 1
-    _one_line_error(capsys, "--morphs 14 is more than the 13 detections")
+    _one_line_error(capsys, "--morphs 14 is more than the 13 distinct detections (of 13)")
     assert main(["features", str(tiny_tables[0]), "--out", str(tmp_path / "x"), "--morphs", "0"]) == 1
     _one_line_error(capsys, "--morphs 0 must be at least 1")
 

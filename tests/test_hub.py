@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hub_server import HubServer
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 
 pytestmark = pytest.mark.slow

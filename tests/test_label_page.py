@@ -9,7 +9,8 @@ import pytest
 from review_helpers import browser, press
 from train_helpers import FAST, make_trees
 
-from trapkit.cli import main
+from trapkit.app.cli import main
+from trapkit.answers import read_answers
 from trapkit.errors import TrapkitError
 from trapkit.train import labels
 from trapkit.train.run import Run
@@ -38,7 +39,7 @@ def _ingest(run):
     r = Run(run)
     state = r.load_state()
     _, requested = labels.read_request(r.request_path(state.round))
-    answers = labels.read_answers(labels.page_answers_path(run))
+    answers = read_answers(labels.page_answers_path(run))
     df = r.load_manifest()
     report = labels.ingest(df, answers, list(state.classes), requested, state.round + 1)
     return report, df
@@ -46,7 +47,7 @@ def _ingest(run):
 
 def _rows(run) -> dict[str, str]:
     path = labels.page_answers_path(run)
-    return {a.path: a.species for a in labels.read_answers(path)} if path.exists() else {}
+    return {a.path: a.species for a in read_answers(path)} if path.exists() else {}
 
 
 @pytest.mark.slow
@@ -163,3 +164,22 @@ def test_unreadable_or_escaping_images_show_a_grey_tile(run_dir):
 def _tiles(page) -> list[tuple[str, str]]:
     return page.eval_on_selector_all("#grid .tile",
                                      "ts => ts.map(t => [t.className, t.querySelector('.sp').textContent])")
+
+
+def test_a_seasons_rolled_up_first_guess_is_a_taxon_to_confirm(tmp_path):
+    """A season's first round shows the classifier's guesses, a rollup's taxon among them: the page offers it as a
+    guess to confirm or refine (never a number key), and confirming it saves it."""
+    from test_train_labels import make_run
+
+    from trapkit.train.label_page import open_label_page
+
+    run = make_run(tmp_path)
+    labels.write_guesses(run.guesses_path(1), [labels.Guess("cam_a/img1.jpg", None, None, "canidae", 0.8),
+                                               labels.Guess("cam_b/day 1/img3.jpg", None, None, "bear", 0.7)])
+    app = open_label_page(run.root)
+    assert app.source.taxa() == ["canidae"] and "canidae" not in app.source.classes()
+    assert [g["taxon"] for g in app.state()["groups"] if g["name"] == "canidae"] == [True]
+    app.decide([{"key": "cam_a/img1.jpg", "species": "canidae"}])  # `a` on the page: as shown
+    assert {it.path: it.answered for it in labels.current_request(run.root)}["cam_a/img1.jpg"] == "canidae"
+    with pytest.raises(TrapkitError, match="unknown class 'felidae'"):
+        app.decide([{"key": "cam_a/img1.jpg", "species": "felidae"}])

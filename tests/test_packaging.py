@@ -28,7 +28,7 @@ def test_every_module_imports_from_the_installed_wheel(wheel, tmp_path):
     modules = sorted(n[:-3].replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py"))
     modules += [n.split(".")[0].replace("/", ".") for n in names if n.endswith(".so")]  # the compiled parts
     assert {"trapkit._jpeg_region", "trapkit._resample"} <= set(modules)
-    assert {"trapkit.cli", "trapkit.train.model", "trapkit.export.cli", "trapkit.serve.cli"} <= set(modules)
+    assert {"trapkit.app.cli", "trapkit.train.model", "trapkit.export.cli", "trapkit.serve.cli"} <= set(modules)
     assert "trapkit/data/camera-traps/md_v5a_detections.json" in names
     assert sum(n.startswith("trapkit/data/camera-traps/") and n.endswith(".jpg") for n in names) == 10
     assert {f"trapkit/static/grid.{x}" for x in ("html", "js", "css")} <= set(names)  # the review and label page
@@ -76,7 +76,7 @@ class _NoTrainingStack:  # the serving image installs no torch: prove the servin
         if name.split('.')[0] in ('torch', 'torchvision', 'timm'):
             raise ImportError('the serving image has no ' + name)
 sys.meta_path.insert(0, _NoTrainingStack())
-from trapkit.cli import main
+from trapkit.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from trapkit.cli import main
-from trapkit.quickstart import _latest_version_is
+from trapkit.app.cli import main
 
 
 @pytest.mark.slow
@@ -25,17 +24,7 @@ def test_quickstart_classifies_the_bundled_photos(tmp_path, capsys, monkeypatch)
     model_dir = tmp_path / "model_repository" / "imagenet-efficientnet-lite0"
     assert (model_dir / "config.pbtxt").is_file() and (model_dir / "labels.txt").read_text().count("\n") == 1000
     onnx = tmp_path / "quickstart-output" / "export" / "model.onnx"
-    assert _latest_version_is(onnx, model_dir)  # a rerun would add no new version
-
-
-def test_latest_version_check_compares_bytes(tmp_path):
-    model_dir = tmp_path / "m"
-    (model_dir / "1").mkdir(parents=True)
-    (model_dir / "1" / "model.onnx").write_bytes(b"old")
-    new = tmp_path / "model.onnx"
-    new.write_bytes(b"new")
-    assert not _latest_version_is(new, model_dir)
-    (model_dir / "2").mkdir()
-    (model_dir / "2" / "model.onnx").write_bytes(b"new")
-    assert _latest_version_is(new, model_dir)
-    assert not _latest_version_is(new, tmp_path / "absent")
+    assert [p.name for p in model_dir.iterdir() if p.is_dir()] == ["1"]
+    assert (model_dir / "1" / "model.onnx").read_bytes() == onnx.read_bytes()
+    assert main(["quickstart"]) == 0  # a rerun exports the same graph: no new version
+    assert [p.name for p in model_dir.iterdir() if p.is_dir()] == ["1"]

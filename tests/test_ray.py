@@ -21,7 +21,7 @@ import pytest
 
 from classify_helpers import animal, write_detections
 from ray_cluster import RayCluster, free_port
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.serve.classify import KILL_AFTER_ENV, KILL_SIGNAL_ENV
 
 CONF_TOLERANCE = 1e-4
@@ -159,7 +159,7 @@ def test_auto_without_a_cluster_on_this_machine_is_one_line(season, tiny_onnx_pa
 def test_without_ray_installed_ray_says_how_to_install_it(season, tiny_onnx_path, tmp_path):
     images, md = season
     # A missing package, as Python sees one: its import fails.
-    code = ("import sys; sys.modules['ray'] = None; from trapkit.cli import main; "
+    code = ("import sys; sys.modules['ray'] = None; from trapkit.app.cli import main; "
             f"sys.exit(main({_argv(images, md, tiny_onnx_path, tmp_path / 'out.json', '--ray', 'local')!r}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
@@ -249,7 +249,7 @@ def test_a_driver_killed_mid_run_on_ray_resumes_locally(cluster, season, referen
     checkpoint = tmp_path / "out.json.checkpoint.json"
     env = {**os.environ, KILL_AFTER_ENV: "10"}  # SIGKILLed after 10 images came back: 8 checkpointed
     argv = _argv(images, md, tiny_onnx_path, out, "--ray", cluster.address)
-    killed = subprocess.run([sys.executable, "-m", "trapkit.cli", *argv], env=env, capture_output=True, text=True,
+    killed = subprocess.run([sys.executable, "-m", "trapkit.app.cli", *argv], env=env, capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists()

@@ -15,7 +15,7 @@ from classify_helpers import megadetector_validate
 from review_helpers import browser, make_review_case, press, read_rows, row_key
 
 from trapkit import grid
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.answers import WRONG_BOX
 from trapkit.serve.review import open_review
@@ -413,3 +413,45 @@ def test_similar_order_and_the_whole_image_from_the_keyboard(case, tmp_path, tin
             assert left_machine == []
     finally:
         server.close()
+
+
+def _rolled_up(case, tmp_path):
+    """RESULTS as `classify --rollup` leaves it: a taxon above the classes ("carnivora", id 5 of a 5-class model)
+    is the answer of two detections."""
+    doc = json.loads(case["results"].read_text())
+    doc["classification_categories"]["5"] = "carnivora"
+    doc["info"]["classifier_metadata"]["model_classes"] = 5
+    rolled = 0
+    for im in doc["images"]:
+        for det in im["detections"] or ():
+            if det.get("classifications") and rolled < 2:
+                det["classifications"].insert(0, ["5", 0.91])
+                rolled += 1
+    path = tmp_path / "rolled.json"
+    path.write_text(json.dumps(doc))
+    return {**case, "results": path}
+
+
+@pytest.mark.slow
+def test_a_rolled_up_crop_is_a_guess_to_confirm_or_refine(case, tmp_path):
+    rolled = _rolled_up(case, tmp_path)
+    answers = tmp_path / "answers.csv"
+    app = _app(rolled, answers)
+    assert app.source.taxa() == ["carnivora"] and "carnivora" not in app.source.classes()
+    server = grid.start(app)
+    try:
+        with browser() as (new_page, left_machine):
+            page = new_page(server.url)
+            numbered = page.eval_on_selector_all("#groups li.numbered .name", "ns => ns.map(n => n.textContent)")
+            assert numbered and not any("carnivora" in n for n in numbered)  # taxa get no number key
+            assert page.locator("#groups li", has_text="carnivora? (a taxon: confirm or refine)").count() == 1
+            page.click("#groups li[data-group='carnivora']")
+            page.wait_for_function("document.querySelectorAll('#grid .tile').length === 2")
+            assert [(("taxon" in c), sp) for c, sp in _tiles(page)] == [(True, "carnivora?"), (True, "carnivora?")]
+            press(page, "1")  # refine the first: the first species of the sidebar
+            press(page, "a")  # confirm the other as it is shown
+            assert left_machine == []
+    finally:
+        server.close()
+    rows = read_rows(answers)
+    assert sorted(rows.values()).count("carnivora") == 1 and len(rows) == 2

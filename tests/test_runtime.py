@@ -103,7 +103,7 @@ def test_graph_and_spec_that_disagree_or_fail_at_run_time_are_one_line_errors(tm
 
 
 def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp_path, capsys):
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", "127.0.0.1:9",
                  "--triton-model", "tiny", "--out", str(tmp_path / "out.json")])
@@ -113,7 +113,7 @@ def test_triton_server_down_is_a_one_line_error(samples_dir, tiny_onnx_path, tmp
 
 
 def test_triton_at_an_ipv6_address_keeps_its_brackets(samples_dir, tiny_onnx_path, tmp_path, capsys):
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     code = main(["classify", str(samples_dir), "--model", str(tiny_onnx_path), "--triton-url", "http://[::1]:9",
                  "--triton-model", "tiny", "--out", str(tmp_path / "out.json")])
@@ -126,7 +126,7 @@ def test_triton_at_an_ipv6_address_keeps_its_brackets(samples_dir, tiny_onnx_pat
 @pytest.fixture(scope="module")
 def int8_export(tiny_model_dir, tmp_path_factory):
     """An export folder holding model.onnx (fp32) and model.int8.onnx."""
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     out = tmp_path_factory.mktemp("int8_export") / "out"
     assert main(["export", str(tiny_model_dir), "--out", str(out), "--quantize", "int8", "--min-agreement", "0"]) == 0
@@ -159,7 +159,7 @@ def test_precision_errors_are_one_line(int8_export, tiny_onnx_path, tmp_path):
 def test_classify_runs_the_int8_graph(int8_export, samples_dir, tmp_path, capsys):
     import json
 
-    from trapkit.cli import main
+    from trapkit.app.cli import main
 
     out = tmp_path / "out.json"
     assert main(["classify", str(samples_dir), "--model", str(int8_export), "--precision", "int8",

@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import one_line_error
 from train_helpers import FAST, make_trees
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.graph import read_spec
 from trapkit.spec import ModelSpec
 from trapkit.train.run import Run

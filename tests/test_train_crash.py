@@ -1,4 +1,5 @@
-"""A round killed with SIGKILL at every stage resumes on the next `al next`, losing and duplicating no label."""
+"""A round is one transaction: killed with SIGKILL at any point before its commit it leaves the run exactly as it
+was (the answers wait in their files), killed after it the next command finishes it; no label is lost or doubled."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ import sys
 import pytest
 from train_helpers import FAST, make_trees, write_answers
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.train import labels
-from trapkit.train.loop import KILL_ENV
-from trapkit.train.run import Run
+from trapkit.train.run import KILL_ENV, Run
 
-STAGES = ("ingested", "inbox-moved", "finetuned", "embedded", "model-saved", "request-written")
+BEFORE_COMMIT = ("ingested", "finetuned", "embedded", "model-saved", "request-written")
+
+
+def snapshot(run) -> dict[str, bytes]:
+    """Every file that says what the run is: manifest, settings, state, the deployable model, the inbox."""
+    r = Run(run)
+    files = [r.manifest_path, r.settings_path, r.state_path, *sorted(r.model_dir.iterdir()),
+             *sorted(r.inbox_dir.rglob("*.csv"))]
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
 @pytest.mark.slow
@@ -29,28 +37,28 @@ def test_sigkill_at_every_stage_then_resume(tmp_path):
     labels.save_answers(run, page)  # answers from the labelling page, waiting in the inbox
     extra_path = next(p for p in trees["truth"] if p not in page)
     extra = write_answers(tmp_path / "extra.csv", {extra_path: trees["truth"][extra_path]})
-    command = [sys.executable, "-m", "trapkit.cli", "al", "next", str(run), "--labels", str(extra)]
+    command = [sys.executable, "-m", "trapkit.app.cli", "al", "next", str(run), "--labels", str(extra)]
+    before = snapshot(run)
 
-    for stage in STAGES:  # the same command, killed one stage later each time
+    for stage in BEFORE_COMMIT:  # the same command, killed one stage later each time
         proc = subprocess.run(command, env={**os.environ, KILL_ENV: stage}, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
-        r = Run(run)
-        assert r.load_state().round == 1  # nothing committed yet
-        df = r.load_manifest()
-        pool = df[(df["split"] == "pool") & (df["label"] != "")]
-        assert dict(zip(pool["path"], pool["label"])) == {**page, extra_path: trees["truth"][extra_path]}
-        assert set(pool["label_round"]) == {2}
-        assert not list(run.rglob(".*.tmp"))  # stages sit between atomic writes: no torn files
+        assert snapshot(run) == before, stage  # nothing of the round reached the run
 
-    assert main(command[3:]) == 0  # resume in-process
+    # Killed just after the commit point: the next command finishes the commit before anything else.
+    proc = subprocess.run(command, env={**os.environ, KILL_ENV: "committed"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert main(["al", "next", str(run)]) == 1  # finishes round 2; then nothing is new for a round 3
     r = Run(run)
     state = r.load_state()
     df = r.load_manifest()
     labelled = df[(df["split"] != "validation") & (df["label"] != "")]
     assert state.round == 2 and state.labels_at_round == len(labelled) == 12 + 6
-    assert labelled["path"].is_unique
+    assert labelled["path"].is_unique and set(df.loc[df["label_round"] == 2, "path"]) == {*page, extra_path}
     _, selected = labels.read_request(r.request_path(2))
     assert len(selected) == 5 and not selected & set(labelled["path"])
     assert len(list((r.inbox_dir / "done").glob("*.csv"))) == 1 and not list(r.inbox_dir.glob("*.csv"))
     assert sorted(p.name for p in r.embeddings_dir.glob("*.npy")) == ["r002.npy"]
+    assert not r.commit_dir.exists() and not list(run.rglob(".*.tmp"))

@@ -13,7 +13,7 @@ import pytest
 from train_helpers import FAST, detection_doc, detection_flags, make_detection_trees, make_trees
 
 from trapkit.answers import WRONG_BOX, read_answers
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 from trapkit.train import labels
 from trapkit.train.run import Run
@@ -85,6 +85,31 @@ def test_requests_are_one_row_per_image_and_the_guesses_list_each_detection(run,
     assert all(list(i.bbox) == boxes[i.key] for i in items) and all(i.guess in ("bear", "cattle", "dog") for i in items)
 
 
+def test_each_round_writes_what_timelapse_needs_to_show_the_question(run, trees):
+    """The classes as a Choice list, and a MegaDetector file of exactly the asked-about boxes (the detector's
+    category and confidence, the model's guess), which the megadetector package validates."""
+    from classify_helpers import megadetector_validate
+
+    r = Run(run)
+    assert r.choices_path(1).read_text().splitlines() == ["bear", "cattle", "dog", WRONG_BOX]
+    megadetector_validate(r.round_detections_path(1))
+    asked = json.loads(r.round_detections_path(1).read_text())
+    source = json.loads(trees["pool_md"].read_text())
+    original = {(im["file"], j): d for im in source["images"] for j, d in enumerate(im["detections"])}
+    items = labels.current_request(run)
+    got = {}
+    for im in asked["images"]:
+        for det in im["detections"]:
+            got.setdefault(im["file"], []).append(det)
+    assert sum(len(v) for v in got.values()) == len(items)
+    names = asked["classification_categories"]
+    for item in items:
+        det = next(d for d in got[item.path] if d["bbox"] == list(item.bbox))
+        want = original[item.key]
+        assert (det["conf"], asked["detection_categories"][det["category"]]) == (want["conf"], "animal")
+        assert names[det["classifications"][0][0]] == item.guess
+
+
 def test_one_item_per_sequence_unless_the_pool_runs_out():
     from trapkit.train.strategies import Pool, select_per_sequence
 
@@ -139,17 +164,16 @@ def test_image_answers_label_the_selected_detections_and_detection_answers_one(t
     # b.jpg was not selected: its image answer labels every item of it (both kept as unselected labels).
     assert df["label"].tolist() == ["bear", "", WRONG_BOX, "dog", "dog"]
     assert (report.new, report.unselected, report.wrong_boxes) == (4, 2, 1)
-    from trapkit.train.loop import _trained_mask, head_classes
+    from trapkit.train.loop import head_classes
+    from trapkit.train.run import trained_mask
 
     assert head_classes(("bear", "dog"), df) == ("bear", "dog")  # WRONG_BOX is never a class
-    assert _trained_mask(df).tolist() == [True, False, False, True, True]
+    assert trained_mask(df).tolist() == [True, False, False, True, True]
 
 
 def test_answers_that_do_not_fit_the_items_are_refused_in_one_line(tmp_path):
     df = _manifest([("cam/a.jpg", 0), ("cam/a.jpg", 2)])
     for rows, without, message in (
-        ([["a.jpg", "cam", "7", "bear"]], set(),
-         r"not items of their image \(a\.csv line 2: cam/a\.jpg Detection 7 \(its items: 0, 2\)\)"),
         ([["faint.jpg", "cam", "", "bear"]], {"cam/faint.jpg"},
          r"images with no detection at or above the run's threshold .*cam/faint\.jpg"),
         ([["nope.jpg", "cam", "", "bear"]], set(), r"not in the pool \(a\.csv line 2: cam/nope\.jpg\)"),
@@ -164,6 +188,19 @@ def test_answers_that_do_not_fit_the_items_are_refused_in_one_line(tmp_path):
                       ["bear", "dog"], {}, 2)
     with pytest.raises(TrapkitError, match=r"a\.csv line 2: Detection 'first' is not a detection index"):
         _answers(tmp_path, [["a.jpg", "cam", "first", "bear"]])
+    with pytest.raises(TrapkitError, match="a.csv line 2: Detection '\u0660' is not a detection index"):
+        _answers(tmp_path, [["a.jpg", "cam", "\u0660", "bear"]])  # an Arabic-Indic zero is not the index 0
+
+
+def test_answers_about_detections_below_the_runs_threshold_are_left_out_and_counted(tmp_path):
+    """A review of a classify run with a lower threshold answers detections that are not items of the run: the
+    rest of its answers are taken, and those are counted, not refused as a whole."""
+    df = _manifest([("cam/a.jpg", 0), ("cam/a.jpg", 2), ("cam/b.jpg", 0)])
+    answers = _answers(tmp_path, [["a.jpg", "cam", "0", "bear"], ["a.jpg", "cam", "1", "dog"],
+                                  ["a.jpg", "cam", "7", "dog"], ["b.jpg", "cam", "0", "dog"]])
+    report = labels.ingest(df, answers, ["bear", "dog"], {}, 2)
+    assert df["label"].tolist() == ["bear", "", "dog"]
+    assert (report.new, report.not_items) == (2, 2) and "2 about detections that are not items" in report.summary()
 
 
 def test_a_whole_image_run_takes_its_images_from_detection_answers(tmp_path):
@@ -281,7 +318,7 @@ def test_bad_detection_inputs_get_one_line_and_write_nothing(trees, tmp_path, ca
         {"category": "1", "conf": 0.05, "bbox": [0.1, 0.1, 0.2, 0.2]}]}])))
     refused(swap("--detections", faint), f"no detection in {faint} is at or above --threshold 0.1 in categories "
                                          "animal; lower --threshold or check --categories")
-    refused(base + ["--threshold", "1.5"], "--threshold 1.5 is out of range")
+    refused(base + ["--threshold", "1.5"], "detection threshold 1.5 is out of range")
     no_pool_md = [f for f in base if f not in ("--detections", str(trees["pool_md"]))]
     refused(no_pool_md, "--seed-detections, --validation-detections only apply with --detections POOL_MD.json")
     flat = tmp_path / "flat.json"
@@ -303,7 +340,7 @@ def test_seasons_join_with_their_detections_and_bad_season_flags_are_one_line(ru
         assert r.manifest_path.read_bytes() == before
 
     outside = shutil.copytree(trees["pool"] / "cam_a", tmp_path / "season")
-    refused(["--add-pool", str(outside), "--detections", str(trees["pool_md"])], "is not inside the pool folder")
+    refused(["--add-pool", str(outside), "--detections", str(trees["pool_md"])], f"are not under --add-pool {outside}")
     refused(["--add-pool", str(trees["pool"] / "cam_a")], "add the season's file with --add-pool")
     refused(["--detections", str(trees["pool_md"])], "--detections on 'al next' is the new season's file")
     refused(["--rescan"], "--rescan finds new image files, but this run's items are detections")
@@ -316,7 +353,7 @@ def test_answers_that_do_not_fit_the_run_are_one_line_through_al_next(run, tmp_p
     for rows, message in (
         ([["faint.jpg", "cam_a", "", "dog"]], "answers name images with no detection at or above the run's threshold "
                                               "in its categories, so not in the pool (faint.csv line 2: cam_a/faint.jpg)"),
-        ([[item.file, item.relative_path, "9", "dog"]], f"faint.csv line 2: {item.path} Detection 9 (its items: "),
+        ([[item.file, item.relative_path, "9", "dog"]], "no new labels"),  # a detection that is not an item: left out
     ):
         path = tmp_path / "faint.csv"
         with open(path, "w", newline="") as f:
@@ -408,3 +445,24 @@ def test_an_image_is_decoded_once_for_all_its_detections(samples_dir, monkeypatc
     expected = np.concatenate([prepare_image(samples_dir / "domestic_cattle.jpg", [list(b) for b in boxes], prep).crops,
                                prepare_image(samples_dir / "ocelot.jpg", None, prep).crops])
     assert batch.images.tobytes() == expected.tobytes()
+
+
+def test_a_season_is_placed_wherever_it_lies(tmp_path):
+    """Inside the pool folder a season keeps its path there; anywhere else (a link into the pool to a drive
+    included) it gets a root of its own and its folder's name as the prefix, made unique in the run."""
+    import pandas as pd
+
+    from trapkit.train.loop import _season_place
+    from trapkit.train.settings import RunSettings
+
+    pool, drive = tmp_path / "pool", tmp_path / "drive"
+    for folder in (pool / "2024" / "sd1", drive / "2025", drive / "cam_a"):
+        folder.mkdir(parents=True)
+    (pool / "link").symlink_to(drive / "2025", target_is_directory=True)
+    settings = RunSettings()
+    settings.data.unlabelled = str(pool)
+    df = pd.DataFrame({"split": ["pool"], "path": ["cam_a/x.jpg"]})
+    assert _season_place(settings, df, pool / "2024" / "sd1") == ("2024/sd1", "unlabelled")
+    assert _season_place(settings, df, pool / "link") == ("link", "season:link")
+    assert _season_place(settings, df, drive / "2025") == ("2025", "season:2025")
+    assert _season_place(settings, df, drive / "cam_a") == ("cam_a-2", "season:cam_a-2")  # the pool has cam_a/

@@ -231,7 +231,7 @@ def test_head_settings_out_of_range_are_refused(tmp_path, key, value, message):
 def test_weights_none_is_warned_at_init_with_figures(tmp_path, capsys):
     from train_helpers import FAST, make_trees
 
-    from trapkit.cli import main
+    from trapkit.app.cli import main
     from trapkit.train.backbones import weight_warnings
     from trapkit.train.run import Run
 

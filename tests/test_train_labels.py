@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from train_helpers import write_answers
 
+from trapkit.answers import read_answers
 from trapkit.errors import TrapkitError
 from trapkit.train import labels
 from trapkit.train.run import Run, RunState
@@ -30,7 +31,7 @@ def manifest(classes=("bear", "dog")) -> pd.DataFrame:
 ])
 def test_answers_parse_through_excel_and_windows_dirt(tmp_path, dirt):
     path = write_answers(tmp_path / "answers.csv", ANSWERS, **dirt)
-    got = {a.path: a.species for a in labels.read_answers(path)}
+    got = {a.path: a.species for a in read_answers(path)}
     assert got == ANSWERS
 
 
@@ -38,7 +39,7 @@ def test_answers_in_cp1252_with_semicolons_and_blank_species(tmp_path):
     text = "RelativePath;File;Species;Notes\r\ncam_a;img1.jpg;bear;caf\xe9\r\ncam_a;img2.jpg;;\r\n"
     path = tmp_path / "excel.csv"
     path.write_bytes(text.encode("cp1252"))
-    answers = labels.read_answers(path)
+    answers = read_answers(path)
     assert [(a.path, a.species) for a in answers] == [("cam_a/img1.jpg", "bear")]  # blank = not answered yet
     assert answers[0].selected is None
 
@@ -47,7 +48,7 @@ def test_answers_saved_as_excel_unicode_text(tmp_path):
     text = "File\tRelativePath\tSpecies\r\nimg1.jpg\tcam_a\tbear\r\nimg3.jpg\tcam_b\\day 1\tdog\r\n"
     path = tmp_path / "unicode.txt"
     path.write_bytes(text.encode("utf-16"))  # with its byte-order mark, as Excel writes it
-    assert {a.path: a.species for a in labels.read_answers(path)} == {"cam_a/img1.jpg": "bear",
+    assert {a.path: a.species for a in read_answers(path)} == {"cam_a/img1.jpg": "bear",
                                                                       "cam_b/day 1/img3.jpg": "dog"}
 
 
@@ -55,16 +56,16 @@ def test_answers_with_a_quote_never_closed_name_the_line(tmp_path):
     path = tmp_path / "broken.csv"
     path.write_text('File,Species\nimg1.jpg,"bear\n' + "img2.jpg,dog\n" * 20_000)
     with pytest.raises(TrapkitError, match=r"broken.csv line \d+ is not valid CSV .*check its quotes"):
-        labels.read_answers(path)
+        read_answers(path)
 
 
 def test_answers_without_species_column_say_what_to_do(tmp_path):
     path = tmp_path / "request.csv"
     labels.write_request(path, POOL, {"img4.jpg"})
     with pytest.raises(TrapkitError, match="no 'Species' column"):
-        labels.read_answers(path)
+        read_answers(path)
     with pytest.raises(TrapkitError, match="does not exist"):
-        labels.read_answers(tmp_path / "missing.csv")
+        read_answers(tmp_path / "missing.csv")
 
 
 def test_request_round_trip_keeps_paths_and_selection(tmp_path):
@@ -78,7 +79,7 @@ def test_request_round_trip_keeps_paths_and_selection(tmp_path):
 
 def test_ingest_counts_new_already_and_unselected(tmp_path):
     df, classes = manifest(), ["bear", "dog"]
-    answers = labels.read_answers(write_answers(tmp_path / "a.csv", ANSWERS, backslash=True))
+    answers = read_answers(write_answers(tmp_path / "a.csv", ANSWERS, backslash=True))
     report = labels.ingest(df, answers, classes, requested={"cam_a/img1.jpg", "cam_b/day 1/img3.jpg"}, round_n=2)
     assert (report.new, report.unselected, report.already) == (3, 1, 0)
     pool = df[df["split"] == "pool"].set_index("path")
@@ -91,7 +92,7 @@ def test_ingest_counts_new_already_and_unselected(tmp_path):
 
 def test_unknown_class_is_an_error_naming_the_rows_unless_allowed(tmp_path):
     df, classes = manifest(), ["bear", "dog"]
-    answers = labels.read_answers(write_answers(tmp_path / "a.csv", {**ANSWERS, "cam_a/img2.jpg": "ocelot"}))
+    answers = read_answers(write_answers(tmp_path / "a.csv", {**ANSWERS, "cam_a/img2.jpg": "ocelot"}))
     with pytest.raises(TrapkitError, match=r"a\.csv line 5: 'ocelot'.*--allow-new-classes"):
         labels.ingest(df, answers, classes, set(), 2)
     assert (df["label"] != "").sum() == 2  # all or nothing: nothing applied
@@ -104,11 +105,11 @@ def test_unknown_class_is_an_error_naming_the_rows_unless_allowed(tmp_path):
 
 def test_unknown_image_and_conflicting_answers_are_errors(tmp_path):
     df, classes = manifest(), ["bear", "dog"]
-    stray = labels.read_answers(write_answers(tmp_path / "a.csv", {"cam_z/nope.jpg": "bear"}))
+    stray = read_answers(write_answers(tmp_path / "a.csv", {"cam_z/nope.jpg": "bear"}))
     with pytest.raises(TrapkitError, match="not in the pool.*cam_z/nope.jpg"):
         labels.ingest(df, stray, classes, set(), 2)
-    first = labels.read_answers(write_answers(tmp_path / "b.csv", {"img4.jpg": "bear"}))
-    second = labels.read_answers(write_answers(tmp_path / "c.csv", {"img4.jpg": "dog"}))
+    first = read_answers(write_answers(tmp_path / "b.csv", {"img4.jpg": "bear"}))
+    second = read_answers(write_answers(tmp_path / "c.csv", {"img4.jpg": "dog"}))
     with pytest.raises(TrapkitError, match="two different answers"):
         labels.ingest(df, first + second, classes, set(), 2)
 
@@ -131,7 +132,7 @@ def make_run(tmp_path) -> Run:
 def test_page_api_lists_request_with_guesses_and_merges_answers(tmp_path):
     run = make_run(tmp_path)
     assert labels.class_names(run.root) == ["bear", "dog"]
-    assert labels.image_root(run.root) == tmp_path / "pool"
+    assert run.pool_file("cam_a/img1.jpg") == (tmp_path / "pool").resolve() / "cam_a" / "img1.jpg"
     items = labels.current_request(run.root)
     assert [(i.relative_path, i.file, i.guess, i.confidence, i.answered) for i in items] == [
         ("cam_a", "img1.jpg", "dog", 0.51, None), ("cam_b/day 1", "img3.jpg", "bear", 0.7, None)]
@@ -147,7 +148,7 @@ def test_page_api_lists_request_with_guesses_and_merges_answers(tmp_path):
     labels.save_answers(run.root, {"cam_a/img1.jpg": "bear"})
     # The page's file is ingested exactly like a CSV answer.
     df = run.load_manifest()
-    report = labels.ingest(df, labels.read_answers(saved), ["bear", "dog"], {"cam_a/img1.jpg"}, 2)
+    report = labels.ingest(df, read_answers(saved), ["bear", "dog"], {"cam_a/img1.jpg"}, 2)
     assert report.new == 2 and set(df.loc[df["label_round"] == 2, "path"]) == {"cam_a/img1.jpg", "cam_b/day 1/img3.jpg"}
 
 

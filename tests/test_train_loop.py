@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from train_helpers import FAST, make_trees, write_answers
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.train import labels
 from trapkit.train.run import Run
 
@@ -195,7 +195,8 @@ def test_a_missing_image_folder_stops_the_round_and_keeps_the_answers(run, trees
     assert f"the unlabelled image folder {tmp_path / 'unplugged'} is missing; reconnect its drive" in err
     df = r.load_manifest()
     assert (df["status"] == "unreadable").sum() == 2  # the two broken files only: nothing newly marked
-    assert (df.loc[df["split"] == "pool", "label"] != "").sum() == 5  # the answers are kept
+    assert (df.loc[df["split"] == "pool", "label"] != "").sum() == 0  # a failed round changes nothing in the run
+    assert len(list(r.inbox_dir.glob("*.csv"))) == 1  # and the answers wait in the inbox
     settings.data.unlabelled = str(trees["pool"])  # plugged back in
     settings.save(r.settings_path)
     assert main(["al", "next", str(run)]) == 0
@@ -239,3 +240,25 @@ def test_a_tiny_seed_without_validation_reports_no_metrics_and_follows_pool_link
     status = capsys.readouterr().out
     assert "latest: accuracy n/a" in status and "metrics are not measured (give --validation)" in status
     assert "stopping" not in status  # five rounds of "0.000" would have read as levelled off
+
+
+@pytest.mark.slow
+def test_progress_lines_reach_a_log_file_and_the_runs_log(trees, tmp_path):
+    """Sent to a file (nohup, Slurm), `al init` says how far its long steps are: lines with the count done, the
+    total and the time left, on stderr and in RUN/trapkit.log (TRAPKIT_PROGRESS_SECONDS=0: a line per update)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    with open(tmp_path / "stderr.log", "w") as err:  # a file, not a terminal
+        subprocess.run([sys.executable, "-m", "trapkit.app.cli", "al", "init", str(run), "--labelled",
+                        str(trees["labelled"]), "--unlabelled", str(trees["pool"]), "--validation",
+                        str(trees["validation"]), *FAST], stderr=err, stdout=subprocess.DEVNULL, check=True,
+                       env={**os.environ, "TRAPKIT_PROGRESS_SECONDS": "0"})
+    line = re.compile(r"embedding: \d+ of (\d+) items \(\d+%\), 0:\d\d:\d\d so far")
+    logged = (tmp_path / "stderr.log").read_text()
+    assert line.search(logged) and int(line.search(logged).group(1)) == len(Run(run).load_manifest())  # every item
+    assert line.search((run / "trapkit.log").read_text())
+    assert "fine-tuning: " in logged and "\x1b" not in logged and "\r" not in logged  # no bar drawn into a file

@@ -13,9 +13,9 @@ import sys
 import pytest
 from train_helpers import FAST, make_trees, write_answers
 
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.train import labels
-from trapkit.train.loop import KILL_ENV, KILL_SIGNAL_ENV
+from trapkit.train.run import KILL_ENV, KILL_SIGNAL_ENV
 from trapkit.train.run import Run
 
 
@@ -38,7 +38,7 @@ def run(initialised, tmp_path):
 
 
 def _al_next(run, *extra, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trapkit.cli", "al", "next", str(run), *extra],
+    return subprocess.Popen([sys.executable, "-m", "trapkit.app.cli", "al", "next", str(run), *extra],
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -97,7 +97,7 @@ def test_newer_or_damaged_state_files_are_refused_in_one_line(run, capsys):
     r = Run(run)
     state = json.loads(r.state_path.read_text())
     for change, message in (
-        ({"format_version": 99}, "has format 99, newer than this trapkit understands (2); upgrade trapkit"),
+        ({"format_version": 99}, "has format 99, newer than this trapkit understands (3); upgrade trapkit"),
         ({"round": "1"}, "field round must be a whole number, not \"1\""),
         ({"clases": ["bear"]}, "has unknown fields ['clases']"),
     ):
@@ -106,7 +106,7 @@ def test_newer_or_damaged_state_files_are_refused_in_one_line(run, capsys):
         assert message in capsys.readouterr().err
     r.state_path.write_text(json.dumps(state))
     settings = json.loads(r.settings_path.read_text())
-    r.settings_path.write_text(json.dumps(settings | {"format_version": 3}))
+    r.settings_path.write_text(json.dumps(settings | {"format_version": 4}))
     assert main(["al", "next", str(run)]) == 1
     assert "run settings" in capsys.readouterr().err
     r.settings_path.write_text(json.dumps(settings))
@@ -204,7 +204,7 @@ def test_a_new_class_differing_only_in_case_is_warned_about(run, trees, tmp_path
 def test_every_settings_flag_is_an_option_and_every_option_a_setting():
     import argparse
 
-    from trapkit.cli import build_parser
+    from trapkit.app.cli import build_parser
     from trapkit.train.settings import FLAGS
 
     def options(*path):
@@ -217,4 +217,4 @@ def test_every_settings_flag_is_an_option_and_every_option_a_setting():
     init, simulate, nxt = (options("al", name) - cluster for name in ("init", "simulate", "next"))
     assert init - {"config", "taxonomy"} == set(FLAGS) - {"validation_fraction"}
     assert simulate - {"config", "oracle", "budget", "out", "allow_new_classes"} == init - {"config", "taxonomy"}
-    assert nxt - {"labels", "allow_new_classes", "rescan", "add_pool", "add_detections"} < set(FLAGS)
+    assert nxt - {"labels", "labels_root", "allow_new_classes", "rescan", "add_pool", "add_detections"} < set(FLAGS)

@@ -17,7 +17,7 @@ import pytest
 
 from triton_repo import copy_broken, copy_without_spec
 from triton_server import TritonServer, free_port
-from trapkit.cli import main
+from trapkit.app.cli import main
 from trapkit.errors import TrapkitError
 
 pytestmark = pytest.mark.slow

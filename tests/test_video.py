@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from classify_helpers import megadetector_module, megadetector_validate
-from trapkit.serve.video import (
+from trapkit.video import (
     FAILURE_MISSING, FAILURE_NO_FRAMES, FAILURE_PAST_END, FAILURE_TRUNCATED, FAILURE_UNREADABLE, VideoReadError,
     frame_file, probe, read_frames, split_frame, video_results,
 )

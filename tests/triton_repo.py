@@ -21,7 +21,7 @@ def python_repo(onnx_path: Path, repo: Path, name: str, *, max_batch_size: int =
     from trapkit.export.triton import TritonSettings, write_triton_model
 
     settings = TritonSettings(repo=Path(repo), name=name, backend="python", max_batch_size=max_batch_size)
-    folder = write_triton_model(onnx_path, read_spec(onnx_path), settings).parent
+    folder = write_triton_model(onnx_path, read_spec(onnx_path), settings).version_dir.parent
     if not dynamic_batching:
         config = folder / "config.pbtxt"
         config.write_text(re.sub(r"dynamic_batching \{.*?\n\}\n", "", config.read_text(), flags=re.S))

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from trapkit.flags import add_ray_args, ray_settings
-from trapkit.spec import INTERPOLATIONS
+from trapkit.crop_policy import INTERPOLATIONS
 from trapkit.train.settings import FLAGS, LOSSES, MININGS, resolve
 from trapkit.train.settings import default_of as d
 from trapkit.web import add_server_args, check_server_args
@@ -95,12 +95,18 @@ def register(subparsers, common) -> None:
     p = sub.add_parser("next", parents=[common], help="ingest answers, retrain, write the next request")
     p.add_argument("run", help="run folder")
     p.add_argument("--labels", action="append", default=[], metavar="CSV",
-                   help="answers CSV (Timelapse export; repeatable); RUN/inbox/*.csv is read too")
+                   help="answers CSV (Timelapse export, or the review page's; repeatable); RUN/inbox/*.csv is read "
+                   "too. Paths may start from the pool folder or from a season's folder: each file is matched to "
+                   "the folder its images are in")
+    p.add_argument("--labels-root", metavar="DIR",
+                   help="the folder the --labels files' paths start from (the pool or a season folder), where "
+                   "their images are in more than one")
     p.add_argument("--allow-new-classes", action="store_true", help="accept class names not seen before")
     p.add_argument("--rescan", action="store_true",
                    help="add images that appeared in the pool folder since init (runs on whole images)")
-    p.add_argument("--add-pool", metavar="DIR", help="add a new season: a folder inside the pool folder; its items "
-                   "are embedded this round and join selection")
+    p.add_argument("--add-pool", metavar="DIR", help="add a new season from any folder; its items are embedded this "
+                   "round and join selection, and --labels given with it may answer them with paths relative to DIR "
+                   "(as 'trapkit review --images DIR' writes them)")
     p.add_argument("--detections", dest="add_detections", metavar="MD.json",
                    help="with --add-pool, in a run on detections: the season's MegaDetector output (paths relative "
                    "to DIR); 'trapkit classify' output gives the first guesses")
@@ -165,7 +171,7 @@ def _next(args) -> int:
     cluster = ray_settings(args)
     _report(next_round(args.run, args.labels, _flags(args), allow_new_classes=args.allow_new_classes,
                        rescan=args.rescan, add_pool=args.add_pool, add_detections=args.add_detections,
-                       cluster=cluster))
+                       cluster=cluster, labels_root=args.labels_root))
     return 0
 
 
@@ -184,6 +190,9 @@ def _status(args) -> int:
               "(left out)")
     if s["wrong_boxes"]:
         print(f"{s['wrong_boxes']} item(s) answered [wrong box] (not trained on)")
+    if s["taxa"]:
+        print(f"{sum(s['taxa'].values())} item(s) answered at a higher taxon, kept aside (not trained on, not asked "
+              "again): " + ", ".join(f"{name} {k}" for name, k in sorted(s["taxa"].items())))
     for c, k in s["labels_per_class"].items():
         print(f"  {c:<30} {k:>7}")
     if s["metrics"]:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from trapkit.images import ImageReadError
 from trapkit.prepare import Preprocessing, prepare_image
+from trapkit.progress import progress
 from trapkit.train.run import Item
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,7 @@ def extract(model, items: list[Item], out: Path, skip: np.ndarray | None = None,
     if cluster is not None:
         embed_on_cluster(cluster, model, [(int(i), items[i]) for i in todo], prep, emb, result, batch_size)
         todo = todo[:0]  # every row done there: the loop below has nothing to do
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="embedding", unit="item", disable=None,
-                                                   leave=False) as bar:
+    with ThreadPoolExecutor(workers) as pool, progress(len(todo), "embedding") as bar:
         for rows in _batches(items, todo, batch_size):
             batch = load_items([items[i] for i in rows], prep, pool)
             for i, reason, taken in zip(rows, batch.reasons, batch.times):
@@ -155,8 +154,7 @@ def embed_on_cluster(cluster, model, rows: list[tuple[int, Item]], prep: Preproc
     work = [(k, str(path), None if whole else [list(item.box) for _, item in groups[(path, whole)]])
             for k, (path, whole) in enumerate(keys)]
     weights = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    with connect(cluster) as ray_cluster, tqdm(total=len(rows), desc="embedding (ray)", unit="item", disable=None,
-                                               leave=False) as bar:
+    with connect(cluster) as ray_cluster, progress(len(rows), "embedding on the cluster") as bar:
         ray_cluster.check_visible(None, [str(path) for path, _ in keys])
         state = ray_cluster.ray.put(weights)
         for done in ray_cluster.map_prepared(work, prep, TorchEmbedder, (model.spec.to_json(), state), root=None,

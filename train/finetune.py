@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from trapkit.errors import TrapkitError
 from trapkit.prepare import Preprocessing
+from trapkit.progress import tracked
 from trapkit.train.embed import load_items
 from trapkit.train.run import Item
 from trapkit.train.settings import FinetuneSettings
@@ -106,7 +106,7 @@ def finetune(model, items: list[Item], labels: np.ndarray, num_classes: int, set
     losses = []
     with ThreadPoolExecutor(workers) as pool:
         batches = balanced_batches(labels, settings.batch_size, settings.classes_per_batch, steps, rng)
-        for idx in tqdm(batches, total=steps, desc="fine-tuning", unit="step", disable=None, leave=False):
+        for idx in tracked(batches, "fine-tuning", "step", total=steps):
             batch = load_items([items[i] for i in idx], prep, pool)
             if len(batch.images) < 2:
                 continue

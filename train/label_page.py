@@ -22,8 +22,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from trapkit import grid
+from trapkit.answers import item_key
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, read_header, safe_join
 from trapkit.sequences import sequence_ids
 from trapkit.train import labels as label_api
 from trapkit.train.run import Run
@@ -31,33 +31,28 @@ from trapkit.train.run import Run
 log = logging.getLogger(__name__)
 
 
-def item_key(path: str, detection: int | None) -> str:
-    """'cam_a/img.jpg' for an image, 'cam_a/img.jpg#2' for one of its detections."""
-    return path if detection is None else f"{path}#{detection}"
-
-
-class LabelSource:
+class LabelSource(grid.FileGridSource):
     """The current round's request as a grid source (see trapkit.grid.GridSource)."""
 
     done_word = "answered"
 
     def __init__(self, run_dir: str | Path, allow_new_classes: bool = False):
+        super().__init__()
         self.run_dir = Path(run_dir)
         self.run = Run(self.run_dir)
         self.run.require()
         self.allow_new_classes = allow_new_classes
-        self.root = label_api.image_root(self.run_dir)
         self._round = None
         self._request: list = []
-        self._times: dict[str, str | None] = {}
         self._vectors = None
         self.refresh()
 
     def refresh(self) -> None:
         """Read the request again (`al next` may have started a new round)."""
         self._round = self.run.load_state().round
+        self._settings = self.run.settings()
         self._request = label_api.current_request(self.run_dir)
-        self._crop_margin = self._margin()  # read once a round, not per thumbnail
+        self.margin = self._margin()  # read once a round, not per thumbnail
         if not self._request:
             raise TrapkitError(f"the current round of {self.run_dir} requests no images; run 'trapkit al next'")
         self._label_keys = {item_key(*it.key): it.key for it in self._request}
@@ -77,6 +72,11 @@ class LabelSource:
     def classes(self) -> list[str]:
         return label_api.class_names(self.run_dir)
 
+    def taxa(self) -> list[str]:
+        """A season's first guesses that are taxa above the classes (`classify --rollup`): confirm or refine."""
+        classes = set(self.classes())
+        return sorted({it.guess for it in self._request if it.guess and it.guess not in classes})
+
     def items(self) -> list[grid.GridItem]:
         return [grid.GridItem(item_key(*it.key), it.path, it.detection, it.bbox, it.guess, it.confidence)
                 for it in self._request]
@@ -92,31 +92,15 @@ class LabelSource:
                                allow_new_classes=self.allow_new_classes)
         return self.answers()
 
-    def crops(self, file: str, items: list[grid.GridItem], size: int) -> list:
-        from PIL import Image
-
-        try:
-            path = safe_join(self.root, file)
-        except ImageReadError as e:
-            log.warning("labelling page: %s", e)
-            return [Image.new("RGB", (size, size), grid.GREY) for _ in items]
-        return grid.cut_thumbnails(path, [it.bbox for it in items], size, self._crop_margin)
-
-    def frame(self, file: str, size: int):
-        from PIL import Image
-
-        try:
-            return grid.frame_image(safe_join(self.root, file), size)
-        except ImageReadError as e:
-            log.warning("labelling page: %s", e)
-            return Image.new("RGB", (size, size * 3 // 4), grid.GREY)
+    def image_path(self, file: str) -> Path:
+        return self.run.pool_file(file, self._settings)
 
     def sequence(self, item: grid.GridItem) -> list[str]:
         """Keys of the requested items in the item's camera-trap sequence (same folder, EXIF times within the
         run's --sequence-gap, the grouping `al` selects by)."""
         folder = str(PurePosixPath(item.file).parent)
         files = sorted({it.path for it in self._request if str(PurePosixPath(it.path).parent) == folder})
-        ids = sequence_ids(files, [self._time(f) for f in files], self.run.settings().select.sequence_gap)
+        ids = sequence_ids(files, [self.capture_time(f) for f in files], self.run.settings().select.sequence_gap)
         mine = ids[files.index(item.file)]
         same = {f for f, n in zip(files, ids) if n == mine}
         return [item_key(*it.key) for it in self._request if it.path in same]
@@ -155,15 +139,7 @@ class LabelSource:
         from trapkit.spec import SPEC_FILENAME, ModelSpec
 
         spec = self.run.model_dir / SPEC_FILENAME
-        return ModelSpec.load(spec).crop_margin if spec.is_file() else ModelSpec.crop_margin
-
-    def _time(self, file: str) -> str | None:
-        if file not in self._times:
-            try:
-                self._times[file] = read_header(safe_join(self.root, file)).time
-            except ImageReadError:
-                self._times[file] = None
-        return self._times[file]
+        return ModelSpec.load(spec).crop_margin if spec.is_file() else self.run.settings().model.crop_margin
 
 
 def open_label_page(run_dir: str | Path, allow_new_classes: bool = False) -> grid.GridApp:

@@ -16,8 +16,8 @@ import hashlib
 import logging
 import os
 import re
-import signal
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,37 +31,30 @@ from trapkit.train import labels as labels_mod
 from trapkit.train.metrics import FORMAT_VERSION as METRICS_FORMAT_VERSION
 from trapkit.train.run import (
     LABELLED_ROOT,
+    MANIFEST_COLUMNS,
     OK,
     POOL,
     POOL_ROOT,
+    SEASON_ROOT,
     SEED,
     UNREADABLE,
     VALIDATION,
     VALIDATION_ROOT,
     Item,
+    kill_point,
     Run,
+    trained_mask,
     RunState,
     format_box,
 )
+from trapkit.train.runinfo import run_taxonomy, write_taxonomy
 from trapkit.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
-KILL_ENV = "TRAPKIT_TEST_KILL_AT"
-KILL_SIGNAL_ENV = "TRAPKIT_TEST_KILL_SIGNAL"  # default SIGKILL; SIGSTOP pauses there (a test then SIGCONTs it)
 BASE_EMBEDDER = "base"
 REQUEST_FORMAT_VERSION = 1  # rounds/NNN/request.json: what a round asked about
 _PAGE_FILE = re.compile(r"round-(\d+)-page\.csv")
-
-
-def _stage(name: str) -> None:
-    """Test-only crash hook: with TRAPKIT_TEST_KILL_AT=<name> the process signals itself here
-    (SIGKILL, or the signal named in TRAPKIT_TEST_KILL_SIGNAL).
-
-    Stages: ingested, inbox-moved, finetuned, embedded, model-saved, request-written.
-    """
-    if os.environ.get(KILL_ENV) == name:
-        os.kill(os.getpid(), getattr(signal, os.environ.get(KILL_SIGNAL_ENV, "SIGKILL")))
 
 
 @dataclass
@@ -83,14 +76,11 @@ def head_classes(committed, df) -> tuple[str, ...]:
     return tuple(committed) + tuple(sorted(seen - set(committed)))
 
 
-def _trained_mask(df) -> np.ndarray:
-    """Rows the embedder and head learn from: labelled with a class (not WRONG_BOX), readable, not validation."""
-    return ((df["split"] != VALIDATION) & (df["label"] != "") & (df["label"] != WRONG_BOX)
-            & (df["status"] == OK)).to_numpy()
 
 
 def _candidate_mask(df) -> np.ndarray:
-    return ((df["split"] == POOL) & (df["label"] == "") & (df["status"] == OK)).to_numpy()
+    """Pool items that can be asked about: unlabelled, readable, and not answered with a higher taxon already."""
+    return ((df["split"] == POOL) & (df["label"] == "") & (df["taxon"] == "") & (df["status"] == OK)).to_numpy()
 
 
 # -- building the manifest ------------------------------------------------------------------
@@ -104,23 +94,20 @@ def _rows(split: str, root: str, items, label=lambda item: "") -> list[dict]:
         if isinstance(item, Detection):
             rows.append({"split": split, "root": root, "path": item.path, "detection": str(item.index),
                          "bbox": format_box(item.bbox), "label": label(item), "prior_guess": item.prior_guess,
-                         "prior_confidence": item.prior_confidence})
+                         "prior_confidence": item.prior_confidence, "conf": item.conf, "category": item.category})
         else:
             path, cls = item if isinstance(item, tuple) else (item, "")
-            rows.append({"split": split, "root": root, "path": path, "detection": "", "bbox": "", "label": cls,
-                         "prior_guess": "", "prior_confidence": ""})
+            rows.append({"split": split, "root": root, "path": path, "detection": "", "bbox": "", "label": cls})
     return rows
 
 
 def _frame(rows: list[dict], added_round: int):
     import pandas as pd
 
-    from trapkit.train.run import MANIFEST_COLUMNS
-
-    df = pd.DataFrame(rows, columns=["split", "root", "path", "detection", "bbox", "label", "prior_guess",
-                                     "prior_confidence"])
+    df = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c not in ("label_round", "status", "added_round")])
+    df = df.fillna("")
     df["label_round"] = np.where(df["split"] == POOL, -1, 0)
-    df["status"], df["reason"], df["time"], df["added_round"] = OK, "", "", added_round
+    df["status"], df["added_round"] = OK, added_round
     return df.loc[:, list(MANIFEST_COLUMNS)]
 
 
@@ -140,19 +127,21 @@ def _labelled_rows(settings: RunSettings, which: str) -> tuple[list, list[str], 
     return _rows(split, root, found, lambda d: d.path.split("/", 1)[0]), tree.classes, tree.problems
 
 
-def _pool_rows(settings: RunSettings, folder: str, detections: str | None, option: str, prefix: str = ""):
-    """(rows, images without a qualifying detection, problems) of a pool folder (or a season inside it)."""
-    from trapkit.train.scan import Detection, detection_items, scan_pool
+def _pool_rows(settings: RunSettings, folder: str, detections: str | None, option: str, prefix: str = "",
+               root: str = POOL_ROOT):
+    """(rows, images without a qualifying detection, problems) of the pool folder or a season; a season's paths
+    start with `prefix` and are read from `root`."""
+    from trapkit.train.scan import detection_items, scan_pool
 
     if detections is None:
-        return _rows(POOL, POOL_ROOT, [f"{prefix}{p}" for p in scan_pool(folder, option)]), [], []
+        return _rows(POOL, root, [f"{prefix}{p}" for p in scan_pool(folder, option)]), [], []
     found = detection_items(folder, detections, settings.data.threshold, settings.data.categories,
                             "--detections", option)
-    items = [Detection(f"{prefix}{d.path}", d.index, d.bbox, d.prior_guess, d.prior_confidence) for d in found.items]
+    items = [replace(d, path=f"{prefix}{d.path}") for d in found.items]
     if not items:
         raise TrapkitError(f"no detection in {detections} is at or above --threshold {settings.data.threshold} in "
                            f"categories {', '.join(settings.data.categories)}; lower --threshold or check --categories")
-    return _rows(POOL, POOL_ROOT, items), [f"{prefix}{p}" for p in found.without], found.problems
+    return _rows(POOL, root, items), [f"{prefix}{p}" for p in found.without], found.problems
 
 
 def _stratified_holdout(rows: list[dict], fraction: float, rng: np.random.Generator) -> set[str]:
@@ -191,11 +180,11 @@ def init_run(run_dir: str | Path, settings: RunSettings, taxonomy: str | Path | 
     with run.command("al init"):
         _refuse_existing(run)  # again, under the lock: a run may have been started meanwhile
         if start.taxonomy is not None:
-            _write_taxonomy(run.taxonomy_path, list(start.classes), start.taxonomy)
+            write_taxonomy(run.taxonomy_path, list(start.classes), start.taxonomy)
         settings.save(run.settings_path)
         run.save_manifest(start.df)
         state = RunState(round=0, classes=start.classes, scan_problems=tuple(start.problems),
-                         images_without_detections=start.without)
+                         images_without_detections=start.without, run_id=uuid.uuid4().hex)
         run.save_state(state)
         df = start.df
         log.info("run %s: %d seed items in %d classes, %d validation, %d in the pool", run.root,
@@ -267,12 +256,16 @@ class _InboxFile:
 
 def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: dict | None = None,
                allow_new_classes: bool = False, rescan: bool = False, add_pool: str | Path | None = None,
-               add_detections: str | Path | None = None, cluster=None) -> RoundResult:
+               add_detections: str | Path | None = None, cluster=None,
+               labels_root: str | Path | None = None) -> RoundResult:
     """Ingest answers (files given and RUN/inbox/*.csv), then run the next round (`cluster`: as for `init_run`).
 
     `rescan` adds images that appeared in the pool folder since the last scan (whole-image runs);
-    `add_pool` adds a season: a folder inside the pool folder, with `add_detections` its MegaDetector
-    file in a run on detections. Flags change the stored settings only once the round has finished.
+    `add_pool` adds a season from any folder, with `add_detections` its MegaDetector file in a run on
+    detections. Answers files name images relative to the pool folder or to a season folder: each file is
+    matched to the one folder all its images are under (`labels_root` says which, where two fit; answers
+    given with `add_pool` are taken as that season's where they fit it). The round is one transaction
+    (`trapkit.train.run`): items, seasons, labels and settings change together, or not at all.
     """
     from trapkit.train.settings import resolve
 
@@ -286,52 +279,96 @@ def next_round(run_dir: str | Path, label_files: list[str | Path] = (), flags: d
         df = run.load_manifest()
         n = state.round + 1
         if rescan:
-            df = _rescan_pool(run, settings, df, n)
+            df = _rescan_pool(settings, df, n)
+        season = None
         if add_pool is not None:
-            df = _add_season(run, settings, state, df, Path(add_pool), add_detections, n)
+            df, season = _add_season(settings, state, df, Path(add_pool), add_detections, n)
         elif add_detections is not None:
             raise TrapkitError("--detections on 'al next' is the new season's file; add --add-pool DIR")
-        report = _ingest_answers(run, settings, state, df, label_files, allow_new_classes, n)
-        # Labels ingested for this round (now, or by an attempt that was killed) carry label_round > round;
-        # items added for it, added_round > round.
+        report, inbox = _ingest_answers(run, settings, state, df, label_files, allow_new_classes, n,
+                                        _labels_root(settings, labels_root), season)
         if not (df["label_round"] > state.round).any() and not (df["added_round"] > state.round).any():
             raise TrapkitError(
                 f"no new labels; fill the Species column of {run.request_path(state.round)} and pass it with "
                 f"--labels, or save answers into {run.inbox_dir}/"
             )
-        log.debug("answers: %s", report.summary())
+        log.info("answers: %s", report.summary())
         state.classes = head_classes(state.classes, df)
-        result = _run_round(run, settings, state, df, n, cluster)
+        result = _run_round(run, settings, state, df, n, cluster, {f.path.name: f.digest for f in inbox})
         result.ingest = report
         result.problems = list(report.warnings)
         return result
 
 
+def _labels_root(settings: RunSettings, folder) -> str | None:
+    """The prefix answers files' paths take from `--labels-root` ('' for the pool folder); None: found per file."""
+    if folder is None:
+        return None
+    folder = Path(folder).resolve()
+    if folder == Path(settings.data.unlabelled).resolve():
+        return ""
+    for season in settings.data.season_list():
+        if folder == season.folder.resolve():
+            return season.prefix + "/"
+    raise TrapkitError(f"--labels-root {folder} is neither the run's pool folder ({settings.data.unlabelled}) nor one "
+                       "of its seasons; give the folder the answers' paths start from")
+
+
 def _ingest_answers(run: Run, settings: RunSettings, state: RunState, df, label_files, allow_new_classes: bool,
-                    n: int) -> labels_mod.IngestReport:
-    """Read every answers file, apply them to the manifest (saved), and move the inbox files that were read."""
+                    n: int, labels_root: str | None, season) -> tuple[labels_mod.IngestReport, list[_InboxFile]]:
+    """Read every answers file (each matched to the folder its paths start from), apply them to `df` (in
+    memory: the round commits it), and return the report and the inbox files read."""
     current = labels_mod.selection_of(labels_mod.selected_items(run, state.round, df))
     if not run.request_path(state.round).is_file():  # only tells requested answers from extra ones
         log.warning("label request %s is missing; every answer is taken as an extra label",
                     run.request_path(state.round))
-    groups = [labels_mod.Answered(read_answers(f), current) for f in map(Path, label_files)]
+    known = set(df.loc[df["split"] == POOL, "path"])
+    without, other_taxa = _pool_detections(settings) if settings.on_detections else (set(), [])
+    prefixes = [""] + [s.prefix + "/" for s in settings.data.season_list()]
+    prefer = season.prefix + "/" if season is not None else None
+
+    # --labels files: relative to the folder `labels_root` names, else to the one folder they fit.
+    groups = [labels_mod.Answered(_locate(read_answers(f), Path(f).name, known | without, prefixes, labels_root,
+                                          prefer), current) for f in map(Path, label_files)]
     inbox = _read_inbox(run)
     for f in inbox:
-        # A page file answers its own round's request (an image-level answer labels what that round selected).
         page = _PAGE_FILE.fullmatch(f.path.name)
-        asked = current if page is None or int(page.group(1)) == state.round else \
+        if page is None:  # a CSV dropped into the inbox: the one folder it fits
+            groups.append(labels_mod.Answered(_locate(f.answers, f.path.name, known | without, prefixes, None, None),
+                                              current))
+            continue
+        # A page file names items as the run does, and answers its own round's request (an image-level answer
+        # labels what that round selected).
+        asked = current if int(page.group(1)) == state.round else \
             labels_mod.selection_of(labels_mod.selected_items(run, int(page.group(1)), df))
         groups.append(labels_mod.Answered(f.answers, asked))
-    pool_paths = set(df.loc[df["split"] == POOL, "path"])
-    strays = {a.path for g in groups for a in g.answers} - pool_paths
-    without = _images_without_items(settings) & strays if strays and settings.on_detections else set()
-    report = labels_mod.ingest(df, groups, state.classes, None, n, allow_new_classes, without_items=without)
-    if report.new or report.corrected:
-        run.save_manifest(df)
-    _stage("ingested")
-    _move_ingested(run, inbox)
-    _stage("inbox-moved")
-    return report
+    vocabulary = labels_mod.Vocabulary.of(state.classes, run_taxonomy(run, state.classes, warn=False), other_taxa)
+    report = labels_mod.ingest(df, groups, vocabulary, None, n, allow_new_classes, without_items=without)
+    kill_point("ingested")
+    return report, inbox
+
+
+def _locate(answers: list, name: str, paths: set[str], prefixes: list[str], given: str | None,
+            prefer: str | None) -> list:
+    """`answers` with their paths made the run's: under the one folder (the pool '', or a season's prefix) all the
+    file's images are in. `given`: the folder the user named; `prefer`: the season added with this file."""
+    if not answers:
+        return answers
+    images = {a.path for a in answers}
+    if given is not None:
+        chosen = given
+    else:
+        fits = {p: sum(p + path in paths for path in images) for p in prefixes}
+        full = [p for p in prefixes if fits[p] == len(images)]
+        if prefer in full:
+            chosen = prefer
+        elif len(full) > 1:
+            folders = ", ".join("the pool folder" if not p else f"the season {p[:-1]}" for p in full)
+            raise TrapkitError(f"{name} names images that are in more than one folder of the run ({folders}); say "
+                               "which folder its paths start from with --labels-root DIR")
+        else:
+            chosen = full[0] if full else max(prefixes, key=lambda p: fits[p])  # the rest is named as missing
+    return [replace(a, path=chosen + a.path) for a in answers] if chosen else answers
 
 
 def _read_inbox(run: Run) -> list[_InboxFile]:
@@ -345,47 +382,30 @@ def _read_inbox(run: Run) -> list[_InboxFile]:
     return out
 
 
-def _move_ingested(run: Run, inbox: list[_InboxFile]) -> None:
-    """Move to inbox/done/ each file that still holds what was ingested; one changed since (the labelling
-    page saved into it meanwhile) stays, and the next round reads it again (re-reading changes nothing)."""
-    if not inbox:
-        return
-    done = run.inbox_dir / "done"
-    done.mkdir(exist_ok=True)
-    with run.inbox_lock():
-        for f in inbox:
-            if not f.path.is_file() or hashlib.sha256(f.path.read_bytes()).hexdigest() != f.digest:
-                log.info("%s changed while this round read it; left in the inbox for the next round", f.path)
-                continue
-            target, k = done / f.path.name, 1
-            while target.exists():
-                target, k = done / f"{f.path.stem}-{k}{f.path.suffix}", k + 1
-            os.replace(f.path, target)
-
-
-def _images_without_items(settings: RunSettings) -> set[str]:
-    """Pool images (seasons included, as manifest paths) whose detections all fall below the threshold."""
+def _pool_detections(settings: RunSettings) -> tuple[set[str], list[str]]:
+    """From the pool's and the seasons' detections files, read once: (images whose detections all fall below the
+    threshold, as manifest paths; the names a classifier gave taxa above its classes)."""
     from trapkit.train.scan import detection_items
 
-    data, out = settings.data, set()
-    pool = Path(data.unlabelled).resolve()
-    for folder, md in [(data.unlabelled, data.detections), *zip(data.seasons, data.season_detections)]:
+    data = settings.data
+    sources = [(data.unlabelled, data.detections, "")]
+    sources += [(str(s.folder), s.detections, s.prefix + "/") for s in data.season_list()]
+    without, taxa = set(), []
+    for folder, md, prefix in sources:
         if md:
-            prefix = _season_prefix(pool, Path(folder))
             found = detection_items(folder, md, data.threshold, data.categories, "--detections", "--unlabelled")
-            out |= {prefix + p for p in found.without}
-    return out
+            without |= {prefix + p for p in found.without}
+            taxa += found.taxa
+    return without, taxa
 
 
-def _append(run: Run, df, rows: list[dict], n: int):
+def _append(df, rows: list[dict], n: int):
     import pandas as pd
 
-    df = pd.concat([df, _frame(rows, added_round=n)], ignore_index=True)
-    run.save_manifest(df)
-    return df
+    return pd.concat([df, _frame(rows, added_round=n)], ignore_index=True)
 
 
-def _rescan_pool(run: Run, settings: RunSettings, df, n: int):
+def _rescan_pool(settings: RunSettings, df, n: int):
     """Append pool images not yet in the manifest (whole-image runs)."""
     from trapkit.train.scan import scan_pool
 
@@ -396,35 +416,47 @@ def _rescan_pool(run: Run, settings: RunSettings, df, n: int):
     new = [p for p in scan_pool(settings.data.unlabelled) if p not in known]
     if new:
         log.info("rescan: %d new image(s) in the pool", len(new))
-        df = _append(run, df, _rows(POOL, POOL_ROOT, new), n)
+        df = _append(df, _rows(POOL, POOL_ROOT, new), n)
     return df
 
 
-def _season_prefix(pool: Path, folder: Path) -> str:
-    """What a season folder's manifest paths start with: its path under the pool, '' for the pool itself.
-    ValueError when it is not inside the pool."""
-    prefix = folder.resolve().relative_to(pool).as_posix()
-    return "" if prefix == "." else prefix + "/"
-
-
-def _add_season(run: Run, settings: RunSettings, state: RunState, df, folder: Path, detections, n: int):
-    """A new season joins the pool: its items are embedded this round and join selection."""
+def _season_place(settings: RunSettings, df, folder: Path) -> tuple[str, str]:
+    """(prefix, manifest root) of a new season: inside the pool folder, its path there and the pool's root;
+    anywhere else (a link to a drive included), its folder's name, made unique in the run, and a root of its own."""
     pool = Path(settings.data.unlabelled).resolve()
+    for season in settings.data.season_list():
+        if season.folder.resolve() == folder.resolve():
+            return season.prefix, season.root  # added before (a run that failed, given again): the same place
+    try:
+        inside = folder.resolve().relative_to(pool).as_posix()
+    except ValueError:
+        inside = None
+    if inside not in (None, "."):
+        return inside, POOL_ROOT
+    taken = {p.split("/", 1)[0] for p in df.loc[df["split"] == POOL, "path"]}
+    taken |= {s.prefix.split("/", 1)[0] for s in settings.data.season_list()}
+    base = Path(os.path.abspath(folder)).name or "season"  # '..' spelled out; a link keeps its own name
+    prefix, k = base, 2
+    while prefix in taken:
+        prefix, k = f"{base}-{k}", k + 1
+    return prefix, SEASON_ROOT + prefix
+
+
+def _add_season(settings: RunSettings, state: RunState, df, folder: Path, detections, n: int):
+    """A new season joins the pool (in `df` and `settings`, committed with the round); returns (df, Season)."""
     if not folder.is_dir():
         raise TrapkitError(f"--add-pool folder {folder} does not exist; give the new season's image folder")
-    try:
-        prefix = _season_prefix(pool, folder)
-    except ValueError:
-        raise TrapkitError(f"--add-pool {folder} is not inside the pool folder {pool}; label requests name images "
-                           "relative to that one folder (as Timelapse does): move or link the season into it") from None
+    if Path(settings.data.unlabelled).resolve() == folder.resolve():
+        raise TrapkitError(f"--add-pool {folder} is the run's pool folder itself; give the new season's folder")
     if settings.on_detections and detections is None:
         raise TrapkitError("this run's items are MegaDetector detections: add the season's file with --add-pool "
                            f"{folder} --detections MD.json")
     if not settings.on_detections and detections is not None:
         raise TrapkitError("this run's items are whole images, so a detections file cannot join it; add the folder "
                            "alone, or start a run on detections ('al init --detections')")
+    prefix, root = _season_place(settings, df, folder)
     rows, without, problems = _pool_rows(settings, str(folder), None if detections is None else str(detections),
-                                         "--add-pool", prefix)
+                                         "--add-pool", prefix + "/", root)
     known = set(df.loc[df["split"] == POOL, "path"])
     fresh = [r for r in rows if r["path"] not in known]
     for p in problems:
@@ -432,19 +464,32 @@ def _add_season(run: Run, settings: RunSettings, state: RunState, df, folder: Pa
     if len(fresh) < len(rows):
         log.info("--add-pool: %d item(s) of images already in the run left as they are", len(rows) - len(fresh))
     if fresh:
-        df = _append(run, df, fresh, n)
-    log.info("--add-pool: %d new item(s) from %s", len(fresh), folder)
+        df = _append(df, fresh, n)
+    log.info("--add-pool: %d new item(s) from %s (named %s/... in the run)", len(fresh), folder, prefix)
     state.images_without_detections += len([p for p in without if p not in known])
-    absolute = str(folder.resolve())
-    if absolute not in settings.data.seasons:
-        settings.data.seasons += (absolute,)
-        settings.data.season_detections += (str(Path(detections).resolve()) if detections is not None else "",)
-    return df
+    data = settings.data
+    seasons = data.season_list()  # seasons an earlier trapkit added carry no prefix yet: write theirs down
+    data.season_prefixes, data.season_roots = tuple(s.prefix for s in seasons), tuple(s.root for s in seasons)
+    known = [i for i, s in enumerate(seasons) if s.folder.resolve() == folder.resolve()]
+    if known:
+        return df, seasons[known[0]]
+    data.seasons += (os.path.abspath(folder),)
+    data.season_detections += (str(Path(detections).resolve()) if detections is not None else "",)
+    data.season_prefixes += (prefix,)
+    data.season_roots += (root,)
+    return df, data.season_list()[-1]
 
 
 # -- one round ------------------------------------------------------------------------------
 
-def _spec(settings: RunSettings, classes, taxonomy: tuple[str, ...] | None = None) -> ModelSpec:
+def model_name(run_dir: Path) -> str:
+    """The name a run's models go by (Triton model, Hub repo, AddaxAI id): its folder's name, made a valid one."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(run_dir).absolute().name).strip("-._")
+    return name or "trapkit-model"
+
+
+def _spec(settings: RunSettings, classes, taxonomy: tuple[str, ...] | None = None,
+          name: str = "trapkit-model") -> ModelSpec:
     """The round's model spec; the crop policy it was trained with travels in it (classify's defaults)."""
     from trapkit.train.backbones import backbone_preprocessing
 
@@ -454,28 +499,7 @@ def _spec(settings: RunSettings, classes, taxonomy: tuple[str, ...] | None = Non
                      resize_mode=settings.model.resize_mode, interpolation=settings.model.interpolation,
                      crop_margin=settings.model.crop_margin, detection_threshold=settings.data.threshold,
                      detection_categories=settings.data.categories, mean=pre.mean, std=pre.std,
-                     name="trapkit-al-model", taxonomy=taxonomy)
-
-
-def _write_taxonomy(path: Path, classes: list[str], strings) -> None:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("label", "taxonomy"))
-    writer.writerows(zip(classes, strings))
-    atomic_write_text(path, buf.getvalue())
-
-
-def _run_taxonomy(run: Run, classes) -> tuple[str, ...] | None:
-    """The run's taxonomy strings for `classes` (RUN/taxonomy.csv), None without one.
-
-    A class added by a later round needs a row there; rows for classes not seen yet are kept for later.
-    """
-    if not run.taxonomy_path.is_file():
-        return None
-    return read_taxonomy_csv(run.taxonomy_path, list(classes), other_labels_ok=True)
+                     name=name, taxonomy=taxonomy)
 
 
 # What an embedder's weights were trained as: stored in their safetensors metadata, checked on load.
@@ -542,7 +566,10 @@ class _Round:
     cluster: object = None  # trapkit.cluster.ClusterSettings: the items are embedded on that Ray cluster
 
 
-def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, cluster=None) -> RoundResult:
+def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, cluster=None,
+               ingested: dict[str, str] | None = None) -> RoundResult:
+    """One round (module docstring), committed as one transaction; `ingested`: the inbox files it read
+    ({name in the inbox: sha256}), moved to inbox/done/ once it commits."""
     import torch
 
     from trapkit.train import head
@@ -550,17 +577,18 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
 
     classes = tuple(state.classes)
     torch.manual_seed(settings.select.seed)
-    model = build_model(_spec(settings, classes, _run_taxonomy(run, classes)),
+    run.stage()
+    model = build_model(_spec(settings, classes, run_taxonomy(run, classes), model_name(run.root)),
                         settings.model.weights if state.embedder_version in (None, BASE_EMBEDDER) else "none")
     _load_embedder(run, model, state.embedder_version)
     r = _Round(run, settings, state, df, n, run.items(df, settings), classes, cluster=cluster)
     version = _finetune_if_due(r, model)
-    _stage("finetuned")
+    kill_point("finetuned")
     r.emb = _embed_all(r, model, version)
-    _stage("embedded")
+    kill_point("embedded")
 
     # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
-    r.trained = np.flatnonzero(_trained_mask(df))
+    r.trained = np.flatnonzero(trained_mask(df))
     if not len(r.trained):
         raise TrapkitError("no readable labelled images; check the --labelled folder")
     y = _labels_of(df, r.trained, classes)
@@ -571,22 +599,18 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
         init = load_model(run.model_dir).head
     model.head = head.fit_head(r.emb[r.trained], y, len(classes), settings.model.head_hidden, settings.head,
                                seed=settings.select.seed + n, init=init)
-    save_model(run.model_dir, model)
+    save_model(run.staged_model_dir, model)
     r.probs = head.predict(model.head, r.emb)  # (N, C)
     m = _evaluate(r)
-    _stage("model-saved")
+    kill_point("model-saved")
 
     chosen = _request(r, np.bincount(y, minlength=len(classes)))
     settings.save(run.round_dir(n) / "settings.json")
-    _stage("request-written")
+    kill_point("request-written")
 
-    # Commit (settings first: a round that fails never changes them), then drop older embedder versions.
-    settings.save(run.settings_path)
+    # Commit manifest, settings, model and state together (older embedder versions go then).
     state.round, state.embedder_version, state.labels_at_round = n, version, int(len(r.trained))
-    run.save_state(state)
-    for old in [*run.embeddings_dir.glob("*.npy"), *run.embedder_dir.glob("*.safetensors")]:
-        if old.stem != version:
-            old.unlink(missing_ok=True)
+    run.commit(df, settings, state, ingested)
     log.debug("round %d: %d labels, validation accuracy %s (%d items); requested %d items in %s",
               n, len(r.trained), m["accuracy"], m["n"], len(chosen), run.request_path(n))
     return RoundResult(n, run.request_path(n), int(len(chosen)), int(len(r.trained)), m)
@@ -597,7 +621,7 @@ def _finetune_if_due(r: _Round, model) -> str:
     from trapkit.train import finetune
 
     settings, state = r.settings, r.state
-    trained = np.flatnonzero(_trained_mask(r.df))
+    trained = np.flatnonzero(trained_mask(r.df))
     due = state.embedder_version is None or len(trained) - state.labels_at_finetune >= settings.finetune.every
     if not due or settings.finetune.epochs <= 0:
         return state.embedder_version or BASE_EMBEDDER
@@ -617,18 +641,17 @@ def _embed_all(r: _Round, model, version: str) -> np.ndarray:
 
     df, path = r.df, r.run.embeddings_path(version)
     cached = embed.open_embeddings(path) if path.is_file() else None
-    if cached is None or len(cached) != len(df):
-        result = embed.extract(model, r.items, path, skip=(df["status"] != OK).to_numpy(), reuse=cached,
+    # Rows the last committed round embedded with this embedder; rows past them may come from a round that
+    # was killed before it committed, and are embedded again.
+    committed = int((df["added_round"] < r.n).sum()) if version == r.state.embedder_version else 0
+    if cached is None or len(cached) != len(df) or committed < len(df):
+        reuse = cached[:min(committed, len(cached))] if cached is not None else None
+        result = embed.extract(model, r.items, path, skip=(df["status"] != OK).to_numpy(), reuse=reuse,
                                cluster=r.cluster)
-        changed = bool(result.failures)
         for i, reason in result.failures.items():
             df.at[i, "status"], df.at[i, "reason"] = UNREADABLE, reason
-        times = df["time"].to_numpy()
         for i, taken in result.times.items():
-            if times[i] != taken:
-                df.at[i, "time"], changed = taken, True
-        if changed:
-            r.run.save_manifest(df)
+            df.at[i, "time"] = taken
         if result.failures:
             log.warning("%d unreadable item(s) recorded in %s", len(result.failures), r.run.manifest_path)
     return embed.open_embeddings(path)
@@ -644,9 +667,9 @@ def _evaluate(r: _Round) -> dict:
     m = metrics.compute(_labels_of(df, val, classes), r.probs[val].argmax(axis=1), classes)
     metrics.write(r.run.round_dir(r.n), m | {"round": r.n, "labelled": int(len(r.trained))}, classes)
     card = {k: m[k] for k in ("accuracy", "macro_precision", "macro_recall", "micro_precision", "micro_recall",
-                              "per_class_recall")}
+                              "per_class_recall", "per_class_precision")}
     # One meaning per key, in both metrics files: `labelled` counts the items trained on.
-    atomic_write_json(r.run.model_dir / "metrics.json",
+    atomic_write_json(r.run.staged_model_dir / "metrics.json",
                       {"format_version": METRICS_FORMAT_VERSION, "round": r.n, "labelled": int(len(r.trained)),
                        **card, "validation_images": int(len(val))})
     return m
@@ -710,7 +733,13 @@ def _request(r: _Round, counts: np.ndarray) -> np.ndarray:
     candidates = np.flatnonzero(_candidate_mask(df))
     images = list(dict.fromkeys(paths[candidates].tolist()))  # one request row per image, manifest order
     labels_mod.write_request(run.request_path(n), images, set(paths[chosen].tolist()))
-    labels_mod.write_guesses(run.guesses_path(n), [_guess(r, i) for i in chosen])
+    guesses = [_guess(r, i) for i in chosen]
+    labels_mod.write_guesses(run.guesses_path(n), guesses)
+    labels_mod.write_choices(run.choices_path(n), r.classes)
+    if r.settings.on_detections:
+        detector = {(paths[i], int(detections[i])): (df.at[i, "conf"], df.at[i, "category"]) for i in chosen
+                    if detections[i]}
+        labels_mod.write_round_detections(run.round_detections_path(n), guesses, detector, r.classes)
     atomic_write_json(run.round_dir(n) / "request.json", {
         "format_version": REQUEST_FORMAT_VERSION, "items": int(len(chosen)),
         "images": len(set(paths[chosen].tolist())), "sequences": len(set(sequence[chosen].tolist())),
@@ -727,7 +756,6 @@ def _present(r: _Round, rows: np.ndarray) -> np.ndarray:
 
     for i in missing:
         r.df.at[i, "status"], r.df.at[i, "reason"] = UNREADABLE, f"{FAILURE_MISSING}: {r.items[i].path}"
-    r.run.save_manifest(r.df)
     log.warning("%d pool image(s) were deleted since they were embedded; recorded as unreadable", len(missing))
     return np.setdiff1d(rows, missing)
 
@@ -756,7 +784,7 @@ def status(run_dir: str | Path) -> dict:
     with run.logging("al status"):
         state = run.load_state()
         df = run.load_manifest()
-        lab = df[_trained_mask(df)]
+        lab = df[trained_mask(df)]
         per_class = {c: int((lab["label"] == c).sum()) for c in head_classes(state.classes, df)}
         pool = df[df["split"] == POOL]
         advice = "the run folder is damaged; rerun 'trapkit al next' to write it again"
@@ -786,6 +814,7 @@ def status(run_dir: str | Path) -> dict:
             "labels_per_class": per_class,
             "labelled": int(len(lab)),
             "wrong_boxes": int((df["label"] == WRONG_BOX).sum()),
+            "taxa": {str(k): int(v) for k, v in df.loc[df["taxon"] != "", "taxon"].value_counts().items()},
             "pool_unlabelled": int(((pool["label"] == "") & (pool["status"] == OK)).sum()),
             "pool_images_without_detections": state.images_without_detections,
             "unreadable": int((df["status"] != OK).sum()),

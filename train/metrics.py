@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trapkit.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from trapkit.figures import figure_png, new_figure
+from trapkit.figures import confusion_png
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -39,6 +39,8 @@ def compute(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
         "micro_precision": accuracy,
         "micro_recall": accuracy,
         "per_class_recall": {lab: float(recall[i]) for i, lab in enumerate(labels) if support[i] > 0},
+        "per_class_precision": {lab: float(precision[i]) for i, lab in enumerate(labels) if predicted[i] > 0},
+        "per_class_support": {lab: int(support[i]) for i, lab in enumerate(labels)},
         "confusion": m.tolist(),
     }
 
@@ -64,18 +66,3 @@ def write(directory: Path, metrics: dict, labels: list[str]) -> None:
         w.writerow([lab, *row.tolist()])
     atomic_write_text(directory / "confusion.csv", buf.getvalue())
     atomic_write_bytes(directory / "confusion.png", confusion_png(m, labels))
-
-
-def confusion_png(m: np.ndarray, labels: list[str]) -> bytes:
-    size = 2.5 + 0.45 * len(labels)
-    fig = new_figure(size, size)
-    ax = fig.subplots()
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=90)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(labels) <= 30:
-        for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black" if v < m.max() / 2 else "white")
-    return figure_png(fig)

@@ -42,6 +42,8 @@ class Detection:
     bbox: tuple[float, float, float, float]
     prior_guess: str = ""  # top-1 class of `trapkit classify` output (or another classifier's), if the file has it
     prior_confidence: str = ""
+    conf: str = ""  # the detector's confidence, as written
+    category: str = ""  # the detector's category name (animal, ...)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class DetectionItems:
     items: list[Detection]
     without: list[str]  # image paths with no qualifying detection (left out)
     problems: list[str] = field(default_factory=list)
+    taxa: list[str] = field(default_factory=list)  # a classifier's categories above its classes (classify output)
 
 
 def _named(names: list[str]) -> str:
@@ -140,6 +143,7 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
                            f"({_named(outside)}); boxes must be [x, y, width, height] as fractions of the image "
                            "in [0, 1], as MegaDetector writes them")
     names = doc.get("classification_categories") or {}
+    detector = doc.get("detection_categories") or {}
     items = []
     for i in sorted(chosen):
         im = images[i]
@@ -147,9 +151,20 @@ def detection_items(root: str | Path, detections: str | Path, threshold: float, 
             det = im["detections"][j]
             guess, conf = _prior(det, names)
             items.append(Detection(PurePosixPath(im["file"].replace("\\", "/")).as_posix(), j,
-                                   tuple(float(v) for v in det["bbox"]), guess, conf))
-    without = [im["file"] for i, im in enumerate(images) if i not in chosen and is_image_file(im["file"])]
-    return DetectionItems(items, without, problems)
+                                   tuple(float(v) for v in det["bbox"]), guess, conf, repr(float(det["conf"])),
+                                   str(detector.get(str(det["category"]), det["category"])).lower()))
+    without = [PurePosixPath(im["file"].replace("\\", "/")).as_posix() for i, im in enumerate(images)
+               if i not in chosen and is_image_file(im["file"])]
+    return DetectionItems(items, without, problems, classifier_taxa(doc))
+
+
+def classifier_taxa(doc: dict) -> list[str]:
+    """The names `trapkit classify` gave categories above the model's classes (rollup, allow-list taxa): ids at or
+    past `info.classifier_metadata.model_classes`. None in a file from another tool, or written before it."""
+    n = (doc.get("info", {}).get("classifier_metadata") or {}).get("model_classes")
+    if not isinstance(n, int):
+        return []
+    return [name for k, name in (doc.get("classification_categories") or {}).items() if k.isdigit() and int(k) >= n]
 
 
 def _prior(det: dict, names: dict) -> tuple[str, str]:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trapkit.atomic import atomic_write_json
+from trapkit.crop_policy import CropPolicy
 from trapkit.errors import TrapkitError
 from trapkit.typed_json import checked, read_json, read_versioned
 
-SETTINGS_FORMAT_VERSION = 2  # 2: detections, crop policy, sequences, seasons
+SETTINGS_FORMAT_VERSION = 3  # 2: detections, crop policy, sequences, seasons; 3: seasons anywhere
 LOSSES = ("softmax", "triplet")
 MININGS = ("batch-hard", "semi-hard")
 
@@ -41,11 +42,41 @@ class DataSettings:
     detections: str | None = None
     seed_detections: str | None = None
     validation_detections: str | None = None
-    threshold: float = 0.1  # detections at or above this confidence are items
-    categories: tuple[str, ...] = ("animal",)  # in these MegaDetector categories (any case)
-    # Seasons added by `al next --add-pool DIR [--detections MD.json]`: folders inside the pool folder.
+    threshold: float = CropPolicy.threshold  # detections at or above this confidence are items
+    categories: tuple[str, ...] = CropPolicy.categories  # in these MegaDetector categories (any case)
+    # Seasons added by `al next --add-pool DIR [--detections MD.json]`, one entry each in these four: the folder,
+    # its MegaDetector file ('' for a whole-image run), the prefix its items' paths carry in the run, and the
+    # manifest root its items are read from (`season_list` gives them as `Season`s).
     seasons: tuple[str, ...] = ()
-    season_detections: tuple[str, ...] = ()  # one per season with detections ('' for a whole-image run)
+    season_detections: tuple[str, ...] = ()
+    season_prefixes: tuple[str, ...] = ()
+    season_roots: tuple[str, ...] = ()
+
+    def season_list(self) -> list[Season]:
+        """The run's seasons. A season added by an earlier trapkit lies inside the pool folder: its prefix is
+        its path there."""
+        out = []
+        for i, folder in enumerate(self.seasons):
+            if i < len(self.season_prefixes):
+                prefix, root = self.season_prefixes[i], self.season_roots[i]
+            else:
+                prefix, root = Path(folder).resolve().relative_to(Path(self.unlabelled).resolve()).as_posix(), \
+                    "unlabelled"
+            out.append(Season(Path(folder), self.season_detections[i] if i < len(self.season_detections) else "",
+                              prefix, root))
+        return out
+
+
+@dataclass(frozen=True)
+class Season:
+    """A season of the pool: `folder`, its MegaDetector file `detections` ('' for whole images), the `prefix` its
+    items' paths carry in the run, and the manifest `root` they are read from (the pool's, for a season inside
+    the pool folder)."""
+
+    folder: Path
+    detections: str
+    prefix: str
+    root: str
 
 
 @dataclass
@@ -55,8 +86,8 @@ class ModelSettings:
     feat_dim: int = 256
     input_size: int | None = None  # None: what the backbone's pretrained weights expect
     resize_mode: str = "squash"
-    interpolation: str = "bilinear"
-    crop_margin: float = 0.1  # context around a detection box, as a fraction of its longer side
+    interpolation: str = CropPolicy.interpolation
+    crop_margin: float = CropPolicy.margin  # context around a detection box, as a fraction of its longer side
     head_hidden: tuple[int, ...] = (230, 100)
 
 
@@ -121,6 +152,11 @@ class RunSettings:
     def on_detections(self) -> bool:
         """Items are MegaDetector detections (not whole images)."""
         return self.data.detections is not None
+
+    @property
+    def crop_policy(self) -> CropPolicy:
+        """Which detections are items and how they are cut: what the run's models record in their spec."""
+        return CropPolicy(self.model.crop_margin, self.data.threshold, self.data.categories, self.model.interpolation)
 
     @property
     def sequence_aware(self) -> bool:
@@ -209,7 +245,6 @@ def resolve(config: str | Path | None = None, flags: dict | None = None, base: R
 
 def validate(s: RunSettings) -> None:
     from trapkit.flags import only_with
-    from trapkit.spec import INTERPOLATIONS
     from trapkit.train.strategies import STRATEGIES
 
     if s.finetune.loss not in LOSSES:
@@ -235,14 +270,7 @@ def validate(s: RunSettings) -> None:
     if not (h.lr > 0 and h.l2 >= 0 and h.weight_decay >= 0):
         raise TrapkitError(f"head settings out of range (lr {h.lr} must be above 0, l2 {h.l2} and weight_decay "
                            f"{h.weight_decay} at least 0); fix the config file")
-    if not 0.0 <= s.data.threshold <= 1.0:
-        raise TrapkitError(f"--threshold {s.data.threshold} is out of range; use a detection confidence in [0, 1]")
-    if not s.data.categories or not all(s.data.categories):
-        raise TrapkitError("--categories needs at least one MegaDetector category name, such as animal")
-    if not 0.0 <= s.model.crop_margin <= 2.0:
-        raise TrapkitError(f"--crop-margin {s.model.crop_margin} is out of range; use a fraction between 0 and 2")
-    if s.model.interpolation not in INTERPOLATIONS:
-        raise TrapkitError(f"unknown interpolation {s.model.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+    s.crop_policy  # noqa: B018 - validates threshold, categories, margin and interpolation
     if s.select.sequence_gap < 0:
         raise TrapkitError(f"--sequence-gap must be 0 or more seconds, got {s.select.sequence_gap}")
     only_with("--detections POOL_MD.json", s.data.detections is not None,

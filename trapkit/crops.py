@@ -37,13 +37,11 @@ and `trapkit.detections.qualifying` leaves such boxes out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from trapkit.errors import TrapkitError
-from trapkit.images import INTERPOLATIONS, REDUCING_GAP, Window
+from trapkit.images import PIL_FILTERS, REDUCING_GAP, Window
 
 try:
     from trapkit import _resample  # compiled at install, beside the region decoder
@@ -51,17 +49,6 @@ except ImportError:  # pragma: no cover - depends on how trapkit was built
     _resample = None
 
 PAD_VALUE = 0
-
-
-@dataclass(frozen=True)
-class CropPolicy:
-    """`margin`: context added on each side, as a fraction of the box's longer side."""
-
-    margin: float = 0.1
-
-    def __post_init__(self):
-        if not 0.0 <= self.margin <= 2.0:
-            raise TrapkitError(f"crop margin {self.margin} is out of range; use a fraction between 0 and 2")
 
 
 def usable_box(bbox) -> bool:
@@ -98,7 +85,7 @@ def crop_square(image: Image.Image | Window, bbox, size: int, margin: float,
 
     A `Window` (part of an image) must hold every pixel the crop reads (`region_needed`).
     """
-    resample = INTERPOLATIONS[interpolation]
+    resample = PIL_FILTERS[interpolation]
     window = image if isinstance(image, Window) else Window.whole(image)
     left, top, side = square_region(bbox, window.width, window.height, margin)
     box = (left, top, left + side, top + side)

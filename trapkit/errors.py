@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can fix.
 
 Raised anywhere in trapkit with a message that says what to do; caught once in
-`trapkit.cli.main`, printed on one line to stderr, exit code 1.
+`trapkit.app.cli.main`, printed on one line to stderr, exit code 1.
 """
 
 

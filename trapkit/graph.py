@@ -16,6 +16,7 @@ neither stage imports the other for it:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from trapkit.errors import TrapkitError
@@ -34,6 +35,8 @@ TRITON_SPEC_PARAMETER = "trapkit.spec"
 CONFIG_FILENAME = "config.json"
 CARD_FILENAME = "README.md"
 HUB_FILES = (ONNX_FILENAME, CONFIG_FILENAME, CARD_FILENAME)  # the first two are required to load a model
+# A Hub folder's changelog: `## title` entries, newest first; `trapkit publish` makes the newest its commit message.
+CHANGELOG_FILENAME = "CHANGELOG.md"
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -74,3 +77,16 @@ def spec_from_metadata(meta: dict[str, str], path: str | Path) -> ModelSpec:
     if SPEC_PROP not in meta:
         raise TrapkitError(f"{path} has no '{SPEC_PROP}' metadata; export it with 'trapkit export'")
     return ModelSpec.from_json(meta[SPEC_PROP])
+
+
+def latest_changelog_entry(folder: Path) -> tuple[str, str] | None:
+    """(title, body) of the newest CHANGELOG.md entry of a Hub folder, None without one."""
+    path = Path(folder) / CHANGELOG_FILENAME
+    if not path.is_file():
+        return None
+    entries = re.split(r"(?m)^## ", path.read_text(encoding="utf-8"))[1:]  # [0]: the header, if any
+    if not entries:
+        return None
+    title, _, rest = entries[0].partition("\n")
+    return title.strip(), rest.strip()
+

@@ -56,9 +56,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from trapkit.answers import WRONG_BOX  # the reserved answer for "not an animal / wrong box": never a class
+from trapkit.answers import WRONG_BOX, clean_species  # WRONG_BOX: "not an animal / wrong box", never a class
 from trapkit.errors import TrapkitError
-from trapkit.images import ImageReadError, open_image
+from trapkit.images import ImageReadError, open_image, read_header
 from trapkit.web import WILDCARD_HOSTS, allowed_host_names, host_allowed
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,54 @@ class GridSource(Protocol):
     def sequence(self, item: GridItem) -> list[str]: ...  # keys of the item's sequence (at least its own)
     def embeddings(self, items: list[GridItem]) -> np.ndarray | None: ...  # (n, D), or None: not available
     # Optional: `stale() -> bool` (the items changed: reload), `close()` (stop background work),
-    # `done_word` (the progress line's "N of M verified").
+    # `done_word` (the progress line's "N of M verified"), `taxa() -> list[str]` (names above the classes that
+    # crops may show, a classifier's rollup: a guess to confirm (`a` keeps it) or refine, never a number key).
+
+
+class FileGridSource:
+    """What every grid source over image files shares: thumbnails and frames cut from the files (grey where one
+    cannot be read), and each image's capture time, read once.
+
+    A subclass gives `image_path(file) -> Path` (where an item's file lies; `ImageReadError` for a path that
+    must not be read) and sets `margin`, the crop policy's context around a box.
+    """
+
+    allow_new_classes = False
+    margin: float
+
+    def __init__(self):
+        self._times: dict[str, str | None] = {}
+
+    def image_path(self, file: str) -> Path:
+        raise NotImplementedError
+
+    def crops(self, file: str, items: list[GridItem], size: int) -> list:
+        from PIL import Image
+
+        try:
+            path = self.image_path(file)
+        except ImageReadError as e:
+            log.warning("grid: %s", e)
+            return [Image.new("RGB", (size, size), GREY) for _ in items]
+        return cut_thumbnails(path, [it.bbox for it in items], size, self.margin)
+
+    def frame(self, file: str, size: int):
+        from PIL import Image
+
+        try:
+            return frame_image(self.image_path(file), size)
+        except ImageReadError as e:
+            log.warning("grid: %s", e)
+            return Image.new("RGB", (size, size * 3 // 4), GREY)
+
+    def capture_time(self, file: str) -> str | None:
+        """The image's EXIF capture time (None without one, or when it cannot be read), read once."""
+        if file not in self._times:
+            try:
+                self._times[file] = read_header(self.image_path(file)).time
+            except ImageReadError:
+                self._times[file] = None
+        return self._times[file]
 
 
 class GridApp:
@@ -169,13 +216,15 @@ class GridApp:
             self.reload()
         with self.lock:
             done = Counter(self.items[i].species or "" for k, i in self.by_key.items() if k in self.answers)
+            taxa = set(_taxa(self.source))
             return {
                 "title": self.source.title,
                 "done_word": getattr(self.source, "done_word", "verified"),
                 "answers_path": str(self.source.answers_path),
                 "classes": self.source.classes(),
                 "allow_new_classes": self.source.allow_new_classes,
-                "groups": [{"name": g, "count": self.counts[g], "done": done[g]} for g in self.groups],
+                "groups": [{"name": g, "count": self.counts[g], "done": done[g], "taxon": g in taxa}
+                           for g in self.groups],
                 "total": len(self.items),
                 "done": sum(done.values()),
                 "version": self.version,
@@ -277,7 +326,7 @@ class GridApp:
         Returns {"applied": [{key, before, after}], "skipped": [keys whose answer was not `expect`], counts}.
         """
         wanted: dict[str, tuple[str | None, object]] = {}
-        classes = set(self.source.classes()) | {WRONG_BOX}
+        classes = set(self.source.classes()) | set(_taxa(self.source)) | {WRONG_BOX}
         for c in changes:
             if not isinstance(c, dict) or not isinstance(c.get("key"), str):
                 raise TrapkitError("each change needs a 'key'")
@@ -287,7 +336,7 @@ class GridApp:
             if species is not None:
                 if not isinstance(species, str):
                     raise TrapkitError(f"species for {key!r} must be text")
-                species = species.strip() or None
+                species = clean_species(species, key) if species.strip() else None
             if species is not None and species not in classes and not self.source.allow_new_classes:
                 raise TrapkitError(f"unknown class {species!r}; pick one of the classes (press / to search them)")
             wanted[key] = (species, c["expect"] if "expect" in c else _ANY)
@@ -348,6 +397,11 @@ class GridApp:
 
 
 _ANY = object()  # no `expect`: the change applies whatever the answer is now
+
+
+def _taxa(source) -> list[str]:
+    taxa = getattr(source, "taxa", None)
+    return taxa() if taxa is not None else []
 
 
 def cut_thumbnails(path: Path, boxes: list, size: int, margin: float) -> list:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from trapkit.crop_policy import INTERPOLATIONS
 from trapkit.errors import TrapkitError
 
 try:
@@ -41,7 +42,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 EXIF_ORIENTATION = 0x0112
 _EXIF_IFD, _EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME = 0x8769, 36867, 306
-INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+PIL_FILTERS = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}  # name -> Pillow's filter
 REDUCING_GAP = 3.0  # Pillow pre-shrinks by whole factors first when downscaling more than this
 # Per-image failure codes: short, fixed, countable (MegaDetector's habit); details go to the log.
 FAILURE_MISSING = "image missing"
@@ -438,7 +439,7 @@ def to_model_input(img: Image.Image, size: int, resize_mode: str = "squash",
     center_crop: scale the short side to `size`, cut the centre square.
     """
     img = to_rgb(img)
-    resample = INTERPOLATIONS[interpolation]
+    resample = PIL_FILTERS[interpolation]
     if resize_mode == "center_crop":
         scale = size / min(img.width, img.height)
         w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))

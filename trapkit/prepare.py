@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trapkit.crops import CropPolicy, crop_square, min_decode_size, region_needed
+from trapkit.crop_policy import CropPolicy
+from trapkit.crops import crop_square, min_decode_size, region_needed
 from trapkit.errors import TrapkitError
 from trapkit.images import (FAILURE_UNREADABLE, ImageReadError, open_image, open_window, read_header, safe_join,
                             to_model_input, to_rgb)
-from trapkit.spec import INTERPOLATIONS, RESIZE_MODES, ModelSpec
+from trapkit.spec import RESIZE_MODES, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,15 @@ class Preprocessing:
 
     input_size: int
     resize_mode: str = "squash"
-    interpolation: str = "bilinear"
-    margin: float = 0.1
-    threshold: float = 0.1
-    categories: tuple[str, ...] = ("animal",)
+    interpolation: str = CropPolicy.interpolation
+    margin: float = CropPolicy.margin
+    threshold: float = CropPolicy.threshold
+    categories: tuple[str, ...] = CropPolicy.categories
 
     def __post_init__(self):
-        object.__setattr__(self, "categories", tuple(self.categories))
-        CropPolicy(self.margin)  # validates the margin
+        object.__setattr__(self, "categories", self.crop_policy.categories)  # validated there
         if self.resize_mode not in RESIZE_MODES:
             raise TrapkitError(f"unknown resize mode {self.resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise TrapkitError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise TrapkitError(f"threshold {self.threshold} is out of range; use a detection confidence in [0, 1]")
-        if not self.categories or not all(isinstance(c, str) and c for c in self.categories):
-            raise TrapkitError("give at least one detection category, such as animal")
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, **overrides) -> Preprocessing:
@@ -74,8 +68,8 @@ class Preprocessing:
         return cls(**base | {k: v for k, v in overrides.items() if v is not None})
 
     @property
-    def crop(self) -> CropPolicy:
-        return CropPolicy(self.margin)
+    def crop_policy(self) -> CropPolicy:
+        return CropPolicy(self.margin, self.threshold, self.categories, self.interpolation)
 
 
 @dataclass

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from trapkit import __version__
 from trapkit.atomic import atomic_write_text
+from trapkit.crop_policy import CropPolicy
 from trapkit.errors import TrapkitError
-from trapkit.taxonomy import check_taxonomy
+from trapkit.taxonomy import check_class_name, check_taxonomy
 from trapkit.typed_json import checked, read_json, refuse_newer
 
 SPEC_FORMAT_VERSION = 2
 SPEC_FILENAME = "spec.json"
 RESIZE_MODES = ("squash", "center_crop")
-INTERPOLATIONS = ("bilinear", "bicubic")
 # What a file may ask for: past these a spec is damaged or hostile, not a model (an input_size of
 # 100,000 asks export for tens of GB).
 MAX_INPUT_SIZE = 2048
@@ -62,10 +62,10 @@ class ModelSpec:
     head_hidden: tuple[int, ...] = (230, 100)
     input_size: int = 224
     resize_mode: str = "squash"
-    interpolation: str = "bilinear"
-    crop_margin: float = 0.1
-    detection_threshold: float = 0.1
-    detection_categories: tuple[str, ...] = ("animal",)
+    interpolation: str = CropPolicy.interpolation
+    crop_margin: float = CropPolicy.margin
+    detection_threshold: float = CropPolicy.threshold
+    detection_categories: tuple[str, ...] = CropPolicy.categories
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     taxonomy: tuple[str, ...] | None = None
@@ -87,6 +87,9 @@ class ModelSpec:
         _refuse_newer(self.format_version)
         if not self.labels:
             raise TrapkitError("model spec has no class labels; a model needs at least one class")
+        for label in self.labels:
+            if check_class_name(label, "model spec label") != label:
+                raise TrapkitError(f"model spec label {label!r} has spaces around it; re-export the model")
         if len(set(self.labels)) != len(self.labels):
             dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
             raise TrapkitError(f"model spec has duplicate class labels {dupes}; make every class name unique")
@@ -96,8 +99,6 @@ class ModelSpec:
             raise TrapkitError(f"unknown resize_mode {self.resize_mode!r}; use one of {', '.join(RESIZE_MODES)}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise TrapkitError("model spec mean and std need three values each, std > 0")
-        if self.interpolation not in INTERPOLATIONS:
-            raise TrapkitError(f"unknown interpolation {self.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
         if not 16 <= self.input_size <= MAX_INPUT_SIZE:
             raise TrapkitError(f"input_size {self.input_size} is out of range; use 16 to {MAX_INPUT_SIZE} pixels")
         widths = [self.feat_dim] if self.feat_dim is not None else []
@@ -107,11 +108,12 @@ class ModelSpec:
                                f"(1 to {MAX_WIDTH} each, at most {MAX_HIDDEN_LAYERS} hidden layers); re-export the model")
         if len(self.labels) > MAX_LABELS:
             raise TrapkitError(f"model spec has {len(self.labels)} labels, over the limit of {MAX_LABELS}")
-        if not 0.0 <= self.crop_margin <= 2.0 or not 0.0 <= self.detection_threshold <= 1.0:
-            raise TrapkitError(f"crop_margin {self.crop_margin} must be in [0, 2] and detection_threshold "
-                               f"{self.detection_threshold} in [0, 1]")
-        if not self.detection_categories or not all(self.detection_categories):
-            raise TrapkitError("detection_categories must name at least one MegaDetector category, such as animal")
+        self.crop_policy  # noqa: B018 - validates margin, threshold, categories and interpolation
+
+    @property
+    def crop_policy(self) -> CropPolicy:
+        """Which detections the model was trained on and how they were cut: the default of every stage."""
+        return CropPolicy(self.crop_margin, self.detection_threshold, self.detection_categories, self.interpolation)
 
     @property
     def num_classes(self) -> int:

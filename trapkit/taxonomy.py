@@ -28,6 +28,9 @@ from pathlib import Path
 from trapkit.errors import TrapkitError
 
 N_TOKENS = 7
+# What a classifier answers above every taxon: "some animal", "cannot tell" (serve/postprocess's rollup). A
+# person who confirms one has named no class.
+ANIMAL, UNKNOWN = "animal", "unknown"
 RANKS = ("class", "order", "family", "genus", "species")
 FORMAT = "id;class;order;family;genus;species;common name"
 CSV_COLUMNS = ("label", "taxonomy")
@@ -132,6 +135,19 @@ def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -
     the first kind of problem found is one `TrapkitError` line naming the rows (1-based, the
     header is row 1).
     """
+    strings, missing = _read_taxonomy(path, labels, other_labels_ok)
+    if missing:
+        raise TrapkitError(f"{path} has no row for {few(missing)}; add one row per class")
+    return strings
+
+
+def read_taxonomy_partly(path: str | Path, labels) -> tuple[tuple[str, ...], list[str]]:
+    """(strings, labels without a row) from a CSV that may lack rows for some labels (a run's, after a class was
+    added) and hold rows for others; a label without a row gets `no_taxon(label)`."""
+    return _read_taxonomy(path, labels, True)
+
+
+def _read_taxonomy(path: str | Path, labels, other_labels_ok: bool) -> tuple[tuple[str, ...], list[str]]:
     path = Path(path)
     rows = csv_rows(path, "taxonomy", CSV_COLUMNS)
     labels = list(labels)
@@ -160,9 +176,12 @@ def read_taxonomy_csv(path: str | Path, labels, other_labels_ok: bool = False) -
     if problems["duplicate"]:
         raise TrapkitError(f"{path}: {few(problems['duplicate'])} repeat a label; keep one row per class")
     missing = [label for label in labels if label not in by_label]
-    if missing:
-        raise TrapkitError(f"{path} has no row for {few(missing)}; add one row per class")
-    return tuple(by_label[label] for label in labels)
+    return tuple(by_label.get(label) or no_taxon(label) for label in labels), missing
+
+
+def no_taxon(label: str) -> str:
+    """The string of a class with no taxonomy row: not a taxon, its label as its name (no rollup above it)."""
+    return normalise(";;;;;;" + " ".join(label.replace(";", " ").split()))
 
 
 def display_names(labels, taxonomy) -> list[str]:
@@ -197,3 +216,21 @@ def few(items: list[str]) -> str:
     """The first few of `items` for an error line, and how many more."""
     shown = ", ".join(items[:_SHOWN])
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+# C0 and C1 control characters (newline and tab included): a class name holding one splits CSV rows,
+# status lines and model-card tables.
+_CONTROL = "".join(map(chr, [*range(0x20), *range(0x7f, 0xa0)]))
+
+
+def check_class_name(name: str, where: str = "class name") -> str:
+    """`name` stripped; a one-line `TrapkitError` for an empty name or one with control characters."""
+    if not isinstance(name, str):
+        raise TrapkitError(f"{where} {name!r} is not text")
+    name = name.strip()
+    if not name:
+        raise TrapkitError(f"{where} is empty; every class needs a name")
+    if any(c in _CONTROL for c in name):
+        raise TrapkitError(f"{where} {name!r} holds control characters (a newline or tab, say); "
+                           "give the class a plain name")
+    return name

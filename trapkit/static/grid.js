@@ -43,9 +43,12 @@ function act(fn) {
 
 // -- sidebar, keys, progress ---------------------------------------------------------------
 
+// Number keys name species only: a group of a taxon above them (a rollup) is a guess to confirm or refine.
 function numbered() {
-  return S.state.groups.filter((g) => g.name !== "").slice(0, 9).map((g) => g.name);
+  return S.state.groups.filter((g) => g.name !== "" && !g.taxon).slice(0, 9).map((g) => g.name);
 }
+
+function isTaxon(name) { return S.state.groups.some((g) => g.taxon && g.name === name); }
 
 function renderSidebar() {
   const st = S.state;
@@ -55,7 +58,7 @@ function renderSidebar() {
   $("#answers-path").textContent = `Answers are saved as you go to ${st.answers_path}`;
   const nums = numbered();
   const rows = [{ name: "", label: "All species", count: st.total, done: st.done, all: true }]
-    .concat(st.groups.map((g) => ({ ...g, label: g.name || "(no guess)" })));
+    .concat(st.groups.map((g) => ({ ...g, label: g.name ? (g.taxon ? `${g.name}? (a taxon: confirm or refine)` : g.name) : "(no guess)" })));
   $("#groups").innerHTML = rows.map((g) => {
     const n = g.all ? -1 : nums.indexOf(g.name);
     const current = !g.all === (S.view.group !== "") && g.name === S.view.group;
@@ -83,13 +86,16 @@ function tileClass(it, i) {
   if (i === S.cursor) c.push("cursor");
   if (S.selected.has(i)) c.push("selected");
   if (it.answer) c.push(it.answer === S.state.wrong_box ? "wrong" : it.answer !== it.species ? "changed" : "answered");
+  if (isTaxon(shownSpecies(it))) c.push("taxon");
   return c.join(" ");
 }
 
 function captionHtml(it) {
   const conf = it.conf == null ? "" : it.conf.toFixed(2);
   const model = it.answer && it.answer !== it.species ? ` title="model: ${esc(it.species || "none")} ${conf}"` : "";
-  return `<span class="sp"${model}>${esc(shownSpecies(it) || "(no guess)")}</span><span class="conf">${conf}</span>`;
+  const shown = shownSpecies(it);
+  const name = shown && isTaxon(shown) && !it.answer ? `${shown}?` : shown;
+  return `<span class="sp"${model}>${esc(name || "(no guess)")}</span><span class="conf">${conf}</span>`;
 }
 
 function renderGrid() {

@@ -89,22 +89,10 @@ def _build_and_export(backbone: str, weights: str, out: Path, model_repository: 
     model = imagenet_model(backbone, weights)
     model_dir = save_model(out / "model", model)
     log.info("exporting to ONNX and checking it against PyTorch")
-    result = export_model(model_dir, out / "export")
+    # A rerun exports the same graph: the repository then gets no new version.
+    result = export_model(model_dir, out / "export", triton=TritonSettings(repo=model_repository))
     log.info("ONNX graph matches PyTorch within %.1e", result.parity.max_prob_diff)
-    triton = TritonSettings(repo=model_repository)
-    if not _latest_version_is(result.onnx_path, model_repository / triton.model_name(model.spec)):
-        from trapkit.export.triton import write_triton_model
-
-        write_triton_model(result.onnx_path, model.spec, triton)
     return result.onnx_path
-
-
-def _latest_version_is(onnx_path: Path, model_dir: Path) -> bool:
-    """True when the repository already serves these exact bytes (rerunning the demo adds no version)."""
-    from trapkit.export.triton import TRITON_MODEL_FILE, next_version
-
-    latest = model_dir / str(next_version(model_dir) - 1) / TRITON_MODEL_FILE
-    return latest.is_file() and latest.read_bytes() == onnx_path.read_bytes()
 
 
 def _print_table(result_path: Path, top_k: int) -> list[str]:

@@ -37,11 +37,11 @@ class _PrintableFormatter(logging.Formatter):
 
 # Order is the order in `trapkit --help`.
 COMMAND_MODULES = (
-    "trapkit.quickstart",
+    "trapkit.app.quickstart",
     "trapkit.train.cli",
     "trapkit.export.cli",
     "trapkit.serve.cli",
-    "trapkit.serve.cli_features",
+    "trapkit.ecology.cli",
     "trapkit.serve.cli_web",
     "trapkit.serve.cli_hub",
 )

@@ -1,14 +1,16 @@
 """`trapkit features`: a morphological space ecologists can analyse, from `trapkit classify --features` tables.
 
 From one or more features tables of one model (feature size and model digest
-must agree: `trapkit.serve.feature_table`):
+must agree: `trapkit.feature_table`):
 
 1. The space: each row's embedding L2-normalised (cosine geometry: a crop's
    feature magnitude follows its contrast and exposure more than its shape),
    then PCA to at most `SPACE_DIMS` dimensions (scikit-learn).
 2. Morphs: k-means in that space (scikit-learn, 10 starts, fixed seed), K from
-   `--morphs` or the K in 2..`--max-morphs` (below the number of rows) with
-   the best silhouette score; morph 0 is the largest.
+   `--morphs` or the K in 2..`--max-morphs` (below the number of distinct
+   rows) with the best silhouette score; morph 0 is the largest. Rows that are
+   all the same point make one morph ("no spread"), never several; rows with
+   NaN or infinite features are left out, counted and listed in summary.json.
 3. `map.png`: the space in two dimensions (PCA's first two components, or UMAP
    when umap-learn is installed and there are at least `UMAP_AUTO_MIN` rows),
    coloured by predicted species and by morph.
@@ -28,8 +30,10 @@ scikit-learn, pandas and matplotlib are imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -40,8 +44,8 @@ from trapkit.atomic import atomic_write_bytes, atomic_write_text, check_writable
 from trapkit.errors import TrapkitError
 from trapkit.figures import figure_png, new_figure
 from trapkit.images import ImageReadError, is_file_under, safe_join
-from trapkit.serve.feature_table import FeatureTable, feature_columns, read_features, require
-from trapkit.serve.settings import FeatureSettings
+from trapkit.feature_table import FeatureTable, feature_columns, read_features, require
+from trapkit.ecology.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +62,13 @@ class FeatureReport:
 
     rows: int
     morphs: int
-    chosen_by: str  # "--morphs" or "silhouette"
+    chosen_by: str  # "--morphs", "silhouette", or "no spread" (fewer than 2 distinct points)
     silhouette: dict[int, float]
     map_method: str
     out: Path
     written: list[Path] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # "table: file#detection" of rows with NaN or inf features
+    distinct: int = 0
 
 
 def analyse_features(tables: list[str | Path], out: str | Path, settings: FeatureSettings = FeatureSettings(),
@@ -77,20 +83,23 @@ def analyse_features(tables: list[str | Path], out: str | Path, settings: Featur
         raise TrapkitError(f"--images {images} is not a folder; give the IMAGES_DIR given to trapkit classify")
     loaded = _read_all(tables)
     frame, x = _combined(loaded)
+    frame, x, left_out = _finite_rows(frame, x, loaded)
     n = len(frame)
     if n < 2:
-        raise TrapkitError(f"{_names(loaded)} holds {n} detection; a morphological space needs at least 2")
-    if settings.morphs is not None and settings.morphs > n:
-        raise TrapkitError(f"--morphs {settings.morphs} is more than the {n} detections in {_names(loaded)}; "
-                           f"choose at most {n}")
+        raise TrapkitError(f"{_names(loaded)} holds {n} detection{'s' if n != 1 else ''} with finite features; "
+                           "a morphological space needs at least 2")
+    distinct = _distinct_points(x)
+    if settings.morphs is not None and settings.morphs > distinct:
+        raise TrapkitError(f"--morphs {settings.morphs} is more than the {distinct} distinct detections (of {n}) in "
+                           f"{_names(loaded)}; choose at most {distinct}")
 
-    space = _space(x, settings.seed)  # (n, <= SPACE_DIMS)
-    k, scores = _choose_k(space, settings)
-    morph, distance, _ = _kmeans(space, k, settings.seed)
-    xy, map_method = _map(space, settings)
+    with _sklearn_quiet():
+        space = _space(x, settings.seed)  # (n, <= SPACE_DIMS)
+        k, scores, chosen_by = _choose_k(space, distinct, settings)
+        morph, distance, _ = _kmeans(space, k, settings.seed)
+        xy, map_method = _map(space, settings)
     frame["morph"], frame["distance"], frame["map_x"], frame["map_y"] = morph, distance, xy[:, 0], xy[:, 1]
-    log.debug("%d detections, %d morphs (%s), map by %s", n, k, "--morphs" if settings.morphs else "silhouette",
-              map_method)
+    log.debug("%d detections (%d distinct), %d morphs (%s), map by %s", n, distinct, k, chosen_by, map_method)
 
     meta = loaded[0].meta
     # Everything is made in memory first: a failure (a wrong --images) leaves no half-written folder.
@@ -107,14 +116,15 @@ def analyse_features(tables: list[str | Path], out: str | Path, settings: Featur
     diversity = _diversity(frame, k, settings.by)
     files[f"diversity_by_{settings.by}.csv"] = diversity.to_csv(index=False, float_format="%.6g")
     files[f"diversity_by_{settings.by}.png"] = _diversity_png(diversity, k, settings.by)
-    chosen_by = "--morphs" if settings.morphs else "silhouette"
     files["summary.json"] = json.dumps({
         "tables": [t.path.name for t in loaded], "rows": n, "feature_size": meta.feature_size,
         "model": meta.model, "model_digest": meta.model_digest, "space_dims": int(space.shape[1]),
-        "morphs": k, "chosen_by": chosen_by, "silhouette": {str(a): b for a, b in scores.items()},
+        "distinct_rows": distinct, "morphs": k, "chosen_by": chosen_by,
+        "silhouette": {str(a): b for a, b in scores.items()},
         "map": map_method, "by": settings.by, "morph_sizes": np.bincount(morph, minlength=k).tolist(),
+        "non_finite_left_out": left_out,
     }, indent=1) + "\n"
-    report = FeatureReport(n, k, chosen_by, scores, map_method, out)
+    report = FeatureReport(n, k, chosen_by, scores, map_method, out, left_out=left_out, distinct=distinct)
     for name, data in files.items():
         (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(out / name, data)
         report.written.append(out / name)
@@ -158,6 +168,39 @@ def _names(loaded: list[FeatureTable]) -> str:
     return ", ".join(str(t.path) for t in loaded[:3]) + (" ..." if len(loaded) > 3 else "")
 
 
+def _finite_rows(frame, x: np.ndarray, loaded: list[FeatureTable]):
+    """(frame, x) without the rows whose features hold NaN or inf, and those rows named; none left is an error."""
+    finite = np.isfinite(x).all(axis=1)
+    if finite.all():
+        return frame, x, []
+    bad = frame.loc[~finite]
+    named = [f"{t}: {f}#{d}" for t, f, d in zip(bad["table"], bad["file"], bad["detection_index"])]
+    if not finite.any():
+        raise TrapkitError(f"every row of {_names(loaded)} has NaN or infinite features; the table is damaged: "
+                           "classify the images again with --features")
+    log.warning("%d of %d detections have NaN or infinite features and are left out of the morphs (e.g. %s); "
+                "summary.json lists them", len(named), len(frame), named[0])
+    return frame.loc[finite].reset_index(drop=True), x[finite], named
+
+
+def _distinct_points(x: np.ndarray) -> int:
+    """How many different points the rows make once L2-normalised (identical crops give identical rows)."""
+    from sklearn.preprocessing import normalize
+
+    return len(np.unique(np.round(normalize(x.astype(np.float64)), 6), axis=0))
+
+
+@contextlib.contextmanager
+def _sklearn_quiet():
+    """scikit-learn's and UMAP's warnings go to the debug log, not the terminal: the cases behind them (ties,
+    too few distinct points) are handled and reported here in words."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        log.debug("%s: %s", w.category.__name__, w.message)
+
+
 # -- the space, morphs, map ----------------------------------------------------------------------------------------
 
 def _space(x: np.ndarray, seed: int) -> np.ndarray:
@@ -165,28 +208,31 @@ def _space(x: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import normalize
 
-    x = normalize(np.nan_to_num(x.astype(np.float64)))
+    x = normalize(x.astype(np.float64))  # rows are finite: `_finite_rows` left out the others
     dims = max(1, min(SPACE_DIMS, x.shape[0] - 1, x.shape[1]))
     return PCA(n_components=dims, random_state=seed).fit_transform(x)
 
 
-def _choose_k(space: np.ndarray, settings: FeatureSettings) -> tuple[int, dict[int, float]]:
-    """K and the silhouette score of every K tried ({} when K was given)."""
+def _choose_k(space: np.ndarray, distinct: int, settings: FeatureSettings) -> tuple[int, dict[int, float], str]:
+    """K, the silhouette score of every K tried ({} when K was given or there is no spread), and how K was chosen."""
     if settings.morphs is not None:
-        return settings.morphs, {}
+        return settings.morphs, {}, "--morphs"
+    if distinct < 2:
+        log.info("every detection has the same features: one morph (no spread to divide)")
+        return 1, {}, "no spread"
     from sklearn.metrics import silhouette_score
 
     n = len(space)
     scores = {}
-    for k in range(2, min(settings.max_morphs, n - 1) + 1):
+    for k in range(2, min(settings.max_morphs, distinct, n - 1) + 1):  # a silhouette needs 2 <= K <= n - 1
         labels, _, _ = _kmeans(space, k, settings.seed)
         if len(set(labels.tolist())) < 2:
-            continue  # identical rows: k-means found fewer clusters
+            continue
         scores[k] = round(float(silhouette_score(space, labels, sample_size=min(n, SILHOUETTE_SAMPLE),
                                                  random_state=settings.seed)), 4)
     if not scores:
-        return 1, {}
-    return max(scores, key=lambda k: (scores[k], -k)), scores
+        return 1, {}, "no spread"
+    return max(scores, key=lambda k: (scores[k], -k)), scores, "silhouette"
 
 
 def _kmeans(space: np.ndarray, k: int, seed: int):
@@ -215,6 +261,8 @@ def _map(space: np.ndarray, settings: FeatureSettings) -> tuple[np.ndarray, str]
     if settings.map == "umap" and not installed:
         raise TrapkitError("--map umap needs umap-learn; pip install umap-learn, or use --map pca")
     wanted = settings.map == "umap" or (settings.map == "auto" and installed and n >= UMAP_AUTO_MIN)
+    if settings.map == "auto" and not installed and n >= UMAP_AUTO_MIN:
+        log.info("umap-learn is not installed, so the map is PCA (pip install umap-learn for a UMAP map)")
     if wanted and n >= 5:
         import umap
 
@@ -320,7 +368,7 @@ def _example_crops(examples, images: Path, meta) -> dict[tuple[int, int], np.nda
     """{(morph, rank): (S, S, 3) uint8} for the example rows, cut again by the table's crop policy: photos
     through `trapkit.prepare.prepare_image`, video frames from the video itself (one decoding pass each)."""
     from trapkit.prepare import crops_from_image, prepare_image
-    from trapkit.serve import video as vid
+    from trapkit import video as vid
 
     prep = meta.preprocessing()
     photos = defaultdict(list)  # file -> [(morph, rank, box)]
@@ -417,9 +465,16 @@ def _diversity_png(table, k: int, by: str) -> bytes:
 
 def describe(report: FeatureReport) -> str:
     """The lines `trapkit features` prints."""
-    how = (f"best silhouette of K = {min(report.silhouette)}..{max(report.silhouette)}"
-           if report.silhouette else report.chosen_by if report.chosen_by == "--morphs" else "too few rows to choose")
-    lines = [f"{report.rows} detections, {report.morphs} morphs ({how}); map: {report.map_method}"]
+    if report.silhouette:
+        how = f"best silhouette of K = {min(report.silhouette)}..{max(report.silhouette)}"
+    elif report.chosen_by == "no spread":
+        how = "no spread: every detection has the same features" if report.distinct < 2 else \
+            "too few distinct detections to compare K"
+    else:
+        how = report.chosen_by
+    lines = [f"{report.rows} detections, {report.morphs} morph{'s' if report.morphs != 1 else ''} ({how}); "
+             f"map: {report.map_method}"]
+    if report.left_out:
+        lines.append(f"{len(report.left_out)} detections with NaN or infinite features left out (summary.json)")
     lines += [f"wrote {p}" for p in report.written]
     return "\n".join(lines)
-

@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 
 from trapkit import __version__
+from trapkit.answers import neutralise, restore
 from trapkit.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.sequences import parse_exif_time
-from trapkit.serve.video import split_frame
+from trapkit.video import split_frame
 from trapkit.typed_json import checked, refuse_newer
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class FeatureParts:
             writer = _csv_writer(tmp, schema) if csv else _parquet_writer(tmp, schema)
             try:
                 for keys, emb in self.chunks():
-                    batch = _batch(schema, keys, emb, result, done)
+                    batch = _batch(schema, keys, emb, result, done, text=csv)
                     if batch.num_rows:
                         writer.write_batch(batch)
                         rows += batch.num_rows
@@ -265,8 +266,11 @@ def _csv_writer(path: Path, schema):
     return pcsv.CSVWriter(path, schema.remove_metadata(), write_options=pcsv.WriteOptions(quoting_style="needed"))
 
 
-def _batch(schema, keys: np.ndarray, emb: np.ndarray, result: dict, done: dict):
-    """One record batch: the fixed columns from the final JSON (and EXIF times from `done`), then the features."""
+def _batch(schema, keys: np.ndarray, emb: np.ndarray, result: dict, done: dict, text: bool = False):
+    """One record batch: the fixed columns from the final JSON (and EXIF times from `done`), then the features.
+
+    `text` (a CSV): labels go through `trapkit.answers.neutralise`, so a spreadsheet never runs one as a formula
+    (`_read_csv` restores them); file names stay exact."""
     import pyarrow as pa
 
     labels = result["classification_categories"]
@@ -286,7 +290,7 @@ def _batch(schema, keys: np.ndarray, emb: np.ndarray, result: dict, done: dict):
                             ("bbox_x", x), ("bbox_y", y), ("bbox_w", w), ("bbox_h", h),
                             ("time", parse_exif_time(done[str(i)].get("time"))),
                             ("label", labels.get(top[0]) if top[0] is not None else None), ("conf", top[1])):
-            fixed[name].append(value)
+            fixed[name].append(neutralise(value) if text and name == "label" and value else value)
     feats = np.asfortranarray(emb, dtype=np.float32)  # (n, D): each column contiguous for Arrow
     arrays = [pa.array(fixed[f.name], f.type) for f in schema if f.name in fixed]
     arrays += [pa.array(feats[:, k]) for k in range(feats.shape[1])]
@@ -361,4 +365,7 @@ def _read_csv(path: Path):
     except (pa.ArrowInvalid, OSError) as e:
         raise TrapkitError(f"{path} is not a readable features CSV ({' '.join(str(e).split())[:120]}); "
                            f"{_MAKE_ONE}") from None
+    if "label" in table.column_names:  # labels were written through `neutralise`
+        labels = [None if v is None else restore(v) for v in table.column("label").to_pylist()]
+        table = table.set_column(table.column_names.index("label"), "label", pa.array(labels, pa.string()))
     return table, meta
