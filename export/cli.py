@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trapkit.errors import TrapkitError
 from trapkit.flags import given, only_with
 
 # Kept in step with trapkit.export.triton.BACKENDS and pipeline.CHANGES_FILENAME (not imported: --help stays
@@ -20,6 +21,7 @@ CHANGES_FILENAME = "CHANGES.md"
 INT8_TARGETS = ("avx2", "vnni", "gpu")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_MIN_AGREEMENT, DEFAULT_CALIBRATION_METHOD = 0.99, "entropy"  # VariantSettings' defaults
+ADDAXAI_REGIONS = ("global", "africa", "americas", "asia", "europe", "oceania")  # trapkit.export.addaxai.REGIONS
 
 
 def register(subparsers, common) -> None:
@@ -30,10 +32,11 @@ def register(subparsers, common) -> None:
         description="Write OUT/model.onnx: uint8 images (N, S, S, 3) in; probs (N, C) and embedding (N, D) out, "
         "normalisation inside, the model spec in its metadata. The graph is checked against PyTorch on real "
         "photos before it is written. SOURCE is a run folder, a model folder (spec.json + model.safetensors) "
-        "or imagenet-lite0.",
+        "or imagenet-lite0. With --addaxai DIR, also (or, without --out, only) an AddaxAI model folder.",
     )
     p.add_argument("source", metavar="SOURCE", help="run folder, model folder, or imagenet-lite0")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for model.onnx and export_report.json")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for model.onnx and export_report.json (needed unless --addaxai DIR is given)")
     p.add_argument("--taxonomy", type=Path, metavar="CSV",
                    help="label,taxonomy CSV: a SpeciesNet-style 'id;class;order;family;genus;species;common name' "
                    "per class, stored in the model (rollup, allow-lists, smoothing, common names)")
@@ -70,10 +73,38 @@ def register(subparsers, common) -> None:
     t.add_argument("--max-batch-size", type=int, default=32, help="Triton max_batch_size (default 32)")
     p.add_argument("--hub-folder", type=Path, metavar="DIR", help="also write a Hugging Face Hub folder with a model card")
     p.add_argument("--license", default="other", help="license in the Hub model card (default: other)")
+    add_addaxai_arguments(p)
     p.set_defaults(func=_run)
 
 
+def add_addaxai_arguments(p) -> None:
+    a = p.add_argument_group("AddaxAI (docs/addaxai.md)")
+    a.add_argument("--addaxai", type=Path, metavar="DIR",
+                   help="also write an AddaxAI model folder (manifest.json, inference.py, taxonomy.csv, weights) "
+                   "that AddaxAI's pytorch environment runs as it ships; copy it to ~/AddaxAI/models/cls/ID/")
+    a.add_argument("--developer", help="with --addaxai: who made the model, for AddaxAI's model list")
+    a.add_argument("--description", help="with --addaxai: the model's description (default: made from the model "
+                   "and its validation figures)")
+    a.add_argument("--region", choices=ADDAXAI_REGIONS, help="with --addaxai: where the model is for (AddaxAI groups "
+                   "its species models by region)")
+    a.add_argument("--info-url", metavar="URL", help="with --addaxai: a page about the model (default: trapkit's)")
+    a.add_argument("--addaxai-names", type=Path, metavar="CSV",
+                   help="with --addaxai: a label,name CSV of the names AddaxAI shows, for classes whose names it "
+                   "cannot take (a comma, non-ASCII letters)")
+
+
 def _run(args) -> int:
+    addaxai = _addaxai_settings(args)
+    if args.out is None:
+        only_with("--out DIR", False, _needs_out(args))
+        if addaxai is None:
+            raise TrapkitError("give --out DIR (the ONNX graph) or --addaxai DIR (an AddaxAI model folder), or both")
+        return _run_addaxai(args, addaxai)
+    code = _run_onnx(args)
+    return _run_addaxai(args, addaxai) if addaxai else code
+
+
+def _run_onnx(args) -> int:
     from trapkit.export.hub_folder import HubSettings
     from trapkit.export.pipeline import export_model
     from trapkit.export.quantize import VariantSettings
@@ -110,4 +141,37 @@ def _run(args) -> int:
         print(f"  Hub folder: {result.hub_folder}")
     if result.changes:
         print(f"  {result.changes.title}: {result.onnx_path.with_name(CHANGES_FILENAME)}")
+    return 0
+
+
+def _needs_out(args) -> dict[str, bool]:
+    return {"--triton": args.triton is not None, "--hub-folder": args.hub_folder is not None,
+            "--precision fp16": args.precision != "fp32", "--quantize": args.quantize is not None}
+
+
+def _addaxai_settings(args):
+    only_with("--addaxai DIR", args.addaxai is not None, {
+        "--developer": args.developer is not None, "--description": args.description is not None,
+        "--region": args.region is not None, "--info-url": args.info_url is not None,
+        "--addaxai-names": args.addaxai_names is not None})
+    if args.addaxai is None:
+        return None
+    from trapkit.export.addaxai import AddaxaiSettings
+
+    return AddaxaiSettings(args.addaxai, license=None if args.license == "other" else args.license,
+                           **given(developer=args.developer, description=args.description, region=args.region,
+                                   info_url=args.info_url, names=args.addaxai_names))
+
+
+def _run_addaxai(args, settings) -> int:
+    from trapkit.export.addaxai import export_addaxai
+    from trapkit.export.pipeline import check_tolerance
+
+    result = export_addaxai(args.source, settings, taxonomy=args.taxonomy, tolerance=check_tolerance(args.tolerance))
+    print(f"wrote the AddaxAI model {result.model_id} to {result.folder}: copy it to ~/AddaxAI/models/cls/{result.model_id}/")
+    print(f"  its inference.py against trapkit on {result.crops_checked} crops of the bundled photos: the same crops, "
+          f"max |probs diff| {result.max_prob_diff:.2e}")
+    print(f"  the models.json entry to propose to AddaxAI's zoo is in {result.folder / 'README.md'}")
+    for note in result.notes:
+        print(f"  {note}")
     return 0
