@@ -73,9 +73,9 @@ def resolve_source_dir(ref: str | Path) -> Path | None:
         return path
     if (path / "model" / SPEC_FILENAME).is_file():
         return path / "model"
-    from trapkit.train.run import Run
+    from trapkit.train.runinfo import is_run
 
-    if Run(path).state_path.is_file():  # a run started without labelled images, before its first answers
+    if is_run(path):  # a run started without labelled images, before its first answers
         raise TrapkitError(f"{path} has no model yet: label the items its current request asks about, then "
                            f"'trapkit al next {path}' trains the first one")
     raise TrapkitError(

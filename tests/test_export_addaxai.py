@@ -55,7 +55,7 @@ def classified(images: Path, detections: Path, model: Path, spec: ModelSpec, out
     """`trapkit classify`'s top-1 label and confidence for every detection it classified, and whether it decoded
     the detection's image at full scale (a JPEG is decoded at the reduced DCT scale its smallest crop allows)."""
     from trapkit.crops import min_decode_size
-    from trapkit.images import _draft_scale, read_header
+    from trapkit.images import draft_scale, read_header
 
     assert main(["classify", str(images), "--model", str(model), "--detections", str(detections),
                  "--out", str(out)]) == 0
@@ -66,7 +66,7 @@ def classified(images: Path, detections: Path, model: Path, spec: ModelSpec, out
         path = images / im["file"]
         width, height = read_header(path).size
         boxes = [d["bbox"] for d in dets]
-        full_scale = _draft_scale((width, height), min_decode_size(boxes, width, height, spec.input_size,
+        full_scale = draft_scale((width, height), min_decode_size(boxes, width, height, spec.input_size,
                                                                    spec.crop_margin)) == 1
         for det in dets:
             class_id, conf = det["classifications"][0]
@@ -301,10 +301,10 @@ def test_bad_names_files_and_runs_without_labels_get_one_line(tmp_path, tiny_mod
     names.write_text("label,name\nlynx,\n", encoding="utf-8")
     assert "are empty" in one_line_error(
         ["export", str(run), "--addaxai", str(tmp_path / "ax"), "--addaxai-names", str(names)], capsys)
-    # A run whose first round never finished has no model; a damaged spec lists no classes.
+    # A run started without labels has no model until its first answers; a damaged spec lists no classes.
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / "state.json").write_text("{}")
-    assert "has no spec.json" in one_line_error(["export", str(tmp_path / "fresh"), "--addaxai",
+    assert "has no model yet" in one_line_error(["export", str(tmp_path / "fresh"), "--addaxai",
                                                  str(tmp_path / "ax")], capsys)
     empty = shutil.copytree(tiny_model_dir, tmp_path / "empty")
     spec = json.loads((empty / "spec.json").read_text())

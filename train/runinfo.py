@@ -61,6 +61,11 @@ def find_run(model_dir: Path | None) -> Run | None:
     return run if run.state_path.is_file() and run.manifest_path.is_file() else None
 
 
+def is_run(path: Path) -> bool:
+    """Whether `path` is a run folder (it may have no model yet: a run started without labelled images)."""
+    return Run(path).state_path.is_file()
+
+
 def adopt_taxonomy(run: Run, classes, strings) -> None:
     """An export given a taxonomy makes it the run's: later rounds and exports carry it."""
     write_taxonomy(run.taxonomy_path, classes, strings)
