@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float16,float32")
     ap.add_argument("--strategies", default=",".join(strategies.STRATEGIES))
     args = ap.parse_args()
+    import torch  # noqa: F401  (a round has torch loaded for the head: its import is not a strategy's cost)
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(args.n, args.classes)).astype(np.float32) * 3
     probs = np.exp(logits - logits.max(1, keepdims=True))
