@@ -95,8 +95,8 @@ def analyse_features(tables: list[str | Path], out: str | Path, settings: Featur
 
     with _sklearn_quiet():
         space = _space(x, settings.seed)  # (n, <= SPACE_DIMS)
-        k, scores, chosen_by = _choose_k(space, distinct, settings)
-        morph, distance, _ = _kmeans(space, k, settings.seed)
+        k, scores, chosen_by, fit = _choose_k(space, distinct, settings)
+        morph, distance, _ = fit if fit is not None else _kmeans(space, k, settings.seed)
         xy, map_method = _map(space, settings)
     frame["morph"], frame["distance"], frame["map_x"], frame["map_y"] = morph, distance, xy[:, 0], xy[:, 1]
     log.debug("%d detections (%d distinct), %d morphs (%s), map by %s", n, distinct, k, chosen_by, map_method)
@@ -213,26 +213,29 @@ def _space(x: np.ndarray, seed: int) -> np.ndarray:
     return PCA(n_components=dims, random_state=seed).fit_transform(x)
 
 
-def _choose_k(space: np.ndarray, distinct: int, settings: FeatureSettings) -> tuple[int, dict[int, float], str]:
-    """K, the silhouette score of every K tried ({} when K was given or there is no spread), and how K was chosen."""
+def _choose_k(space: np.ndarray, distinct: int, settings: FeatureSettings):
+    """K, the silhouette score of every K tried ({} when K was given or there is no spread), how K was chosen, and
+    the k-means fit of the chosen K when one was made here (None otherwise)."""
     if settings.morphs is not None:
-        return settings.morphs, {}, "--morphs"
+        return settings.morphs, {}, "--morphs", None
     if distinct < 2:
         log.info("every detection has the same features: one morph (no spread to divide)")
-        return 1, {}, "no spread"
+        return 1, {}, "no spread", None
     from sklearn.metrics import silhouette_score
 
     n = len(space)
-    scores = {}
+    scores, best, best_fit = {}, None, None
     for k in range(2, min(settings.max_morphs, distinct, n - 1) + 1):  # a silhouette needs 2 <= K <= n - 1
-        labels, _, _ = _kmeans(space, k, settings.seed)
-        if len(set(labels.tolist())) < 2:
+        fit = _kmeans(space, k, settings.seed)
+        if len(set(fit[0].tolist())) < 2:
             continue
-        scores[k] = round(float(silhouette_score(space, labels, sample_size=min(n, SILHOUETTE_SAMPLE),
+        scores[k] = round(float(silhouette_score(space, fit[0], sample_size=min(n, SILHOUETTE_SAMPLE),
                                                  random_state=settings.seed)), 4)
+        if best is None or scores[k] > scores[best]:  # the best score, the smallest K among equals
+            best, best_fit = k, fit
     if not scores:
-        return 1, {}, "no spread"
-    return max(scores, key=lambda k: (scores[k], -k)), scores, "silhouette"
+        return 1, {}, "no spread", None
+    return best, scores, "silhouette", best_fit
 
 
 def _kmeans(space: np.ndarray, k: int, seed: int):

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from trapkit import detections as md
@@ -45,6 +46,7 @@ from trapkit.answers import WRONG_BOX, read_answers, read_rows
 from trapkit.atomic import atomic_write_text
 from trapkit.errors import TrapkitError
 from trapkit.images import FAILURE_MISSING, ImageReadError, read_header, safe_join
+from trapkit.machine import available_cpus
 from trapkit.sequences import parse_exif_time, sequence_groups
 from trapkit.taxonomy import RANKS, few, parse_taxon
 
@@ -236,9 +238,12 @@ class Season:
         return Observation(m, j, i, name.kind, name, box, by=self.classified_by, when=self.classified_at,
                            probability=float(conf), offset=offset)
 
+    @cached_property
+    def _names_by_label(self) -> dict[str, Name]:
+        return {n.label: n for n in self.names.values()}
+
     def _named(self, species: str) -> tuple[str, Name]:
-        by_label = {n.label: n for n in self.names.values()}
-        name = by_label.get(species) or name_of(species)
+        name = self._names_by_label.get(species) or name_of(species)
         return name.kind, name
 
     def verified(self) -> list[Verified]:
@@ -463,7 +468,7 @@ def _capture_times(images: Path, by_deployment, file_times: bool):
     if len(parts) > 1:
         import multiprocessing
 
-        workers = min(len(parts), len(os.sched_getaffinity(0)), _READERS)
+        workers = min(len(parts), available_cpus(), _READERS)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             read = [r for part in pool.map(_read_chunk, [root] * len(parts), parts, [file_times] * len(parts))
                     for r in part]

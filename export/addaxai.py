@@ -29,6 +29,7 @@ from pathlib import Path
 
 from trapkit.atomic import atomic_write_bytes, atomic_write_text
 from trapkit.errors import TrapkitError
+from trapkit.export.changes import cell as _cell
 from trapkit.spec import ModelSpec
 from trapkit.taxonomy import RANKS, csv_rows, few, parse_taxon, read_taxonomy_csv
 
@@ -347,10 +348,6 @@ Hugging Face. Propose this entry under `"cls"` and send this folder:
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {table}
 """
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
 
 
 def _shell_word(text: str) -> str:

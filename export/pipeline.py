@@ -27,7 +27,7 @@ from trapkit.export.changes import Changes, compare
 from trapkit.export.hub_folder import FIELD_CONFUSION_FILENAME, HubSettings, read_metrics, write_hub_folder
 from trapkit.export.onnx_export import ExportReport, ensure_writable_dir, export_onnx, load_source, resolve_source_dir
 from trapkit.export.quantize import AgreementReport, VariantSettings, make_variant
-from trapkit.export.triton import TritonSettings, choose_model_name, write_triton_model
+from trapkit.export.triton import CHANGES_FILENAME, TritonSettings, choose_model_name, write_triton_model
 from trapkit.export.usage import triton_readme
 from trapkit.graph import GRAPH_FILENAMES, ONNX_FILENAME
 from trapkit.spec import ModelSpec
@@ -38,7 +38,6 @@ from trapkit.train.runinfo import (adopt_taxonomy, current_record, field_accurac
 log = logging.getLogger(__name__)
 
 REPORT_FILENAME = "export_report.json"
-CHANGES_FILENAME = "CHANGES.md"
 
 
 @dataclass(frozen=True)

@@ -214,14 +214,16 @@ def calibration_and_held_out(spec: ModelSpec, folder: Path | None, run_dir: Path
     split, seeded: 70% calibrate, 30% measure.
     """
     from trapkit.export.calibration import calibration_images
+    from trapkit.train.runinfo import export_inputs
 
-    held_out = run_validation_images(run_dir, spec) if run_dir is not None else None
+    run_inputs = export_inputs(run_dir) if run_dir is not None else None  # the manifest, read once
+    held_out = run_validation_images(run_dir, spec, run_inputs) if run_inputs is not None else None
     if held_out is not None:
         if not calibrate:
             return None, held_out
         if folder is not None:
             return calibration_images(spec, folder), held_out
-        return run_calibration_images(run_dir, spec), held_out
+        return run_calibration_images(run_dir, spec, run_inputs), held_out
     inputs = calibration_images(spec, folder)  # (N, S, S, 3) uint8
     if len(inputs) < 2:
         raise TrapkitError(f"only {len(inputs)} calibration input in {folder or 'the bundled photos'}: nothing "
@@ -234,13 +236,13 @@ def calibration_and_held_out(spec: ModelSpec, folder: Path | None, run_dir: Path
                                   f"held-out {n_held} of {len(inputs)} calibration inputs from {where}")
 
 
-def run_validation_images(run_dir: Path, spec: ModelSpec) -> HeldOut | None:
+def run_validation_images(run_dir: Path, spec: ModelSpec, inputs=None) -> HeldOut | None:
     """A seeded sample of the run's validation images whose class the model knows, with labels; None when it has
-    none."""
+    none. `inputs`: the run's `ExportInputs`, when the caller has them already."""
     from trapkit.prepare import Preprocessing
     from trapkit.train.runinfo import export_inputs
 
-    inputs = export_inputs(run_dir)
+    inputs = export_inputs(run_dir) if inputs is None else inputs
     if inputs is None:
         return None
     known = np.flatnonzero([label in spec.labels for label in inputs.validation_labels])
@@ -255,12 +257,13 @@ def run_validation_images(run_dir: Path, spec: ModelSpec) -> HeldOut | None:
     return HeldOut(images, labels, f"the run's validation images ({len(images)})")
 
 
-def run_calibration_images(run_dir: Path, spec: ModelSpec) -> np.ndarray:
-    """(N, S, S, 3) uint8: a seeded sample of the run's labelled and pool images (never validation)."""
+def run_calibration_images(run_dir: Path, spec: ModelSpec, inputs=None) -> np.ndarray:
+    """(N, S, S, 3) uint8: a seeded sample of the run's labelled and pool images (never validation). `inputs`: the
+    run's `ExportInputs`, when the caller has them already."""
     from trapkit.prepare import Preprocessing
     from trapkit.train.runinfo import export_inputs
 
-    inputs = export_inputs(run_dir)
+    inputs = export_inputs(run_dir) if inputs is None else inputs
     picks = np.sort(np.random.default_rng(0).permutation(inputs.calibration_count)[:RUN_CALIBRATION_IMAGES])
     images, _ = inputs.calibration(picks, Preprocessing.from_spec(spec))
     if not len(images):

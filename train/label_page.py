@@ -105,7 +105,7 @@ class LabelSource(grid.FileGridSource):
         run's --sequence-gap, the grouping `al` selects by)."""
         folder = str(PurePosixPath(item.file).parent)
         files = sorted({it.path for it in self._request if str(PurePosixPath(it.path).parent) == folder})
-        ids = sequence_ids(files, [self.capture_time(f) for f in files], self.run.settings().select.sequence_gap)
+        ids = sequence_ids(files, [self.capture_time(f) for f in files], self._settings.select.sequence_gap)
         mine = ids[files.index(item.file)]
         same = {f for f, n in zip(files, ids) if n == mine}
         return [item_key(*it.key) for it in self._request if it.path in same]
@@ -144,7 +144,7 @@ class LabelSource(grid.FileGridSource):
         from trapkit.spec import SPEC_FILENAME, ModelSpec
 
         spec = self.run.model_dir / SPEC_FILENAME
-        return ModelSpec.load(spec).crop_margin if spec.is_file() else self.run.settings().model.crop_margin
+        return ModelSpec.load(spec).crop_margin if spec.is_file() else self._settings.model.crop_margin
 
 
 def open_label_page(run_dir: str | Path, allow_new_classes: bool = False) -> grid.GridApp:

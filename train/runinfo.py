@@ -103,11 +103,11 @@ def validation_figures(run: Run) -> dict:
     path = run.model_dir / "metrics.json"
     card = read_json(path, "model metrics", "rerun 'trapkit al next'") if path.is_file() else {}
     precision, recall = card.get("per_class_precision") or {}, card.get("per_class_recall") or {}
-    support = {}
-    round_metrics = run.round_dir(run.load_state().round) / "metrics.json"
+    support, state = {}, run.load_state()
+    round_metrics = run.round_dir(state.round) / "metrics.json"
     if round_metrics.is_file():
         support = read_json(round_metrics, "round metrics", "rerun 'trapkit al next'").get("per_class_support") or {}
-    classes = list(run.load_state().classes)
+    classes = list(state.classes)
     return {"images": card.get("validation_images"), "accuracy": card.get("accuracy"),
             "per_class": {c: {"precision": precision.get(c), "recall": recall.get(c), "support": support.get(c)}
                           for c in classes}}

@@ -348,8 +348,8 @@ class AnswersBook:
         return out
 
     def merge(self, changes: Mapping[Key, str | None], *, selected: bool | None = None, reviewed: str = "",
-              reviewer: str = "") -> dict[Key, Answer]:
-        """Set (species) or withdraw (None or '') the answers of `changes` and write the file; returns all answers.
+              reviewer: str = "") -> None:
+        """Set (species) or withdraw (None or '') the answers of `changes` and write the file.
 
         `selected`, `reviewed`, `reviewer`: the cells written with each changed answer, when given.
         """
@@ -361,7 +361,6 @@ class AnswersBook:
                 continue
             _fill(self.rows.setdefault(key, {}), key, species, selected, reviewed, reviewer)
         self._write()
-        return self.answers()
 
     def _write(self) -> None:
         used = {name for row in self.rows.values() for name, cell in row.items() if cell} | set(self.header)

@@ -100,11 +100,11 @@ def choose_decoder(want: str = "auto") -> DecodeChoice:
         return DecodeChoice(None, f"PyTorch is not installed ({INSTALL_HINT})", True)
     if not torch.cuda.is_available():
         return DecodeChoice(None, "PyTorch cannot use the GPU (a CPU build of torch, or no CUDA driver)", True)
-    found = [name for name in DECODERS if _decoder_importable(name)]
-    if not found:
+    found = next((name for name in DECODERS if _decoder_importable(name)), None)  # import only up to the first
+    if found is None:
         return DecodeChoice(None, f"no GPU JPEG decoder is installed (nvImageCodec or torchvision; {INSTALL_HINT})",
                             True)
-    return DecodeChoice(found[0], f"JPEGs decoded on the GPU by {found[0]}", True)
+    return DecodeChoice(found, f"JPEGs decoded on the GPU by {found}", True)
 
 
 def _decoder_importable(name: str) -> bool:
@@ -295,7 +295,6 @@ _DECODER_CLASSES = {"nvimgcodec": _NvImageCodecDecoder, "torchvision": _Torchvis
 
 @dataclass
 class _Read:
-    path: Path
     header: Header
     data: bytes
 
@@ -378,7 +377,7 @@ def _read(row) -> _Read | Attempt | None:
     try:
         path = Path(file) if root is None else safe_join(root, file)
         header = read_header(path)
-        return _Read(path, header, path.read_bytes() if header.format == "JPEG" else b"")
+        return _Read(header, path.read_bytes() if header.format == "JPEG" else b"")
     except ImageReadError as e:
         return Attempt(None, failure=e.code, message=str(e))
     except OSError:
