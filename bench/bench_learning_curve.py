@@ -10,8 +10,8 @@ What runs is what `trapkit al simulate` runs, with `--finetune-epochs 0`:
 - the images are PNG files read by the embedding code of a run (`trapkit.train.embed.extract`,
   float16 cache) through the default model (`RunSettings()` defaults: offline ImageNet
   EfficientNet-Lite0, the 256-d projection seeded as a run seeds it, L2 normalisation);
-- every round fits the head with `trapkit.train.head.fit_head` and the run's `HeadSettings`,
-  warm-started from the previous round's head, seed `seed + round`, as `al next` does; predicts
+- every round fits the head with `trapkit.train.head.fit_head` and the run's `HeadSettings`
+  (a fresh head, or with `head.warm_start` the previous round's), seed `seed + round`, as `al next` does; predicts
   every row; scores validation with `trapkit.train.metrics`; selects with `trapkit.train.strategies`
   (seed `seed + round`), on the same row order a run's manifest has (validation, seed, pool).
 
@@ -121,11 +121,12 @@ def curve(strategy: str, seed: int, emb: np.ndarray, y: np.ndarray, val: np.ndar
     start = len(labelled)
     points, mlp = [], None
     for n in range(1, 10 ** 6):
-        # loop._run_round: the head on the labelled rows (manifest order), warm-started, seed + round; with
-        # `head.semi_supervised`, the unlabelled pool's pseudo-labels too.
+        # loop._run_round: the head on the labelled rows (manifest order), seed + round, warm-started from the last
+        # round's with `head.warm_start`; with `head.semi_supervised`, the unlabelled pool's pseudo-labels too.
         candidates = np.setdiff1d(pool_rows, labelled)  # every unlabelled pool row
         mlp = semi.fit_round_head(emb, labelled, y[labelled], candidates, len(classes), settings.model.head_hidden,
-                                  settings.head, seed=settings.select.seed + n, init=mlp)
+                                  settings.head, seed=settings.select.seed + n,
+                                  init=mlp if settings.head.warm_start else None)
         probs = head.predict(mlp, emb)  # (N, C)
         m = metrics.compute(y[val], probs[val].argmax(1), classes)
         points.append((len(labelled), m["accuracy"]))
@@ -272,9 +273,10 @@ def main() -> None:
     print(f"Fashion-MNIST from {DATA}: pool {args.pool}, validation {args.val}, seed set {args.start}, "
           f"batch {args.batch}, budget {args.budget}, {args.seeds} seeds; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at start")
+    start = "warm-started from the last round's" if settings.head.warm_start else "a fresh one each round"
     print(f"al's path: {settings.model.backbone} ({settings.model.weights}) at {args.size} px, "
           f"{settings.model.feat_dim}-d projection + L2, NOT fine-tuned (--finetune-epochs 0); head "
-          f"{settings.model.head_hidden} with the run's HeadSettings, warm-started")
+          f"{settings.model.head_hidden} with the run's HeadSettings, {start}")
     paths, y, n_val = write_images(args.workdir / "images", args.pool, args.val)
     emb = embed_rows(paths, settings, args.workdir / f"emb-{args.size}px-{args.pool}-{args.val}.npy")
     val, pool_rows = np.arange(n_val), np.arange(n_val, len(y))

@@ -109,7 +109,7 @@ def test_first_strategy_and_semi_settings_resolve_and_are_checked():
     from trapkit.train.settings import resolve
 
     s = resolve(None, {"first_strategy": "kcenter", "semi_supervised": True})
-    assert s.select.first_strategy == "kcenter" and s.head.semi_supervised and s.format_version == 4
+    assert s.select.first_strategy == "kcenter" and s.head.semi_supervised and s.format_version == 5
     with pytest.raises(TrapkitError, match="needs no model"):
         resolve(None, {"first_strategy": "margin"})
     base = resolve(None, {})

@@ -210,7 +210,7 @@ def test_small_sets_take_the_minimum_steps_and_big_ones_stop_early():
     small = head.fit_head(x, y, 3, (12,), HeadSettings(min_steps=120))
     assert small.steps_trained == 120  # 30 examples: full-batch, no hold-out, exactly min_steps
     x, y = blobs(n_per=400, d=16)
-    big = head.fit_head(x, y, 3, (12,), HeadSettings(min_steps=20, patience=3, max_epochs=500))
+    big = head.fit_head(x, y, 3, (12,), HeadSettings(min_steps=20, patience=3, max_epochs=500, holdout_min=1000))
     assert big.epochs_trained < 500  # 1,200 examples: 10% held out, stopped on their loss
 
 

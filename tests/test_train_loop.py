@@ -176,6 +176,32 @@ def test_simulate_writes_a_learning_curve(trees, tmp_path, capsys):
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("warm", [False, True])
+def test_each_round_fits_a_fresh_head_unless_warm_start_is_set(trees, tmp_path, monkeypatch, warm):
+    from trapkit.train import semi
+    from trapkit.train.model import load_model
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"head": {"warm_start": warm}}))
+    run = tmp_path / "run"  # no fine-tuning: the embedder stays the same, so only the setting decides
+    assert main(["al", "init", str(run), "--labelled", str(trees["labelled"]), "--unlabelled", str(trees["pool"]),
+                 "--validation", str(trees["validation"]), "--batch", "5", "--config", str(config), *FAST,
+                 "--finetune-epochs", "0"]) == 0
+    first = load_model(run / "model").head.state_dict()
+    starts, fit = [], semi.fit_round_head
+
+    def recording(*args, init=None, **kwargs):  # the real fit, noting what it started from
+        starts.append(init)
+        return fit(*args, init=init, **kwargs)
+
+    monkeypatch.setattr(semi, "fit_round_head", recording)
+    csv = write_answers(tmp_path / "a.csv", {i.path: trees["truth"][i.path] for i in labels.current_request(run)})
+    assert main(["al", "next", str(run), "--labels", str(csv)]) == 0
+    assert len(starts) == 1 and (starts[0] is not None) == warm
+    if warm:
+        assert all((starts[0].state_dict()[k] == v).all() for k, v in first.items())
+
+
 def test_rescan_adds_new_pool_images_after_the_start(run, trees, tmp_path):
     r = Run(run)
     settings = r.settings()

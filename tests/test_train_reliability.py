@@ -17,6 +17,7 @@ from trapkit.app.cli import main
 from trapkit.train import labels
 from trapkit.train.run import KILL_ENV, KILL_SIGNAL_ENV
 from trapkit.train.run import Run
+from trapkit.train.settings import SETTINGS_FORMAT_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_newer_or_damaged_state_files_are_refused_in_one_line(run, capsys):
         assert message in capsys.readouterr().err
     r.state_path.write_text(json.dumps(state))
     settings = json.loads(r.settings_path.read_text())
-    r.settings_path.write_text(json.dumps(settings | {"format_version": 5}))
+    r.settings_path.write_text(json.dumps(settings | {"format_version": SETTINGS_FORMAT_VERSION + 1}))
     assert main(["al", "next", str(run)]) == 1
     assert "run settings" in capsys.readouterr().err
     r.settings_path.write_text(json.dumps(settings))

@@ -15,10 +15,11 @@ Why it trains the way it does (issue 15; figures in docs/model-quality.md):
 - A seed of 80 images is one full batch: counting epochs, it got ~10
   optimiser steps and stayed at chance. The head takes at least `min_steps`
   steps (full-batch while the set fits one batch).
-- A held-out 10% for early stopping is kept once 500 examples are labelled
-  (50 held out); below that the held-out loss of a handful of images is noise,
-  and the head trains exactly `min_steps` steps. Big sets stop on the held-out
-  loss as before (patience in epochs, at most ~200 steps an epoch).
+- A held-out 10% for early stopping is kept once 5,000 examples are labelled
+  (500 held out); below that the held-out loss of 50-500 images is noise that
+  also costs a tenth of the labels (issue 26), and the head trains exactly
+  `min_steps` steps. Big sets stop on the held-out loss (patience in epochs,
+  at most ~200 steps an epoch).
 - An L2 penalty on the weights (`l2`, added to the loss as a logistic
   regression's is): +1 to +2 points on 50-80 digits, and calibrated
   probabilities (expected calibration error 0.04-0.07 where label smoothing,

@@ -608,7 +608,8 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
     r.emb = _embed_all(r, model, version)
     kill_point("embedded")
 
-    # Head on the labelled embeddings; warm start (grown for new classes) while the embedder is unchanged.
+    # Head on the labelled embeddings; with `head.warm_start`, started from the last round's (grown for new
+    # classes) while the embedder is unchanged.
     r.trained = np.flatnonzero(trained_mask(df))
     if not len(r.trained) and not cold:
         raise TrapkitError("no readable labelled images; check the --labelled folder")
@@ -617,7 +618,7 @@ def _run_round(run: Run, settings: RunSettings, state: RunState, df, n: int, clu
         r.probs, m = np.ones((len(df), 1), np.float32), dict(cold_start.NOT_MEASURED)
     else:
         init = None
-        if version == state.embedder_version and (run.model_dir / "spec.json").is_file():
+        if settings.head.warm_start and version == state.embedder_version and (run.model_dir / "spec.json").is_file():
             from trapkit.train.model import load_model
 
             init = load_model(run.model_dir).head
