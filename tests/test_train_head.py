@@ -93,6 +93,7 @@ def test_settings_resolve_defaults_config_then_flags(tmp_path):
     ("data", "validation_fraction", "0.2", "a number"),
     ("finetune", "loss", 3, "text"),
     ("select", "seed", True, "a whole number"),
+    ("head", "warm_start", "yes", "true or false"),
 ])
 def test_config_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path, section, key, value, expected):
     config = tmp_path / "c.json"
