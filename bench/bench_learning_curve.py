@@ -15,9 +15,10 @@ What runs is what `trapkit al simulate` runs, with `--finetune-epochs 0`:
   every row; scores validation with `trapkit.train.metrics`; selects with `trapkit.train.strategies`
   (seed `seed + round`), on the same row order a run's manifest has (validation, seed, pool).
 
-Two shortcuts, both stated in the output: the embedding is not fine-tuned (a run finetunes on
-the seed and again every 500 labels; each would re-embed the pool), and the input size is 96 px
-by default (`--size 224` is the backbone's own, ~5x slower). `--check-simulate` runs
+One shortcut, stated in the output: the embedding is not fine-tuned (a run finetunes on the seed
+and again every 500 labels; each would re-embed the pool). The input is the backbone's own 224 px,
+as a run's (`--size 96` embeds ~5x faster, but understates what selection gains: issue 26's
+figures in docs/model-quality.md). `--check-simulate` runs
 `trapkit.train.loop.simulate` itself on a small subset, then this benchmark's rounds on that
 run's own rows and embedding cache, and prints whether the two curves are identical.
 
@@ -251,7 +252,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pool", type=int, default=10000, help="pool images drawn from the 60k training set")
     ap.add_argument("--val", type=int, default=2000, help="validation images drawn from the 10k test set")
-    ap.add_argument("--size", type=int, default=96, help="input size in pixels (the backbone's own is 224)")
+    ap.add_argument("--size", type=int, default=224, help="input size in pixels (default: the backbone's own, 224)")
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--budget", type=int, default=2000)
