@@ -252,7 +252,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--pool", type=int, default=10000, help="pool images drawn from the 60k training set")
     ap.add_argument("--val", type=int, default=2000, help="validation images drawn from the 10k test set")
-    ap.add_argument("--size", type=int, default=224, help="input size in pixels (default: the backbone's own, 224)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="input size in pixels (default: the backbone's own, as a run's)")
     ap.add_argument("--start", type=int, default=100)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--budget", type=int, default=2000)
@@ -270,14 +271,19 @@ def main() -> None:
     if args.detections:
         return detections_benchmark(args)
 
+    if args.size is None:  # as `al init` resolves it
+        from trapkit.train.backbones import backbone_preprocessing
+        from trapkit.train.settings import ModelSettings
+
+        args.size = backbone_preprocessing(ModelSettings.backbone, ModelSettings.weights).input_size
     settings = product_settings(args.size)
     print(f"Fashion-MNIST from {DATA}: pool {args.pool}, validation {args.val}, seed set {args.start}, "
           f"batch {args.batch}, budget {args.budget}, {args.seeds} seeds; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at start")
-    start = "warm-started from the last round's" if settings.head.warm_start else "a fresh one each round"
+    head_start = "warm-started from the last round's" if settings.head.warm_start else "a fresh one each round"
     print(f"al's path: {settings.model.backbone} ({settings.model.weights}) at {args.size} px, "
           f"{settings.model.feat_dim}-d projection + L2, NOT fine-tuned (--finetune-epochs 0); head "
-          f"{settings.model.head_hidden} with the run's HeadSettings, {start}")
+          f"{settings.model.head_hidden} with the run's HeadSettings, {head_start}")
     paths, y, n_val = write_images(args.workdir / "images", args.pool, args.val)
     emb = embed_rows(paths, settings, args.workdir / f"emb-{args.size}px-{args.pool}-{args.val}.npy")
     val, pool_rows = np.arange(n_val), np.arange(n_val, len(y))

@@ -116,8 +116,8 @@ class HeadSettings:
     # batch, and ~10 steps left the first round's head at chance (issue 15).
     min_steps: int = 300
     # Labelled examples before 10% are held out for early stopping (500 held out); fewer: exactly min_steps.
-    # Early stopping on 50-500 held-out labels was noise that also cost a tenth of the labels (Fashion-MNIST,
-    # 6 seeds, a 2,000-label budget: mean accuracy +0.3 points uniform, +0.4 margin with 5,000 instead of 500).
+    # Early stopping on 50-500 held-out labels was noise that also cost a tenth of the labels (Fashion-MNIST at
+    # 96 px, 6 seeds, a 2,000-label budget: mean accuracy +0.3 points uniform, +0.4 margin with 5,000, not 500).
     holdout_min: int = 5000
     l2: float = 3e-3  # penalty on the squared weights (standardised inputs), added to the mean loss
     # Label spreading over the pool's k-NN graph gives the head weighted pseudo-labels (trapkit.train.semi);
@@ -125,8 +125,8 @@ class HeadSettings:
     semi_supervised: bool = False
     semi_weight: float = 1.0
     # Start each round's head from the last round's (while the embedder is unchanged). Off: a fresh head every
-    # round is more accurate, as each warm start trains the old head on further (Fashion-MNIST learning
-    # curves, 3 seeds: uniform's final +1.4 points, margin's mean over the budget +0.6; docs/model-quality.md).
+    # round is more accurate, as each warm start trains the old head on further (Fashion-MNIST learning curves
+    # at 96 px, 3 seeds: uniform's final +1.4 points, margin's mean over the budget +0.6; docs/model-quality.md).
     warm_start: bool = False
     # Steps of a (256 -> 230 -> 100) MLP are too small to gain from intra-op threads; extra threads
     # only add synchronisation, which costs 5-10x on a busy machine. Restored after training.
